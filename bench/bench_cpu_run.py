@@ -1,0 +1,55 @@
+"""CPU wall time of one map of the demo database: the seed's code path vs ``faceatlas run``, side by side.
+
+Each repetition runs in a fresh process, as a batch job does. Baseline = what the blog post ran:
+``umap.UMAP(n_components=2, metric="cosine").fit_transform(embedding)`` (load + fit only, no drawing).
+faceatlas = the whole job (load, exact kNN, UMAP, metrics, three maps, files). Prints medians and the ratio.
+
+    python bench/bench_cpu_run.py [--repeats 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+BASELINE = """
+import numpy as np, umap
+records = np.load({path!r}, allow_pickle=False)
+umap.UMAP(n_components=2, metric="cosine").fit_transform(records["embedding"])
+"""
+
+
+def _wall(command: list[str]) -> float:
+    start = time.perf_counter()
+    subprocess.run(command, check=True, capture_output=True)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        db = Path(tmp) / "actor.npy"
+        subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
+        ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(Path(tmp) / "out")]
+        base = [sys.executable, "-c", BASELINE.format(path=str(db))]
+        _wall(ours), _wall(base)  # first runs fill numba's on-disk caches for both
+        times: dict[str, list[float]] = {"baseline (seed's umap-learn call)": [], "faceatlas run (whole job)": []}
+        for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
+            times["baseline (seed's umap-learn call)"].append(_wall(base))
+            times["faceatlas run (whole job)"].append(_wall(ours))
+    medians = {name: statistics.median(values) for name, values in times.items()}
+    for name, values in times.items():
+        print(f"{name:<36} median {medians[name]:6.2f} s   runs {', '.join(f'{v:.2f}' for v in values)}")
+    base_median, ours_median = medians.values()
+    print(f"ratio faceatlas / baseline: {ours_median / base_median:.2f}")
+
+
+if __name__ == "__main__":
+    main()

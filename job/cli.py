@@ -1,0 +1,180 @@
+"""The ``faceatlas`` command line: parses arguments, calls the library, prints. No work happens here."""
+
+from __future__ import annotations
+
+import json
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from job import __version__
+from job.errors import FaceatlasError, UsageError
+
+app = typer.Typer(
+    name="faceatlas",
+    help="UMAP maps of a face-recognizer database: cuML on a CUDA GPU, umap-learn on CPU.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+_state = {"debug": False}
+
+
+class BackendChoice(str, Enum):
+    auto = "auto"
+    cuml = "cuml"
+    umap_learn = "umap-learn"
+
+
+def _say(message: str) -> None:
+    typer.echo(f"faceatlas: {message}", err=True)
+
+
+@contextmanager
+def _errors_to_exit_codes() -> Iterator[None]:
+    """Turn our errors into one line on stderr and the class's exit code (traceback only with --debug)."""
+    try:
+        yield
+    except FaceatlasError as exc:
+        if _state["debug"]:
+            traceback.print_exc()
+        typer.echo(f"faceatlas: error: {exc}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    except MemoryError:
+        if _state["debug"]:
+            traceback.print_exc()
+        typer.echo("faceatlas: error: out of memory; use a machine with more memory or a smaller database",
+                   err=True)
+        raise typer.Exit(5) from None
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"faceatlas {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    debug: Annotated[bool, typer.Option("--debug", help="Show tracebacks on errors.")] = False,
+) -> None:
+    _state["debug"] = debug
+
+
+@app.command()
+def run(
+    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (see configs/).")] = None,
+    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Database: .npy, .npz or .parquet; "
+                                                 "default: the built-in demo database.")] = None,
+    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder [default: ./faceatlas-out].")]
+    = None,
+    backend: Annotated[Optional[BackendChoice], typer.Option(help="UMAP backend [default: auto].")] = None,
+    supervised: Annotated[Optional[bool], typer.Option("--supervised/--unsupervised",
+                                                       help="Use identity ids as UMAP labels "
+                                                       "[default: unsupervised].")] = None,
+    n_components: Annotated[Optional[int], typer.Option(help="Map dimensions, 2 or 3 [default: 2].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed: reproducible, single-threaded on CPU.")]
+    = None,
+    highlight: Annotated[Optional[str], typer.Option(help="Ids to colour on the grey map, e.g. 0,1,2,3,4 "
+                                                     "[default: the first five identities].")] = None,
+    names: Annotated[Optional[str], typer.Option(help="JSONL with one object per id (display names).")]
+    = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE, "
+                                                      "e.g. umap.n_neighbors=30 (repeatable).")] = None,
+) -> None:
+    """Map a face database with UMAP and draw it: projection.parquet, three PNG maps, run.json."""
+    with _errors_to_exit_codes():
+        from job.config import load_config, parse_assignment
+
+        flags: dict[str, Any] = {
+            "input.path": input, "out": out, "backend": backend.value if backend else None,
+            "umap.supervised": supervised, "umap.n_components": n_components, "seed": seed,
+            "render.highlight": _parse_ids(highlight) if highlight is not None else None, "input.names": names,
+        }
+        overrides = {key: value for key, value in flags.items() if value is not None}
+        overrides.update(parse_assignment(text) for text in set_ or [])
+        settings = load_config(config, overrides)
+
+        from job.pipeline import run as run_job
+
+        start = time.perf_counter()
+        result = run_job(settings, log=_say)
+        typer.echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
+                   + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
+        for role, path in result.files.items():
+            typer.echo(f"{role:>12}: {path.resolve()}")
+
+
+@app.command("demo-db")
+def demo_db(
+    out: Annotated[Path, typer.Argument(help="Where to write the database (.npy).")],
+    identities: Annotated[int, typer.Option(min=2, help="Number of identities.")] = 1000,
+    faces_per_identity: Annotated[int, typer.Option(min=1, help="Typical faces per identity.")] = 5,
+    seed: Annotated[int, typer.Option(min=0, help="Generator seed.")] = 0,
+) -> None:
+    """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers."""
+    with _errors_to_exit_codes():
+        from job.demo import DemoSpec, make_demo
+        from job.outputs import temporary_path, write_json
+
+        records, truth = make_demo(DemoSpec(n_identities=identities, faces_per_identity=faces_per_identity,
+                                            seed=seed))
+        truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
+        try:
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temporary_path(out)
+            with tmp.open("wb") as handle:
+                import numpy as np
+
+                np.save(handle, records, allow_pickle=False)
+            tmp.replace(out)
+            write_json(truth_path, truth.to_json())
+        except OSError as exc:
+            raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
+        typer.echo(f"wrote {out} ({len(records):,} faces, {identities:,} identities, dtype {records.dtype})")
+        typer.echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
+                   f"{len(truth.lookalike_pairs)} look-alike pairs)")
+
+
+@app.command()
+def backends(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
+) -> None:
+    """Which UMAP backends can run here, and why not the others."""
+    with _errors_to_exit_codes():
+        from dataclasses import asdict
+
+        from job.backends import probe_all, probe_gpu, resolve
+
+        probes = probe_all()
+        chosen, reason = resolve("auto")
+        if as_json:
+            payload = {"auto": chosen.name, "auto_reason": reason, "gpu": asdict(probe_gpu()),
+                       "backends": [asdict(p) for p in probes]}
+            typer.echo(json.dumps(payload, indent=2))
+            return
+        for probe in probes:
+            mark = "yes" if probe.available else "no "
+            typer.echo(f"{mark}  {probe.name:<11} {probe.reason}")
+        typer.echo(f"auto -> {chosen.name}")
+
+
+def _parse_ids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.replace(" ", "").split(",") if part]
+    except ValueError:
+        raise UsageError(f"--highlight {text!r}: expected comma-separated integer ids, e.g. 0,1,2,3,4") from None
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app(prog_name="faceatlas")
+

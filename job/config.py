@@ -1,0 +1,181 @@
+"""The job's configuration: one validated model, loaded from TOML and ``--set KEY=VALUE`` overrides.
+
+Precedence, lowest first: defaults in this module, the ``--config`` file, command-line flags, ``--set``.
+``configs/default.toml`` spells out every key with its default; a test keeps the two equal.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from job.errors import UsageError
+
+BackendName = Literal["auto", "cuml", "umap-learn"]
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputConfig(_Section):
+    """Where the face database comes from and how its fields are named."""
+
+    path: str = Field("", description='database file (.npy, .npz, .parquet); "" = built-in demo database')
+    id_field: str = Field("id", description="identity id field (.npy) or column (Parquet)")
+    embedding_field: str = Field("embedding", description="embedding field (.npy) or column (Parquet)")
+    names: str = Field("", description='JSONL file, one object per id in id order; "" = no names')
+
+
+class UmapConfig(_Section):
+    """UMAP parameters, named as in umap-learn and cuML."""
+
+    n_components: Literal[2, 3] = 2
+    n_neighbors: int = Field(15, ge=2, le=200)
+    min_dist: float = Field(0.1, ge=0.0, le=10.0)
+    spread: float = Field(1.0, gt=0.0, le=10.0)
+    metric: Literal["cosine", "euclidean"] = "cosine"
+    n_epochs: int | Literal["auto"] = "auto"
+    init: Literal["spectral", "random"] = "spectral"
+    supervised: bool = False
+    target_weight: float = Field(0.5, ge=0.0, le=1.0)
+
+    @field_validator("n_epochs")
+    @classmethod
+    def _positive_epochs(cls, value: int | str) -> int | str:
+        if isinstance(value, int) and not 1 <= value <= 10_000:
+            raise ValueError('expected "auto" or an integer in 1..10000')
+        return value
+
+
+class KnnConfig(_Section):
+    """How the k-nearest-neighbour graph is built on CPU (cuML builds its own on the GPU)."""
+
+    method: Literal["auto", "exact", "approximate"] = "auto"
+    exact_max_faces: int = Field(50_000, ge=0)
+
+
+class RenderConfig(_Section):
+    """The PNG maps."""
+
+    width: int = Field(1000, ge=200, le=10_000)
+    height: int = Field(1000, ge=200, le=10_000)
+    highlight: list[int] = Field(default_factory=list, description="[] = the first five identities")
+    palette_seed: int = Field(0, ge=0)
+
+
+class MetricsConfig(_Section):
+    """Map quality measures written to run.json."""
+
+    trustworthiness_k: int = Field(15, ge=1, le=100)
+    trustworthiness_sample: int = Field(5000, ge=100, le=50_000)
+    same_id_k: int = Field(4, ge=1, le=100)
+
+
+class Config(_Section):
+    """Everything one ``faceatlas run`` needs besides its data."""
+
+    backend: BackendName = "auto"
+    seed: int | None = Field(None, ge=0, le=2**32 - 1)
+    out: str = "faceatlas-out"
+    input: InputConfig = InputConfig()
+    umap: UmapConfig = UmapConfig()
+    knn: KnnConfig = KnnConfig()
+    render: RenderConfig = RenderConfig()
+    metrics: MetricsConfig = MetricsConfig()
+
+    @field_validator("seed", mode="before")
+    @classmethod
+    def _none_seed(cls, value: Any) -> Any:
+        # TOML has no null: the string "none" stands for "no seed".
+        return None if isinstance(value, str) and value.lower() == "none" else value
+
+
+def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:
+    """Build the run's config from an optional TOML file and dotted-key overrides.
+
+    Parameters
+    ----------
+    path : TOML file, or None for the defaults alone.
+    overrides : {"umap.n_neighbors": 30, ...}; applied after the file.
+
+    Raises
+    ------
+    UsageError
+        Unreadable file, bad TOML, unknown key, wrong type or out-of-range value.
+    """
+    data: dict[str, Any] = _read_toml(path) if path is not None else {}
+    for key, value in (overrides or {}).items():
+        _set_dotted(data, key, value)
+    try:
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise UsageError(_describe(exc, str(path) if path else "config")) from None
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Split ``KEY=VALUE`` and read VALUE as a TOML value (bare words stay strings).
+
+    >>> parse_assignment("umap.n_neighbors=30")
+    ('umap.n_neighbors', 30)
+    """
+    key, sep, raw = text.partition("=")
+    key = key.strip()
+    if not sep or not key:
+        raise UsageError(f"--set {text!r}: expected KEY=VALUE, e.g. --set umap.n_neighbors=30")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key, value
+
+
+def known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Every dotted key the config accepts, e.g. ``umap.n_neighbors``."""
+    keys: list[str] = []
+    for name, field in model.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            keys += known_keys(annotation, f"{prefix}{name}.")
+        else:
+            keys.append(prefix + name)
+    return keys
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as handle:
+            return tomllib.load(handle)
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the config ({exc.strerror}); check the --config path") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise UsageError(f"{path}: not valid TOML ({exc}); fix the file or start from configs/default.toml") from None
+
+
+def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
+    *sections, leaf = key.split(".")
+    node = data
+    for i, part in enumerate(sections):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise UsageError(f"--set {key}: '{'.'.join(sections[: i + 1])}' is a value, not a section")
+        node = child
+    node[leaf] = value
+
+
+def _describe(exc: ValidationError, source: str) -> str:
+    error = exc.errors()[0]
+    parts = [str(part) for part in error["loc"] if isinstance(part, str)]
+    key = ".".join(parts)
+    if error["type"] == "extra_forbidden":
+        section = key.rpartition(".")[0]
+        siblings = [k for k in known_keys() if k.rpartition(".")[0] == section]
+        return f"{source}: unknown key '{key}'; known keys here: {', '.join(siblings)}"
+    known = set(known_keys())
+    while len(parts) > 1 and ".".join(parts) not in known:
+        parts.pop()  # pydantic appends union-branch names such as 'int' or 'literal[...]'
+    key = ".".join(parts)
+    return f"{source}: key '{key}' is invalid ({error['msg']}, got {error.get('input')!r}); see configs/default.toml"

@@ -1,0 +1,185 @@
+"""The built-in demo database: synthetic ArcFace-like embeddings with planted answers.
+
+Model (all vectors unit length, 512-D by default):
+
+* Identity centres are random directions. A share of identities (``family_fraction``) come in look-alike
+  families of 2-4 whose centres share a family direction with weight ``family_weight`` (centre cosine
+  ~0.25, so their faces have cosine ~0.15, "resembles, but clearly someone else").
+* ``n_lookalike_pairs`` planted look-alike pairs: identity b's centre is identity a's centre mixed with
+  weight q ~ U(0.65, 0.8), so faces of a and b are nearly as alike as faces of one person.
+* Each identity has a tightness t ~ U(``same_identity_cos``); a face is
+  ``sqrt(t) * centre + sqrt(1 - t) * noise`` (noise a random direction), so two faces of one identity have
+  cosine ~t (0.5-0.7, as ArcFace pairs do) and faces of unrelated identities ~0 +- 0.045.
+* Most identities have ``faces_per_identity`` faces; ``uneven_fraction`` of them have 1..2x that many.
+* ``misfiled_fraction`` of faces (only in identities with 3+ faces) are drawn from another identity's centre
+  but filed under this one: the planted "wrong person" answers.
+
+Rows are in id order, like the seed's ``actor.npy``; stored as float16 in the seed's structured dtype.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from job.arrays import FloatArray, IdArray
+
+
+@dataclass(frozen=True)
+class DemoSpec:
+    """Parameters of the demo generator; the defaults give the seed's 1,000 ids x ~5 faces."""
+
+    n_identities: int = 1000
+    faces_per_identity: int = 5
+    dim: int = 512
+    seed: int = 0
+    same_identity_cos: tuple[float, float] = (0.5, 0.7)
+    uneven_fraction: float = 0.15
+    uneven_min_faces: int = 2
+    latent_dim: int = 5
+    latent_weight: float = 0.4
+    family_fraction: float = 0.2
+    family_weight: float = 0.25
+    n_lookalike_pairs: int = 10
+    lookalike_weight: tuple[float, float] = (0.65, 0.8)
+    misfiled_fraction: float = 0.02
+
+
+@dataclass(frozen=True)
+class DemoTruth:
+    """The planted answers of one demo database."""
+
+    spec: DemoSpec
+    misfiled_rows: list[int]
+    misfiled_true_ids: list[int]
+    lookalike_pairs: list[tuple[int, int]]
+    families: list[list[int]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict: ``misfiled`` rows with the id filed and the true id, pairs, families."""
+        return {
+            "generator": "faceatlas.demo",
+            "spec": asdict(self.spec),
+            "misfiled": [
+                {"row": row, "true_id": true_id}
+                for row, true_id in zip(self.misfiled_rows, self.misfiled_true_ids, strict=True)
+            ],
+            "lookalike_pairs": [list(pair) for pair in self.lookalike_pairs],
+            "families": self.families,
+        }
+
+
+def seed_dtype(n_identities: int, dim: int) -> np.dtype:
+    """The seed's ``actor.npy`` dtype; ids widen to uint32 only when 65,536+ identities need it."""
+    id_type = "<u2" if n_identities <= 2**16 else "<u4"
+    return np.dtype([("id", id_type), ("embedding", "<f2", (dim,))])
+
+
+def make_demo(spec: DemoSpec = DemoSpec()) -> tuple[np.ndarray, DemoTruth]:
+    """Generate a demo database.
+
+    Returns
+    -------
+    records : structured ndarray of shape (n_faces,), dtype ``seed_dtype`` (fields ``id``, ``embedding``)
+    truth : the planted misfiled faces, look-alike pairs and families
+    """
+    rng = np.random.default_rng(spec.seed)
+    centres, families = _family_centres(rng, spec)
+    centres, pairs = _plant_lookalikes(rng, centres, spec, taken={i for f in families for i in f})
+    ids = _face_ids(rng, spec)
+    tightness = rng.uniform(*spec.same_identity_cos, size=spec.n_identities)
+    source = ids.copy()
+    misfiled = _pick_misfiled(rng, ids, spec)
+    source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
+    faces = _faces(rng, centres[source], tightness[source])
+    records = np.empty(len(ids), dtype=seed_dtype(spec.n_identities, spec.dim))
+    records["id"] = ids
+    records["embedding"] = faces.astype(np.float16)
+    truth = DemoTruth(
+        spec=spec,
+        misfiled_rows=misfiled.tolist(),
+        misfiled_true_ids=source[misfiled].tolist(),
+        lookalike_pairs=pairs,
+        families=families,
+    )
+    return records, truth
+
+
+def _unit(rng: np.random.Generator, n: int, dim: int) -> FloatArray:
+    vectors = rng.standard_normal((n, dim), dtype=np.float32)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+
+def _mix(base: FloatArray, other: FloatArray, weight: np.ndarray | float) -> FloatArray:
+    # sqrt weights keep the result's cosine to `base` at ~sqrt(weight) and pairwise cosines at ~weight
+    w = np.asarray(weight, dtype=np.float32).reshape(-1, 1) if np.ndim(weight) else np.float32(weight)
+    mixed = np.sqrt(w) * base + np.sqrt(1 - w) * other
+    return mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+
+
+def _family_centres(rng: np.random.Generator, spec: DemoSpec) -> tuple[FloatArray, list[list[int]]]:
+    centres = _unit(rng, spec.n_identities, spec.dim)
+    if spec.latent_dim > 0:
+        # a few shared "attribute" directions (think age, sex, ancestry) give identities a smooth layout
+        basis = np.linalg.qr(rng.standard_normal((spec.dim, spec.latent_dim)))[0].astype(np.float32)
+        latent = _unit(rng, spec.n_identities, spec.latent_dim) @ basis.T
+        centres = _mix(latent, centres, spec.latent_weight)
+    members = rng.permutation(spec.n_identities)[: int(spec.family_fraction * spec.n_identities)]
+    families: list[list[int]] = []
+    start = 0
+    while start + 2 <= len(members):
+        size = int(rng.integers(2, 5))
+        family = sorted(members[start : start + size].tolist())
+        start += size
+        if len(family) < 2:
+            break
+        direction = _unit(rng, 1, spec.dim)
+        centres[family] = _mix(np.repeat(direction, len(family), 0), centres[family], spec.family_weight)
+        families.append(family)
+    return centres, families
+
+
+def _plant_lookalikes(
+    rng: np.random.Generator, centres: FloatArray, spec: DemoSpec, taken: set[int]
+) -> tuple[FloatArray, list[tuple[int, int]]]:
+    free = np.array([i for i in rng.permutation(spec.n_identities).tolist() if i not in taken], dtype=np.int64)
+    n_pairs = min(spec.n_lookalike_pairs, len(free) // 2)
+    a, b = free[:n_pairs], free[n_pairs : 2 * n_pairs]
+    weight = rng.uniform(*spec.lookalike_weight, size=n_pairs)
+    centres[b] = _mix(centres[a], centres[b], weight)
+    return centres, sorted((int(min(x, y)), int(max(x, y))) for x, y in zip(a, b, strict=True))
+
+
+def _face_ids(rng: np.random.Generator, spec: DemoSpec) -> IdArray:
+    counts = np.full(spec.n_identities, spec.faces_per_identity, dtype=np.int64)
+    uneven = rng.random(spec.n_identities) < spec.uneven_fraction
+    counts[uneven] = rng.integers(spec.uneven_min_faces, 2 * spec.faces_per_identity + 1, size=int(uneven.sum()))
+    return np.repeat(np.arange(spec.n_identities, dtype=np.int64), counts)
+
+
+def _pick_misfiled(rng: np.random.Generator, ids: IdArray, spec: DemoSpec) -> IdArray:
+    counts = np.bincount(ids, minlength=spec.n_identities)
+    eligible = np.flatnonzero(counts[ids] >= 3)
+    n_misfiled = min(int(round(spec.misfiled_fraction * len(ids))), len(eligible))
+    chosen = rng.choice(eligible, size=n_misfiled, replace=False)
+    # at most one misfiled face per identity, so every identity keeps a clear majority of its own faces
+    _, first = np.unique(ids[chosen], return_index=True)
+    return np.sort(chosen[first])
+
+
+def _other_identities(rng: np.random.Generator, filed: IdArray, n_identities: int) -> IdArray:
+    other = rng.integers(0, n_identities - 1, size=len(filed))
+    return other + (other >= filed)  # skip the identity the face is filed under
+
+
+def _faces(rng: np.random.Generator, centres: FloatArray, tightness: np.ndarray) -> FloatArray:
+    noise = _unit(rng, len(centres), centres.shape[1])
+    return _mix(centres, noise, tightness)
+
+
+def truth_json(truth: DemoTruth) -> str:
+    """The truth as indented JSON text."""
+    return json.dumps(truth.to_json(), indent=1)

@@ -1,0 +1,51 @@
+"""Every error faceatlas raises on purpose, and the exit code the CLI gives it.
+
+Tree::
+
+    FaceatlasError              exit 1   base class; never raised directly
+    ├── UsageError              exit 2   bad command line or config (unknown key, wrong type, out of range)
+    ├── InputError              exit 3   an input file is missing, unreadable or malformed
+    ├── BackendUnavailable      exit 4   the asked-for backend cannot run on this machine
+    ├── OutOfMemoryError        exit 5   the job ran out of host or GPU memory
+    └── InternalError           exit 70  a bug in faceatlas: please report it
+
+Messages are one line: what was expected, what was found, and the fix.
+"""
+
+from __future__ import annotations
+
+
+class FaceatlasError(Exception):
+    """Base class of every error faceatlas raises on purpose."""
+
+    exit_code = 1
+
+
+class UsageError(FaceatlasError):
+    """The command line or the config is wrong."""
+
+    exit_code = 2
+
+
+class InputError(FaceatlasError):
+    """An input file is missing, unreadable or malformed."""
+
+    exit_code = 3
+
+
+class BackendUnavailable(FaceatlasError):
+    """The asked-for backend cannot run here."""
+
+    exit_code = 4
+
+
+class OutOfMemoryError(FaceatlasError):
+    """Host or GPU memory ran out."""
+
+    exit_code = 5
+
+
+class InternalError(FaceatlasError):
+    """Something that should not happen did."""
+
+    exit_code = 70

@@ -1,0 +1,147 @@
+"""One faceatlas run: load -> reduce -> measure -> render -> write. Never prints; reports through ``log``."""
+
+from __future__ import annotations
+
+import platform
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any
+
+from job import __version__
+from job.backends import resolve
+from job.config import Config
+from job.database import FaceDatabase, load_database
+from job.errors import UsageError
+from job.knn import normalise
+from job.metrics import same_id_knn, trustworthiness
+from job.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, write_json, write_projection
+from job.render import render_maps
+
+Log = Callable[[str], None]
+_VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "datashader", "pyarrow", "scikit-learn", "cuml-cu12",
+              "cupy-cuda12x", "typer", "pydantic")
+N_DEFAULT_HIGHLIGHT = 5
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: the output folder, each file by role, and the facts written to run.json."""
+
+    out_dir: Path
+    files: dict[str, Path]
+    backend: str
+    backend_reason: str
+    metrics: dict[str, float]
+    timings: dict[str, float]
+
+
+def run(config: Config, log: Log = lambda message: None) -> RunResult:
+    """Run the whole job for ``config`` and write its outputs to ``config.out``."""
+    timings: dict[str, float] = {}
+    backend, reason = resolve(config.backend)
+    log(f"backend: {backend.name} ({reason})")
+    with _timed(timings, "load"):
+        database = load_database(config.input)
+        highlight = _check_run(config, database)
+        unit = normalise(database.embeddings)
+    log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
+        f"dim {database.dim}")
+    labels = database.ids if config.umap.supervised else None
+    with _timed(timings, "umap"):
+        reduction = backend.fit_transform(unit, labels, config.umap, config.knn, config.seed)
+    log(f"UMAP done in {timings['umap']:.1f} s")
+    with _timed(timings, "metrics"):
+        metrics = {
+            "trustworthiness": trustworthiness(unit, reduction.coords, config.metrics.trustworthiness_k,
+                                               config.metrics.trustworthiness_sample, config.seed),
+            "same_id_knn": same_id_knn(reduction.coords, database.ids, config.metrics.same_id_k),
+        }
+    out_dir = Path(config.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    with _timed(timings, "render"):
+        labels_text = {int(i): database.label(i) for i in highlight}
+        files = render_maps(reduction.coords, database.ids, highlight, labels_text, config.render, out_dir,
+                            Path(database.source).name)
+    with _timed(timings, "write"):
+        files["projection"] = write_projection(out_dir / PROJECTION_FILE, database.ids, reduction.coords)
+        if database.truth is not None:
+            files["truth"] = write_json(out_dir / TRUTH_FILE, database.truth.to_json())
+    record = _run_record(config, database, backend.name, reason, reduction.knn_method, highlight, metrics,
+                         timings, files)
+    files["run"] = write_json(out_dir / RUN_FILE, record)  # last: its presence marks a complete run
+    return RunResult(out_dir, files, backend.name, reason, metrics, timings)
+
+
+def _check_run(config: Config, database: FaceDatabase) -> list[int]:
+    """Checks that need both the config and the data; returns the identities to highlight."""
+    source = database.source
+    if database.n_faces < config.umap.n_neighbors + 1:
+        raise UsageError(f"{source}: {database.n_faces} faces, but umap.n_neighbors={config.umap.n_neighbors} "
+                         f"needs at least {config.umap.n_neighbors + 1}; lower it with --set umap.n_neighbors=N")
+    identities = database.identities
+    if config.umap.supervised and len(identities) < 2:
+        raise UsageError(f"{source}: --supervised needs at least two identities, found one; use --unsupervised")
+    if not config.render.highlight:
+        return [int(i) for i in identities[:N_DEFAULT_HIGHLIGHT]]
+    missing = sorted(set(config.render.highlight) - set(identities.tolist()))
+    if missing:
+        raise UsageError(f"--highlight: ids {', '.join(map(str, missing[:10]))} are not in {source} "
+                         f"(its ids run {identities[0]}..{identities[-1]}); pick ids that exist")
+    return list(dict.fromkeys(config.render.highlight))
+
+
+def _run_record(
+    config: Config,
+    database: FaceDatabase,
+    backend: str,
+    reason: str,
+    knn_method: str,
+    highlight: list[int],
+    metrics: dict[str, float],
+    timings: dict[str, float],
+    files: dict[str, Path],
+) -> dict[str, Any]:
+    return {
+        "version": __version__,
+        "backend": backend,
+        "backend_reason": reason,
+        "knn_method": knn_method,
+        "config": config.model_dump(mode="json"),
+        "input": {
+            "path": database.source,
+            "n_faces": database.n_faces,
+            "n_identities": int(len(database.identities)),
+            "dim": database.dim,
+            "dtype": database.dtype,
+            "sha256": database.sha256,
+        },
+        "highlight": highlight,
+        "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
+        "metrics": {name: round(value, 4) for name, value in metrics.items()},
+        "files": {role: path.name for role, path in files.items()},
+        "versions": _versions(),
+    }
+
+
+def _versions() -> dict[str, str]:
+    found = {"python": platform.python_version()}
+    for name in _VERSIONED:
+        try:
+            found[name] = version(name)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+@contextmanager
+def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[stage] = time.perf_counter() - start
+

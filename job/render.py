@@ -1,0 +1,220 @@
+"""The PNG maps: datashader rasterises the faces, matplotlib adds axes, title and legend.
+
+Every map aggregates into a fixed-size grid, so cost and memory depend on the image size, not on the
+number of faces: the same code draws 5k and 10M faces. Per-identity colour is *not* a categorical
+aggregate (W x H x n_identities would be ~2.5 GB at 800x800x1000, datashader #907); instead each face
+carries its identity's RGB and the grid keeps per-pixel sums, which gives the same count-weighted colour
+mix as datashader's categorical shading in W x H x 4.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.arrays import FloatArray, IdArray
+from job.config import RenderConfig
+
+MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png"}
+HIGHLIGHT_COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf",
+                     "#bcbd22", "#1a1a1a"]
+_DPI = 100
+_MARGINS = (70, 20, 50, 45)  # left, right, top, bottom, in pixels
+_FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
+
+
+@dataclass(frozen=True)
+class Frame:
+    """Geometry shared by the maps: data ranges with equal units per pixel on both axes."""
+
+    x_range: tuple[float, float]
+    y_range: tuple[float, float]
+    plot_width: int
+    plot_height: int
+    width: int
+    height: int
+
+
+def identity_palette(n_identities: int, seed: int = 0) -> FloatArray:
+    """The seed's colours: hue U[0,1), saturation U[0.4,1), value U[0.3,0.9), HSV -> RGB.
+
+    Returns ndarray of shape (n_identities, 3), float32 in [0, 1]; row i colours the i-th smallest id.
+    """
+    from matplotlib.colors import hsv_to_rgb
+
+    rng = np.random.default_rng(seed)
+    hsv = np.column_stack([rng.uniform(0.0, 1.0, n_identities), rng.uniform(0.4, 1.0, n_identities),
+                           rng.uniform(0.3, 0.9, n_identities)])
+    return hsv_to_rgb(hsv).astype(np.float32)
+
+
+def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:
+    """Fit the map's x/y extent (2% padding) into the plot area without stretching either axis."""
+    left, right, top, bottom = _MARGINS
+    plot_w, plot_h = config.width - left - right, config.height - top - bottom
+    lo, hi = np.nanmin(coords[:, :2], axis=0), np.nanmax(coords[:, :2], axis=0)
+    centre, span = (lo + hi) / 2, np.maximum(hi - lo, 1e-6) * 1.04
+    per_pixel = max(span[0] / plot_w, span[1] / plot_h)
+    half_w, half_h = per_pixel * plot_w / 2, per_pixel * plot_h / 2
+    return Frame((float(centre[0] - half_w), float(centre[0] + half_w)),
+                 (float(centre[1] - half_h), float(centre[1] + half_h)), plot_w, plot_h, config.width, config.height)
+
+
+def render_maps(
+    coords: FloatArray,
+    ids: IdArray,
+    highlight: list[int],
+    labels: dict[int, str],
+    config: RenderConfig,
+    out_dir: Path,
+    title: str,
+) -> dict[str, Path]:
+    """Draw the three maps into ``out_dir`` and return {map name: path}.
+
+    Parameters
+    ----------
+    coords : ndarray of shape (n_faces, 2 or 3), float32; the first two columns are drawn
+    ids : ndarray of shape (n_faces,), int64
+    highlight : identity ids to draw in colour on the grey map
+    labels : identity id -> legend text
+    title : shown above every map, e.g. the input's name
+    """
+    import datashader as ds
+    import pandas as pd
+
+    frame = make_frame(coords, config)
+    canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
+                       x_range=frame.x_range, y_range=frame.y_range)
+    unique, index = np.unique(ids, return_inverse=True)
+    rgb = identity_palette(len(unique), config.palette_seed)[index]
+    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2]})
+    radius = point_radius(len(ids))
+    counts = spread(canvas.points(faces, "x", "y", agg=ds.count()), radius)
+    subtitle = f"{len(ids):,} faces, {len(unique):,} identities"
+    images = {
+        "identities": (_identity_image(canvas, faces, counts, radius),
+                       f"{title}: faces coloured by identity ({subtitle})"),
+        "density": (_density_image(counts), f"{title}: face density, eq_hist ({subtitle})"),
+        "highlight": (_highlight_image(canvas, faces, ids, highlight, counts, radius),
+                      f"{title}: {len(highlight)} identities highlighted ({subtitle})"),
+    }
+    paths: dict[str, Path] = {}
+    for name, (image, map_title) in images.items():
+        legend = _highlight_legend(ids, highlight, labels) if name == "highlight" else None
+        paths[name] = _compose(image, frame, map_title, legend, out_dir / MAP_FILES[name])
+    return paths
+
+
+def point_radius(n_faces: int) -> int:
+    """Pixels each face covers around its own: big enough to see 5k faces, none at millions."""
+    return 3 if n_faces <= 20_000 else 2 if n_faces <= 200_000 else 1 if n_faces <= 2_000_000 else 0
+
+
+def spread(agg: Any, radius: int) -> Any:
+    """Sum an aggregate over a disc of ``radius`` pixels, so each face paints a small dot.
+
+    Spreading the aggregate (not the shaded image, as ``tf.spread`` does) keeps counts and colour sums
+    consistent and avoids compiling datashader's compositing kernels (~7 s on every start).
+    """
+    from scipy.ndimage import convolve
+
+    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
+    disc = (xx**2 + yy**2 <= radius**2 + radius).astype(np.float64)
+    data = convolve(np.nan_to_num(np.asarray(agg.data, dtype=np.float64)), disc, mode="constant")
+    return agg.copy(data=np.where(data > 0, data, np.nan))  # NaN marks empty pixels, as in datashader
+
+
+def over(top: Any, background: np.ndarray) -> np.ndarray:
+    """Alpha-composite a shaded datashader image over an RGB (H, W, 3) uint8 background, in numpy."""
+    rgba = np.flipud(np.asarray(top.data, dtype=np.uint32).view(np.uint8).reshape(*top.shape, 4)).astype(np.float32)
+    alpha = rgba[..., 3:4] / 255.0
+    return (rgba[..., :3] * alpha + background.astype(np.float32) * (1 - alpha)).round().astype(np.uint8)
+
+
+def _solid(shape: tuple[int, ...], colour: tuple[int, int, int]) -> np.ndarray:
+    return np.broadcast_to(np.array(colour, dtype=np.uint8), (*shape, 3))
+
+
+def _identity_image(canvas: Any, faces: Any, counts: Any, radius: int) -> np.ndarray:
+    import datashader as ds
+    import datashader.transfer_functions as tf
+
+    n = np.nan_to_num(counts.data, nan=1.0)
+    # one frame schema and one reduction for all three channels, so datashader compiles its kernel once
+    channels = [spread(canvas.points(faces[["x", "y", c]].set_axis(["x", "y", "v"], axis=1), "x", "y",
+                                     agg=ds.sum("v")), radius).data / n * 255 for c in "rgb"]
+    channels = [np.clip(np.nan_to_num(c), 0, 255) for c in channels]
+    # opacity from the eq_hist-shaded count, as datashader does for categorical colour mixing
+    alpha = tf.shade(counts, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
+    packed = sum(c.astype(np.uint32) << (8 * i) for i, c in enumerate(channels)) | alpha.astype(np.uint32) << 24
+    image = counts.copy(data=np.where(np.isnan(counts.data), 0, packed).astype(np.uint32))
+    return over(image, _solid(counts.shape, (255, 255, 255)))
+
+
+def _density_image(counts: Any) -> np.ndarray:
+    import datashader.transfer_functions as tf
+    from datashader.colors import inferno
+
+    image = tf.shade(counts, cmap=inferno[64:], how="eq_hist")  # the darkest blues vanish on black
+    return over(image, _solid(counts.shape, (0, 0, 0)))
+
+
+def _highlight_image(
+    canvas: Any, faces: Any, ids: IdArray, highlight: list[int], counts: Any, radius: int
+) -> np.ndarray:
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    import xarray as xr
+
+    grey = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
+                _solid(counts.shape, (255, 255, 255)))
+    layers = [spread(canvas.points(faces[ids == identity], "x", "y", agg=ds.count()), radius + 1)
+              for identity in highlight]
+    labels = [str(i) for i in highlight]
+    stacked = xr.concat(layers, dim=xr.DataArray(labels, dims="label", name="label")).transpose(..., "label")
+    stacked = stacked.fillna(0)
+    present = (stacked.data > 0).any(axis=-1)
+    if not present.any():
+        return grey
+    key = {label: HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)] for i, label in enumerate(labels)}
+    shaded = tf.shade(stacked, color_key=key, how="eq_hist", min_alpha=255)
+    return over(shaded.copy(data=np.where(present, shaded.data, 0).astype(np.uint32)), grey)
+
+
+def _highlight_legend(ids: IdArray, highlight: list[int], labels: dict[int, str]) -> list[tuple[str, str]]:
+    counts = {int(i): int(c) for i, c in zip(*np.unique(ids[np.isin(ids, highlight)], return_counts=True))}
+    entries = [(HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)],
+                f"{labels.get(identity, f'id {identity}')} ({counts.get(identity, 0)} faces)")
+               for i, identity in enumerate(highlight)]
+    return entries + [("#a0a0a0", "all other faces")]
+
+
+def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
+    from matplotlib import rc_context
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.lines import Line2D
+
+    left, _, top, bottom = _MARGINS
+    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    with rc_context({"font.family": _FONTS, "font.size": 10}):
+        figure = Figure(figsize=(frame.width / _DPI, frame.height / _DPI), dpi=_DPI)
+        FigureCanvasAgg(figure)
+        axes = figure.add_axes((left / frame.width, bottom / frame.height,
+                                frame.plot_width / frame.width, frame.plot_height / frame.height))
+        axes.imshow(image, extent=(*frame.x_range, *frame.y_range), interpolation="nearest",
+                    aspect="auto")
+        axes.set(xlim=frame.x_range, ylim=frame.y_range, xlabel="UMAP 1", ylabel="UMAP 2")
+        axes.set_title(title, fontsize=11, loc="left")
+        if legend:
+            handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=text) for colour, text in legend]
+            axes.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        figure.savefig(tmp, dpi=_DPI, format="png")
+    os.replace(tmp, path)
+    return path

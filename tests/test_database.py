@@ -1,0 +1,118 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+from job.config import InputConfig
+from job.database import load_database
+from job.demo import DemoSpec, make_demo
+from job.errors import InputError
+
+RECORDS, _ = make_demo(DemoSpec(n_identities=30, faces_per_identity=4, dim=64, seed=3))
+IDS = RECORDS["id"].astype(np.int64)
+VECTORS = RECORDS["embedding"].astype(np.float32)
+
+
+def _load(path: Path, **fields: str) -> object:
+    return load_database(InputConfig(path=str(path), **fields))
+
+
+def _write_parquet(path: Path, embeddings: np.ndarray, fixed: bool, names: tuple[str, str] = ("id", "embedding")):
+    flat = pa.array(embeddings.reshape(-1))
+    column = (pa.FixedSizeListArray.from_arrays(flat, embeddings.shape[1]) if fixed
+              else pa.ListArray.from_arrays(pa.array(np.arange(0, embeddings.size + 1, embeddings.shape[1],
+                                                               dtype=np.int32)), flat))
+    pq.write_table(pa.table({names[0]: IDS, names[1]: column}), path)
+
+
+def _writers() -> dict[str, object]:
+    return {
+        "npy-float16": lambda p: np.save(p, RECORDS),
+        "npz-float32": lambda p: np.savez(p, ids=IDS, embeddings=VECTORS),
+        "npz-float64-not-unit": lambda p: np.savez(p, ids=IDS.astype(np.int32), embeddings=VECTORS.astype(np.float64) * 7),
+        "parquet-list": lambda p: _write_parquet(p, VECTORS, fixed=False),
+        "parquet-fixed-size-list": lambda p: _write_parquet(p, VECTORS, fixed=True),
+        "parquet-float16": lambda p: _write_parquet(p, RECORDS["embedding"], fixed=True),
+    }
+
+
+@pytest.mark.parametrize("kind", list(_writers()))
+def test_each_input_format_loads_the_same_faces(tmp_path: Path, kind: str) -> None:
+    path = tmp_path / "db.bin"  # formats are recognised by content, not by name
+    _writers()[kind](path)
+    if not path.exists():  # numpy appends .npy/.npz
+        path = next(tmp_path.iterdir())
+    database = load_database(InputConfig(path=str(path)))
+    assert database.ids.dtype == np.int64 and np.array_equal(database.ids, IDS)
+    assert database.embeddings.dtype == np.float32 and database.embeddings.shape == VECTORS.shape
+    unit = database.embeddings / np.linalg.norm(database.embeddings, axis=1, keepdims=True)
+    np.testing.assert_allclose(unit, VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True), atol=2e-3)
+    assert len(database.sha256) == 64
+    assert database.n_faces == len(IDS) and database.dim == 64
+
+
+def test_field_names_are_configurable(tmp_path: Path) -> None:
+    records = np.empty(len(IDS), dtype=[("person", "<i4"), ("vec", "<f4", (64,))])
+    records["person"], records["vec"] = IDS, VECTORS
+    np.save(tmp_path / "a.npy", records)
+    assert _load(tmp_path / "a.npy", id_field="person", embedding_field="vec").n_faces == len(IDS)
+    _write_parquet(tmp_path / "a.parquet", VECTORS, fixed=False, names=("person", "vec"))
+    assert _load(tmp_path / "a.parquet", id_field="person", embedding_field="vec").n_faces == len(IDS)
+
+
+def test_names_file_gives_labels(tmp_path: Path) -> None:
+    np.save(tmp_path / "a.npy", RECORDS)
+    names = tmp_path / "actor.jsonl"
+    names.write_text("\n".join(json.dumps({"name": f"Person {i}"}) for i in range(30)) + "\n", encoding="utf-8")
+    database = load_database(InputConfig(path=str(tmp_path / "a.npy"), names=str(names)))
+    assert database.label(3) == "id 3 Person 3"
+
+
+def test_pickled_object_arrays_are_refused_without_unpickling(tmp_path: Path) -> None:
+    marker = tmp_path / "pwned"
+
+    class Boom:
+        def __reduce__(self):
+            return (Path.touch, (marker,))
+
+    np.save(tmp_path / "evil.npy", np.array([Boom()], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="evil.npy"):
+        _load(tmp_path / "evil.npy")
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda p: p.write_bytes(b"hello world"), "not a .npy, .npz or Parquet"),
+        (lambda p: np.save(p, VECTORS), "no field 'id'"),
+        (lambda p: np.savez(p, a=IDS), "expected arrays 'ids' and 'embeddings'"),
+        (lambda p: np.savez(p, ids=IDS.astype(float), embeddings=VECTORS), "expected integers"),
+        (lambda p: np.savez(p, ids=IDS, embeddings=(VECTORS * 100).astype(np.int8)), "expected float"),
+        (lambda p: np.savez(p, ids=IDS, embeddings=VECTORS[:, 0]), "expected \\(n_faces, dim\\)"),
+        (lambda p: np.savez(p, ids=IDS[:-1], embeddings=VECTORS), "give one id per face"),
+        (lambda p: np.savez(p, ids=IDS, embeddings=np.where(np.arange(len(IDS))[:, None] == 4, np.nan, VECTORS)),
+         "rows 4"),
+        (lambda p: np.savez(p, ids=IDS, embeddings=np.where(np.arange(len(IDS))[:, None] == 2, 0, VECTORS)),
+         "all zeros \\(rows 2\\)"),
+    ],
+)
+def test_bad_inputs_get_one_line_errors_naming_the_file(tmp_path: Path, make, message: str) -> None:
+    path = tmp_path / "bad.npz"
+    make(path)
+    path = next(tmp_path.iterdir())
+    with pytest.raises(InputError, match=message) as info:
+        _load(path)
+    assert str(path) in str(info.value) and "\n" not in str(info.value)
+
+
+def test_missing_file_and_directory(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="cannot open"):
+        _load(tmp_path / "nope.npy")
+    with pytest.raises(InputError, match="is a directory"):
+        _load(tmp_path)

@@ -1,0 +1,80 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from job.config import RenderConfig
+from job.render import HIGHLIGHT_COLOURS, identity_palette, make_frame, render_maps
+
+
+def _pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def _has_colour(pixels: np.ndarray, hex_colour: str, tolerance: int = 8) -> bool:
+    target = np.array([int(hex_colour[i : i + 2], 16) for i in (1, 3, 5)])
+    return bool((np.abs(pixels.astype(int) - target).max(axis=-1) <= tolerance).any())
+
+
+def test_maps_have_the_configured_size_and_are_not_blank(smoke_run, smoke_config) -> None:
+    for name in ("identities", "highlight", "density"):
+        path = smoke_run.files[name]
+        assert path.name == f"map_{name}.png"
+        pixels = _pixels(path)
+        assert pixels.shape == (smoke_config.render.height, smoke_config.render.width, 3)
+        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # data, not an empty frame
+
+
+def test_highlighted_identities_are_drawn_in_their_colours(smoke_run) -> None:
+    pixels = _pixels(smoke_run.files["highlight"])
+    plot = pixels[60:-60, 80:-30]  # inside the axes, away from the legend's edge
+    for colour in HIGHLIGHT_COLOURS[:5]:
+        assert _has_colour(plot, colour)
+
+
+def test_highlight_colours_mark_only_the_chosen_faces(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    coords = rng.uniform(0, 10, (2000, 2)).astype(np.float32)
+    ids = np.repeat(np.arange(400), 5)
+    coords[ids == 7] = [[2.0, 2.0]]  # one tight spot
+    paths = render_maps(coords, ids, [7], {7: "id 7 Ada"}, RenderConfig(width=400, height=400), tmp_path, "t")
+    pixels = _pixels(paths["highlight"])
+    red = (np.abs(pixels.astype(int) - [0xE4, 0x1A, 0x1C]).max(axis=-1) <= 8)
+    red[:200, 200:] = False  # the legend sits in the upper right
+    rows, cols = np.nonzero(red)
+    assert len(rows) > 0 and np.ptp(rows) < 20 and np.ptp(cols) < 20
+    assert rows.mean() > 200 and cols.mean() < 200  # lower left, where (2, 2) lies
+
+
+def test_ten_million_scale_aggregates_in_fixed_memory(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    n = 1_000_000
+    coords = rng.normal(0, 1, (n, 2)).astype(np.float32)
+    ids = rng.integers(0, 50_000, n)
+    paths = render_maps(coords, ids, [int(ids[0])], {}, RenderConfig(width=300, height=300), tmp_path, "big")
+    density = _pixels(paths["density"])[50:-45, 70:-20]
+    assert (density.sum(-1) > 0).mean() > 0.3  # the dense core fills the frame
+
+
+def test_frame_keeps_equal_units_per_pixel() -> None:
+    coords = np.array([[0, 0], [10, 1]], dtype=np.float32)
+    frame = make_frame(coords, RenderConfig(width=600, height=400))
+    x_per_px = (frame.x_range[1] - frame.x_range[0]) / frame.plot_width
+    y_per_px = (frame.y_range[1] - frame.y_range[0]) / frame.plot_height
+    assert x_per_px == pytest.approx(y_per_px)
+    flat = make_frame(np.zeros((5, 2), np.float32), RenderConfig())
+    assert frame.x_range[0] < frame.x_range[1] and flat.y_range[0] < flat.y_range[1]
+
+
+def test_palette_follows_the_seed_recipe() -> None:
+    from matplotlib.colors import rgb_to_hsv
+
+    palette = identity_palette(1000, seed=0)
+    hsv = rgb_to_hsv(palette)
+    assert palette.shape == (1000, 3)
+    assert hsv[:, 1].min() >= 0.4 - 1e-6 and hsv[:, 1].max() < 1.0
+    assert hsv[:, 2].min() >= 0.3 - 1e-6 and hsv[:, 2].max() < 0.9 + 1e-6
+    assert np.array_equal(palette, identity_palette(1000, seed=0))
