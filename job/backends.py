@@ -208,7 +208,7 @@ def import_umap() -> Any:
     runs reuse the machine code. ``NUMBA_CACHE_DIR`` defaults to a user cache dir so this also works in
     containers whose site-packages are read-only (umap-learn issue #715).
     """
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir() / "numba"))
+    default_numba_cache()
     import umap
     import umap.layouts
     import umap.spectral
@@ -222,6 +222,14 @@ def import_umap() -> Any:
             if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
                 value.enable_caching()
     return umap
+
+
+def default_numba_cache() -> None:
+    """Point numba's on-disk cache at the user cache dir unless ``NUMBA_CACHE_DIR`` is set.
+
+    Numba reads the variable when it is first imported, so the CLI calls this before anything else.
+    """
+    os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir() / "numba"))
 
 
 def user_cache_dir() -> Path:

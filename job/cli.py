@@ -176,5 +176,8 @@ def _parse_ids(text: str) -> list[int]:
 
 def main() -> None:
     """Console-script entry point."""
+    from job.backends import default_numba_cache
+
+    default_numba_cache()
     app(prog_name="faceatlas")
 

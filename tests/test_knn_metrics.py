@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 from sklearn.neighbors import NearestNeighbors
 
 from job.knn import exact_knn, normalise
@@ -46,3 +47,14 @@ def test_trustworthiness_is_high_for_faithful_and_low_for_random_maps() -> None:
     unit = normalise(np.hstack([plane, np.full((600, 1), 10, np.float32)]))
     assert trustworthiness(unit, plane, k=10) > 0.95
     assert trustworthiness(unit, rng.standard_normal((600, 2)).astype(np.float32), k=10) < 0.7
+
+
+def test_trustworthiness_equals_scikit_learn() -> None:
+    from sklearn.manifold import trustworthiness as sk_trustworthiness
+
+    rng = np.random.default_rng(3)
+    latent = rng.standard_normal((800, 3)).astype(np.float32)
+    unit = normalise(np.hstack([latent, rng.standard_normal((800, 20)).astype(np.float32) * 0.3]))
+    for coords in (latent[:, :2], rng.standard_normal((800, 2)).astype(np.float32)):
+        ours = trustworthiness(unit, coords, k=12)
+        assert ours == pytest.approx(sk_trustworthiness(unit, coords, n_neighbors=12, metric="cosine"), abs=1e-4)
