@@ -173,14 +173,17 @@ def _highlight_image(
 
     grey = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
                 _solid(counts.shape, (255, 255, 255)))
-    layers = [spread(canvas.points(faces[ids == identity], "x", "y", agg=ds.count()), radius + 1)
-              for identity in highlight]
+    # highlighted faces stay visible at any scale: at least a 3-pixel disc with a dark rim
+    raw = [canvas.points(faces[ids == identity], "x", "y", agg=ds.count()) for identity in highlight]
+    size = max(radius + 1, 3)
     labels = [str(i) for i in highlight]
-    stacked = xr.concat(layers, dim=xr.DataArray(labels, dims="label", name="label")).transpose(..., "label")
-    stacked = stacked.fillna(0)
+    stacked = xr.concat([spread(layer, size) for layer in raw],
+                        dim=xr.DataArray(labels, dims="label", name="label")).transpose(..., "label").fillna(0)
     present = (stacked.data > 0).any(axis=-1)
     if not present.any():
         return grey
+    rim = spread(sum(layer.fillna(0) for layer in raw), size + 1)
+    grey = over(tf.shade(rim, cmap=["#202020", "#202020"], min_alpha=255), grey)
     key = {label: HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)] for i, label in enumerate(labels)}
     shaded = tf.shade(stacked, color_key=key, how="eq_hist", min_alpha=255)
     return over(shaded.copy(data=np.where(present, shaded.data, 0).astype(np.uint32)), grey)
