@@ -46,7 +46,10 @@ class Backend(Protocol):
     def fit_transform(
         self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None
     ) -> Reduction:
-        """Fit UMAP on unit vectors of shape (n_faces, dim) float32; ``labels`` for supervised UMAP."""
+        """Fit UMAP on unit vectors of shape (n_faces, dim) float32.
+
+        ``labels``: for supervised UMAP, identity codes 0..n_identities-1 of shape (n_faces,), int32.
+        """
         ...
 
 
@@ -93,6 +96,8 @@ class UmapLearnBackend:
         if method == "exact":
             graph = exact_knn(unit, params.n_neighbors, params.metric)
             kwargs["precomputed_knn"] = (graph.indices, graph.distances)
+        else:  # below 4,096 faces umap-learn would silently compute all pairwise distances instead
+            kwargs["force_approximation_algorithm"] = True
         with warnings.catch_warnings():
             # both are expected here: we pass no search index, and a seed means one thread
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")
@@ -132,7 +137,7 @@ class CumlBackend:
         from cuml.manifold import UMAP
 
         model = UMAP(**cuml_params(params, seed, knn.method), output_type="numpy")
-        coords = model.fit_transform(unit, y=None if labels is None else labels.astype(np.int32))
+        coords = model.fit_transform(unit, y=labels)
         return Reduction(np.asarray(coords, dtype=np.float32), f"cuml:{knn.method}")
 
 

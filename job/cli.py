@@ -9,12 +9,12 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any, NoReturn, Optional
 
 import typer
 
 from job import __version__
-from job.errors import FaceatlasError, UsageError
+from job.errors import FaceatlasError, InternalError, OutOfMemoryError, UsageError
 
 app = typer.Typer(
     name="faceatlas",
@@ -41,17 +41,24 @@ def _errors_to_exit_codes() -> Iterator[None]:
     """Turn our errors into one line on stderr and the class's exit code (traceback only with --debug)."""
     try:
         yield
+    except typer.Exit:
+        raise
     except FaceatlasError as exc:
-        if _state["debug"]:
-            traceback.print_exc()
-        typer.echo(f"faceatlas: error: {exc}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        _fail(exc)
     except MemoryError:
-        if _state["debug"]:
-            traceback.print_exc()
-        typer.echo("faceatlas: error: out of memory; use a machine with more memory or a smaller database",
-                   err=True)
-        raise typer.Exit(5) from None
+        _fail(OutOfMemoryError("out of memory; use a machine with more memory or a smaller database"))
+    except OSError as exc:  # files we write: an unwritable --out, a full disk
+        _fail(UsageError(f"{exc.filename or 'output'}: {exc.strerror or exc}; check the path, its "
+                         "permissions and free space"))
+    except Exception as exc:  # noqa: BLE001 - anything else is our bug: say so in one line
+        _fail(InternalError(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it"))
+
+
+def _fail(error: FaceatlasError) -> NoReturn:
+    if _state["debug"]:
+        traceback.print_exc()
+    typer.echo(f"faceatlas: error: {error}", err=True)
+    raise typer.Exit(error.exit_code) from None
 
 
 def _version(value: bool) -> None:

@@ -10,7 +10,7 @@ import tomllib
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import UsageError
 
@@ -43,6 +43,12 @@ class UmapConfig(_Section):
     supervised: bool = False
     target_weight: float = Field(0.5, ge=0.0, le=1.0)
 
+    @model_validator(mode="after")
+    def _min_dist_within_spread(self) -> UmapConfig:
+        if self.min_dist > self.spread:
+            raise ValueError(f"min_dist ({self.min_dist}) must not exceed spread ({self.spread})")
+        return self
+
     @field_validator("n_epochs")
     @classmethod
     def _positive_epochs(cls, value: int | str) -> int | str:
@@ -52,7 +58,7 @@ class UmapConfig(_Section):
 
 
 class KnnConfig(_Section):
-    """How the k-nearest-neighbour graph is built on CPU (cuML builds its own on the GPU)."""
+    """How the k-nearest-neighbour graph is built: exact or NN-descent on CPU, cuML's ``build_algo`` on GPU."""
 
     method: Literal["auto", "exact", "approximate"] = "auto"
     exact_max_faces: int = Field(50_000, ge=0)
@@ -63,7 +69,8 @@ class RenderConfig(_Section):
 
     width: int = Field(1000, ge=200, le=10_000)
     height: int = Field(1000, ge=200, le=10_000)
-    highlight: list[int] = Field(default_factory=list, description="[] = the first five identities")
+    highlight: list[int] = Field(default_factory=list, max_length=10,
+                                 description="[] = the first five identities; at most 10 (one colour each)")
     palette_seed: int = Field(0, ge=0)
 
 
@@ -178,4 +185,6 @@ def _describe(exc: ValidationError, source: str) -> str:
     while len(parts) > 1 and ".".join(parts) not in known:
         parts.pop()  # pydantic appends union-branch names such as 'int' or 'literal[...]'
     key = ".".join(parts)
-    return f"{source}: key '{key}' is invalid ({error['msg']}, got {error.get('input')!r}); see configs/default.toml"
+    found = error.get("input")
+    got = "" if isinstance(found, dict) else f", got {found!r}"
+    return f"{source}: key '{key}' is invalid ({error['msg']}{got}); see configs/default.toml"

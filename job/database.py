@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -67,14 +69,17 @@ class FaceDatabase:
 def load_database(config: InputConfig) -> FaceDatabase:
     """Load and validate the database named by ``config.path`` ("" = the built-in demo)."""
     if not config.path:
-        return demo_database()
-    path = Path(config.path)
-    kind = sniff_format(path)
-    reader = {"npy": _read_npy, "npz": _read_npz, "parquet": _read_parquet}[kind]
-    ids, embeddings, dtype = reader(path, config)
-    ids, embeddings = check_arrays(ids, embeddings, str(path))
-    names = read_names(Path(config.names)) if config.names else None
-    return FaceDatabase(ids, embeddings, str(path), dtype, file_sha256(path), names)
+        database = demo_database()
+    else:
+        path = Path(config.path)
+        kind = sniff_format(path)
+        reader = {"npy": _read_npy, "npz": _read_npz, "parquet": _read_parquet}[kind]
+        ids, embeddings, dtype = reader(path, config)
+        ids, embeddings = check_arrays(ids, embeddings, str(path))
+        database = FaceDatabase(ids, embeddings, str(path), dtype, file_sha256(path))
+    if not config.names:
+        return database
+    return replace(database, names=read_names(Path(config.names), database.identities))
 
 
 def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
@@ -111,6 +116,8 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str) -> tuple[
     """
     if ids.dtype.kind not in "iu":
         raise InputError(f"{source}: ids have dtype {ids.dtype}, expected integers; re-export ids as int64")
+    if ids.dtype == np.uint64 and len(ids) and ids.max() > np.iinfo(np.int64).max:
+        raise InputError(f"{source}: ids up to {ids.max()} do not fit int64; renumber the identities")
     if embeddings.dtype.kind != "f":
         raise InputError(f"{source}: embeddings have dtype {embeddings.dtype}, expected float16/32/64; "
                          "re-export the embeddings as float32")
@@ -135,27 +142,33 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str) -> tuple[
     return ids.astype(np.int64), vectors
 
 
-def read_names(path: Path) -> dict[int, str]:
-    """Read a JSONL names file: one object per id, in id order.
+def read_names(path: Path, identities: IdArray) -> dict[int, str]:
+    """Read a JSONL names file: one object per identity, in id order (like the seed's ``actor.jsonl``).
 
-    An object's ``id`` key gives its id where present (else its line number does); its ``name`` key, else
-    its first string value, gives the display name.
+    The k-th object names the k-th smallest identity id, unless it has an integer ``id`` key, which wins.
+    Its ``name`` key, else its first string value, is the display name. Blank lines are skipped.
     """
     names: dict[int, str] = {}
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
+        lines = path.read_text(encoding="utf-8-sig").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise InputError(f"{path}: cannot read the names file ({exc}); pass a UTF-8 JSONL file") from None
-    for number, line in enumerate(line for line in lines if line.strip()):
+    position = 0
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
         try:
             record = json.loads(line)
         except json.JSONDecodeError:
-            raise InputError(f"{path}: line {number + 1} is not JSON; write one JSON object per line") from None
+            raise InputError(f"{path}: line {number} is not JSON; write one JSON object per line") from None
         if not isinstance(record, dict):
-            raise InputError(f"{path}: line {number + 1} is not a JSON object; write {{\"name\": ...}} per line")
+            raise InputError(f"{path}: line {number} is not a JSON object; write {{\"name\": ...}} per line")
         text = record.get("name", next((v for v in record.values() if isinstance(v, str)), None))
-        identity = record.get("id", number)
-        if isinstance(identity, int) and isinstance(text, str):
+        identity = record.get("id")
+        if not isinstance(identity, int):
+            identity = int(identities[position]) if position < len(identities) else None
+        position += 1
+        if identity is not None and isinstance(text, str):
             names[identity] = text
     return names
 
@@ -200,14 +213,13 @@ def _read_npz(path: Path, config: InputConfig) -> tuple[np.ndarray, np.ndarray, 
                 raise InputError(f"{path}: expected arrays 'ids' and 'embeddings' (found: {', '.join(found)}); "
                                  "save with numpy.savez(path, ids=..., embeddings=...)")
             ids, embeddings = archive[id_key], archive[emb_key]
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: cannot read as .npz ({exc}); re-save it with numpy.savez") from None
     return ids, embeddings, str(embeddings.dtype)
 
 
 def _read_parquet(path: Path, config: InputConfig) -> tuple[np.ndarray, np.ndarray, str]:
     import pyarrow as pa
-    import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
     try:
@@ -218,18 +230,30 @@ def _read_parquet(path: Path, config: InputConfig) -> tuple[np.ndarray, np.ndarr
             raise InputError(f"{path}: no column {missing[0]!r} (columns found: {', '.join(schema.names)}); "
                              "pass --set input.id_field=... / input.embedding_field=...")
         table = pq.read_table(path, columns=columns)
+        ids_column = table.column(config.id_field)
+        if ids_column.null_count:
+            raise InputError(f"{path}: column {config.id_field!r} has {ids_column.null_count} empty ids; "
+                             "give every face an id")
+        ids = ids_column.to_numpy()
+        embeddings = _parquet_vectors(table.column(config.embedding_field), path, config.embedding_field)
     except (pa.ArrowException, OSError) as exc:
         raise InputError(f"{path}: cannot read as Parquet ({exc}); re-write it with pyarrow") from None
-    ids = table.column(config.id_field).combine_chunks().to_numpy(zero_copy_only=False)
-    column = table.column(config.embedding_field).combine_chunks()
-    if not pa.types.is_list(column.type) and not pa.types.is_large_list(column.type) \
-            and not pa.types.is_fixed_size_list(column.type):
-        raise InputError(f"{path}: column {config.embedding_field!r} has type {column.type}, expected a list "
-                         "of floats per face; write embeddings as list<float> or fixed_size_list<float>")
-    lengths = pc.list_value_length(column).to_numpy(zero_copy_only=False) if len(column) else np.array([0])
-    if column.null_count or len(np.unique(lengths)) != 1:
-        raise InputError(f"{path}: column {config.embedding_field!r} holds vectors of different lengths or "
-                         "nulls; give every face a vector of the same dimension")
-    values = column.flatten().to_numpy(zero_copy_only=False)
-    embeddings = values.reshape(len(column), int(lengths[0]))
     return ids, embeddings, str(embeddings.dtype)
+
+
+def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:
+    """A list / fixed-size-list column as (n_faces, dim), converted chunk by chunk (no 2**31 offset limit)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise InputError(f"{path}: column {name!r} has type {kind}, expected a list of floats per face; "
+                         "write embeddings as list<float> or fixed_size_list<float>")
+    lengths = np.unique(pc.list_value_length(column).to_numpy()) if len(column) else np.array([0])
+    if column.null_count or len(lengths) != 1:
+        raise InputError(f"{path}: column {name!r} holds vectors of different lengths or nulls; "
+                         "give every face a vector of the same dimension")
+    dim = int(lengths[0])
+    blocks = [chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), dim) for chunk in column.chunks]
+    return np.concatenate(blocks) if blocks else np.empty((0, dim), dtype=np.float32)

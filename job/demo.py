@@ -10,7 +10,8 @@ Model (all vectors unit length, 512-D by default):
 * Each identity has a tightness t ~ U(``same_identity_cos``); a face is
   ``sqrt(t) * centre + sqrt(1 - t) * noise`` (noise a random direction), so two faces of one identity have
   cosine ~t (0.5-0.7, as ArcFace pairs do) and faces of unrelated identities ~0 +- 0.045.
-* Most identities have ``faces_per_identity`` faces; ``uneven_fraction`` of them have 1..2x that many.
+* Most identities have ``faces_per_identity`` faces; ``uneven_fraction`` of them have
+  ``uneven_min_faces``..2x ``faces_per_identity`` faces (2-10 by default).
 * ``misfiled_fraction`` of faces (only in identities with 3+ faces) are drawn from another identity's centre
   but filed under this one: the planted "wrong person" answers.
 

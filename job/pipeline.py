@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -10,6 +11,8 @@ from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from job import __version__
 from job.backends import resolve
@@ -42,6 +45,8 @@ class RunResult:
 def run(config: Config, log: Log = lambda message: None) -> RunResult:
     """Run the whole job for ``config`` and write its outputs to ``config.out``."""
     timings: dict[str, float] = {}
+    out_dir = Path(config.out)
+    _check_writable(out_dir)
     backend, reason = resolve(config.backend)
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
@@ -50,7 +55,8 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
         unit = normalise(database.embeddings)
     log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
         f"dim {database.dim}")
-    labels = database.ids if config.umap.supervised else None
+    # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
+    labels = np.unique(database.ids, return_inverse=True)[1].astype(np.int32) if config.umap.supervised else None
     with _timed(timings, "umap"):
         reduction = backend.fit_transform(unit, labels, config.umap, config.knn, config.seed)
     log(f"UMAP done in {timings['umap']:.1f} s")
@@ -60,7 +66,6 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
                                                config.metrics.trustworthiness_sample, config.seed),
             "same_id_knn": same_id_knn(reduction.coords, database.ids, config.metrics.same_id_k),
         }
-    out_dir = Path(config.out)
     out_dir.mkdir(parents=True, exist_ok=True)
     with _timed(timings, "render"):
         labels_text = {int(i): database.label(i) for i in highlight}
@@ -74,6 +79,15 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
                          timings, files)
     files["run"] = write_json(out_dir / RUN_FILE, record)  # last: its presence marks a complete run
     return RunResult(out_dir, files, backend.name, reason, metrics, timings)
+
+
+def _check_writable(out_dir: Path) -> None:
+    """Refuse an output folder that cannot be created or written, before any heavy work."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"--out {out_dir}: {existing} is not a folder; pick another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: {existing} is not writable; pick a folder you can write to")
 
 
 def _check_run(config: Config, database: FaceDatabase) -> list[int]:

@@ -98,10 +98,10 @@ def render_maps(
     subtitle = f"{len(ids):,} faces, {len(unique):,} identities"
     images = {
         "identities": (_identity_image(canvas, faces, counts, radius),
-                       f"{title}: faces coloured by identity ({subtitle})"),
-        "density": (_density_image(counts), f"{title}: face density, eq_hist ({subtitle})"),
+                       f"{title}: faces coloured by identity\n{subtitle}"),
+        "density": (_density_image(counts), f"{title}: face density (eq_hist)\n{subtitle}"),
         "highlight": (_highlight_image(canvas, faces, ids, highlight, counts, radius),
-                      f"{title}: {len(highlight)} identities highlighted ({subtitle})"),
+                      f"{title}: {len(highlight)} identities highlighted\n{subtitle}"),
     }
     paths: dict[str, Path] = {}
     for name, (image, map_title) in images.items():
@@ -174,6 +174,8 @@ def _highlight_image(
     grey = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
                 _solid(counts.shape, (255, 255, 255)))
     # highlighted faces stay visible at any scale: at least a 3-pixel disc with a dark rim
+    if not highlight:
+        return grey
     raw = [canvas.points(faces[ids == identity], "x", "y", agg=ds.count()) for identity in highlight]
     size = max(radius + 1, 3)
     labels = [str(i) for i in highlight]
@@ -197,6 +199,21 @@ def _highlight_legend(ids: IdArray, highlight: list[int], labels: dict[int, str]
     return entries + [("#a0a0a0", "all other faces")]
 
 
+def emptiest_corner(image: np.ndarray) -> str:
+    """The matplotlib legend location whose corner of ``image`` (H, W, 3) hides the least.
+
+    matplotlib's ``loc="best"`` cannot see inside an image, so the legend could hide the faces it names;
+    coloured (highlighted) pixels weigh 100 times more than grey ones.
+    """
+    height, width = image.shape[0] * 2 // 5, image.shape[1] * 2 // 5
+    pixels = image.astype(np.int16)
+    colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 40
+    busy = np.any(image != image[0, 0], axis=-1) + 100 * colourful
+    corners = {"upper right": busy[:height, -width:], "upper left": busy[:height, :width],
+               "lower left": busy[-height:, :width], "lower right": busy[-height:, -width:]}
+    return min(corners, key=lambda name: int(corners[name].sum()))
+
+
 def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -213,10 +230,11 @@ def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str
         axes.imshow(image, extent=(*frame.x_range, *frame.y_range), interpolation="nearest",
                     aspect="auto")
         axes.set(xlim=frame.x_range, ylim=frame.y_range, xlabel="UMAP 1", ylabel="UMAP 2")
-        axes.set_title(title, fontsize=11, loc="left")
+        small = frame.width < 800
+        axes.set_title(title, fontsize=8 if small else 11, loc="left")
         if legend:
             handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=text) for colour, text in legend]
-            axes.legend(handles=handles, loc="upper right", fontsize=9, framealpha=0.9)
+            axes.legend(handles=handles, loc=emptiest_corner(image), fontsize=6 if small else 9, framealpha=0.9)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
         figure.savefig(tmp, dpi=_DPI, format="png")
     os.replace(tmp, path)

@@ -24,7 +24,9 @@ def test_version() -> None:
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
-    code = ("import sys; from typer.testing import CliRunner; from job.cli import app; "
+    code = ("import sys, pkgutil, importlib, job; from typer.testing import CliRunner; from job.cli import app; "
+            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(job.__path__, 'job.') "
+            "if m.name != 'job.__main__']; "
             "[CliRunner().invoke(app, args) for args in (['--help'], ['run', '--help'], ['demo-db', '--help'], "
             "['backends', '--help'])]; "
             "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas') "
@@ -59,7 +61,7 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     assert {"version", "backend", "backend_reason", "config", "input", "timings", "metrics", "versions"} <= set(record)
     assert record["backend"] == "umap-learn"
     assert record["config"]["umap"]["n_neighbors"] == 12 and record["config"]["seed"] == 7
-    assert record["config"]["render"]["highlight"] == [3, 5, 8]
+    assert record["config"]["render"]["highlight"] == [3, 5, 8] and record["highlight"] == [3, 5, 8]
     assert set(record["input"]) == {"path", "n_faces", "n_identities", "dim", "dtype", "sha256"}
     assert record["input"]["n_faces"] == len(records) and record["input"]["dtype"] == "float16"
     assert {"trustworthiness", "same_id_knn"} <= set(record["metrics"])
@@ -130,3 +132,13 @@ def test_too_few_faces_for_n_neighbors(tmp_path: Path) -> None:
     assert result.exit_code == 2
     assert "12 faces, but umap.n_neighbors=15 needs at least 16" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_unwritable_out_is_one_line(small_db: Path, tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    result = runner.invoke(app, ["run", "-c", SMOKE, "-i", str(small_db), "-o", str(blocker / "out")])
+    assert result.exit_code == 2
+    errors = [line for line in result.stderr.splitlines() if line.startswith("faceatlas: error:")]
+    assert len(errors) == 1 and "not a folder" in errors[0]
+    assert "UMAP done" not in result.stderr  # refused before the heavy work

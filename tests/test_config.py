@@ -34,11 +34,18 @@ def test_default_toml_equals_code_defaults_and_lists_every_key() -> None:
     assert _flatten(tomllib.loads(path.read_text())) == set(known_keys())
 
 
-def test_seed_configs_differ_only_in_supervision() -> None:
-    by_name = {p.name: load_config(p) for p in CONFIGS}
-    assert by_name["seed-supervised.toml"].umap.supervised
-    assert not by_name["seed-unsupervised.toml"].umap.supervised
-    assert by_name["seed-supervised.toml"].umap.metric == "cosine"
+def test_seed_configs_differ_only_in_supervision_and_folder() -> None:
+    by_name = {p.name: load_config(p).model_dump() for p in CONFIGS}
+    supervised, unsupervised = by_name["seed-supervised.toml"], by_name["seed-unsupervised.toml"]
+    assert supervised["umap"].pop("supervised") and not unsupervised["umap"].pop("supervised")
+    supervised.pop("out"), unsupervised.pop("out")
+    assert supervised == unsupervised
+    assert supervised["umap"]["metric"] == "cosine"
+
+
+def test_min_dist_above_spread_is_refused() -> None:
+    with pytest.raises(UsageError, match=r"min_dist \(2.0\) must not exceed spread"):
+        load_config(None, {"umap.min_dist": 2.0})
 
 
 def test_set_overrides_any_key() -> None:

@@ -116,3 +116,38 @@ def test_missing_file_and_directory(tmp_path: Path) -> None:
         _load(tmp_path / "nope.npy")
     with pytest.raises(InputError, match="is a directory"):
         _load(tmp_path)
+
+
+def test_names_follow_sorted_ids_not_line_numbers(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", ids=IDS + 100, embeddings=VECTORS)
+    names = tmp_path / "actor.jsonl"
+    lines = [json.dumps({"name": f"Person {i}"}) for i in range(30)]
+    lines[5] = json.dumps({"id": 999, "name": "Explicit"})
+    names.write_text("\ufeff" + "\n\n".join(lines) + "\n", encoding="utf-8")  # BOM and blank lines
+    database = load_database(InputConfig(path=str(tmp_path / "a.npz"), names=str(names)))
+    assert database.label(100) == "id 100 Person 0"
+    assert database.label(129) == "id 129 Person 29"
+    assert database.label(999) == "id 999 Explicit"
+    assert database.label(105) == "id 105"
+
+
+def test_names_apply_to_the_demo_database(tmp_path: Path) -> None:
+    names = tmp_path / "n.jsonl"
+    names.write_text(json.dumps({"name": "Zero"}) + "\n", encoding="utf-8")
+    assert load_database(InputConfig(names=str(names))).label(0) == "id 0 Zero"
+
+
+def test_uint64_ids_beyond_int64_are_refused(tmp_path: Path) -> None:
+    np.savez(tmp_path / "a.npz", ids=np.full(len(IDS), 2**63 + 5, dtype=np.uint64), embeddings=VECTORS)
+    with pytest.raises(InputError, match="do not fit int64"):
+        _load(tmp_path / "a.npz")
+
+
+def test_chunked_parquet_and_null_ids(tmp_path: Path) -> None:
+    column = pa.FixedSizeListArray.from_arrays(pa.array(VECTORS.reshape(-1)), 64)
+    table = pa.table({"id": IDS, "embedding": column})
+    pq.write_table(table, tmp_path / "chunked.parquet", row_group_size=7)
+    assert np.array_equal(_load(tmp_path / "chunked.parquet").ids, IDS)
+    pq.write_table(table.set_column(0, "id", pa.array([None] + IDS[1:].tolist(), pa.int64())), tmp_path / "n.parquet")
+    with pytest.raises(InputError, match="1 empty ids"):
+        _load(tmp_path / "n.parquet")

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from job.config import load_config
 from job.pipeline import run
 
 
+@pytest.mark.slow
 def test_demo_unsupervised_map_is_trustworthy(tmp_path: Path) -> None:
     result = run(load_config(None, {"out": str(tmp_path)}))
     assert result.backend == "umap-learn"

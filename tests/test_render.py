@@ -25,14 +25,36 @@ def test_maps_have_the_configured_size_and_are_not_blank(smoke_run, smoke_config
         assert path.name == f"map_{name}.png"
         pixels = _pixels(path)
         assert pixels.shape == (smoke_config.render.height, smoke_config.render.width, 3)
-        assert len(np.unique(pixels.reshape(-1, 3), axis=0)) > 50  # data, not an empty frame
+        plot = pixels[60:-60, 80:-30]  # inside the axes
+        background = plot[0, 0]
+        assert np.any(plot != background, axis=-1).mean() > 0.01  # faces drawn, not an empty frame
+        assert len(np.unique(plot.reshape(-1, 3), axis=0)) >= 5
 
 
-def test_highlighted_identities_are_drawn_in_their_colours(smoke_run) -> None:
+def test_highlighted_identities_are_drawn_where_they_lie(smoke_run, smoke_config) -> None:
+    import pyarrow.parquet as pq
+
+    from job.render import _MARGINS
+
+    table = pq.read_table(smoke_run.files["projection"]).to_pandas()
+    coords = table[["x", "y"]].to_numpy()
+    frame = make_frame(coords, smoke_config.render)
     pixels = _pixels(smoke_run.files["highlight"])
-    plot = pixels[60:-60, 80:-30]  # inside the axes, away from the legend's edge
-    for colour in HIGHLIGHT_COLOURS[:5]:
-        assert _has_colour(plot, colour)
+    left, _, top, _ = _MARGINS
+    for colour, identity in zip(HIGHLIGHT_COLOURS, range(5)):
+        x, y = np.median(coords[table["id"].to_numpy() == identity], axis=0)
+        col = int(left + (x - frame.x_range[0]) / (frame.x_range[1] - frame.x_range[0]) * frame.plot_width)
+        row = int(top + (frame.y_range[1] - y) / (frame.y_range[1] - frame.y_range[0]) * frame.plot_height)
+        assert _has_colour(pixels[row - 6 : row + 7, col - 6 : col + 7], colour), identity
+
+
+def test_legend_goes_to_the_emptiest_corner() -> None:
+    from job.render import emptiest_corner
+
+    image = np.full((100, 100, 3), 255, np.uint8)
+    image[:50, 50:] = 0  # the upper right is full
+    image[50:, :] = 0  # and so is the whole lower half
+    assert emptiest_corner(image) == "upper left"
 
 
 def test_highlight_colours_mark_only_the_chosen_faces(tmp_path: Path) -> None:
@@ -49,7 +71,7 @@ def test_highlight_colours_mark_only_the_chosen_faces(tmp_path: Path) -> None:
     assert rows.mean() > 200 and cols.mean() < 200  # lower left, where (2, 2) lies
 
 
-def test_ten_million_scale_aggregates_in_fixed_memory(tmp_path: Path) -> None:
+def test_a_million_faces_render_into_a_filled_frame(tmp_path: Path) -> None:
     rng = np.random.default_rng(0)
     n = 1_000_000
     coords = rng.normal(0, 1, (n, 2)).astype(np.float32)
@@ -66,7 +88,7 @@ def test_frame_keeps_equal_units_per_pixel() -> None:
     y_per_px = (frame.y_range[1] - frame.y_range[0]) / frame.plot_height
     assert x_per_px == pytest.approx(y_per_px)
     flat = make_frame(np.zeros((5, 2), np.float32), RenderConfig())
-    assert frame.x_range[0] < frame.x_range[1] and flat.y_range[0] < flat.y_range[1]
+    assert flat.x_range[0] < flat.x_range[1] and flat.y_range[0] < flat.y_range[1]
 
 
 def test_palette_follows_the_seed_recipe() -> None:
