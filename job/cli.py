@@ -94,6 +94,13 @@ def run(
                                                      "[default: the first five identities].")] = None,
     names: Annotated[Optional[str], typer.Option(help="JSONL with one object per id (display names).")]
     = None,
+    drop_invalid: Annotated[Optional[bool], typer.Option("--drop-invalid", help="Leave out faces with NaN/inf "
+                                                         "or all-zero embeddings instead of refusing the input.")]
+    = None,
+    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the input, verified before use.")]
+    = None,
+    allow_http: Annotated[Optional[bool], typer.Option("--allow-http", help="Accept a plain http:// --input URL.")]
+    = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE, "
                                                       "e.g. umap.n_neighbors=30 (repeatable).")] = None,
 ) -> None:
@@ -105,6 +112,7 @@ def run(
             "input.path": input, "out": out, "backend": backend.value if backend else None,
             "umap.supervised": supervised, "umap.n_components": n_components, "seed": seed,
             "render.highlight": _parse_ids(highlight) if highlight is not None else None, "input.names": names,
+            "input.drop_invalid": drop_invalid, "input.sha256": sha256, "input.allow_http": allow_http,
         }
         overrides = {key: value for key, value in flags.items() if value is not None}
         overrides.update(parse_assignment(text) for text in set_ or [])
@@ -118,6 +126,20 @@ def run(
                    + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
         for role, path in result.files.items():
             typer.echo(f"{role:>12}: {path.resolve()}")
+
+
+@app.command()
+def verify(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
+) -> None:
+    """Check that every file of a finished run is the one the run wrote (SHA-256s in run.json)."""
+    with _errors_to_exit_codes():
+        from job.runs import open_run
+
+        finished = open_run(folder)
+        typer.echo(f"ok: {len(finished.files)} files in {folder} match run.json "
+                   f"(faceatlas {finished.record.get('version', '?')}, input sha256 "
+                   f"{finished.record.get('input', {}).get('sha256', '?')})")
 
 
 @app.command("demo-db")

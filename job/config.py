@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from job.errors import UsageError
+from job.memory import parse_size
 
 BackendName = Literal["auto", "cuml", "umap-learn"]
 
@@ -28,6 +29,14 @@ class InputConfig(_Section):
     id_field: str = Field("id", description="identity id field (.npy) or column (Parquet)")
     embedding_field: str = Field("embedding", description="embedding field (.npy) or column (Parquet)")
     names: str = Field("", description='JSONL file, one object per id in id order; "" = no names')
+    drop_invalid: bool = Field(False, description="drop faces with NaN/inf or all-zero embeddings instead of "
+                                                  "refusing the database")
+    sha256: str = Field("", pattern=r"^([0-9a-fA-F]{64})?$",
+                        description="expected SHA-256 of the input file (verified before use); required to "
+                                    "reuse a cached download")
+    allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
+    url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
+    url_max_bytes: int = Field(64 * 2**30, ge=1, description="largest download accepted, in bytes")
 
 
 class UmapConfig(_Section):
@@ -88,6 +97,7 @@ class Config(_Section):
     backend: BackendName = "auto"
     seed: int | None = Field(None, ge=0, le=2**32 - 1)
     out: str = "faceatlas-out"
+    max_memory: int | str = Field("auto", description='"auto" (what the machine has) or a cap like "8GiB"')
     input: InputConfig = InputConfig()
     umap: UmapConfig = UmapConfig()
     knn: KnnConfig = KnnConfig()
@@ -99,6 +109,23 @@ class Config(_Section):
     def _none_seed(cls, value: Any) -> Any:
         # TOML has no null: the string "none" stands for "no seed".
         return None if isinstance(value, str) and value.lower() == "none" else value
+
+
+    @field_validator("max_memory")
+    @classmethod
+    def _size(cls, value: int | str) -> int | str:
+        try:
+            bytes_ = parse_size(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        if bytes_ is not None and bytes_ < 1:
+            raise ValueError("expected a positive size")
+        return value
+
+    @property
+    def max_memory_bytes(self) -> int | None:
+        """``max_memory`` in bytes, None for "auto"."""
+        return parse_size(self.max_memory)
 
 
 def load_config(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Config:

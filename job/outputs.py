@@ -1,19 +1,44 @@
-"""Writing a run's files: every file goes to a temporary name first and is renamed into place."""
+"""Writing a run's files so that a failed or killed run never leaves a mix of two runs.
+
+All files of a run are written into a hidden staging folder next to ``--out``; when the last one
+(``run.json``) is there, the staging folder takes the place of the output folder in one atomic step
+(Linux ``renameat2(RENAME_EXCHANGE)``, or a plain rename when there was no previous run), and the
+previous run is deleted. A run killed before that step leaves the previous outputs untouched; one
+killed after it leaves the new outputs complete. Stale staging folders of dead runs are removed by the
+next run.
+
+Where the parent folder cannot hold a staging folder (``--out`` is a mount point, say ``/out`` in a
+container), files are staged inside the output folder and renamed one by one with ``run.json`` removed
+first and written last: then a killed run can leave new and old files side by side, but never a
+``run.json`` that vouches for them. faceatlas owns its output folder: it refuses one that holds files no
+faceatlas run wrote.
+"""
 
 from __future__ import annotations
 
+import ctypes
+import errno
 import json
 import os
+import secrets
+import shutil
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.errors import UsageError
 
 PROJECTION_FILE = "projection.parquet"
 RUN_FILE = "run.json"
 TRUTH_FILE = "truth.json"
+_STAGING = ".staging-"
+_RENAME_EXCHANGE = 2
+_AT_FDCWD = -100
 
 
 def temporary_path(path: Path) -> Path:
@@ -21,12 +46,52 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def write_projection(path: Path, ids: IdArray, coords: FloatArray) -> Path:
+def check_output_folder(out_dir: Path) -> None:
+    """Refuse, before any heavy work, an output folder that cannot be written or holds foreign files."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"--out {out_dir}: {existing} is not a folder; pick another output folder")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out_dir}: {existing} is not writable; pick a folder you can write to")
+    if existing == out_dir:
+        foreign = sorted(set(_entries(out_dir)) - _owned_names(out_dir))
+        if foreign:
+            shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+            raise UsageError(f"--out {out_dir}: holds files no faceatlas run wrote ({shown}) and faceatlas "
+                             "replaces its output folder as a whole; pick a new or empty folder")
+
+
+@contextmanager
+def staged_outputs(out_dir: Path) -> Iterator[Path]:
+    """Yield a fresh folder to write a run into; on normal exit it becomes ``out_dir`` atomically.
+
+    On any exception (or a kill) the staging folder is dropped and ``out_dir`` is left as it was.
+    """
+    out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir
+    check_output_folder(out_dir)
+    _remove_stale_staging(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    token = f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+    beside = os.access(out_dir.parent, os.W_OK | os.X_OK) and not os.path.ismount(out_dir)
+    staging = out_dir.parent / f".{out_dir.name}{token}" if beside else out_dir / token
+    staging.mkdir(parents=True)
+    try:
+        yield staging
+        if beside:
+            _swap_in(staging, out_dir)
+        else:
+            _replace_file_by_file(staging, out_dir)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None) -> Path:
     """``projection.parquet``: ``row`` (int64), ``id`` (int64), ``x``, ``y`` (float32), ``z`` for 3-D."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    columns: dict[str, Any] = {"row": np.arange(len(ids), dtype=np.int64), "id": ids.astype(np.int64)}
+    row = np.arange(len(ids), dtype=np.int64) if rows is None else rows.astype(np.int64)
+    columns: dict[str, Any] = {"row": row, "id": ids.astype(np.int64)}
     for axis, name in enumerate("xyz"[: coords.shape[1]]):
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
     tmp = temporary_path(path)
@@ -49,3 +114,80 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
+
+
+def _entries(folder: Path) -> list[str]:
+    return [entry.name for entry in folder.iterdir()]
+
+
+def _owned_names(out_dir: Path) -> set[str]:
+    """Names a faceatlas run may leave in its folder: those its run.json lists, and staging leftovers."""
+    owned = {RUN_FILE} | {name for name in _entries(out_dir) if name.startswith(_STAGING)
+                          or (name.startswith(".") and name.endswith(".tmp"))}
+    try:
+        record = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
+        owned |= {str(name) for name in record.get("files", {}).values()}
+    except (OSError, ValueError, AttributeError):
+        pass
+    return owned
+
+
+def _remove_stale_staging(out_dir: Path) -> None:
+    """Delete staging folders left by runs that were killed (their process is gone)."""
+    places = [(out_dir.parent, f".{out_dir.name}{_STAGING}"), (out_dir, _STAGING)]
+    for folder, prefix in places:
+        if not folder.is_dir():
+            continue
+        for entry in folder.iterdir():
+            if entry.name.startswith(prefix) and not _alive(entry.name[len(prefix):].partition("-")[0]):
+                shutil.rmtree(entry, ignore_errors=True)
+
+
+def _alive(pid_text: str) -> bool:
+    if not pid_text.isdigit() or int(pid_text) == os.getpid():
+        return False  # our own pid here means a previous process (e.g. pid 1 in a container) left it
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _swap_in(staging: Path, out_dir: Path) -> None:
+    if not out_dir.exists():
+        os.rename(staging, out_dir)
+        return
+    try:
+        _exchange(staging, out_dir)  # staging now holds the previous run, removed by the caller
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP):
+            raise
+        _replace_file_by_file(staging, out_dir)
+
+
+def _exchange(a: Path, b: Path) -> None:
+    """Atomically swap two paths (Linux ``renameat2`` with ``RENAME_EXCHANGE``)."""
+    if not sys.platform.startswith("linux"):
+        raise OSError(errno.ENOSYS, "renameat2 is Linux-only")
+    libc = ctypes.CDLL(None, use_errno=True)
+    renameat2 = getattr(libc, "renameat2", None)
+    if renameat2 is None:
+        raise OSError(errno.ENOSYS, "this C library has no renameat2")
+    if renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) != 0:
+        code = ctypes.get_errno()
+        raise OSError(code, os.strerror(code), str(b))
+
+
+def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
+    """Fallback when folders cannot be swapped: retire run.json first, move files, write run.json last."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    previous = _owned_names(out_dir) - {n for n in _entries(out_dir) if n.startswith(_STAGING)}
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    new = [entry for entry in staging.iterdir() if entry.name != RUN_FILE]
+    for entry in new:
+        os.replace(entry, out_dir / entry.name)
+    for name in previous - {entry.name for entry in new} - {RUN_FILE}:
+        (out_dir / name).unlink(missing_ok=True)
+    os.replace(staging / RUN_FILE, out_dir / RUN_FILE)

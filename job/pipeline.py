@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import platform
 import time
 from collections.abc import Callable, Iterator
@@ -21,7 +20,9 @@ from job.database import FaceDatabase, load_database
 from job.errors import UsageError
 from job.knn import normalise
 from job.metrics import same_id_knn, trustworthiness
-from job.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, write_json, write_projection
+from job.formats import file_sha256
+from job.outputs import (PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json,
+                         write_projection)
 from job.render import render_maps
 
 Log = Callable[[str], None]
@@ -43,18 +44,19 @@ class RunResult:
 
 
 def run(config: Config, log: Log = lambda message: None) -> RunResult:
-    """Run the whole job for ``config`` and write its outputs to ``config.out``."""
+    """Run the whole job for ``config`` and write its outputs to ``config.out`` (all of them, or none)."""
     timings: dict[str, float] = {}
     out_dir = Path(config.out)
-    _check_writable(out_dir)
+    check_output_folder(out_dir)
     backend, reason = resolve(config.backend)
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
-        database = load_database(config.input)
+        database = load_database(config.input, config.max_memory_bytes, log)
         highlight = _check_run(config, database)
         unit = normalise(database.embeddings)
     log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
         f"dim {database.dim}")
+    _warn_about(database, log)
     # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
     labels = np.unique(database.ids, return_inverse=True)[1].astype(np.int32) if config.umap.supervised else None
     with _timed(timings, "umap"):
@@ -66,28 +68,32 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
                                                config.metrics.trustworthiness_sample, config.seed),
             "same_id_knn": same_id_knn(reduction.coords, database.ids, config.metrics.same_id_k),
         }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    with _timed(timings, "render"):
-        labels_text = {int(i): database.label(i) for i in highlight}
-        files = render_maps(reduction.coords, database.ids, highlight, labels_text, config.render, out_dir,
-                            Path(database.source).name)
-    with _timed(timings, "write"):
-        files["projection"] = write_projection(out_dir / PROJECTION_FILE, database.ids, reduction.coords)
-        if database.truth is not None:
-            files["truth"] = write_json(out_dir / TRUTH_FILE, database.truth.to_json())
-    record = _run_record(config, database, backend.name, reason, reduction.knn_method, highlight, metrics,
-                         timings, files)
-    files["run"] = write_json(out_dir / RUN_FILE, record)  # last: its presence marks a complete run
-    return RunResult(out_dir, files, backend.name, reason, metrics, timings)
+    with staged_outputs(out_dir) as staging:
+        with _timed(timings, "render"):
+            labels_text = {int(i): database.label(i) for i in highlight}
+            files = render_maps(reduction.coords, database.ids, highlight, labels_text, config.render, staging,
+                                Path(database.source).name)
+        with _timed(timings, "write"):
+            files["projection"] = write_projection(staging / PROJECTION_FILE, database.ids, reduction.coords,
+                                                   database.input_rows)
+            if database.truth is not None:
+                files["truth"] = write_json(staging / TRUTH_FILE, database.truth.to_json())
+        record = _run_record(config, database, backend.name, reason, reduction.knn_method, highlight, metrics,
+                             timings, files)
+        files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
+    final = {role: out_dir / path.name for role, path in files.items()}
+    return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
-def _check_writable(out_dir: Path) -> None:
-    """Refuse an output folder that cannot be created or written, before any heavy work."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
-    if not existing.is_dir():
-        raise UsageError(f"--out {out_dir}: {existing} is not a folder; pick another output folder")
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError(f"--out {out_dir}: {existing} is not writable; pick a folder you can write to")
+def _warn_about(database: FaceDatabase, log: Log) -> None:
+    dropped = sum(database.dropped.values())
+    if dropped:
+        log(f"warning: --drop-invalid left out {dropped:,} faces ({database.dropped['nan_or_inf']:,} with "
+            f"NaN/inf, {database.dropped['zero']:,} all-zero); run.json lists the counts")
+    duplicates = database.duplicates.get("faces", 0)
+    if duplicates:
+        log(f"warning: {duplicates:,} faces repeat an earlier face's embedding exactly "
+            f"({database.duplicates['other_id']:,} of them under another id); they are kept")
 
 
 def _check_run(config: Config, database: FaceDatabase) -> list[int]:
@@ -132,11 +138,14 @@ def _run_record(
             "dim": database.dim,
             "dtype": database.dtype,
             "sha256": database.sha256,
+            "dropped": database.dropped,
+            "duplicates": database.duplicates,
         },
         "highlight": highlight,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         "metrics": {name: round(value, 4) for name, value in metrics.items()},
         "files": {role: path.name for role, path in files.items()},
+        "file_sha256": {path.name: file_sha256(path) for path in files.values()},
         "versions": _versions(),
     }
 

@@ -62,7 +62,10 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     assert record["backend"] == "umap-learn"
     assert record["config"]["umap"]["n_neighbors"] == 12 and record["config"]["seed"] == 7
     assert record["config"]["render"]["highlight"] == [3, 5, 8] and record["highlight"] == [3, 5, 8]
-    assert set(record["input"]) == {"path", "n_faces", "n_identities", "dim", "dtype", "sha256"}
+    assert set(record["input"]) == {"path", "n_faces", "n_identities", "dim", "dtype", "sha256", "dropped",
+                                    "duplicates"}
+    assert record["input"]["dropped"] == {"nan_or_inf": 0, "zero": 0}
+    assert record["file_sha256"].keys() == {p.name for p in out.iterdir()} - {"run.json"}
     assert record["input"]["n_faces"] == len(records) and record["input"]["dtype"] == "float16"
     assert {"trustworthiness", "same_id_knn"} <= set(record["metrics"])
     assert {"load", "umap", "metrics", "render"} <= set(record["timings"])

@@ -1,0 +1,223 @@
+"""Reading raw arrays out of .npy, .npz and Parquet files, checking each file's own claims first.
+
+Nothing here unpickles and nothing allocates what a header merely claims: a ``.npy`` header's shape is
+compared with the file's size before the file is memory-mapped, an ``.npz`` member's header with the
+member's stored size before it is read, and every read that must hold data in memory asks
+:func:`job.memory.require` first. :mod:`job.database` then decides whether the arrays make a database.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from job.errors import InputError
+from job.memory import require
+
+_MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PAR1": "parquet"}
+_NPZ_IDS = ("ids",)
+_NPZ_EMBEDDINGS = ("embeddings",)
+
+
+@dataclass(frozen=True)
+class RawArrays:
+    """Arrays as stored: ``ids`` (n,) and ``embeddings`` (n, dim) of any dtype, possibly memory-mapped."""
+
+    ids: np.ndarray
+    embeddings: np.ndarray
+    memory_mapped: bool
+
+
+@dataclass(frozen=True)
+class _Header:
+    shape: tuple[int, ...]
+    dtype: np.dtype
+    offset: int
+
+    @property
+    def data_bytes(self) -> int:
+        return int(np.prod(self.shape, dtype=object)) * self.dtype.itemsize
+
+
+def sniff_format(path: Path) -> str:
+    """Tell .npy, .npz and Parquet apart by their magic bytes, not their names."""
+    try:
+        with path.open("rb") as handle:
+            head = handle.read(6)
+    except IsADirectoryError:
+        raise InputError(f"{path}: is a directory; pass a .npy, .npz or .parquet file") from None
+    except OSError as exc:
+        raise InputError(f"{path}: cannot open ({exc.strerror}); check the --input path") from None
+    for magic, kind in _MAGIC.items():
+        if head.startswith(magic):
+            return kind
+    found = "an empty file" if not head else f"unknown magic bytes {head!r}"
+    raise InputError(f"{path}: not a .npy, .npz or Parquet file ({found}); "
+                     "export the database with numpy.save, numpy.savez or pyarrow")
+
+
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in 1 MiB blocks."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def read_arrays(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+    """Read ids and embeddings from ``path`` in whichever supported format it is."""
+    kind = sniff_format(path)
+    reader = {"npy": _read_npy, "npz": _read_npz, "parquet": _read_parquet}[kind]
+    return reader(path, id_field, embedding_field, max_memory)
+
+
+def _read_header(handle: IO[bytes], where: str) -> _Header:
+    """Parse a .npy header without reading the data; refuses object dtypes (they would need pickle)."""
+    from numpy.lib import format as npy
+
+    try:
+        version = npy.read_magic(handle)
+        if version == (1, 0):
+            shape, _, dtype = npy.read_array_header_1_0(handle)
+        elif version == (2, 0):
+            shape, _, dtype = npy.read_array_header_2_0(handle)
+        else:
+            raise ValueError(f".npy format version {version[0]}.{version[1]} (faceatlas reads 1.0 and 2.0)")
+    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
+        raise InputError(f"{where}: the .npy header is unreadable ({_short(exc)}); re-save it with "
+                         "numpy.save") from None
+    if dtype.hasobject:
+        raise InputError(f"{where}: holds Python objects (dtype {dtype}), which only pickle can read and "
+                         "faceatlas never unpickles; save plain numeric arrays")
+    return _Header(tuple(int(n) for n in shape), dtype, handle.tell())
+
+
+def _check_size(header: _Header, stored: int, where: str) -> None:
+    if header.offset + header.data_bytes > stored:
+        raise InputError(f"{where}: the header claims shape {header.shape} of {header.dtype} "
+                         f"({header.data_bytes:,} bytes) but only {max(stored - header.offset, 0):,} bytes "
+                         "follow; the file is truncated or corrupt, copy or export it again")
+
+
+def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+    with path.open("rb") as handle:
+        header = _read_header(handle, str(path))
+    _check_size(header, path.stat().st_size, str(path))
+    fields = header.dtype.names or ()
+    _require_fields(fields, (id_field, embedding_field), header, str(path))
+    if header.data_bytes == 0:
+        array = np.zeros(header.shape, dtype=header.dtype)
+    else:
+        try:
+            array = np.load(path, allow_pickle=False, mmap_mode="r")
+        except (ValueError, OSError) as exc:
+            raise InputError(f"{path}: cannot memory-map the .npy file ({_short(exc)}); re-save it with "
+                             "numpy.save") from None
+    if array.ndim != 1:
+        raise InputError(f"{path}: a structured array of shape {array.shape}, expected one record per face "
+                         "(1-D); save a 1-D structured array")
+    return RawArrays(array[id_field], array[embedding_field], memory_mapped=header.data_bytes > 0)
+
+
+def _require_fields(fields: tuple[str, ...], wanted: tuple[str, str], header: _Header, where: str) -> None:
+    missing = [f for f in wanted if f not in fields]
+    if not missing:
+        return
+    found = ", ".join(fields) if fields else f"none (a plain {header.dtype} array of shape {header.shape})"
+    raise InputError(f"{where}: no field {missing[0]!r} (fields found: {found}); pass "
+                     "--set input.id_field=... / input.embedding_field=..., or save a structured array")
+
+
+def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()
+                       if name.endswith(".npy")}
+            id_key = next((k for k in (*_NPZ_IDS, id_field) if k in members), None)
+            emb_key = next((k for k in (*_NPZ_EMBEDDINGS, embedding_field) if k in members), None)
+            if id_key is None or emb_key is None:
+                raise InputError(f"{path}: expected arrays 'ids' and 'embeddings' (found: "
+                                 f"{', '.join(members) or 'none'}); save with numpy.savez(path, ids=..., "
+                                 "embeddings=...)")
+            headers = {key: _member_header(archive, members[key], path) for key in (id_key, emb_key)}
+            require(sum(h.data_bytes for h in headers.values()), max_memory, f"{path}: reading the .npz",
+                    "save the database as .npy, which faceatlas memory-maps")
+            ids, embeddings = (_member_array(archive, members[key], path) for key in (id_key, emb_key))
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+        raise InputError(f"{path}: cannot read as .npz ({_short(exc)}); re-save it with numpy.savez") from None
+    return RawArrays(ids, embeddings, memory_mapped=False)
+
+
+def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Header:
+    where = f"{path}[{info.filename}]"
+    with archive.open(info) as member:
+        header = _read_header(member, where)
+    _check_size(header, info.file_size, where)
+    return header
+
+
+def _member_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> np.ndarray:
+    from numpy.lib import format as npy
+
+    with archive.open(info) as member:
+        return npy.read_array(member, allow_pickle=False)
+
+
+def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        metadata = pq.read_metadata(path)
+        schema = metadata.schema.to_arrow_schema()
+        missing = [c for c in (id_field, embedding_field) if c not in schema.names]
+        if missing:
+            raise InputError(f"{path}: no column {missing[0]!r} (columns found: {', '.join(schema.names)}); "
+                             "pass --set input.id_field=... / input.embedding_field=...")
+        decoded = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+        require(2 * decoded, max_memory, f"{path}: reading the Parquet file",
+                "split it into several files or save it as .npy, which faceatlas memory-maps")
+        table = pq.read_table(path, columns=[id_field, embedding_field])
+        ids_column = table.column(id_field)
+        if ids_column.null_count:
+            raise InputError(f"{path}: column {id_field!r} has {ids_column.null_count} empty ids; "
+                             "give every face an id")
+        ids = ids_column.to_numpy()
+        embeddings = _parquet_vectors(table.column(embedding_field), path, embedding_field)
+    except (pa.ArrowException, OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read as Parquet ({_short(exc)}); re-write it with pyarrow") from None
+    return RawArrays(ids, embeddings, memory_mapped=False)
+
+
+def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:
+    """A list / fixed-size-list column as (n_faces, dim), converted chunk by chunk (no 2**31 offset limit)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    kind = column.type
+    if not (pa.types.is_list(kind) or pa.types.is_large_list(kind) or pa.types.is_fixed_size_list(kind)):
+        raise InputError(f"{path}: column {name!r} has type {kind}, expected a list of floats per face; "
+                         "write embeddings as list<float> or fixed_size_list<float>")
+    if not (pa.types.is_floating(kind.value_type) or pa.types.is_integer(kind.value_type)):
+        raise InputError(f"{path}: column {name!r} holds {kind.value_type} values, expected floats; "
+                         "write embeddings as list<float>")
+    lengths = np.unique(pc.list_value_length(column).to_numpy(zero_copy_only=False)) if len(column) else [0]
+    if column.null_count or len(lengths) != 1:
+        raise InputError(f"{path}: column {name!r} holds vectors of different lengths or nulls; "
+                         "give every face a vector of the same dimension")
+    dim = int(lengths[0])
+    blocks = [chunk.flatten().to_numpy(zero_copy_only=False).reshape(len(chunk), dim) for chunk in column.chunks
+              if len(chunk)]
+    return np.concatenate(blocks) if blocks else np.empty((0, dim), dtype=np.float32)
+
+
+def _short(exc: BaseException) -> str:
+    """An exception's message on one line, at most 160 characters."""
+    text = " ".join(str(exc).split()) or type(exc).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
