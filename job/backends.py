@@ -176,7 +176,7 @@ def resolve(choice: str) -> tuple[Backend, str]:
         probe = BACKENDS[choice].probe()
         if not probe.available:
             fix = GPU_FIX if choice == CumlBackend.name else "pip install umap-learn"
-            raise BackendUnavailable(f"backend '{choice}' cannot run here ({probe.reason}): {fix}")
+            raise BackendUnavailable(f"backend '{choice}' cannot run here ({probe.reason}); {fix}")
         return BACKENDS[choice](), f"asked for with --backend {choice}"
     skipped: list[str] = []
     for probe in probe_all():

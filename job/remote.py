@@ -9,6 +9,7 @@ reused by later runs with the same URL and hash; an unverified one is fetched ag
 from __future__ import annotations
 
 import hashlib
+import http.client
 import os
 import re
 import shutil
@@ -102,8 +103,7 @@ def _download(url: str, partial: Path, allow_http: bool, timeout: float, max_byt
             declared = int(response.headers.get("Content-Length") or -1)
             _check_room(url, declared, max_bytes, folder)
             received = 0
-            with partial.open("wb") as handle:
-                os.chmod(partial, 0o600)
+            with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
                 while block := response.read(_BLOCK):
                     received += len(block)
                     if received > max_bytes:
@@ -115,14 +115,15 @@ def _download(url: str, partial: Path, allow_http: bool, timeout: float, max_byt
                 raise InputError(f"{url}: the server sent {received:,} of {declared:,} bytes; try again")
     except urllib.error.HTTPError as exc:
         raise InputError(f"{url}: the server answered {exc.code} {exc.reason}; check the URL") from None
-    except urllib.error.URLError as exc:
-        raise InputError(f"{url}: cannot connect ({_reason(exc.reason)}); check the URL, the network and, "
-                         "for https, the server's certificate") from None
-    except (TimeoutError, ConnectionError, OSError) as exc:
-        if isinstance(exc, TimeoutError) or "timed out" in str(exc):
-            raise InputError(f"{url}: no data for {timeout:g} s (input.url_timeout); try again or raise "
-                             "it with --set input.url_timeout=SECONDS") from None
-        raise InputError(f"{url}: the download failed ({_reason(exc)}); try again") from None
+    except http.client.HTTPException as exc:
+        raise InputError(f"{url}: the download broke off ({type(exc).__name__}); try again") from None
+    except (urllib.error.URLError, OSError) as exc:
+        reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
+        if isinstance(reason, TimeoutError) or "timed out" in str(reason):
+            raise InputError(f"{url}: no answer for {timeout:g} s (input.url_timeout); try again or raise it "
+                             "with --set input.url_timeout=SECONDS") from None
+        raise InputError(f"{url}: download failed ({_reason(reason)}); check the URL, the network and, for "
+                         "https, the server's certificate") from None
     return digest.hexdigest()
 
 

@@ -1,0 +1,294 @@
+"""Hostile inputs and bad settings: each gets its exit code, one line naming the problem and the fix, and
+leaves no output behind. The README's table of cases lists the same cases."""
+
+from __future__ import annotations
+
+import pickle
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from typer.testing import CliRunner
+
+from job.cli import app
+from job.demo import DemoSpec, make_demo
+
+ROOT = Path(__file__).parents[1]
+SMOKE = str(ROOT / "configs" / "smoke.toml")  # n_neighbors = 10
+RECORDS, _ = make_demo(DemoSpec(n_identities=30, faces_per_identity=4, dim=32, seed=3))
+IDS = RECORDS["id"].astype(np.int64)
+VECTORS = RECORDS["embedding"].astype(np.float32)
+N = len(IDS)
+
+Build = Callable[[Path], list[str]]
+
+
+@dataclass(frozen=True)
+class Case:
+    build: Build  # writes the bad input under the folder it is given; returns extra CLI arguments
+    exit_code: int
+    message: str  # a fragment the one-line error must contain
+
+
+def _structured(fields: list[tuple], n: int = len(IDS)) -> np.ndarray:
+    array = np.zeros(n, dtype=fields)
+    for name, *_ in fields:
+        if name == "id":
+            array["id"] = IDS[:n].astype(array.dtype["id"])
+    return array
+
+
+def _npy(array: np.ndarray, name: str = "db.npy") -> Build:
+    def build(folder: Path) -> list[str]:
+        np.save(folder / name, array, allow_pickle=True)  # the test may write pickles; faceatlas must not read them
+        return ["--input", str(folder / name)]
+    return build
+
+
+def _bytes(content: bytes, name: str = "db.npy") -> Build:
+    def build(folder: Path) -> list[str]:
+        (folder / name).write_bytes(content)
+        return ["--input", str(folder / name)]
+    return build
+
+
+def _truncated(writer: Callable[[Path], None], name: str, keep: float) -> Build:
+    def build(folder: Path) -> list[str]:
+        path = folder / name
+        writer(path)
+        data = path.read_bytes()
+        path.write_bytes(data[: int(len(data) * keep)])
+        return ["--input", str(path)]
+    return build
+
+
+def _npz(**arrays: np.ndarray) -> Build:
+    def build(folder: Path) -> list[str]:
+        np.savez(folder / "db.npz", allow_pickle=True, **arrays)
+        return ["--input", str(folder / "db.npz")]
+    return build
+
+
+def _parquet(table: pa.Table) -> Build:
+    def build(folder: Path) -> list[str]:
+        pq.write_table(table, folder / "db.parquet")
+        return ["--input", str(folder / "db.parquet")]
+    return build
+
+
+def _vectors_column(vectors: np.ndarray) -> pa.Array:
+    return pa.FixedSizeListArray.from_arrays(pa.array(vectors.reshape(-1)), vectors.shape[1])
+
+
+def _good_npy(path: Path) -> None:
+    np.save(path, RECORDS)
+
+
+def _good_npz(path: Path) -> None:
+    np.savez(path, ids=IDS, embeddings=VECTORS)
+
+
+def _good_parquet(path: Path) -> None:
+    pq.write_table(pa.table({"id": IDS, "embedding": _vectors_column(VECTORS)}), path)
+
+
+def _npy_header(dtype: np.dtype, shape: tuple[int, ...]) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buffer, {"descr": np.lib.format.dtype_to_descr(dtype),
+                                                  "fortran_order": False, "shape": shape})
+    return buffer.getvalue()
+
+
+def _header_claims_more() -> Build:
+    dtype = RECORDS.dtype
+    return _bytes(_npy_header(dtype, (10**12,)) + RECORDS[:4].tobytes())
+
+
+def _npz_member_claims_more(folder: Path) -> list[str]:
+    path = folder / "db.npz"
+    with zipfile.ZipFile(path, "w") as archive:
+        with archive.open("ids.npy", "w") as member:
+            np.lib.format.write_array(member, IDS)
+        with archive.open("embeddings.npy", "w") as member:
+            member.write(_npy_header(np.dtype("<f4"), (10**10, 32)) + VECTORS[:2].tobytes())
+    return ["--input", str(path)]
+
+
+def _sparse_larger_than_memory(folder: Path) -> list[str]:
+    """A real .npy of 2**31 faces x 512 float16 (2.2 TB), stored sparse: valid, but cannot fit in memory."""
+    dtype = np.dtype([("id", "<i8"), ("embedding", "<f2", (512,))])
+    path = folder / "huge.npy"
+    header = _npy_header(dtype, (2**31,))
+    with path.open("wb") as handle:
+        handle.write(header)
+    try:
+        with path.open("r+b") as handle:
+            handle.truncate(len(header) + 2**31 * dtype.itemsize)
+    except OSError as exc:
+        pytest.skip(f"this file system cannot hold a 2.2 TB sparse file ({exc})")
+    return ["--input", str(path)]
+
+
+def _with_rows(values: dict[int, float], dtype: str = "<f4") -> Build:
+    vectors = VECTORS.astype(dtype)
+    for row, value in values.items():
+        vectors[row] = value if value == 0 else vectors[row]
+        if value != 0:
+            vectors[row, 5] = value
+    return _npz(ids=IDS, embeddings=vectors)
+
+
+def _out_is_a_file(folder: Path) -> list[str]:
+    (folder / "out").write_text("not a folder")
+    return _npy(RECORDS)(folder)
+
+
+def _out_holds_foreign_files(folder: Path) -> list[str]:
+    (folder / "out").mkdir()
+    (folder / "out" / "thesis.tex").write_text("my work")
+    return _npy(RECORDS)(folder)
+
+
+def _config_file(text: str) -> Build:
+    def build(folder: Path) -> list[str]:
+        (folder / "bad.toml").write_text(text)
+        return ["--config", str(folder / "bad.toml")]
+    return build
+
+
+def _names_file(text: str) -> Build:
+    def build(folder: Path) -> list[str]:
+        (folder / "names.jsonl").write_text(text)
+        return [*_npy(RECORDS)(folder), "--names", str(folder / "names.jsonl")]
+    return build
+
+
+def _args(*args: str) -> Build:
+    def build(folder: Path) -> list[str]:
+        return [*_npy(RECORDS)(folder), *args]
+    return build
+
+
+def _ragged_parquet() -> Build:
+    values = [VECTORS[i, : 32 - (i % 2)].tolist() for i in range(len(IDS))]
+    return _parquet(pa.table({"id": IDS, "embedding": pa.array(values, type=pa.list_(pa.float32()))}))
+
+
+CASES: dict[str, Case] = {
+    # the file itself
+    "missing file": Case(lambda f: ["--input", str(f / "nope.npy")], 3, "nope.npy: cannot open"),
+    "a directory": Case(lambda f: ["--input", str(f)], 3, "is a directory"),
+    "empty file": Case(_bytes(b""), 3, "an empty file"),
+    "CSV text": Case(_bytes(b"id,embedding\n1,0.5\n"), 3, "not a .npy, .npz or Parquet file"),
+    "a pickle": Case(_bytes(pickle.dumps({"id": IDS, "embedding": VECTORS})), 3, "unknown magic bytes"),
+    "object .npy": Case(_npy(np.array([{"id": 1}, None], dtype=object)), 3, "Python objects"),
+    "object field": Case(_npy(_structured([("id", "<i8"), ("embedding", "O")])), 3, "never unpickles"),
+    "object array in .npz": Case(_npz(ids=IDS, embeddings=np.array([VECTORS[0], None], dtype=object)), 3,
+                                 "Python objects"),
+    "truncated .npy": Case(_truncated(_good_npy, "db.npy", 0.6), 3, "truncated"),
+    "header claims 10**12 faces": Case(_header_claims_more(), 3, "claims shape (1000000000000,)"),
+    ".npz member claims more": Case(_npz_member_claims_more, 3, "[embeddings.npy]: the header claims"),
+    "truncated .npz": Case(_truncated(_good_npz, "db.npz", 0.5), 3, "cannot read as .npz"),
+    "truncated Parquet": Case(_truncated(_good_parquet, "db.parquet", 0.5), 3, "cannot read as Parquet"),
+    "garbage after .npy magic": Case(_bytes(b"\x93NUMPY\x01\x00" + bytes(range(200))), 3, "header is unreadable"),
+    "garbage after zip magic": Case(_bytes(b"PK\x03\x04" + bytes(200), "db.npz"), 3, "cannot read as .npz"),
+    "garbage after Parquet magic": Case(_bytes(b"PAR1" + bytes(200), "db.parquet"), 3, "cannot read as Parquet"),
+    # fields and dtypes
+    "plain float array": Case(_npy(VECTORS), 3, "fields found: none (a plain float32 array"),
+    "no embedding field": Case(_npy(_structured([("id", "<i8"), ("vec", "<f4", (32,))])), 3,
+                               "no field 'embedding' (fields found: id, vec)"),
+    ".npz without ids/embeddings": Case(_npz(a=IDS, b=VECTORS), 3, "found: a, b"),
+    "Parquet without embedding column": Case(_parquet(pa.table({"id": IDS})), 3, "no column 'embedding'"),
+    "integer embeddings": Case(_npy(_structured([("id", "<i8"), ("embedding", "<i2", (32,))])), 3,
+                               "embeddings have dtype int16"),
+    "string embeddings": Case(_npy(_structured([("id", "<i8"), ("embedding", "<U4", (32,))])), 3,
+                              "embeddings have dtype <U4"),
+    "float ids": Case(_npz(ids=IDS.astype(np.float64), embeddings=VECTORS), 3, "ids have dtype float64"),
+    "1-D embeddings": Case(_npy(_structured([("id", "<i8"), ("embedding", "<f4")])), 3,
+                           "expected (n_faces, dim)"),
+    "3-D embeddings": Case(_npy(_structured([("id", "<i8"), ("embedding", "<f4", (4, 8))])), 3,
+                           f"shape ({N}, 4, 8)"),
+    "ragged Parquet vectors": Case(_ragged_parquet(), 3, "different lengths"),
+    "ids longer than embeddings": Case(_npz(ids=IDS[:-3], embeddings=VECTORS), 3, f"({N - 3},) ids for {N}"),
+    "no faces": Case(_npz(ids=IDS[:0], embeddings=VECTORS[:0]), 3, "the database is empty"),
+    "ids beyond int64": Case(_npz(ids=IDS.astype(np.uint64) + np.uint64(2**63), embeddings=VECTORS), 3,
+                             "do not fit int64"),
+    "string ids in Parquet": Case(_parquet(pa.table({"id": IDS.astype(str), "embedding": _vectors_column(VECTORS)})),
+                                  3, "ids have dtype object"),
+    "empty ids in Parquet": Case(_parquet(pa.table({"id": pa.array([None] + IDS[1:].tolist(), pa.int64()),
+                                                    "embedding": _vectors_column(VECTORS)})), 3, "1 empty ids"),
+    # values
+    "NaN rows": Case(_with_rows({3: np.nan, 17: np.nan}), 3, "2 embeddings hold NaN, inf or values beyond float32 "
+                                                              "(rows 3, 17); recompute those faces, or pass "
+                                                              "--drop-invalid"),
+    "inf rows": Case(_with_rows({8: np.inf}), 3, "(rows 8)"),
+    "float64 beyond float32": Case(_with_rows({9: 1e300}, "<f8"), 3, "beyond float32 (rows 9)"),
+    "all-zero rows": Case(_with_rows({4: 0.0, 5: 0.0, 6: 0.0}), 3, "3 embeddings are all zeros (rows 4, 5, 6)"),
+    "fewer faces than n_neighbors + 1": Case(_npz(ids=IDS[:8], embeddings=VECTORS[:8]), 2, "needs at least 11"),
+    "one identity under --supervised": Case(lambda f: [*_npz(ids=np.zeros(40, np.int64), embeddings=VECTORS[:40])(f),
+                                                       "--supervised"], 2, "at least two identities"),
+    # memory
+    ".npz over max_memory": Case(lambda f: [*_npz(ids=IDS, embeddings=VECTORS)(f), "--set", "max_memory=4KiB"], 5,
+                                 "the configured max_memory is"),
+    "larger than memory (2.2 TB .npy)": Case(_sparse_larger_than_memory, 5, "but available memory is"),
+    # config and flags
+    "unknown config key": Case(_args("--set", "umap.n_neighbours=30"), 2, "unknown key 'umap.n_neighbours'"),
+    "wrong type": Case(_args("--set", "umap.n_neighbors=many"), 2, "key 'umap.n_neighbors' is invalid"),
+    "out of range": Case(_args("--set", "umap.min_dist=-1"), 2, "key 'umap.min_dist' is invalid"),
+    "n_components 4": Case(_args("--n-components", "4"), 2, "key 'umap.n_components' is invalid"),
+    "bad max_memory": Case(_args("--set", "max_memory=lots"), 2, "key 'max_memory' is invalid"),
+    "config not TOML": Case(_config_file("[umap\nn_neighbors = 3"), 2, "bad.toml: not valid TOML"),
+    "config file missing": Case(lambda f: ["--config", str(f / "none.toml")], 2, "none.toml: cannot read the config"),
+    "unknown --highlight ids": Case(_args("--highlight", "0,99999"), 2, "ids 99999 are not in"),
+    "--highlight not integers": Case(_args("--highlight", "ada,bob"), 2, "expected comma-separated integer ids"),
+    "names file not JSON": Case(_names_file('{"name": "Ada"}\nnot json\n'), 3, "names.jsonl: line 2 is not JSON"),
+    "names file missing": Case(_args("--names", "/nonexistent/names.jsonl"), 3, "cannot read the names file"),
+    "--out is a file": Case(_out_is_a_file, 2, "is not a folder"),
+    "--out holds other files": Case(_out_holds_foreign_files, 2, "holds files no faceatlas run wrote (thesis.tex)"),
+    "malformed --sha256": Case(_args("--sha256", "abc"), 2, "key 'input.sha256' is invalid"),
+    "wrong --sha256": Case(_args("--sha256", "0" * 64), 3, "expected " + "0" * 64),
+    "plain http URL": Case(lambda f: ["--input", "http://127.0.0.1:9/db.npy"], 2, "plain http"),
+    "ftp URL": Case(lambda f: ["--input", "ftp://127.0.0.1/db.npy"], 2, "unsupported URL scheme 'ftp'"),
+    "cuML on a machine without it": Case(_args("--backend", "cuml"), 4, "cuml"),
+}
+
+
+def test_there_are_at_least_thirty_distinct_cases() -> None:
+    assert len(CASES) >= 30
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_hostile_case(name: str, tmp_path: Path) -> None:
+    case = CASES[name]
+    folder = tmp_path / "in"
+    folder.mkdir()
+    out = folder / "out"
+    args = case.build(folder)
+    before = _snapshot(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--config", SMOKE, "--out", str(out), *args])
+    assert result.exit_code == case.exit_code, result.output
+    lines = result.stderr.strip().splitlines()
+    errors = [line for line in lines if line.startswith("faceatlas: error: ")]
+    assert len(errors) == 1 and lines[-1] == errors[0], result.stderr  # one line, the last thing said
+    assert "Traceback" not in result.output
+    assert case.message in errors[0]
+    assert ";" in errors[0]  # problem; fix
+    assert _snapshot(tmp_path) == before  # nothing written, nothing half-written, nothing staged
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = CliRunner().invoke(app, ["--debug", "run", "--config", SMOKE, "--input", str(tmp_path / "x.npy"),
+                                      "--out", str(tmp_path / "out")])
+    assert result.exit_code == 3 and "Traceback" in result.stderr
+
+
+def _snapshot(root: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and p.stat().st_size < 10**8 else b"")
+            for p in sorted(root.rglob("*"))}

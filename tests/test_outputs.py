@@ -1,0 +1,171 @@
+"""A run's outputs are all-or-nothing: failures and SIGKILL leave the previous run intact, reruns heal,
+--seed is byte-for-byte reproducible, and `faceatlas verify` catches any file changed after the run."""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from job.cli import app
+from job.config import Config, load_config
+from job.demo import DemoSpec, make_demo
+from job.errors import InputError
+from job.outputs import staged_outputs
+from job.pipeline import run
+from job.runs import open_run
+
+SMOKE = Path(__file__).parents[1] / "configs" / "smoke.toml"
+
+
+def _config(small_db: Path, out: Path, **overrides: object) -> Config:
+    return load_config(SMOKE, {"input.path": str(small_db), "out": str(out), **overrides})
+
+
+def _contents(folder: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(folder.iterdir())}
+
+
+def _leftovers(parent: Path) -> list[str]:
+    return [p.name for p in parent.rglob("*") if ".staging-" in p.name or p.name.endswith(".tmp")]
+
+
+def test_a_run_that_fails_while_writing_leaves_the_previous_run(small_db: Path, tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    run(_config(small_db, out))
+    before = _contents(out)
+
+    def disk_full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device", str(out / "projection.parquet"))
+
+    monkeypatch.setattr("job.pipeline.write_projection", disk_full)
+    result = CliRunner().invoke(app, ["run", "-c", str(SMOKE), "-i", str(small_db), "-o", str(out),
+                                      "--highlight", "1,2"])
+    assert result.exit_code == 2 and "No space left on device" in result.stderr.splitlines()[-1]
+    assert _contents(out) == before and _leftovers(tmp_path) == []
+    open_run(out)  # still verifies
+
+
+def test_sigkill_mid_write_keeps_the_previous_run_and_a_rerun_completes(small_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(_config(small_db, out))
+    before = _contents(out)
+    command = [sys.executable, "-m", "job", "run", "-c", str(SMOKE), "-i", str(small_db), "-o", str(out),
+               "--highlight", "7"]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        staged = [p for p in tmp_path.glob(".out.staging-*/*")]
+        if staged:  # the new run has started writing its files: kill it now
+            process.send_signal(signal.SIGKILL)
+            break
+        time.sleep(0.005)
+    assert process.wait(timeout=60) == -signal.SIGKILL, process.stderr.read().decode() if process.stderr else ""
+    assert _contents(out) == before  # the previous run, whole
+    assert open_run(out).record["highlight"] != [7]
+    assert list(tmp_path.glob(".out.staging-*"))  # what the killed run left, beside --out, not in it
+    rerun = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert rerun.returncode == 0, rerun.stderr
+    assert open_run(out).record["highlight"] == [7]
+    assert _leftovers(tmp_path) == []  # the rerun removed the dead run's staging folder
+
+
+def test_seed_gives_byte_identical_projections(small_db: Path, tmp_path: Path) -> None:
+    first = run(_config(small_db, tmp_path / "a", seed=11))
+    second = run(_config(small_db, tmp_path / "b", seed=11))
+    assert first.files["projection"].read_bytes() == second.files["projection"].read_bytes()
+
+
+def test_drop_invalid_keeps_input_row_numbers_and_duplicates_are_counted(tmp_path: Path) -> None:
+    records, _ = make_demo(DemoSpec(n_identities=40, faces_per_identity=4, dim=32, seed=4))
+    ids = records["id"].astype(np.int64)
+    vectors = records["embedding"].astype(np.float32)
+    vectors[[2, 30]] = np.nan
+    vectors[50] = 0.0
+    vectors[60] = vectors[61]  # same face twice, same id or not
+    vectors[70] = vectors[5]
+    np.savez(tmp_path / "db.npz", ids=ids, embeddings=vectors)
+    args = ["run", "-c", str(SMOKE), "-i", str(tmp_path / "db.npz"), "-o", str(tmp_path / "out")]
+    refused = CliRunner().invoke(app, args)
+    assert refused.exit_code == 3 and "rows 2, 30" in refused.stderr
+    result = CliRunner().invoke(app, [*args, "--drop-invalid"])
+    assert result.exit_code == 0, result.stderr
+    assert "left out 3 faces (2 with NaN/inf, 1 all-zero)" in result.stderr
+    assert "2 faces repeat an earlier face's embedding exactly" in result.stderr
+    import pyarrow.parquet as pq
+
+    rows = pq.read_table(tmp_path / "out" / "projection.parquet").column("row").to_numpy()
+    assert len(rows) == len(ids) - 3 and not {2, 30, 50} & set(rows.tolist())
+    record = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert record["input"]["dropped"] == {"nan_or_inf": 2, "zero": 1}
+    expected_other = int(ids[60] != ids[61]) + int(ids[70] != ids[5])
+    assert record["input"]["duplicates"] == {"faces": 2, "other_id": expected_other}
+
+
+def test_verify_accepts_a_run_and_catches_every_change(smoke_run: object, tmp_path: Path) -> None:
+    source = smoke_run.out_dir  # type: ignore[attr-defined]
+    ok = CliRunner().invoke(app, ["verify", str(source)])
+    assert ok.exit_code == 0 and "match run.json" in ok.stdout
+    tampers = {
+        "a changed projection": lambda d: (d / "projection.parquet").write_bytes(
+            (d / "projection.parquet").read_bytes() + b"\0"),
+        "a swapped map": lambda d: (d / "map_density.png").write_bytes((d / "map_identities.png").read_bytes()),
+        "a missing map": lambda d: (d / "map_highlight.png").unlink(),
+        "a run.json pointing outside": lambda d: _edit_record(d, {"../../etc/passwd": "0" * 64}),
+        "no run.json": lambda d: (d / "run.json").unlink(),
+        "run.json not JSON": lambda d: (d / "run.json").write_text("{"),
+    }
+    for name, tamper in tampers.items():
+        folder = tmp_path / name.replace(" ", "_")
+        folder.mkdir()
+        for path in source.iterdir():
+            (folder / path.name).write_bytes(path.read_bytes())
+        tamper(folder)
+        result = CliRunner().invoke(app, ["verify", str(folder)])
+        assert result.exit_code == 3, name
+        assert len(result.stderr.strip().splitlines()) == 1 and str(folder) in result.stderr, name
+        with pytest.raises(InputError):
+            open_run(folder)
+
+
+def _edit_record(folder: Path, checksums: dict[str, str]) -> None:
+    record = json.loads((folder / "run.json").read_text())
+    record["file_sha256"] = checksums
+    (folder / "run.json").write_text(json.dumps(record))
+
+
+def test_a_mount_point_output_is_replaced_file_by_file_with_run_json_last(tmp_path: Path,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "truth.json").write_text("{}")
+    (out / "map_density.png").write_bytes(b"old")
+    (out / "run.json").write_text(json.dumps({"files": {"truth": "truth.json", "density": "map_density.png"}}))
+    monkeypatch.setattr("job.outputs.os.path.ismount", lambda path: Path(path) == out)
+    with staged_outputs(out) as staging:
+        assert staging.parent == out  # cannot stage beside a mount point
+        (staging / "map_density.png").write_bytes(b"new")
+        (staging / "run.json").write_text("{}")
+    assert _contents(out) == {"map_density.png": b"new", "run.json": b"{}"}  # old truth.json is gone
+
+
+def test_a_new_output_folder_is_created_whole(tmp_path: Path) -> None:
+    out = tmp_path / "deep" / "out"
+    with pytest.raises(RuntimeError):
+        with staged_outputs(out) as staging:
+            (staging / "run.json").write_text("{}")
+            raise RuntimeError("crash before the swap")
+    assert not out.exists() and _leftovers(tmp_path) == []
+    with staged_outputs(out) as staging:
+        (staging / "run.json").write_text("{}")
+    assert _contents(out) == {"run.json": b"{}"} and os.listdir(out.parent) == ["out"]
