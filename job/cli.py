@@ -200,7 +200,8 @@ def _parse_ids(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
     except ValueError:
-        raise UsageError(f"--highlight {text!r}: expected comma-separated integer ids; write e.g. --highlight 0,1,2") from None
+        raise UsageError(f"--highlight {text!r}: expected comma-separated integer ids; write e.g. "
+                         "--highlight 0,1,2") from None
 
 
 def main() -> None:

@@ -146,10 +146,10 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
     zero = np.empty(n_faces, dtype=bool)
     for start in range(0, n_faces, _CHUNK_ROWS):
         block = vectors[start:start + _CHUNK_ROWS]
-        with np.errstate(over="ignore", invalid="ignore"):
+        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, per row
             block[...] = embeddings[start:start + _CHUNK_ROWS]
-        nonfinite[start:start + len(block)] = ~np.isfinite(block).all(axis=1)
-        zero[start:start + len(block)] = ~block.any(axis=1)
+            nonfinite[start:start + len(block)] = ~np.isfinite(block).all(axis=1)
+            zero[start:start + len(block)] = ~block.any(axis=1)
     zero &= ~nonfinite
     dropped = {"nan_or_inf": int(nonfinite.sum()), "zero": int(zero.sum())}
     keep = ~(nonfinite | zero)

@@ -9,6 +9,7 @@ member's stored size before it is read, and every read that must hold data in me
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,14 +83,16 @@ def _read_header(handle: IO[bytes], where: str) -> _Header:
     from numpy.lib import format as npy
 
     try:
-        version = npy.read_magic(handle)
-        if version == (1, 0):
-            shape, _, dtype = npy.read_array_header_1_0(handle)
-        elif version == (2, 0):
-            shape, _, dtype = npy.read_array_header_2_0(handle)
-        else:
-            raise ValueError(f".npy format version {version[0]}.{version[1]} (faceatlas reads 1.0 and 2.0)")
-    except (ValueError, SyntaxError, EOFError, TypeError) as exc:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # numpy's note on Python 2 headers says nothing useful here
+            version = npy.read_magic(handle)
+            if version == (1, 0):
+                shape, _, dtype = npy.read_array_header_1_0(handle)
+            elif version == (2, 0):
+                shape, _, dtype = npy.read_array_header_2_0(handle)
+            else:
+                raise ValueError(f".npy format version {version[0]}.{version[1]} (faceatlas reads 1.0 and 2.0)")
+    except Exception as exc:  # noqa: BLE001 - numpy's parser of untrusted headers raises many types (TokenError...)
         raise InputError(f"{where}: the .npy header is unreadable ({_short(exc)}); re-save it with "
                          "numpy.save") from None
     if dtype.hasobject:

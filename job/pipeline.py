@@ -18,11 +18,18 @@ from job.backends import resolve
 from job.config import Config
 from job.database import FaceDatabase, load_database
 from job.errors import UsageError
+from job.formats import file_sha256
 from job.knn import normalise
 from job.metrics import same_id_knn, trustworthiness
-from job.formats import file_sha256
-from job.outputs import (PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json,
-                         write_projection)
+from job.outputs import (
+    PROJECTION_FILE,
+    RUN_FILE,
+    TRUTH_FILE,
+    check_output_folder,
+    staged_outputs,
+    write_json,
+    write_projection,
+)
 from job.render import render_maps
 
 Log = Callable[[str], None]

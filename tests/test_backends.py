@@ -5,7 +5,16 @@ import inspect
 import numpy as np
 import pytest
 
-from job.backends import BACKENDS, CumlBackend, UmapLearnBackend, cuml_params, knn_method, probe_gpu, resolve, umap_params
+from job.backends import (
+    BACKENDS,
+    CumlBackend,
+    UmapLearnBackend,
+    cuml_params,
+    knn_method,
+    probe_gpu,
+    resolve,
+    umap_params,
+)
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable
 from job.knn import normalise

@@ -34,7 +34,8 @@ def _writers() -> dict[str, object]:
     return {
         "npy-float16": lambda p: np.save(p, RECORDS),
         "npz-float32": lambda p: np.savez(p, ids=IDS, embeddings=VECTORS),
-        "npz-float64-not-unit": lambda p: np.savez(p, ids=IDS.astype(np.int32), embeddings=VECTORS.astype(np.float64) * 7),
+        "npz-float64-not-unit": lambda p: np.savez(p, ids=IDS.astype(np.int32),
+                                                   embeddings=VECTORS.astype(np.float64) * 7),
         "parquet-list": lambda p: _write_parquet(p, VECTORS, fixed=False),
         "parquet-fixed-size-list": lambda p: _write_parquet(p, VECTORS, fixed=True),
         "parquet-float16": lambda p: _write_parquet(p, RECORDS["embedding"], fixed=True),

@@ -1,0 +1,166 @@
+"""Property-based fuzzing of the loader: random bytes, mutated valid files and random structured dtypes
+either load or raise one of faceatlas's own errors, and nothing is ever unpickled.
+
+FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py fuzzes longer than the default 120 examples per test.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from job.config import InputConfig
+from job.database import FaceDatabase, load_database
+from job.errors import FaceatlasError
+
+UNPICKLED: list[str] = []
+FUZZ = settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "120")), deadline=None,
+                suppress_health_check=[HealthCheck.too_slow])
+MAGICS = [b"", b"\x93NUMPY", b"\x93NUMPY\x01\x00", b"\x93NUMPY\x02\x00", b"PK\x03\x04", b"PAR1"]
+SCALARS = ["<i1", "<u2", ">i4", "<i8", "<u8", "?", "<f2", "<f4", ">f8", "<c8", "<U3", "S2", "<M8[s]", "O"]
+
+
+def _unpickled() -> None:
+    UNPICKLED.append("a pickle was loaded")
+
+
+class Canary:
+    """Unpickling one of these records it: the loader must never do so."""
+
+    def __reduce__(self) -> tuple[Any, tuple[()]]:
+        return _unpickled, ()
+
+
+def _load(content: bytes, name: str = "db.bin", **fields: str) -> FaceDatabase | None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        path.write_bytes(content)
+        try:
+            return load_database(InputConfig(path=str(path), **fields))
+        except FaceatlasError as exc:
+            text = str(exc)
+            assert "\n" not in text and str(path) in text, text  # one line that names the file
+            return None
+
+
+def _valid_files() -> dict[str, bytes]:
+    rng = np.random.default_rng(0)
+    records = np.zeros(12, dtype=[("id", "<u2"), ("embedding", "<f2", (8,))])
+    records["id"] = np.arange(12) // 3
+    records["embedding"] = rng.standard_normal((12, 8))
+    npy, npz, parquet = io.BytesIO(), io.BytesIO(), io.BytesIO()
+    np.save(npy, records)
+    np.savez(npz, ids=records["id"], embeddings=records["embedding"])
+    column = pa.FixedSizeListArray.from_arrays(pa.array(records["embedding"].astype(np.float32).ravel()), 8)
+    pq.write_table(pa.table({"id": records["id"], "embedding": column}), parquet)
+    return {"npy": npy.getvalue(), "npz": npz.getvalue(), "parquet": parquet.getvalue()}
+
+
+VALID = _valid_files()
+
+
+@FUZZ
+@given(magic=st.sampled_from(MAGICS), tail=st.binary(max_size=3000))
+def test_random_bytes_never_crash_the_loader(magic: bytes, tail: bytes) -> None:
+    _load(magic + tail)
+
+
+@FUZZ
+@given(kind=st.sampled_from(sorted(VALID)), data=st.data())
+def test_mutated_valid_files_never_crash_the_loader(kind: str, data: st.DataObject) -> None:
+    content = bytearray(VALID[kind])
+    for _ in range(data.draw(st.integers(1, 6))):
+        position = data.draw(st.integers(0, len(content) - 1))
+        content[position] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        content = content[: data.draw(st.integers(0, len(content)))]
+    _load(bytes(content))
+
+
+@st.composite
+def structured(draw: st.DrawFn) -> np.ndarray:
+    names = draw(st.lists(st.sampled_from(["id", "embedding", "x"]), min_size=1, max_size=3, unique=True))
+    fields = []
+    for name in names:
+        scalar = draw(st.sampled_from(SCALARS))
+        shape = draw(st.sampled_from([(), (1,), (4,), (2, 3)]))
+        fields.append((name, scalar, shape) if shape else (name, scalar))
+    n_rows = draw(st.integers(0, 6))
+    array = np.zeros(n_rows, dtype=fields)
+    raw = draw(st.binary(min_size=array.nbytes, max_size=array.nbytes))
+    for name in names:
+        if array.dtype[name].hasobject:
+            array[name] = Canary()
+    plain = [name for name in names if not array.dtype[name].hasobject]
+    if plain and n_rows:  # random bit patterns in every plain field: NaN, inf, huge ids, odd dates
+        filler = np.frombuffer(raw.ljust(array.nbytes, b"\0")[: array.nbytes], dtype=np.uint8)
+        view = np.zeros(n_rows, dtype=[(n, array.dtype[n]) for n in plain])
+        view.view(np.uint8)[:] = filler[: view.nbytes]
+        for name in plain:
+            array[name] = view[name]
+    return array
+
+
+@FUZZ
+@given(array=structured())
+def test_random_structured_dtypes_load_or_fail_cleanly_and_never_unpickle(array: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=True)  # the file may hold pickles; the loader must refuse them
+    database = _load(buffer.getvalue())
+    assert UNPICKLED == []
+    if database is not None:  # whatever loaded is a clean database
+        assert database.embeddings.dtype == np.float32 and np.isfinite(database.embeddings).all()
+        assert database.ids.dtype == np.int64 and len(database.ids) == len(database.embeddings) > 0
+
+
+@FUZZ
+@given(ids=structured(), embeddings=structured())
+def test_random_npz_members_never_crash_or_unpickle(ids: np.ndarray, embeddings: np.ndarray) -> None:
+    buffer = io.BytesIO()
+    np.savez(buffer, allow_pickle=True, ids=ids[ids.dtype.names[0]], embeddings=embeddings[embeddings.dtype.names[0]])
+    _load(buffer.getvalue())
+    assert UNPICKLED == []
+
+
+PARQUET_TYPES = [pa.int64(), pa.uint64(), pa.float32(), pa.string(), pa.bool_(), pa.list_(pa.float32()),
+                 pa.list_(pa.string()), pa.list_(pa.float16()), pa.large_list(pa.float64())]
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_parquet_columns_never_crash_the_loader(data: st.DataObject) -> None:
+    n_rows = data.draw(st.integers(0, 5))
+    columns = {}
+    for name in data.draw(st.lists(st.sampled_from(["id", "embedding", "x"]), min_size=1, max_size=3, unique=True)):
+        kind = data.draw(st.sampled_from(PARQUET_TYPES))
+        columns[name] = pa.array([_value(data, kind) for _ in range(n_rows)], type=kind)
+    buffer = io.BytesIO()
+    pq.write_table(pa.table(columns), buffer)
+    _load(buffer.getvalue())
+
+
+def _value(data: st.DataObject, kind: pa.DataType) -> Any:
+    if data.draw(st.integers(0, 9)) == 0:
+        return None
+    if pa.types.is_list(kind) or pa.types.is_large_list(kind):
+        return [_value(data, kind.value_type) for _ in range(data.draw(st.integers(0, 3)))]
+    if pa.types.is_string(kind):
+        return data.draw(st.text(max_size=3))
+    if pa.types.is_boolean(kind):
+        return data.draw(st.booleans())
+    if pa.types.is_unsigned_integer(kind):
+        return data.draw(st.integers(0, 2**64 - 1))
+    if pa.types.is_integer(kind):
+        return data.draw(st.integers(-(2**63), 2**63 - 1))
+    if kind == pa.float16():
+        return np.float16(data.draw(st.floats(width=16)))
+    return data.draw(st.floats(width=32))
