@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 import traceback
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 _state = {"debug": False}
+INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + SIGINT)
 
 
 class BackendChoice(str, Enum):
@@ -43,6 +45,9 @@ def _errors_to_exit_codes() -> Iterator[None]:
         yield
     except typer.Exit:
         raise
+    except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): staged outputs are already dropped
+        typer.echo("faceatlas: error: interrupted; the output folder was left as it was", err=True)
+        raise typer.Exit(INTERRUPTED) from None
     except FaceatlasError as exc:
         _fail(exc)
     except MemoryError:
@@ -209,5 +214,10 @@ def main() -> None:
     from job.backends import default_numba_cache
 
     default_numba_cache()
+    signal.signal(signal.SIGTERM, _terminated)  # `docker stop`, batch schedulers: unwind like Ctrl-C
     app(prog_name="faceatlas")
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
 

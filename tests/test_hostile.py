@@ -3,6 +3,7 @@ leaves no output behind. The README's table of cases lists the same cases."""
 
 from __future__ import annotations
 
+import os
 import pickle
 import zipfile
 from collections.abc import Callable
@@ -292,3 +293,20 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
 def _snapshot(root: Path) -> dict[str, bytes]:
     return {str(p.relative_to(root)): (p.read_bytes() if p.is_file() and p.stat().st_size < 10**8 else b"")
             for p in sorted(root.rglob("*"))}
+
+
+def test_the_readme_lists_every_case_with_its_exit_code() -> None:
+    readme = (ROOT / "README.md").read_text(encoding="utf-8")
+    rows = [line for line in readme[readme.index("| case | exit |"):].splitlines() if line.startswith("|")]
+    for name, case in CASES.items():
+        found = [row for row in rows if name in row]
+        assert found and all(row.endswith(f"| {case.exit_code} |") for row in found), name
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root reads any file")
+def test_unreadable_file(tmp_path: Path) -> None:
+    path = tmp_path / "db.npy"
+    np.save(path, RECORDS)
+    path.chmod(0)
+    result = CliRunner().invoke(app, ["run", "-c", SMOKE, "-i", str(path), "-o", str(tmp_path / "out")])
+    assert result.exit_code == 3 and "Permission denied" in result.stderr and not (tmp_path / "out").exists()

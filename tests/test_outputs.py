@@ -80,6 +80,24 @@ def test_sigkill_mid_write_keeps_the_previous_run_and_a_rerun_completes(small_db
     assert _leftovers(tmp_path) == []  # the rerun removed the dead run's staging folder
 
 
+def test_sigterm_mid_write_exits_130_and_cleans_up(small_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    run(_config(small_db, out))
+    before = _contents(out)
+    command = [sys.executable, "-m", "job", "run", "-c", str(SMOKE), "-i", str(small_db), "-o", str(out)]
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline and process.poll() is None:
+        if list(tmp_path.glob(".out.staging-*/*")):
+            process.send_signal(signal.SIGTERM)
+            break
+        time.sleep(0.005)
+    _, said = process.communicate(timeout=60)
+    assert process.returncode == 130, said
+    assert said.strip().splitlines()[-1] == "faceatlas: error: interrupted; the output folder was left as it was"
+    assert _contents(out) == before and _leftovers(tmp_path) == []
+
+
 def test_seed_gives_byte_identical_projections(small_db: Path, tmp_path: Path) -> None:
     first = run(_config(small_db, tmp_path / "a", seed=11))
     second = run(_config(small_db, tmp_path / "b", seed=11))
