@@ -48,6 +48,9 @@ def temporary_path(path: Path) -> Path:
 
 def check_output_folder(out_dir: Path) -> None:
     """Refuse, before any heavy work, an output folder that cannot be written or holds foreign files."""
+    out_dir = Path(os.path.abspath(out_dir))
+    if out_dir == out_dir.parent:
+        raise UsageError(f"--out {out_dir}: the root folder cannot be an output folder; pick a folder below it")
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         raise UsageError(f"--out {out_dir}: {existing} is not a folder; pick another output folder")
@@ -67,12 +70,14 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
 
     On any exception (or a kill) the staging folder is dropped and ``out_dir`` is left as it was.
     """
-    out_dir = out_dir.resolve() if out_dir.is_symlink() else out_dir
+    out_dir = out_dir.resolve() if out_dir.is_symlink() else Path(os.path.abspath(out_dir))
     check_output_folder(out_dir)
     _remove_stale_staging(out_dir)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     token = f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
-    beside = os.access(out_dir.parent, os.W_OK | os.X_OK) and not os.path.ismount(out_dir)
+    # swap whole folders only where that is invisible: not a mount point, not the folder we (or a shell) stand in
+    beside = (os.access(out_dir.parent, os.W_OK | os.X_OK) and not os.path.ismount(out_dir)
+              and not Path.cwd().is_relative_to(out_dir))
     staging = out_dir.parent / f".{out_dir.name}{token}" if beside else out_dir / token
     staging.mkdir(parents=True)
     try:

@@ -187,3 +187,17 @@ def test_a_new_output_folder_is_created_whole(tmp_path: Path) -> None:
     with staged_outputs(out) as staging:
         (staging / "run.json").write_text("{}")
     assert _contents(out) == {"run.json": b"{}"} and os.listdir(out.parent) == ["out"]
+
+
+def test_out_dot_is_replaced_in_place_so_the_shell_keeps_its_folder(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    for content in (b"first", b"second"):
+        with staged_outputs(Path(".")) as staging:
+            assert staging.parent == here
+            (staging / "map_density.png").write_bytes(content)
+            (staging / "run.json").write_text(json.dumps({"files": {"density": "map_density.png"}}))
+    assert (here / "map_density.png").read_bytes() == b"second" and Path.cwd() == here and here.is_dir()
+    assert sorted(os.listdir(tmp_path)) == ["here"]
