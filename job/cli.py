@@ -46,17 +46,18 @@ def _errors_to_exit_codes() -> Iterator[None]:
     except typer.Exit:
         raise
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): staged outputs are already dropped
-        typer.echo("faceatlas: error: interrupted; the output folder was left as it was", err=True)
+        typer.echo("faceatlas: error: interrupted; no half-written outputs were left (rerun to finish)", err=True)
         raise typer.Exit(INTERRUPTED) from None
     except FaceatlasError as exc:
         _fail(exc)
     except MemoryError:
         _fail(OutOfMemoryError("out of memory; use a machine with more memory or a smaller database"))
     except OSError as exc:  # files we write: an unwritable --out, a full disk
-        _fail(UsageError(f"{exc.filename or 'output'}: {exc.strerror or exc}; check the path, its "
-                         "permissions and free space"))
+        problem = " ".join(str(exc.strerror or exc).split())[:300]
+        _fail(UsageError(f"{exc.filename or 'output'}: {problem}; check the path, its permissions and free space"))
     except Exception as exc:  # noqa: BLE001 - anything else is our bug: say so in one line
-        _fail(InternalError(f"internal error ({type(exc).__name__}: {exc}); rerun with --debug and report it"))
+        text = " ".join(str(exc).split())[:300]
+        _fail(InternalError(f"internal error ({type(exc).__name__}: {text}); rerun with --debug and report it"))
 
 
 def _fail(error: FaceatlasError) -> NoReturn:

@@ -17,10 +17,10 @@ import numpy as np
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.config import InputConfig
 from job.demo import DemoSpec, DemoTruth, make_demo
-from job.errors import InputError
-from job.formats import file_sha256, read_arrays
+from job.errors import InputError, UsageError
+from job.formats import file_sha256, read_arrays, sniff_format
 from job.memory import require
-from job.remote import fetch, is_url
+from job.remote import fetch, is_url, redact
 
 DEMO_SOURCE = "demo"
 _CHUNK_ROWS = 1 << 16
@@ -94,21 +94,29 @@ def load_database(config: InputConfig, max_memory: int | None = None,
                   log: Callable[[str], None] = lambda message: None) -> FaceDatabase:
     """Load and validate the database named by ``config.path`` ("" = the built-in demo, or an https URL)."""
     if not config.path:
+        if config.sha256:
+            raise UsageError("--sha256 checks an --input file or URL, and none was given; add --input or "
+                             "drop --sha256")
         database = demo_database()
     else:
-        source, path, digest = config.path, Path(config.path), ""
+        source, path = redact(config.path), Path(config.path)
         if is_url(config.path):
             download = fetch(config.path, sha256=config.sha256, allow_http=config.allow_http,
                              timeout=config.url_timeout, max_bytes=config.url_max_bytes)
             log(f"{'using the cached copy of' if download.cached else 'downloaded'} {source} "
                 f"(sha256 {download.sha256})")
             path, digest = download.path, download.sha256
+        elif config.sha256:  # verified before anything is read (costs one pass over the file)
+            sniff_format(path)  # not a file, unreadable, unknown format: say so before hashing it
+            digest = file_sha256(path)
+            if digest != config.sha256.lower():
+                raise InputError(f"{source}: sha256 is {digest}, expected {config.sha256.lower()}; check the "
+                                 "file and --sha256 (the file was not read)")
+        else:
+            digest = ""  # hashed for run.json once the cheap checks (header, size, memory) have passed
         raw = read_arrays(path, config.id_field, config.embedding_field, max_memory)
         checked = check_arrays(raw.ids, raw.embeddings, source, config.drop_invalid, max_memory)
         digest = digest or file_sha256(path)
-        if config.sha256 and digest != config.sha256.lower():
-            raise InputError(f"{source}: sha256 is {digest}, expected {config.sha256.lower()}; check the file "
-                             "and --sha256")
         database = FaceDatabase(checked.ids, checked.embeddings, source, str(raw.embeddings.dtype), digest,
                                 rows=checked.rows, dropped=checked.dropped)
     database = replace(database, duplicates=count_duplicates(database.embeddings, database.ids))
@@ -178,10 +186,17 @@ def count_duplicates(vectors: FloatArray, ids: IdArray) -> dict[str, int]:
         keys[start:start + _CHUNK_ROWS] = (words[start:start + _CHUNK_ROWS][:, columns].astype(np.uint64)
                                            * weights).sum(axis=1)
     order = np.argsort(keys, kind="stable")
-    same = np.flatnonzero(keys[order[1:]] == keys[order[:-1]])
-    first, second = order[same], order[same + 1]
-    equal = (vectors[first] == vectors[second]).all(axis=1)
-    return {"faces": int(equal.sum()), "other_id": int((ids[first[equal]] != ids[second[equal]]).sum())}
+    sorted_keys = keys[order]
+    starts = np.flatnonzero(np.r_[True, sorted_keys[1:] != sorted_keys[:-1]])
+    sizes = np.diff(np.r_[starts, n_faces])
+    faces = other_id = 0
+    for start, size in zip(starts[sizes > 1], sizes[sizes > 1], strict=True):  # equal hashes: compare in full
+        group = order[start:start + size]
+        rows = np.ascontiguousarray(vectors[group]).view(np.dtype((np.void, dim * 4))).ravel()
+        _, first, inverse = np.unique(rows, return_index=True, return_inverse=True)
+        faces += len(group) - len(first)
+        other_id += int((ids[group] != ids[group[first[inverse.ravel()]]]).sum())
+    return {"faces": int(faces), "other_id": int(other_id)}
 
 
 def _check_shapes(ids: np.ndarray, embeddings: np.ndarray, source: str) -> None:
@@ -197,7 +212,7 @@ def _check_shapes(ids: np.ndarray, embeddings: np.ndarray, source: str) -> None:
         raise InputError(f"{source}: {ids.shape} ids for {len(embeddings)} embeddings; give one id per face")
     if len(ids) == 0:
         raise InputError(f"{source}: the database is empty; give at least a few faces")
-    if ids.dtype == np.uint64 and ids.max() > np.iinfo(np.int64).max:
+    if ids.dtype.kind == "u" and ids.dtype.itemsize == 8 and ids.max() > np.iinfo(np.int64).max:
         raise InputError(f"{source}: ids up to {ids.max()} do not fit int64; renumber the identities")
 
 

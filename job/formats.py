@@ -8,8 +8,10 @@ member's stored size before it is read, and every read that must hold data in me
 
 from __future__ import annotations
 
+import ast
 import hashlib
-import warnings
+import math
+import stat
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +23,8 @@ from job.errors import InputError
 from job.memory import require
 
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PAR1": "parquet"}
+_MAX_HEADER = 10_000  # numpy's own limit for np.load
+_MAX_ELEMENTS = 2**62
 _NPZ_IDS = ("ids",)
 _NPZ_EMBEDDINGS = ("embeddings",)
 
@@ -48,6 +52,9 @@ class _Header:
 def sniff_format(path: Path) -> str:
     """Tell .npy, .npz and Parquet apart by their magic bytes, not their names."""
     try:
+        if path.exists() and not path.is_dir() and not stat.S_ISREG(path.stat().st_mode):
+            raise InputError(f"{path}: not a regular file (a pipe, socket or device); save the database to a "
+                             "file and pass that")
         with path.open("rb") as handle:
             head = handle.read(6)
     except IsADirectoryError:
@@ -79,26 +86,51 @@ def read_arrays(path: Path, id_field: str, embedding_field: str, max_memory: int
 
 
 def _read_header(handle: IO[bytes], where: str) -> _Header:
-    """Parse a .npy header without reading the data; refuses object dtypes (they would need pickle)."""
-    from numpy.lib import format as npy
+    """Parse a .npy header (format 1.0, 2.0 or 3.0) without reading the data.
 
+    Refuses object dtypes (only pickle can read them) and shapes no array can have (negative, or more
+    than 2**62 elements), so nothing downstream allocates what a header merely claims.
+    """
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # numpy's note on Python 2 headers says nothing useful here
-            version = npy.read_magic(handle)
-            if version == (1, 0):
-                shape, _, dtype = npy.read_array_header_1_0(handle)
-            elif version == (2, 0):
-                shape, _, dtype = npy.read_array_header_2_0(handle)
-            else:
-                raise ValueError(f".npy format version {version[0]}.{version[1]} (faceatlas reads 1.0 and 2.0)")
-    except Exception as exc:  # noqa: BLE001 - numpy's parser of untrusted headers raises many types (TokenError...)
+        shape, dtype = _parse_header(handle)
+    except Exception as exc:  # noqa: BLE001 - parsing untrusted bytes: numpy raises many types (TokenError...)
         raise InputError(f"{where}: the .npy header is unreadable ({_short(exc)}); re-save it with "
                          "numpy.save") from None
     if dtype.hasobject:
         raise InputError(f"{where}: holds Python objects (dtype {dtype}), which only pickle can read and "
                          "faceatlas never unpickles; save plain numeric arrays")
-    return _Header(tuple(int(n) for n in shape), dtype, handle.tell())
+    if any(n < 0 for n in shape) or math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS:
+        raise InputError(f"{where}: the header claims shape {shape}, which no array can have; the file is "
+                         "corrupt or forged, export it again")
+    return _Header(shape, dtype, handle.tell())
+
+
+def _parse_header(handle: IO[bytes]) -> tuple[tuple[int, ...], np.dtype]:
+    """The header dict of a .npy stream, read with ``ast.literal_eval`` (no code runs) and numpy's dtype rules."""
+    from numpy.lib import format as npy
+
+    prefix = handle.read(8)
+    if len(prefix) < 8 or not prefix.startswith(b"\x93NUMPY"):
+        raise ValueError("no .npy magic")
+    major = prefix[6]
+    if major not in (1, 2, 3):
+        raise ValueError(f"format version {major}.{prefix[7]} (faceatlas reads 1.0, 2.0 and 3.0)")
+    size_bytes = handle.read(2 if major == 1 else 4)
+    length = int.from_bytes(size_bytes, "little")
+    if len(size_bytes) < (2 if major == 1 else 4) or length > _MAX_HEADER:
+        raise ValueError(f"header length {length} (at most {_MAX_HEADER})")
+    text = handle.read(length)
+    if len(text) < length:
+        raise ValueError("the header is cut short")
+    header = ast.literal_eval(text.decode("utf-8" if major == 3 else "latin1"))
+    if not isinstance(header, dict) or set(header) != {"descr", "fortran_order", "shape"}:
+        raise ValueError("the header is not numpy's {descr, fortran_order, shape} dict")
+    shape = header["shape"]
+    if not isinstance(shape, tuple) or not all(type(n) is int for n in shape):
+        raise ValueError(f"shape {shape!r} is not a tuple of integers")
+    if not isinstance(header["fortran_order"], bool):
+        raise ValueError("fortran_order is not a bool")
+    return shape, npy.descr_to_dtype(header["descr"])
 
 
 def _check_size(header: _Header, stored: int, where: str) -> None:
@@ -152,7 +184,8 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
             require(sum(h.data_bytes for h in headers.values()), max_memory, f"{path}: reading the .npz",
                     "save the database as .npy, which faceatlas memory-maps")
             ids, embeddings = (_member_array(archive, members[key], path) for key in (id_key, emb_key))
-    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
+            RuntimeError) as exc:  # RuntimeError: an encrypted member
         raise InputError(f"{path}: cannot read as .npz ({_short(exc)}); re-save it with numpy.savez") from None
     return RawArrays(ids, embeddings, memory_mapped=False)
 

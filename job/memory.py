@@ -32,7 +32,10 @@ def parse_size(text: str | int) -> int | None:
     match = re.fullmatch(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([a-zA-Z]*)\s*", text)
     if not match or match.group(2).lower() not in _UNITS:
         raise UsageError(f"size {text!r}: expected \"auto\", a number of bytes or e.g. \"8GiB\", \"500MB\"")
-    return int(float(match.group(1)) * _UNITS[match.group(2).lower()])
+    size = float(match.group(1)) * _UNITS[match.group(2).lower()]
+    if not size < 2**63:
+        raise UsageError(f"size {text!r}: more bytes than any machine has; write e.g. \"64GiB\"")
+    return int(size)
 
 
 def available_bytes() -> int | None:

@@ -18,10 +18,13 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import json
 import os
+import re
 import secrets
 import shutil
+import stat
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -37,6 +40,8 @@ PROJECTION_FILE = "projection.parquet"
 RUN_FILE = "run.json"
 TRUTH_FILE = "truth.json"
 _STAGING = ".staging-"
+_PENDING = ".faceatlas-replacing.json"  # file-by-file mode: the names being replaced, until run.json is in
+_OWN_HIDDEN = re.compile(r"^(\.staging-\d+-[0-9a-f]{8}|\.[^/]+\.\d+\.tmp|\.faceatlas-replacing\.json)$")
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -72,22 +77,31 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     """
     out_dir = out_dir.resolve() if out_dir.is_symlink() else Path(os.path.abspath(out_dir))
     check_output_folder(out_dir)
-    _remove_stale_staging(out_dir)
+    created = [p for p in reversed(out_dir.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    token = f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
+    _remove_stale_staging(out_dir)
     # swap whole folders only where that is invisible: not a mount point, not the folder we (or a shell) stand in
     beside = (os.access(out_dir.parent, os.W_OK | os.X_OK) and not os.path.ismount(out_dir)
               and not Path.cwd().is_relative_to(out_dir))
+    token = f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
     staging = out_dir.parent / f".{out_dir.name}{token}" if beside else out_dir / token
-    staging.mkdir(parents=True)
+    staging.mkdir()
+    held = _lock(staging)  # marks it live: stale-staging cleanup skips folders whose lock is held
+    committed = False
     try:
         yield staging
         if beside:
             _swap_in(staging, out_dir)
         else:
-            _replace_file_by_file(staging, out_dir)
+            with _locked(out_dir):  # two runs replacing file by file take turns
+                _replace_file_by_file(staging, out_dir)
+        committed = True
     finally:
+        os.close(held)
         shutil.rmtree(staging, ignore_errors=True)
+        if not committed:
+            for folder in reversed(created):  # a failed first run leaves no empty folders behind
+                _rmdir_quietly(folder)
 
 
 def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None) -> Path:
@@ -125,51 +139,109 @@ def _entries(folder: Path) -> list[str]:
     return [entry.name for entry in folder.iterdir()]
 
 
+def _plain_name(name: object) -> bool:
+    return isinstance(name, str) and name not in ("", ".", "..") and not name.startswith(".") \
+        and Path(name).name == name and "\\" not in name
+
+
 def _owned_names(out_dir: Path) -> set[str]:
-    """Names a faceatlas run may leave in its folder: those its run.json lists, and staging leftovers."""
-    owned = {RUN_FILE} | {name for name in _entries(out_dir) if name.startswith(_STAGING)
-                          or (name.startswith(".") and name.endswith(".tmp"))}
-    try:
-        record = json.loads((out_dir / RUN_FILE).read_text(encoding="utf-8"))
-        owned |= {str(name) for name in record.get("files", {}).values()}
-    except (OSError, ValueError, AttributeError):
-        pass
+    """Names in ``out_dir`` a faceatlas run wrote: run.json, the files it lists, and our hidden leftovers.
+
+    Only plain names inside the folder count, so an edited run.json cannot point anywhere else.
+    """
+    owned = {RUN_FILE} | {name for name in _entries(out_dir) if _OWN_HIDDEN.match(name)}
+    for record_file, key in ((RUN_FILE, "files"), (_PENDING, "names")):
+        try:
+            record = json.loads((out_dir / record_file).read_text(encoding="utf-8"))
+            names = record[key].values() if key == "files" else record[key]
+            owned |= {name for name in names if _plain_name(name)}
+        except (OSError, ValueError, AttributeError, KeyError, TypeError):
+            continue
     return owned
 
 
 def _remove_stale_staging(out_dir: Path) -> None:
-    """Delete staging folders left by runs that were killed (their process is gone)."""
+    """Delete staging folders left by runs that were killed (nobody holds their lock any more)."""
     places = [(out_dir.parent, f".{out_dir.name}{_STAGING}"), (out_dir, _STAGING)]
     for folder, prefix in places:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if entry.name.startswith(prefix) and not _alive(entry.name[len(prefix):].partition("-")[0]):
+            if not entry.name.startswith(prefix) or not entry.is_dir() or entry.is_symlink():
+                continue
+            try:
+                fd = _lock(entry, wait=False)
+            except OSError:
+                continue  # a live run holds it
+            try:
                 shutil.rmtree(entry, ignore_errors=True)
+            finally:
+                os.close(fd)
 
 
-def _alive(pid_text: str) -> bool:
-    if not pid_text.isdigit() or int(pid_text) == os.getpid():
-        return False  # our own pid here means a previous process (e.g. pid 1 in a container) left it
+def _lock(path: Path, wait: bool = True) -> int:
+    """An exclusive ``flock`` on a folder; returns the descriptor that holds it (close it to release)."""
+    fd = os.open(path, os.O_RDONLY)
     try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except OSError:
+        os.close(fd)
+        raise
+    return fd
+
+
+@contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    fd = _lock(path)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
+def _rmdir_quietly(folder: Path) -> None:
+    try:
+        folder.rmdir()
+    except OSError:
+        pass
 
 
 def _swap_in(staging: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return
+    _keep_access(out_dir, staging)
     try:
-        _exchange(staging, out_dir)  # staging now holds the previous run, removed by the caller
+        _exchange(staging, out_dir)
     except OSError as exc:
         if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP):
             raise
-        _replace_file_by_file(staging, out_dir)
+        with _locked(out_dir):
+            _replace_file_by_file(staging, out_dir)
+        return
+    _retire(staging, out_dir)  # staging now holds the previous run
+
+
+def _keep_access(old: Path, new: Path) -> None:
+    """Give the new folder the old one's permissions and group (outputs can be private)."""
+    info = old.stat()
+    os.chmod(new, stat.S_IMODE(info.st_mode))
+    try:
+        os.chown(new, -1, info.st_gid)
+    except OSError:
+        pass
+
+
+def _retire(old: Path, out_dir: Path) -> None:
+    """Empty the swapped-out previous run: delete what a run wrote, move anything else into ``out_dir``."""
+    owned = _owned_names(old)
+    for entry in old.iterdir():
+        if entry.name in owned and not entry.is_symlink() and entry.is_dir():
+            shutil.rmtree(entry, ignore_errors=True)
+        elif entry.name in owned:
+            entry.unlink(missing_ok=True)
+        elif not (out_dir / entry.name).exists():
+            os.rename(entry, out_dir / entry.name)  # put there by someone while the run was writing
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -186,13 +258,21 @@ def _exchange(a: Path, b: Path) -> None:
 
 
 def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
-    """Fallback when folders cannot be swapped: retire run.json first, move files, write run.json last."""
+    """Fallback when folders cannot be swapped: retire run.json first, move files, write run.json last.
+
+    A pending list of every name involved is written first, so a run killed half-way leaves a folder the
+    next run still recognises as its own.
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = _owned_names(out_dir) - {n for n in _entries(out_dir) if n.startswith(_STAGING)}
-    (out_dir / RUN_FILE).unlink(missing_ok=True)
+    previous = {name for name in _owned_names(out_dir) if _plain_name(name)} - {RUN_FILE}
     new = [entry for entry in staging.iterdir() if entry.name != RUN_FILE]
+    write_json(out_dir / _PENDING, {"names": sorted(previous | {entry.name for entry in new})})
+    (out_dir / RUN_FILE).unlink(missing_ok=True)
     for entry in new:
         os.replace(entry, out_dir / entry.name)
-    for name in previous - {entry.name for entry in new} - {RUN_FILE}:
-        (out_dir / name).unlink(missing_ok=True)
+    for name in previous - {entry.name for entry in new}:
+        stale = out_dir / name
+        if stale.is_file() and not stale.is_symlink():
+            stale.unlink()
     os.replace(staging / RUN_FILE, out_dir / RUN_FILE)
+    (out_dir / _PENDING).unlink(missing_ok=True)

@@ -30,6 +30,7 @@ from job.outputs import (
     write_json,
     write_projection,
 )
+from job.remote import redact
 from job.render import render_maps
 
 Log = Callable[[str], None]
@@ -137,7 +138,7 @@ def _run_record(
         "backend": backend,
         "backend_reason": reason,
         "knn_method": knn_method,
-        "config": config.model_dump(mode="json"),
+        "config": _recorded_config(config),
         "input": {
             "path": database.source,
             "n_faces": database.n_faces,
@@ -155,6 +156,13 @@ def _run_record(
         "file_sha256": {path.name: file_sha256(path) for path in files.values()},
         "versions": _versions(),
     }
+
+
+def _recorded_config(config: Config) -> dict[str, Any]:
+    """The resolved config, with any secret in the input URL left out (run.json travels)."""
+    recorded = config.model_dump(mode="json")
+    recorded["input"]["path"] = redact(config.input.path)
+    return recorded
 
 
 def _versions() -> dict[str, str]:

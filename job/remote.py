@@ -8,6 +8,7 @@ reused by later runs with the same URL and hash; an unverified one is fetched ag
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import http.client
 import os
@@ -19,7 +20,7 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 from job.errors import InputError, UsageError
 from job.formats import file_sha256
@@ -42,6 +43,20 @@ def is_url(text: str) -> bool:
     return bool(_SCHEME.match(text))
 
 
+def redact(text: str) -> str:
+    """A URL fit for logs and run.json: no user:password, no query string (signed URLs carry tokens there)."""
+    if not is_url(text):
+        return text
+    try:
+        parts = urlsplit(text)
+        host = parts.hostname or ""
+        port = f":{parts.port}" if parts.port else ""
+    except ValueError:
+        return text.split("?", 1)[0].split("@")[-1]
+    netloc = f"[{host}]" if ":" in host else host
+    return urlunsplit((parts.scheme, netloc + port, parts.path, "<redacted>" if parts.query else "", ""))
+
+
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/faceatlas/downloads`` (default ``~/.cache/faceatlas/downloads``)."""
     root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
@@ -59,7 +74,8 @@ def fetch(url: str, *, sha256: str = "", allow_http: bool = False, timeout: floa
     InputError
         Connection or TLS failure, timeout, HTTP error, a body over ``max_bytes``, or a SHA-256 mismatch.
     """
-    _check_scheme(url, allow_http)
+    shown = redact(url)
+    _check_scheme(url, shown, allow_http)
     folder = folder or cache_dir()
     expected = sha256.lower()
     key = hashlib.sha256(url.encode()).hexdigest()[:16]
@@ -73,9 +89,9 @@ def fetch(url: str, *, sha256: str = "", allow_http: bool = False, timeout: floa
                          "to a writable folder") from None
     partial = folder / f".{key}.{os.getpid()}.partial"
     try:
-        digest = _download(url, partial, allow_http, timeout, max_bytes, folder)
+        digest = _download(url, shown, partial, allow_http, timeout, max_bytes, folder)
         if expected and digest != expected:
-            raise InputError(f"{url}: downloaded file has sha256 {digest}, expected {expected}; check the URL "
+            raise InputError(f"{shown}: downloaded file has sha256 {digest}, expected {expected}; check the URL "
                              "and --sha256 (the file was not used)")
         os.replace(partial, target)
     finally:
@@ -83,46 +99,57 @@ def fetch(url: str, *, sha256: str = "", allow_http: bool = False, timeout: floa
     return Download(target, digest, cached=False)
 
 
-def _check_scheme(url: str, allow_http: bool) -> None:
-    scheme = urlsplit(url).scheme.lower()
+def _check_scheme(url: str, shown: str, allow_http: bool) -> None:
+    try:
+        parts = urlsplit(url)
+        url.encode("ascii")
+        parts.port  # noqa: B018 - raises ValueError for a bad port
+    except (ValueError, UnicodeError):
+        raise UsageError(f"{shown}: not a valid URL; percent-encode spaces and non-ASCII characters") from None
+    scheme = parts.scheme.lower()
+    if not parts.hostname:
+        raise UsageError(f"{shown}: no host in the URL; write it as https://host/path")
     if scheme == "https" or (scheme == "http" and allow_http):
         return
     if scheme == "http":
-        raise UsageError(f"{url}: plain http can be read and altered on the way; use https, or pass "
+        raise UsageError(f"{shown}: plain http can be read and altered on the way; use https, or pass "
                          "--allow-http (best with --sha256)")
-    raise UsageError(f"{url}: unsupported URL scheme {scheme!r}; pass a local file or an https:// URL")
+    raise UsageError(f"{shown}: unsupported URL scheme {scheme!r}; pass a local file or an https:// URL")
 
 
-def _download(url: str, partial: Path, allow_http: bool, timeout: float, max_bytes: int, folder: Path) -> str:
+def _download(url: str, shown: str, partial: Path, allow_http: bool, timeout: float, max_bytes: int,
+              folder: Path) -> str:
     opener = urllib.request.build_opener(_SafeRedirects(allow_http),
                                          urllib.request.HTTPSHandler(context=ssl.create_default_context()))
-    request = urllib.request.Request(url, headers={"User-Agent": "faceatlas", "Accept-Encoding": "identity"})
+    request = _request(url)
     digest = hashlib.sha256()
     try:
         with opener.open(request, timeout=timeout) as response:
-            declared = int(response.headers.get("Content-Length") or -1)
-            _check_room(url, declared, max_bytes, folder)
+            declared = _content_length(response.headers.get("Content-Length"))
+            _check_room(shown, declared, max_bytes, folder)
             received = 0
             with open(os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600), "wb") as handle:
                 while block := response.read(_BLOCK):
                     received += len(block)
                     if received > max_bytes:
-                        raise InputError(f"{url}: the body exceeds input.url_max_bytes ({max_bytes:,} bytes); "
+                        raise InputError(f"{shown}: the body exceeds input.url_max_bytes ({max_bytes:,} bytes); "
                                          "raise the cap with --set input.url_max_bytes=N if the file is right")
                     digest.update(block)
                     handle.write(block)
             if 0 <= declared != received:
-                raise InputError(f"{url}: the server sent {received:,} of {declared:,} bytes; try again")
+                raise InputError(f"{shown}: the server sent {received:,} of {declared:,} bytes; try again")
     except urllib.error.HTTPError as exc:
-        raise InputError(f"{url}: the server answered {exc.code} {exc.reason}; check the URL") from None
+        raise InputError(f"{shown}: the server answered {exc.code} {exc.reason}; check the URL") from None
+    except http.client.InvalidURL:
+        raise UsageError(f"{shown}: not a valid URL; percent-encode spaces and non-ASCII characters") from None
     except http.client.HTTPException as exc:
-        raise InputError(f"{url}: the download broke off ({type(exc).__name__}); try again") from None
+        raise InputError(f"{shown}: the download broke off ({type(exc).__name__}); try again") from None
     except (urllib.error.URLError, OSError) as exc:
         reason = exc.reason if isinstance(exc, urllib.error.URLError) else exc
         if isinstance(reason, TimeoutError) or "timed out" in str(reason):
-            raise InputError(f"{url}: no answer for {timeout:g} s (input.url_timeout); try again or raise it "
+            raise InputError(f"{shown}: no answer for {timeout:g} s (input.url_timeout); try again or raise it "
                              "with --set input.url_timeout=SECONDS") from None
-        raise InputError(f"{url}: download failed ({_reason(reason)}); check the URL, the network and, for "
+        raise InputError(f"{shown}: download failed ({_reason(reason)}); check the URL, the network and, for "
                          "https, the server's certificate") from None
     return digest.hexdigest()
 
@@ -137,6 +164,27 @@ def _check_room(url: str, declared: int, max_bytes: int, folder: Path) -> None:
                          "or set XDG_CACHE_HOME to a larger disk")
 
 
+def _request(url: str) -> urllib.request.Request:
+    """A GET for ``url``; user:password in the URL becomes a Basic Authorization header (urllib drops it)."""
+    headers = {"User-Agent": "faceatlas", "Accept-Encoding": "identity"}
+    parts = urlsplit(url)
+    if parts.username is not None:
+        secret = f"{unquote(parts.username)}:{unquote(parts.password or '')}".encode()
+        headers["Authorization"] = "Basic " + base64.b64encode(secret).decode()
+        host = f"[{parts.hostname}]" if ":" in (parts.hostname or "") else parts.hostname or ""
+        url = urlunsplit((parts.scheme, host + (f":{parts.port}" if parts.port else ""), parts.path, parts.query,
+                          ""))
+    return urllib.request.Request(url, headers=headers)
+
+
+def _content_length(value: str | None) -> int:
+    """The announced body size, or -1 when absent or not a number (the stream is still capped)."""
+    try:
+        return int(value) if value is not None and value.strip().isdigit() else -1
+    except ValueError:
+        return -1
+
+
 def _reason(reason: Any) -> str:
     text = " ".join(str(reason).split())
     return text[:160]
@@ -149,7 +197,8 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         self.allow_http = allow_http
 
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        if urlsplit(newurl).scheme.lower() != "https" and not self.allow_http:
-            raise InputError(f"{req.full_url}: redirects to {newurl}, which is not https; use the final https "
-                             "URL, or pass --allow-http")
+        scheme = urlsplit(newurl).scheme.lower()
+        if scheme != "https" and not (scheme == "http" and self.allow_http):
+            raise InputError(f"{redact(req.full_url)}: redirects to {redact(newurl)}, which is not https; use "
+                             "the final https URL, or pass --allow-http")
         return super().redirect_request(req, fp, code, msg, headers, newurl)

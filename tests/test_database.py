@@ -152,3 +152,26 @@ def test_chunked_parquet_and_null_ids(tmp_path: Path) -> None:
     pq.write_table(table.set_column(0, "id", pa.array([None] + IDS[1:].tolist(), pa.int64())), tmp_path / "n.parquet")
     with pytest.raises(InputError, match="1 empty ids"):
         _load(tmp_path / "n.parquet")
+
+
+def test_near_duplicates_do_not_hide_exact_ones() -> None:
+    from job.database import count_duplicates
+
+    rng = np.random.default_rng(0)
+    vectors = rng.standard_normal((6, 512)).astype(np.float32)
+    vectors[2] = vectors[0]
+    vectors[1] = vectors[0]
+    unsampled = next(c for c in range(512) if c not in np.random.default_rng(0).permutation(512)[:64])
+    vectors[1, unsampled] += 1.0  # same hash as row 0, different vector, sorts between rows 0 and 2
+    counts = count_duplicates(vectors, np.array([0, 0, 1, 2, 3, 4]))
+    assert counts == {"faces": 1, "other_id": 1}
+
+
+@pytest.mark.filterwarnings("ignore:Stored array in format 3.0")
+def test_npy_format_3_with_non_latin1_field_names_loads(tmp_path: Path) -> None:
+    records = np.zeros(len(IDS), dtype=[("ид", "<i8"), ("вектор", "<f4", (64,))])
+    records["ид"], records["вектор"] = IDS, VECTORS
+    np.save(tmp_path / "v3.npy", records)
+    assert (tmp_path / "v3.npy").read_bytes()[6] == 3
+    database = load_database(InputConfig(path=str(tmp_path / "v3.npy"), id_field="ид", embedding_field="вектор"))
+    assert np.array_equal(database.ids, IDS)

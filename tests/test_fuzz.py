@@ -164,3 +164,14 @@ def _value(data: st.DataObject, kind: pa.DataType) -> Any:
     if kind == pa.float16():
         return np.float16(data.draw(st.floats(width=16)))
     return data.draw(st.floats(width=32))
+
+
+@FUZZ
+@given(shape=st.lists(st.integers(-(2**70), 2**70) | st.integers(-3, 3), max_size=3).map(tuple),
+       descr=st.sampled_from(["<f4", "|u1", "<i8", [("id", "<i8"), ("embedding", "<f2", (4,))]]),
+       version=st.sampled_from([1, 2, 3]), tail=st.binary(max_size=64))
+def test_forged_npy_headers_never_crash_or_allocate(shape: tuple[int, ...], descr: Any, version: int,
+                                                    tail: bytes) -> None:
+    text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    size = len(text).to_bytes(2 if version == 1 else 4, "little")
+    _load(b"\x93NUMPY" + bytes([version, 0]) + size + text + tail)

@@ -137,6 +137,27 @@ def _sparse_larger_than_memory(folder: Path) -> list[str]:
     return ["--input", str(path)]
 
 
+def _encrypted_npz(folder: Path) -> list[str]:
+    path = folder / "db.npz"
+    np.savez(path, ids=IDS, embeddings=VECTORS)
+    content = bytearray(path.read_bytes())
+    with zipfile.ZipFile(path) as archive:
+        offsets = [info.header_offset for info in archive.infolist()]
+    for offset in offsets:  # general-purpose flag bit 0, "encrypted", in each local header...
+        content[offset + 6] |= 1
+    central = content.find(b"PK\x01\x02")
+    while central >= 0:  # ...and in each central-directory entry
+        content[central + 8] |= 1
+        central = content.find(b"PK\x01\x02", central + 4)
+    path.write_bytes(bytes(content))
+    return ["--input", str(path)]
+
+
+def _fifo(folder: Path) -> list[str]:
+    os.mkfifo(folder / "db.npy")
+    return ["--input", str(folder / "db.npy")]
+
+
 def _with_rows(values: dict[int, float], dtype: str = "<f4") -> Build:
     vectors = VECTORS.astype(dtype)
     for row, value in values.items():
@@ -195,6 +216,10 @@ CASES: dict[str, Case] = {
                                  "Python objects"),
     "truncated .npy": Case(_truncated(_good_npy, "db.npy", 0.6), 3, "truncated"),
     "header claims 10**12 faces": Case(_header_claims_more(), 3, "claims shape (1000000000000,)"),
+    "negative shape in header": Case(_bytes(_npy_header(RECORDS.dtype, (-5,))), 3, "which no array can have"),
+    "header claims 10**20 x 0": Case(_bytes(_npy_header(RECORDS.dtype, (10**20, 0))), 3, "which no array can have"),
+    "encrypted .npz": Case(_encrypted_npz, 3, "cannot read as .npz"),
+    "a named pipe": Case(_fifo, 3, "not a regular file"),
     ".npz member claims more": Case(_npz_member_claims_more, 3, "[embeddings.npy]: the header claims"),
     "truncated .npz": Case(_truncated(_good_npz, "db.npz", 0.5), 3, "cannot read as .npz"),
     "truncated Parquet": Case(_truncated(_good_parquet, "db.parquet", 0.5), 3, "cannot read as Parquet"),
@@ -219,6 +244,8 @@ CASES: dict[str, Case] = {
     "ragged Parquet vectors": Case(_ragged_parquet(), 3, "different lengths"),
     "ids longer than embeddings": Case(_npz(ids=IDS[:-3], embeddings=VECTORS), 3, f"({N - 3},) ids for {N}"),
     "no faces": Case(_npz(ids=IDS[:0], embeddings=VECTORS[:0]), 3, "the database is empty"),
+    "big-endian ids beyond int64": Case(_npz(ids=(IDS.astype(np.uint64) + np.uint64(2**63)).astype(">u8"),
+                                             embeddings=VECTORS), 3, "do not fit int64"),
     "ids beyond int64": Case(_npz(ids=IDS.astype(np.uint64) + np.uint64(2**63), embeddings=VECTORS), 3,
                              "do not fit int64"),
     "string ids in Parquet": Case(_parquet(pa.table({"id": IDS.astype(str), "embedding": _vectors_column(VECTORS)})),
@@ -245,6 +272,8 @@ CASES: dict[str, Case] = {
     "out of range": Case(_args("--set", "umap.min_dist=-1"), 2, "key 'umap.min_dist' is invalid"),
     "n_components 4": Case(_args("--n-components", "4"), 2, "key 'umap.n_components' is invalid"),
     "bad max_memory": Case(_args("--set", "max_memory=lots"), 2, "key 'max_memory' is invalid"),
+    "absurd max_memory": Case(_args("--set", "max_memory=99999999999999999999999TB"), 2, "more bytes than any"),
+    "true as a number": Case(_args("--set", "umap.n_epochs=true"), 2, "not true/false"),
     "config not TOML": Case(_config_file("[umap\nn_neighbors = 3"), 2, "bad.toml: not valid TOML"),
     "config file missing": Case(lambda f: ["--config", str(f / "none.toml")], 2, "none.toml: cannot read the config"),
     "unknown --highlight ids": Case(_args("--highlight", "0,99999"), 2, "ids 99999 are not in"),
@@ -255,8 +284,11 @@ CASES: dict[str, Case] = {
     "--out holds other files": Case(_out_holds_foreign_files, 2, "holds files no faceatlas run wrote (thesis.tex)"),
     "malformed --sha256": Case(_args("--sha256", "abc"), 2, "key 'input.sha256' is invalid"),
     "wrong --sha256": Case(_args("--sha256", "0" * 64), 3, "expected " + "0" * 64),
+    "--sha256 without --input": Case(lambda f: ["--sha256", "0" * 64], 2, "--sha256 checks an --input file"),
     "plain http URL": Case(lambda f: ["--input", "http://127.0.0.1:9/db.npy"], 2, "plain http"),
     "ftp URL": Case(lambda f: ["--input", "ftp://127.0.0.1/db.npy"], 2, "unsupported URL scheme 'ftp'"),
+    "URL with spaces": Case(lambda f: ["--input", "https://127.0.0.1/my faces.npy"], 2, "percent-encode"),
+    "URL with a broken host": Case(lambda f: ["--input", "https://[::1/db.npy"], 2, "not a valid URL"),
     "cuML on a machine without it": Case(_args("--backend", "cuml"), 4, "cuml"),
 }
 

@@ -94,7 +94,8 @@ def test_sigterm_mid_write_exits_130_and_cleans_up(small_db: Path, tmp_path: Pat
         time.sleep(0.005)
     _, said = process.communicate(timeout=60)
     assert process.returncode == 130, said
-    assert said.strip().splitlines()[-1] == "faceatlas: error: interrupted; the output folder was left as it was"
+    last = said.strip().splitlines()[-1]
+    assert last == "faceatlas: error: interrupted; no half-written outputs were left (rerun to finish)"
     assert _contents(out) == before and _leftovers(tmp_path) == []
 
 
@@ -201,3 +202,51 @@ def test_out_dot_is_replaced_in_place_so_the_shell_keeps_its_folder(tmp_path: Pa
             (staging / "run.json").write_text(json.dumps({"files": {"density": "map_density.png"}}))
     assert (here / "map_density.png").read_bytes() == b"second" and Path.cwd() == here and here.is_dir()
     assert sorted(os.listdir(tmp_path)) == ["here"]
+
+
+def test_an_edited_run_json_cannot_get_files_outside_the_folder_deleted(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    victim, neighbour = tmp_path / "victim.txt", tmp_path / "neighbour.txt"
+    victim.write_text("keep")
+    neighbour.write_text("keep")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "run.json").write_text(json.dumps({"files": {"a": str(victim), "b": "../neighbour.txt"}}))
+    monkeypatch.chdir(out)  # file-by-file mode, the one that deletes names listed by the previous run
+    with staged_outputs(Path(".")) as staging:
+        (staging / "run.json").write_text("{}")
+    assert victim.read_text() == "keep" and neighbour.read_text() == "keep"
+
+
+def test_a_run_killed_while_replacing_file_by_file_does_not_lock_the_folder(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "projection.parquet").write_bytes(b"new")  # what a kill between the moves leaves: no run.json
+    (out / "map_density.png").write_bytes(b"old")
+    (out / ".faceatlas-replacing.json").write_text(json.dumps({"names": ["map_density.png",
+                                                                         "projection.parquet"]}))
+    with staged_outputs(out) as staging:
+        (staging / "projection.parquet").write_bytes(b"newer")
+        (staging / "run.json").write_text(json.dumps({"files": {"projection": "projection.parquet"}}))
+    assert sorted(os.listdir(out)) == ["projection.parquet", "run.json"]  # the half-replaced run is gone whole
+    assert (out / "projection.parquet").read_bytes() == b"newer"
+
+
+def test_the_swap_keeps_permissions_and_files_added_during_the_run(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    with staged_outputs(out) as staging:
+        (staging / "run.json").write_text(json.dumps({"files": {}}))
+    out.chmod(0o700)
+    with staged_outputs(out) as staging:
+        (out / "notes.txt").write_text("written by someone while the run was rendering")
+        (staging / "run.json").write_text(json.dumps({"files": {}}))
+    assert oct(out.stat().st_mode & 0o777) == "0o700"
+    assert (out / "notes.txt").read_text().startswith("written by someone")
+    assert sorted(os.listdir(tmp_path)) == ["out"]
+
+
+def test_a_failed_first_run_leaves_no_folders_it_created(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError):
+        with staged_outputs(tmp_path / "a" / "b" / "out"):
+            raise RuntimeError("crash")
+    assert os.listdir(tmp_path) == []

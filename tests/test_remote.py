@@ -40,6 +40,7 @@ DIGEST = hashlib.sha256(BODY).hexdigest()
 
 class _Handler(BaseHTTPRequestHandler):
     requests: list[str] = []
+    authorizations: list[str] = []
     redirect_to = ""
 
     def log_message(self, *args: object) -> None:
@@ -47,7 +48,8 @@ class _Handler(BaseHTTPRequestHandler):
 
     def do_GET(self) -> None:  # noqa: N802 - http.server's name
         type(self).requests.append(self.path)
-        if self.path == "/db.npy":
+        type(self).authorizations.append(self.headers.get("Authorization", ""))
+        if self.path.split("?")[0] == "/db.npy":
             self._send(BODY)
         elif self.path == "/slow-start":
             time.sleep(2)
@@ -134,6 +136,7 @@ def private_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     cache = tmp_path / "cache"
     monkeypatch.setenv("XDG_CACHE_HOME", str(cache))
     _Handler.requests = []
+    _Handler.authorizations = []
     return cache / "faceatlas" / "downloads"
 
 
@@ -176,6 +179,25 @@ def test_without_sha256_every_run_downloads_and_the_digest_is_reported(https_url
     for _ in range(2):
         load_database(InputConfig(path=f"{https_url}/db.npy"), log=said.append)
     assert len(_Handler.requests) == 2 and DIGEST in said[-1]
+
+
+def test_tokens_in_the_url_stay_out_of_logs_and_run_json(tmp_path: Path, https_url: str, trusted: None) -> None:
+    host = https_url.removeprefix("https://")
+    url = f"https://ada:s3cret@{host}/db.npy?signature=t0ken"
+    code, said = _run(tmp_path, url)
+    assert code == 0, said
+    record = (tmp_path / "out" / "run.json").read_text()
+    assert "s3cret" not in said + record and "t0ken" not in said + record
+    assert f"https://{host}/db.npy?<redacted>" in record
+    assert _Handler.requests[-1] == "/db.npy?signature=t0ken"  # the server still gets the full URL
+    assert _Handler.authorizations[-1] == "Basic YWRhOnMzY3JldA=="  # ada:s3cret
+
+
+def test_redirect_to_another_scheme_is_refused_even_with_allow_http(tmp_path: Path, https_url: str,
+                                                                    trusted: None) -> None:
+    _Handler.redirect_to = "ftp://127.0.0.1/db.npy"
+    code, said = _run(tmp_path, f"{https_url}/redirect", "--allow-http")
+    assert code == 3 and "which is not https" in said and not (tmp_path / "out").exists()
 
 
 def test_plain_http_only_with_allow_http(http_url: str) -> None:
