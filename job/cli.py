@@ -63,7 +63,8 @@ def _errors_to_exit_codes() -> Iterator[None]:
 def _fail(error: FaceatlasError) -> NoReturn:
     if _state["debug"]:
         traceback.print_exc()
-    typer.echo(f"faceatlas: error: {error}", err=True)
+    text = " ".join(str(error).split())  # file and field names, server replies: never more than one line
+    typer.echo(f"faceatlas: error: {text if len(text) <= 1000 else text[:997] + '...'}", err=True)
     raise typer.Exit(error.exit_code) from None
 
 

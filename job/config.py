@@ -26,7 +26,8 @@ class _Section(BaseModel):
     def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
         # pydantic reads true as 1: `--set umap.n_epochs=true` must not mean one epoch
         annotation = cls.model_fields[info.field_name].annotation if info.field_name else None
-        if isinstance(value, bool) and annotation is not bool:
+        items = value if isinstance(value, list) else [value]
+        if annotation is not bool and any(isinstance(item, bool) for item in items):
             raise ValueError("a number or a word is expected here, not true/false")
         return value
 

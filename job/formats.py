@@ -99,6 +99,8 @@ def _read_header(handle: IO[bytes], where: str) -> _Header:
     if dtype.hasobject:
         raise InputError(f"{where}: holds Python objects (dtype {dtype}), which only pickle can read and "
                          "faceatlas never unpickles; save plain numeric arrays")
+    if dtype.itemsize == 0:
+        raise InputError(f"{where}: its dtype {dtype} holds no bytes per record; save real ids and embeddings")
     if any(n < 0 for n in shape) or math.prod(max(n, 1) for n in shape) > _MAX_ELEMENTS:
         raise InputError(f"{where}: the header claims shape {shape}, which no array can have; the file is "
                          "corrupt or forged, export it again")
@@ -216,10 +218,7 @@ def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: i
         if missing:
             raise InputError(f"{path}: no column {missing[0]!r} (columns found: {', '.join(schema.names)}); "
                              "pass --set input.id_field=... / input.embedding_field=...")
-        decoded = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
-        require(2 * decoded, max_memory, f"{path}: reading the Parquet file",
-                "split it into several files or save it as .npy, which faceatlas memory-maps")
-        table = pq.read_table(path, columns=[id_field, embedding_field])
+        table = _read_row_groups(path, [id_field, embedding_field], metadata, max_memory)
         ids_column = table.column(id_field)
         if ids_column.null_count:
             raise InputError(f"{path}: column {id_field!r} has {ids_column.null_count} empty ids; "
@@ -229,6 +228,26 @@ def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: i
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read as Parquet ({_short(exc)}); re-write it with pyarrow") from None
     return RawArrays(ids, embeddings, memory_mapped=False)
+
+
+def _read_row_groups(path: Path, columns: list[str], metadata: Any, max_memory: int | None) -> Any:
+    """Read row group by row group, checking memory against what the footer claims and what arrives.
+
+    The footer's sizes are the file's own claim, so each group's real size is checked again once read.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    fix = "split it into several files or save it as .npy, which faceatlas memory-maps"
+    claimed = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
+    require(2 * claimed, max_memory, f"{path}: reading the Parquet file", fix)
+    groups, held = [], 0
+    with pq.ParquetFile(path) as handle:
+        for group in range(metadata.num_row_groups):
+            groups.append(handle.read_row_group(group, columns=columns))
+            held += groups[-1].nbytes
+            require(2 * held, max_memory, f"{path}: reading the Parquet file (row group {group})", fix)
+    return pa.concat_tables(groups) if groups else pq.read_table(path, columns=columns)
 
 
 def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:

@@ -82,13 +82,25 @@ def _sysconf_available() -> int | None:
 
 
 def _cgroup_headroom() -> int | None:
+    """The cgroup limit minus what it holds, not counting page cache the kernel can drop (inactive_file)."""
     for limit_file, usage_file in _CGROUP_FILES:
         try:
             limit_text = Path(limit_file).read_text().strip()
             usage = int(Path(usage_file).read_text().strip())
+            if limit_text == "max" or int(limit_text) >= 2**60:
+                return None
+            limit = int(limit_text)
         except (OSError, ValueError):
             continue
-        if limit_text == "max" or int(limit_text) >= 2**60:
-            return None
-        return max(int(limit_text) - usage, 0)
+        stat_text = _read_or_empty(Path(limit_file).with_name("memory.stat"))
+        match = re.search(r"^(?:total_)?inactive_file (\d+)$", stat_text, re.MULTILINE)
+        reclaimable = int(match.group(1)) if match else 0
+        return max(limit - usage + reclaimable, 0)
     return None
+
+
+def _read_or_empty(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""

@@ -41,7 +41,10 @@ RUN_FILE = "run.json"
 TRUTH_FILE = "truth.json"
 _STAGING = ".staging-"
 _PENDING = ".faceatlas-replacing.json"  # file-by-file mode: the names being replaced, until run.json is in
-_OWN_HIDDEN = re.compile(r"^(\.staging-\d+-[0-9a-f]{8}|\.[^/]+\.\d+\.tmp|\.faceatlas-replacing\.json)$")
+_STAGING_TAIL = r"\.staging-\d+-[0-9a-f]{8}"
+_OWN_HIDDEN = re.compile(rf"^({_STAGING_TAIL}|\.[^/]+\.\d+\.tmp|\.faceatlas-replacing\.json)$")
+_NO_LOCKS = (errno.EBADF, errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # NFS, Lustre...
+_NO_SWAP = (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP, errno.EPERM, errno.EACCES)
 _RENAME_EXCHANGE = 2
 _AT_FDCWD = -100
 
@@ -82,11 +85,14 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     _remove_stale_staging(out_dir)
     # swap whole folders only where that is invisible: not a mount point, not the folder we (or a shell) stand in
     beside = (os.access(out_dir.parent, os.W_OK | os.X_OK) and not os.path.ismount(out_dir)
-              and not Path.cwd().is_relative_to(out_dir))
+              and not _standing_in(out_dir))
     token = f"{_STAGING}{os.getpid()}-{secrets.token_hex(4)}"
     staging = out_dir.parent / f".{out_dir.name}{token}" if beside else out_dir / token
-    staging.mkdir()
-    held = _lock(staging)  # marks it live: stale-staging cleanup skips folders whose lock is held
+    # made under a name no cleanup matches, locked (marks it live), then renamed: the lock follows the inode
+    unborn = staging.with_name(staging.name + ".new")
+    unborn.mkdir()
+    held = _try_lock(unborn)
+    os.rename(unborn, staging)
     committed = False
     try:
         yield staging
@@ -97,7 +103,8 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
                 _replace_file_by_file(staging, out_dir)
         committed = True
     finally:
-        os.close(held)
+        if held is not None:
+            os.close(held)
         shutil.rmtree(staging, ignore_errors=True)
         if not committed:
             for folder in reversed(created):  # a failed first run leaves no empty folders behind
@@ -139,6 +146,15 @@ def _entries(folder: Path) -> list[str]:
     return [entry.name for entry in folder.iterdir()]
 
 
+def _standing_in(out_dir: Path) -> bool:
+    """Whether this process's working folder is ``out_dir`` or inside it (symlinks resolved)."""
+    try:
+        here = Path(os.path.realpath(Path.cwd()))
+    except OSError:
+        return False
+    return here.is_relative_to(Path(os.path.realpath(out_dir)))
+
+
 def _plain_name(name: object) -> bool:
     return isinstance(name, str) and name not in ("", ".", "..") and not name.startswith(".") \
         and Path(name).name == name and "\\" not in name
@@ -149,30 +165,40 @@ def _owned_names(out_dir: Path) -> set[str]:
 
     Only plain names inside the folder count, so an edited run.json cannot point anywhere else.
     """
-    owned = {RUN_FILE} | {name for name in _entries(out_dir) if _OWN_HIDDEN.match(name)}
+    owned = {name for name in _entries(out_dir) if _OWN_HIDDEN.match(name)}
     for record_file, key in ((RUN_FILE, "files"), (_PENDING, "names")):
         try:
             record = json.loads((out_dir / record_file).read_text(encoding="utf-8"))
+            if record_file == RUN_FILE and not _ours(record):
+                continue  # another tool's run.json: it vouches for nothing here
             names = record[key].values() if key == "files" else record[key]
-            owned |= {name for name in names if _plain_name(name)}
+            owned |= {name for name in names if _plain_name(name)} | {record_file}
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             continue
     return owned
 
 
+def _ours(record: Any) -> bool:
+    """A run.json faceatlas wrote: ``tool`` says so (0.2+), or it has the 0.1 record's keys."""
+    if not isinstance(record, dict):
+        return False
+    return record.get("tool") == "faceatlas" or {"version", "backend", "files", "versions", "input"} <= set(record)
+
+
 def _remove_stale_staging(out_dir: Path) -> None:
     """Delete staging folders left by runs that were killed (nobody holds their lock any more)."""
-    places = [(out_dir.parent, f".{out_dir.name}{_STAGING}"), (out_dir, _STAGING)]
-    for folder, prefix in places:
+    places = [(out_dir.parent, re.compile(rf"^\.{re.escape(out_dir.name)}{_STAGING_TAIL}$")),
+              (out_dir, re.compile(rf"^{_STAGING_TAIL}$"))]
+    for folder, pattern in places:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if not entry.name.startswith(prefix) or not entry.is_dir() or entry.is_symlink():
+            if not pattern.match(entry.name) or not entry.is_dir() or entry.is_symlink():
                 continue
             try:
                 fd = _lock(entry, wait=False)
             except OSError:
-                continue  # a live run holds it
+                continue  # a live run holds it, or locks do not work here: then leave it be
             try:
                 shutil.rmtree(entry, ignore_errors=True)
             finally:
@@ -190,13 +216,24 @@ def _lock(path: Path, wait: bool = True) -> int:
     return fd
 
 
+def _try_lock(path: Path) -> int | None:
+    """:func:`_lock`, or None where the file system has no working flock (some NFS and Lustre mounts)."""
+    try:
+        return _lock(path)
+    except OSError as exc:
+        if exc.errno in _NO_LOCKS:
+            return None
+        raise
+
+
 @contextmanager
 def _locked(path: Path) -> Iterator[None]:
-    fd = _lock(path)
+    fd = _try_lock(path)
     try:
         yield
     finally:
-        os.close(fd)
+        if fd is not None:
+            os.close(fd)
 
 
 def _rmdir_quietly(folder: Path) -> None:
@@ -214,7 +251,7 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
     try:
         _exchange(staging, out_dir)
     except OSError as exc:
-        if exc.errno not in (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP):
+        if exc.errno not in _NO_SWAP:
             raise
         with _locked(out_dir):
             _replace_file_by_file(staging, out_dir)

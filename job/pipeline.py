@@ -134,6 +134,7 @@ def _run_record(
     files: dict[str, Path],
 ) -> dict[str, Any]:
     return {
+        "tool": "faceatlas",
         "version": __version__,
         "backend": backend,
         "backend_reason": reason,

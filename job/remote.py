@@ -139,9 +139,12 @@ def _download(url: str, shown: str, partial: Path, allow_http: bool, timeout: fl
             if 0 <= declared != received:
                 raise InputError(f"{shown}: the server sent {received:,} of {declared:,} bytes; try again")
     except urllib.error.HTTPError as exc:
-        raise InputError(f"{shown}: the server answered {exc.code} {exc.reason}; check the URL") from None
+        raise InputError(f"{shown}: the server answered {exc.code} {_reason(exc.reason)}; check the URL") from None
     except http.client.InvalidURL:
         raise UsageError(f"{shown}: not a valid URL; percent-encode spaces and non-ASCII characters") from None
+    except ValueError:  # urllib parses a redirect's Location before asking the redirect handler
+        raise InputError(f"{shown}: the server redirects to a malformed URL; ask its owner or use the final "
+                         "URL") from None
     except http.client.HTTPException as exc:
         raise InputError(f"{shown}: the download broke off ({type(exc).__name__}); try again") from None
     except (urllib.error.URLError, OSError) as exc:
@@ -197,8 +200,19 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
         self.allow_http = allow_http
 
     def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
-        scheme = urlsplit(newurl).scheme.lower()
+        try:
+            target, origin = urlsplit(newurl), urlsplit(req.full_url)
+            same_origin = (target.scheme, target.hostname, target.port) == (origin.scheme, origin.hostname,
+                                                                          origin.port)
+        except ValueError:
+            raise InputError(f"{redact(req.full_url)}: the server redirects to a malformed URL; ask its owner or "
+                             "use the final URL") from None
+        scheme = target.scheme.lower()
         if scheme != "https" and not (scheme == "http" and self.allow_http):
             raise InputError(f"{redact(req.full_url)}: redirects to {redact(newurl)}, which is not https; use "
                              "the final https URL, or pass --allow-http")
-        return super().redirect_request(req, fp, code, msg, headers, newurl)
+        new = super().redirect_request(req, fp, code, msg, headers, newurl)
+        if new is not None and not same_origin:  # credentials are for the host they were given for
+            new.headers.pop("Authorization", None)
+            new.unredirected_hdrs.pop("Authorization", None)
+        return new

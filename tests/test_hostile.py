@@ -178,6 +178,13 @@ def _out_holds_foreign_files(folder: Path) -> list[str]:
     return _npy(RECORDS)(folder)
 
 
+def _out_with_another_tools_run_json(folder: Path) -> list[str]:
+    (folder / "out").mkdir()
+    (folder / "out" / "run.json").write_text('{"files": {"d": "notes.txt"}}')
+    (folder / "out" / "notes.txt").write_text("my notes")
+    return _npy(RECORDS)(folder)
+
+
 def _config_file(text: str) -> Build:
     def build(folder: Path) -> list[str]:
         (folder / "bad.toml").write_text(text)
@@ -203,6 +210,7 @@ def _ragged_parquet() -> Build:
     return _parquet(pa.table({"id": IDS, "embedding": pa.array(values, type=pa.list_(pa.float32()))}))
 
 
+GOOD_TABLE = pa.table({"id": IDS, "embedding": _vectors_column(VECTORS)})
 CASES: dict[str, Case] = {
     # the file itself
     "missing file": Case(lambda f: ["--input", str(f / "nope.npy")], 3, "nope.npy: cannot open"),
@@ -220,6 +228,8 @@ CASES: dict[str, Case] = {
     "header claims 10**20 x 0": Case(_bytes(_npy_header(RECORDS.dtype, (10**20, 0))), 3, "which no array can have"),
     "encrypted .npz": Case(_encrypted_npz, 3, "cannot read as .npz"),
     "a named pipe": Case(_fifo, 3, "not a regular file"),
+    "zero-byte records": Case(_bytes(_npy_header(np.dtype([("id", "<i8", (0,)), ("embedding", "<f4", (0,))]),
+                                                 (2**60,))), 3, "holds no bytes per record"),
     ".npz member claims more": Case(_npz_member_claims_more, 3, "[embeddings.npy]: the header claims"),
     "truncated .npz": Case(_truncated(_good_npz, "db.npz", 0.5), 3, "cannot read as .npz"),
     "truncated Parquet": Case(_truncated(_good_parquet, "db.parquet", 0.5), 3, "cannot read as Parquet"),
@@ -231,6 +241,9 @@ CASES: dict[str, Case] = {
     "no embedding field": Case(_npy(_structured([("id", "<i8"), ("vec", "<f4", (32,))])), 3,
                                "no field 'embedding' (fields found: id, vec)"),
     ".npz without ids/embeddings": Case(_npz(a=IDS, b=VECTORS), 3, "found: a, b"),
+    "newline in a column name": Case(_parquet(pa.table({"id\nx": IDS})), 3, "(columns found: id x)"),
+    "Parquet over max_memory": Case(lambda f: [*_parquet(GOOD_TABLE)(f), "--set", "max_memory=4KiB"], 5,
+                                    "the configured max_memory is"),
     "Parquet without embedding column": Case(_parquet(pa.table({"id": IDS})), 3, "no column 'embedding'"),
     "integer embeddings": Case(_npy(_structured([("id", "<i8"), ("embedding", "<i2", (32,))])), 3,
                                "embeddings have dtype int16"),
@@ -273,6 +286,7 @@ CASES: dict[str, Case] = {
     "n_components 4": Case(_args("--n-components", "4"), 2, "key 'umap.n_components' is invalid"),
     "bad max_memory": Case(_args("--set", "max_memory=lots"), 2, "key 'max_memory' is invalid"),
     "absurd max_memory": Case(_args("--set", "max_memory=99999999999999999999999TB"), 2, "more bytes than any"),
+    "true in a list of ids": Case(_args("--set", "render.highlight=[true]"), 2, "not true/false"),
     "true as a number": Case(_args("--set", "umap.n_epochs=true"), 2, "not true/false"),
     "config not TOML": Case(_config_file("[umap\nn_neighbors = 3"), 2, "bad.toml: not valid TOML"),
     "config file missing": Case(lambda f: ["--config", str(f / "none.toml")], 2, "none.toml: cannot read the config"),
@@ -281,6 +295,8 @@ CASES: dict[str, Case] = {
     "names file not JSON": Case(_names_file('{"name": "Ada"}\nnot json\n'), 3, "names.jsonl: line 2 is not JSON"),
     "names file missing": Case(_args("--names", "/nonexistent/names.jsonl"), 3, "cannot read the names file"),
     "--out is a file": Case(_out_is_a_file, 2, "is not a folder"),
+    "--out holds another tool's run.json": Case(_out_with_another_tools_run_json, 2,
+                                                "holds files no faceatlas run wrote (notes.txt, run.json)"),
     "--out holds other files": Case(_out_holds_foreign_files, 2, "holds files no faceatlas run wrote (thesis.tex)"),
     "malformed --sha256": Case(_args("--sha256", "abc"), 2, "key 'input.sha256' is invalid"),
     "wrong --sha256": Case(_args("--sha256", "0" * 64), 3, "expected " + "0" * 64),

@@ -169,7 +169,7 @@ def test_a_mount_point_output_is_replaced_file_by_file_with_run_json_last(tmp_pa
     out.mkdir()
     (out / "truth.json").write_text("{}")
     (out / "map_density.png").write_bytes(b"old")
-    (out / "run.json").write_text(json.dumps({"files": {"truth": "truth.json", "density": "map_density.png"}}))
+    (out / "run.json").write_text(_record({"truth": "truth.json", "density": "map_density.png"}))
     monkeypatch.setattr("job.outputs.os.path.ismount", lambda path: Path(path) == out)
     with staged_outputs(out) as staging:
         assert staging.parent == out  # cannot stage beside a mount point
@@ -199,7 +199,7 @@ def test_out_dot_is_replaced_in_place_so_the_shell_keeps_its_folder(tmp_path: Pa
         with staged_outputs(Path(".")) as staging:
             assert staging.parent == here
             (staging / "map_density.png").write_bytes(content)
-            (staging / "run.json").write_text(json.dumps({"files": {"density": "map_density.png"}}))
+            (staging / "run.json").write_text(_record({"density": "map_density.png"}))
     assert (here / "map_density.png").read_bytes() == b"second" and Path.cwd() == here and here.is_dir()
     assert sorted(os.listdir(tmp_path)) == ["here"]
 
@@ -211,7 +211,7 @@ def test_an_edited_run_json_cannot_get_files_outside_the_folder_deleted(tmp_path
     neighbour.write_text("keep")
     out = tmp_path / "out"
     out.mkdir()
-    (out / "run.json").write_text(json.dumps({"files": {"a": str(victim), "b": "../neighbour.txt"}}))
+    (out / "run.json").write_text(_record({"a": str(victim), "b": "../neighbour.txt"}))
     monkeypatch.chdir(out)  # file-by-file mode, the one that deletes names listed by the previous run
     with staged_outputs(Path(".")) as staging:
         (staging / "run.json").write_text("{}")
@@ -227,7 +227,7 @@ def test_a_run_killed_while_replacing_file_by_file_does_not_lock_the_folder(tmp_
                                                                          "projection.parquet"]}))
     with staged_outputs(out) as staging:
         (staging / "projection.parquet").write_bytes(b"newer")
-        (staging / "run.json").write_text(json.dumps({"files": {"projection": "projection.parquet"}}))
+        (staging / "run.json").write_text(_record({"projection": "projection.parquet"}))
     assert sorted(os.listdir(out)) == ["projection.parquet", "run.json"]  # the half-replaced run is gone whole
     assert (out / "projection.parquet").read_bytes() == b"newer"
 
@@ -235,11 +235,11 @@ def test_a_run_killed_while_replacing_file_by_file_does_not_lock_the_folder(tmp_
 def test_the_swap_keeps_permissions_and_files_added_during_the_run(tmp_path: Path) -> None:
     out = tmp_path / "out"
     with staged_outputs(out) as staging:
-        (staging / "run.json").write_text(json.dumps({"files": {}}))
+        (staging / "run.json").write_text(_record({}))
     out.chmod(0o700)
     with staged_outputs(out) as staging:
         (out / "notes.txt").write_text("written by someone while the run was rendering")
-        (staging / "run.json").write_text(json.dumps({"files": {}}))
+        (staging / "run.json").write_text(_record({}))
     assert oct(out.stat().st_mode & 0o777) == "0o700"
     assert (out / "notes.txt").read_text().startswith("written by someone")
     assert sorted(os.listdir(tmp_path)) == ["out"]
@@ -250,3 +250,35 @@ def test_a_failed_first_run_leaves_no_folders_it_created(tmp_path: Path) -> None
         with staged_outputs(tmp_path / "a" / "b" / "out"):
             raise RuntimeError("crash")
     assert os.listdir(tmp_path) == []
+
+
+def test_user_folders_that_only_look_like_staging_are_left_alone(tmp_path: Path) -> None:
+    mine = tmp_path / ".out.staging-mine"
+    mine.mkdir()
+    (mine / "draft.txt").write_text("mine")
+    with staged_outputs(tmp_path / "out") as staging:
+        (staging / "run.json").write_text("{}")
+    assert (mine / "draft.txt").read_text() == "mine"
+
+
+def test_outputs_still_work_where_flock_does_not(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import fcntl
+
+    def no_locks(fd: int, operation: int) -> None:
+        raise OSError(errno.EBADF, "Bad file descriptor")  # what some NFS mounts answer
+
+    out = tmp_path / "out"
+    with staged_outputs(out) as staging:
+        (staging / "run.json").write_text(_record({}))
+    stale = tmp_path / ".out.staging-1-0123abcd"
+    stale.mkdir()
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with staged_outputs(out) as staging:
+        (staging / "run.json").write_text(_record({"a": "a.txt"}))
+        (staging / "a.txt").write_text("new")
+    assert (out / "a.txt").read_text() == "new"
+    assert stale.is_dir()  # without locks nobody can tell a dead run's folder from a live one: keep it
+
+
+def _record(files: dict[str, str]) -> str:
+    return json.dumps({"tool": "faceatlas", "files": files})

@@ -76,6 +76,11 @@ class _Handler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(len(BODY)))
             self.end_headers()
             self.wfile.write(BODY[:1000])
+        elif self.path == "/bad-redirect":
+            self.send_response(302)
+            self.send_header("Location", "http://[::1/x")
+            self.send_header("Content-Length", "0")
+            self.end_headers()
         elif self.path == "/redirect":
             self.send_response(302)
             self.send_header("Location", type(self).redirect_to)
@@ -200,6 +205,16 @@ def test_redirect_to_another_scheme_is_refused_even_with_allow_http(tmp_path: Pa
     assert code == 3 and "which is not https" in said and not (tmp_path / "out").exists()
 
 
+def test_credentials_do_not_follow_a_redirect_to_another_origin(tmp_path: Path, https_url: str, http_url: str,
+                                                                trusted: None) -> None:
+    _Handler.redirect_to = f"{http_url}/db.npy"  # another port: another origin
+    host = https_url.removeprefix("https://")
+    code, said = _run(tmp_path, f"https://ada:s3cret@{host}/redirect", "--allow-http")
+    assert code == 0, said
+    assert _Handler.requests[-2:] == ["/redirect", "/db.npy"]
+    assert _Handler.authorizations[-2:] == ["Basic YWRhOnMzY3JldA==", ""]
+
+
 def test_plain_http_only_with_allow_http(http_url: str) -> None:
     database = load_database(InputConfig(path=f"{http_url}/db.npy", allow_http=True, sha256=DIGEST))
     assert database.n_faces == len(RECORDS)
@@ -214,6 +229,7 @@ def test_plain_http_only_with_allow_http(http_url: str) -> None:
     ("/db.npy", ["--sha256", "1" * 64], "expected " + "1" * 64),
     ("/missing.npy", [], "answered 404"),
     ("/redirect", [], "which is not https"),
+    ("/bad-redirect", [], "redirects to a malformed URL"),
 ])
 def test_faults_exit_3_and_leave_nothing(tmp_path: Path, https_url: str, http_url: str, trusted: None,
                                          private_cache: Path, path: str, args: list[str], message: str) -> None:
