@@ -14,20 +14,15 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
+
+from _timing import wall  # bench/ is on sys.path when a bench runs as a script
 
 BASELINE = """
 import numpy as np, umap
 records = np.load({path!r}, allow_pickle=False)
 umap.UMAP(n_components=2, metric="cosine").fit_transform(records["embedding"])
 """
-
-
-def _wall(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
 
 
 def main() -> None:
@@ -39,11 +34,11 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
         ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(Path(tmp) / "out")]
         base = [sys.executable, "-c", BASELINE.format(path=str(db))]
-        _wall(ours), _wall(base)  # first runs fill numba's on-disk caches for both
+        wall(ours), wall(base)  # first runs fill numba's on-disk caches for both
         times: dict[str, list[float]] = {"baseline (seed's umap-learn call)": [], "faceatlas run (whole job)": []}
         for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-            times["baseline (seed's umap-learn call)"].append(_wall(base))
-            times["faceatlas run (whole job)"].append(_wall(ours))
+            times["baseline (seed's umap-learn call)"].append(wall(base))
+            times["faceatlas run (whole job)"].append(wall(ours))
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name:<36} median {medians[name]:6.2f} s   runs {', '.join(f'{v:.2f}' for v in values)}")

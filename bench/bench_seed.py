@@ -10,17 +10,11 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-
-def _wall(command: list[str]) -> float:
-    start = time.perf_counter()
-    subprocess.run(command, check=True, capture_output=True)
-    return time.perf_counter() - start
+from _timing import wall  # bench/ is on sys.path when a bench runs as a script
 
 
 def main() -> None:
@@ -31,11 +25,11 @@ def main() -> None:
         base = [sys.executable, "-m", "job", "run", "--out", str(Path(tmp) / "out")]
         commands = {"no seed (baseline)": base, "--seed 42": [*base, "--seed", "42"]}
         for command in commands.values():
-            _wall(command)
+            wall(command)
         times: dict[str, list[float]] = {name: [] for name in commands}
         for _ in range(args.repeats):
             for name, command in commands.items():
-                times[name].append(_wall(command))
+                times[name].append(wall(command))
     medians = {name: statistics.median(values) for name, values in times.items()}
     for name, values in times.items():
         print(f"{name:<20} median {medians[name]:6.2f} s   runs {', '.join(f'{v:.2f}' for v in values)}")
