@@ -10,13 +10,12 @@ faceatlas = the whole job (load, exact kNN, UMAP, metrics, three maps, files). P
 from __future__ import annotations
 
 import argparse
-import statistics
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-from _timing import wall  # bench/ is on sys.path when a bench runs as a script
+from _timing import interleaved, report  # bench/ is on sys.path when a bench runs as a script
 
 BASELINE = """
 import numpy as np, umap
@@ -34,16 +33,9 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
         ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(Path(tmp) / "out")]
         base = [sys.executable, "-c", BASELINE.format(path=str(db))]
-        wall(ours), wall(base)  # first runs fill numba's on-disk caches for both
-        times: dict[str, list[float]] = {"baseline (seed's umap-learn call)": [], "faceatlas run (whole job)": []}
-        for _ in range(args.repeats):  # interleaved, so machine noise hits both alike
-            times["baseline (seed's umap-learn call)"].append(wall(base))
-            times["faceatlas run (whole job)"].append(wall(ours))
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"{name:<36} median {medians[name]:6.2f} s   runs {', '.join(f'{v:.2f}' for v in values)}")
-    base_median, ours_median = medians.values()
-    print(f"ratio faceatlas / baseline: {ours_median / base_median:.2f}")
+        times = interleaved({"baseline (seed's umap-learn call)": base, "faceatlas run (whole job)": ours},
+                            args.repeats)
+    report(times, "faceatlas / baseline")
 
 
 if __name__ == "__main__":

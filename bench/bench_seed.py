@@ -9,12 +9,11 @@ thread. Fresh process per run, interleaved, first runs discarded (numba cache). 
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import tempfile
 from pathlib import Path
 
-from _timing import wall  # bench/ is on sys.path when a bench runs as a script
+from _timing import interleaved, report  # bench/ is on sys.path when a bench runs as a script
 
 
 def main() -> None:
@@ -24,17 +23,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         base = [sys.executable, "-m", "job", "run", "--out", str(Path(tmp) / "out")]
         commands = {"no seed (baseline)": base, "--seed 42": [*base, "--seed", "42"]}
-        for command in commands.values():
-            wall(command)
-        times: dict[str, list[float]] = {name: [] for name in commands}
-        for _ in range(args.repeats):
-            for name, command in commands.items():
-                times[name].append(wall(command))
-    medians = {name: statistics.median(values) for name, values in times.items()}
-    for name, values in times.items():
-        print(f"{name:<20} median {medians[name]:6.2f} s   runs {', '.join(f'{v:.2f}' for v in values)}")
-    baseline, seeded = medians.values()
-    print(f"ratio seeded / unseeded: {seeded / baseline:.2f}")
+        times = interleaved(commands, args.repeats)
+    report(times, "seeded / unseeded")
 
 
 if __name__ == "__main__":
