@@ -20,7 +20,7 @@ import numpy as np
 from job.arrays import FloatArray, IdArray
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
-from job.knn import exact_knn
+from job.knn import Neighbors, exact_knn
 
 GPU_FIX = "pip install 'faceatlas[gpu]' on a machine with an NVIDIA GPU (driver >= 535), or use --backend umap-learn"
 
@@ -44,11 +44,14 @@ class Backend(Protocol):
     def probe(cls) -> Probe: ...
 
     def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None
+        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+        graph: Neighbors | None = None,
     ) -> Reduction:
         """Fit UMAP on unit vectors of shape (n_faces, dim) float32.
 
         ``labels``: for supervised UMAP, identity codes 0..n_identities-1 of shape (n_faces,), int32.
+        ``graph``: a cosine kNN graph of ``unit`` with at least ``n_neighbors`` columns, for a backend that
+        can reuse it (umap-learn); others build their own.
         """
         ...
 
@@ -88,14 +91,21 @@ class UmapLearnBackend:
         return Probe(cls.name, True, "umap-learn is installed (CPU)", _dist_version("umap-learn"))
 
     def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None
+        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+        graph: Neighbors | None = None,
     ) -> Reduction:
         umap = import_umap()
         kwargs = umap_params(params, seed)
         method = knn_method(len(unit), knn)
-        if method == "exact":
-            graph = exact_knn(unit, params.n_neighbors, params.metric)
-            kwargs["precomputed_knn"] = (graph.indices, graph.distances)
+        if graph is not None and graph.indices.shape[1] >= params.n_neighbors:
+            distances = graph.distances[:, : params.n_neighbors]
+            if params.metric == "euclidean":  # the graph is cosine; on unit vectors euclidean = sqrt(2 cosine)
+                distances = np.sqrt(2.0 * np.maximum(distances, 0.0)).astype(np.float32)
+            kwargs["precomputed_knn"] = (np.ascontiguousarray(graph.indices[:, : params.n_neighbors]),
+                                         np.ascontiguousarray(distances))
+        elif method == "exact":
+            exact = exact_knn(unit, params.n_neighbors, params.metric)
+            kwargs["precomputed_knn"] = (exact.indices, exact.distances)
         else:  # below 4,096 faces umap-learn would silently compute all pairwise distances instead
             kwargs["force_approximation_algorithm"] = True
         with warnings.catch_warnings():
@@ -132,7 +142,8 @@ class CumlBackend:
         return Probe(cls.name, True, f"{gpu.reason} and cuML {cuml.__version__}", str(cuml.__version__))
 
     def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None
+        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+        graph: Neighbors | None = None,
     ) -> Reduction:
         from cuml.manifold import UMAP
 

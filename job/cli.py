@@ -130,7 +130,7 @@ def run(
         start = time.perf_counter()
         result = run_job(settings, log=_say)
         typer.echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
-                   + ", ".join(f"{k} {v:.3f}" for k, v in result.metrics.items()))
+                   + ", ".join(_flat_metrics(result.metrics)))
         for role, path in result.files.items():
             typer.echo(f"{role:>12}: {path.resolve()}")
 
@@ -149,20 +149,108 @@ def verify(
                    f"{finished.record.get('input', {}).get('sha256', '?')})")
 
 
+@app.command()
+def transform(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
+    new: Annotated[str, typer.Argument(help="New faces: .npy, .npz or .parquet (ids optional) or an https URL.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the placed faces (.parquet).")]
+    = Path("transform.parquet"),
+    id_field: Annotated[Optional[str], typer.Option(help="Id field/column [default: the run's].")] = None,
+    embedding_field: Annotated[Optional[str], typer.Option(help="Embedding field/column [default: the run's].")]
+    = None,
+    drop_invalid: Annotated[bool, typer.Option("--drop-invalid", help="Skip faces with NaN/inf or all-zero "
+                                               "embeddings instead of refusing the file.")] = False,
+) -> None:
+    """Place new faces on an existing map without refitting: row, id, x, y, nearest_id, similarity."""
+    with _errors_to_exit_codes():
+        from job.queries import open_map, transform_file
+
+        start = time.perf_counter()
+        result = transform_file(open_map(folder), new, out, id_field, embedding_field, drop_invalid, log=_say)
+        same = f"; nearest_id equals the face's own id for {result.same_id:.1%}" if result.same_id is not None \
+            else ""
+        typer.echo(f"placed {result.n_faces:,} faces in {time.perf_counter() - start:.1f} s{same}")
+        typer.echo(f"wrote {result.path.resolve()}")
+
+
+_POINT_HELP = "Map coordinate (as in projection.parquet)."
+
+
+@app.command()
+def nearest(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
+    x: Annotated[float, typer.Option("--x", help=_POINT_HELP)],
+    y: Annotated[float, typer.Option("--y", help=_POINT_HELP)],
+    z: Annotated[Optional[float], typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
+    k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="How many identities.")] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
+) -> None:
+    """The identities nearest to a map point, ranked by cosine in the embedding space (id, similarity,
+    map_distance)."""
+    with _errors_to_exit_codes():
+        from job.placement import nearest as nearest_identities
+        from job.queries import map_point, open_map
+
+        opened = open_map(folder)
+        answers = nearest_identities(opened.model, map_point(opened, x, y, z), k)
+        if as_json:
+            typer.echo(json.dumps([{"id": a.id, "similarity": round(a.similarity, 6),
+                                    "map_distance": round(a.map_distance, 6)} for a in answers]))
+            return
+        typer.echo(f"{'rank':>4}  {'id':>10}  {'similarity':>10}  {'map_distance':>12}")
+        for rank, answer in enumerate(answers, 1):
+            typer.echo(f"{rank:>4}  {answer.id:>10}  {answer.similarity:>10.4f}  {answer.map_distance:>12.4f}")
+
+
+@app.command()
+def invert(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
+    x: Annotated[float, typer.Option("--x", help=_POINT_HELP)],
+    y: Annotated[float, typer.Option("--y", help=_POINT_HELP)],
+    z: Annotated[Optional[float], typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the vector here (.npy, float32).")]
+    = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the vector and its fidelity as JSON.")] = False,
+) -> None:
+    """The unit embedding vector for a map point, with its estimated fidelity (cosine to a face there)."""
+    with _errors_to_exit_codes():
+        from job.placement import invert as invert_point
+        from job.queries import map_point, open_map, write_vector
+
+        opened = open_map(folder)
+        inversion = invert_point(opened.model, map_point(opened, x, y, z))
+        if out is not None:
+            write_vector(out, inversion.vector)
+        if as_json:
+            typer.echo(json.dumps({"fidelity": round(inversion.fidelity, 6), "distance": round(inversion.distance, 6),
+                                   "vector": [round(float(v), 7) for v in inversion.vector]}))
+            return
+        typer.echo(f"fidelity {inversion.fidelity:.3f} (estimated cosine to a face at this point); nearest face "
+                   f"{inversion.distance:.3g} map units away; {len(inversion.vector)}-D unit vector")
+        typer.echo(f"wrote {out.resolve()}" if out is not None else "pass --out FILE.npy or --json to get the vector")
+
+
 @app.command("demo-db")
 def demo_db(
     out: Annotated[Path, typer.Argument(help="Where to write the database (.npy).")],
     identities: Annotated[int, typer.Option(min=2, help="Number of identities.")] = 1000,
     faces_per_identity: Annotated[int, typer.Option(min=1, help="Typical faces per identity.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Generator seed.")] = 0,
+    hard: Annotated[bool, typer.Option("--hard", help="The harder setting: looser identities, 1-30 faces each "
+                                       "(--faces-per-identity is then the mean), misfiled faces from look-alikes.")]
+    = False,
 ) -> None:
     """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers."""
     with _errors_to_exit_codes():
-        from job.demo import DemoSpec, make_demo
+        from dataclasses import replace
+
+        from job.demo import HARD, DemoSpec, make_demo
         from job.outputs import temporary_path, write_json
 
-        records, truth = make_demo(DemoSpec(n_identities=identities, faces_per_identity=faces_per_identity,
-                                            seed=seed))
+        spec = replace(HARD if hard else DemoSpec(), n_identities=identities, seed=seed)
+        spec = replace(spec, faces_per_identity=faces_per_identity if not hard or faces_per_identity != 5
+                       else HARD.faces_per_identity)
+        records, truth = make_demo(spec)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
@@ -201,6 +289,19 @@ def backends(
             mark = "yes" if probe.available else "no "
             typer.echo(f"{mark}  {probe.name:<11} {probe.reason}")
         typer.echo(f"auto -> {chosen.name}")
+
+
+def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
+    """``name value`` for every number in ``metrics``, nested names joined with dots."""
+    parts: list[str] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            parts += _flat_metrics(value, f"{prefix}{key}.")
+        elif isinstance(value, float):
+            parts.append(f"{prefix}{key} {value:.3f}")
+        else:
+            parts.append(f"{prefix}{key} {value}")
+    return parts
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -47,6 +47,8 @@ class InputConfig(_Section):
     allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
     url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
     url_max_bytes: int = Field(64 * 2**30, ge=1, description="largest download accepted, in bytes")
+    demo: Literal["standard", "hard"] = Field("standard", description='built-in demo when path is "": '
+                                              '"hard" = looser identities, 1-30 faces, look-alike misfiles')
 
 
 class UmapConfig(_Section):
@@ -101,6 +103,23 @@ class MetricsConfig(_Section):
     same_id_k: int = Field(4, ge=1, le=100)
 
 
+class AnalysisConfig(_Section):
+    """Misfiled faces, look-alikes, clusters and the held-out check of transform/invert (all in 512-D)."""
+
+    neighbours: int = Field(10, ge=1, le=100, description="nearest faces whose identities are suspect candidates")
+    suspect_margin: float = Field(0.0, ge=-1.0, le=1.0, description="suspect when (best other identity cosine) - "
+                                  "(own identity cosine) exceeds this")
+    lookalike_k: int = Field(10, ge=1, le=100, description="nearest identities checked per identity")
+    lookalike_top: int = Field(100, ge=0, description="pairs always listed in lookalikes.csv")
+    lookalike_threshold: float = Field(0.6, ge=-1.0, le=10.0, description="also list every pair above this")
+    holdout: float = Field(0.02, ge=0.0, le=0.5, description="share of faces left out of the fit to measure "
+                           "transform/invert (placed on the map afterwards); 0 = fit every face")
+    holdout_max: int = Field(1000, ge=0, description="at most this many held-out faces")
+    cluster_min_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size on the map")
+    cluster_max_faces: int = Field(2_000_000, ge=0, description="CPU: skip clustering above this (cluster -1)")
+    disagreement_k: int = Field(5, ge=1, le=100, description="--supervised: neighbours compared map vs 512-D")
+
+
 class Config(_Section):
     """Everything one ``faceatlas run`` needs besides its data."""
 
@@ -113,6 +132,7 @@ class Config(_Section):
     knn: KnnConfig = KnnConfig()
     render: RenderConfig = RenderConfig()
     metrics: MetricsConfig = MetricsConfig()
+    analysis: AnalysisConfig = AnalysisConfig()
 
     @field_validator("seed", mode="before")
     @classmethod

@@ -13,7 +13,12 @@ Model (all vectors unit length, 512-D by default):
 * Most identities have ``faces_per_identity`` faces; ``uneven_fraction`` of them have
   ``uneven_min_faces``..2x ``faces_per_identity`` faces (2-10 by default).
 * ``misfiled_fraction`` of faces (only in identities with 3+ faces) are drawn from another identity's centre
-  but filed under this one: the planted "wrong person" answers.
+  but filed under this one: the planted "wrong person" answers. ``misfiled_from="any"`` picks that other
+  identity at random; ``"lookalike"`` picks the identity whose centre is most like the filed one's (the
+  hard case: the wrong person resembles the right one).
+
+:data:`HARD` is the harder setting the analysis is also measured on: faces of one identity have cosine
+0.35-0.55, identities have 1-30 faces, and misfiled faces come from look-alike identities.
 
 Rows are in id order, like the seed's ``actor.npy``; stored as float16 in the seed's structured dtype.
 """
@@ -47,6 +52,7 @@ class DemoSpec:
     n_lookalike_pairs: int = 10
     lookalike_weight: tuple[float, float] = (0.65, 0.8)
     misfiled_fraction: float = 0.02
+    misfiled_from: str = "any"
 
 
 @dataclass(frozen=True)
@@ -73,6 +79,25 @@ class DemoTruth:
         }
 
 
+HARD = DemoSpec(same_identity_cos=(0.35, 0.55), faces_per_identity=15, uneven_fraction=1.0, uneven_min_faces=1,
+                misfiled_from="lookalike")
+"""The harder demo setting: looser identities, 1-30 faces each, misfiled faces from look-alike identities."""
+
+
+def truth_from_json(payload: Any) -> DemoTruth:
+    """The inverse of :meth:`DemoTruth.to_json`; raises ValueError/TypeError/KeyError on anything else."""
+    if not isinstance(payload, dict) or payload.get("generator") != "faceatlas.demo":
+        raise ValueError("not a faceatlas demo truth file")
+    known = {f for f in DemoSpec.__dataclass_fields__}
+    spec_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items() if k in known}
+    misfiled = payload["misfiled"]
+    rows = [int(item["row"]) for item in misfiled]
+    true_ids = [int(item["true_id"]) for item in misfiled]
+    pairs = [(int(a), int(b)) for a, b in payload["lookalike_pairs"]]
+    families = [[int(i) for i in family] for family in payload.get("families", [])]
+    return DemoTruth(DemoSpec(**spec_fields), rows, true_ids, pairs, families)
+
+
 def seed_dtype(n_identities: int, dim: int) -> np.dtype:
     """The seed's ``actor.npy`` dtype; ids widen to uint32 only when 65,536+ identities need it."""
     id_type = "<u2" if n_identities <= 2**16 else "<u4"
@@ -94,7 +119,10 @@ def make_demo(spec: DemoSpec = DemoSpec()) -> tuple[np.ndarray, DemoTruth]:
     tightness = rng.uniform(*spec.same_identity_cos, size=spec.n_identities)
     source = ids.copy()
     misfiled = _pick_misfiled(rng, ids, spec)
-    source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
+    if spec.misfiled_from == "lookalike":
+        source[misfiled] = _most_alike(centres, ids[misfiled])
+    else:
+        source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
     faces = _faces(rng, centres[source], tightness[source])
     records = np.empty(len(ids), dtype=seed_dtype(spec.n_identities, spec.dim))
     records["id"] = ids
@@ -174,6 +202,15 @@ def _pick_misfiled(rng: np.random.Generator, ids: IdArray, spec: DemoSpec) -> Id
 def _other_identities(rng: np.random.Generator, filed: IdArray, n_identities: int) -> IdArray:
     other = rng.integers(0, n_identities - 1, size=len(filed))
     return other + (other >= filed)  # skip the identity the face is filed under
+
+
+def _most_alike(centres: FloatArray, filed: IdArray) -> IdArray:
+    found = np.empty(len(filed), dtype=np.int64)
+    for start in range(0, len(filed), 1024):
+        sims = centres[filed[start : start + 1024]] @ centres.T
+        sims[np.arange(len(sims)), filed[start : start + 1024]] = -np.inf
+        found[start : start + 1024] = sims.argmax(axis=1)
+    return found
 
 
 def _faces(rng: np.random.Generator, centres: FloatArray, tightness: np.ndarray) -> FloatArray:

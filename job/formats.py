@@ -31,9 +31,12 @@ _NPZ_EMBEDDINGS = ("embeddings",)
 
 @dataclass(frozen=True)
 class RawArrays:
-    """Arrays as stored: ``ids`` (n,) and ``embeddings`` (n, dim) of any dtype, possibly memory-mapped."""
+    """Arrays as stored: ``ids`` (n,) and ``embeddings`` (n, dim) of any dtype, possibly memory-mapped.
 
-    ids: np.ndarray
+    ``ids`` is None only when the caller allowed a file without ids and the file has none.
+    """
+
+    ids: np.ndarray | None
     embeddings: np.ndarray
     memory_mapped: bool
 
@@ -78,11 +81,16 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def read_arrays(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
-    """Read ids and embeddings from ``path`` in whichever supported format it is."""
+def read_arrays(path: Path, id_field: str, embedding_field: str, max_memory: int | None,
+                ids_optional: bool = False) -> RawArrays:
+    """Read ids and embeddings from ``path`` in whichever supported format it is.
+
+    With ``ids_optional`` a file without ids is accepted too: a plain 2-D float ``.npy``, a structured one
+    without ``id_field``, an ``.npz`` without ``ids``, a Parquet file without the id column.
+    """
     kind = sniff_format(path)
     reader = {"npy": _read_npy, "npz": _read_npz, "parquet": _read_parquet}[kind]
-    return reader(path, id_field, embedding_field, max_memory)
+    return reader(path, id_field, embedding_field, max_memory, ids_optional)
 
 
 def _read_header(handle: IO[bytes], where: str) -> _Header:
@@ -142,12 +150,16 @@ def _check_size(header: _Header, stored: int, where: str) -> None:
                          "follow; the file is truncated or corrupt, copy or export it again")
 
 
-def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int | None,
+              ids_optional: bool = False) -> RawArrays:
     with path.open("rb") as handle:
         header = _read_header(handle, str(path))
     _check_size(header, path.stat().st_size, str(path))
     fields = header.dtype.names or ()
-    _require_fields(fields, (id_field, embedding_field), header, str(path))
+    plain = ids_optional and not fields and len(header.shape) == 2
+    wanted = (embedding_field,) if ids_optional and id_field not in fields else (id_field, embedding_field)
+    if not plain:
+        _require_fields(fields, wanted, header, str(path))
     if header.data_bytes == 0:
         array = np.zeros(header.shape, dtype=header.dtype)
     else:
@@ -156,13 +168,16 @@ def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int |
         except (ValueError, OSError) as exc:
             raise InputError(f"{path}: cannot memory-map the .npy file ({_short(exc)}); re-save it with "
                              "numpy.save") from None
+    mapped = header.data_bytes > 0
+    if plain:
+        return RawArrays(None, array, memory_mapped=mapped)
     if array.ndim != 1:
         raise InputError(f"{path}: a structured array of shape {array.shape}, expected one record per face "
                          "(1-D); save a 1-D structured array")
-    return RawArrays(array[id_field], array[embedding_field], memory_mapped=header.data_bytes > 0)
+    return RawArrays(array[id_field] if id_field in fields else None, array[embedding_field], memory_mapped=mapped)
 
 
-def _require_fields(fields: tuple[str, ...], wanted: tuple[str, str], header: _Header, where: str) -> None:
+def _require_fields(fields: tuple[str, ...], wanted: tuple[str, ...], header: _Header, where: str) -> None:
     missing = [f for f in wanted if f not in fields]
     if not missing:
         return
@@ -171,21 +186,24 @@ def _require_fields(fields: tuple[str, ...], wanted: tuple[str, str], header: _H
                      "--set input.id_field=... / input.embedding_field=..., or save a structured array")
 
 
-def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int | None,
+              ids_optional: bool = False) -> RawArrays:
     try:
         with zipfile.ZipFile(path) as archive:
             members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()
                        if name.endswith(".npy")}
             id_key = next((k for k in (*_NPZ_IDS, id_field) if k in members), None)
             emb_key = next((k for k in (*_NPZ_EMBEDDINGS, embedding_field) if k in members), None)
-            if id_key is None or emb_key is None:
+            if emb_key is None or (id_key is None and not ids_optional):
                 raise InputError(f"{path}: expected arrays 'ids' and 'embeddings' (found: "
                                  f"{', '.join(members) or 'none'}); save with numpy.savez(path, ids=..., "
                                  "embeddings=...)")
-            headers = {key: _member_header(archive, members[key], path) for key in (id_key, emb_key)}
+            keys = [key for key in (id_key, emb_key) if key is not None]
+            headers = {key: _member_header(archive, members[key], path) for key in keys}
             require(sum(h.data_bytes for h in headers.values()), max_memory, f"{path}: reading the .npz",
                     "save the database as .npy, which faceatlas memory-maps")
-            ids, embeddings = (_member_array(archive, members[key], path) for key in (id_key, emb_key))
+            ids = _member_array(archive, members[id_key], path) if id_key is not None else None
+            embeddings = _member_array(archive, members[emb_key], path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, EOFError, OSError, ValueError, NotImplementedError,
             RuntimeError) as exc:  # RuntimeError: an encrypted member
         raise InputError(f"{path}: cannot read as .npz ({_short(exc)}); re-save it with numpy.savez") from None
@@ -207,23 +225,28 @@ def _member_array(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -
         return npy.read_array(member, allow_pickle=False)
 
 
-def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: int | None) -> RawArrays:
+def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: int | None,
+                  ids_optional: bool = False) -> RawArrays:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
     try:
         metadata = pq.read_metadata(path)
         schema = metadata.schema.to_arrow_schema()
-        missing = [c for c in (id_field, embedding_field) if c not in schema.names]
+        has_ids = id_field in schema.names
+        wanted = [id_field, embedding_field] if has_ids or not ids_optional else [embedding_field]
+        missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise InputError(f"{path}: no column {missing[0]!r} (columns found: {', '.join(schema.names)}); "
                              "pass --set input.id_field=... / input.embedding_field=...")
-        table = _read_row_groups(path, [id_field, embedding_field], metadata, max_memory)
-        ids_column = table.column(id_field)
-        if ids_column.null_count:
-            raise InputError(f"{path}: column {id_field!r} has {ids_column.null_count} empty ids; "
-                             "give every face an id")
-        ids = ids_column.to_numpy()
+        table = _read_row_groups(path, wanted, metadata, max_memory)
+        ids = None
+        if has_ids:
+            ids_column = table.column(id_field)
+            if ids_column.null_count:
+                raise InputError(f"{path}: column {id_field!r} has {ids_column.null_count} empty ids; "
+                                 "give every face an id")
+            ids = ids_column.to_numpy()
         embeddings = _parquet_vectors(table.column(embedding_field), path, embedding_field)
     except (pa.ArrowException, OSError, ValueError) as exc:
         raise InputError(f"{path}: cannot read as Parquet ({_short(exc)}); re-write it with pyarrow") from None

@@ -13,7 +13,7 @@ import numpy as np
 
 from job.arrays import FloatArray
 
-_BLOCK_BYTES = 256 << 20
+_BLOCK_BYTES = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -22,6 +22,35 @@ class Neighbors:
 
     indices: np.ndarray
     distances: FloatArray
+
+
+def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Column indices and values of the ``k`` largest entries of each row of ``sims`` (rows, n), largest first.
+
+    Instead of arg-partitioning whole rows (most of the cost of an exact kNN), the k-th largest value of
+    each row among its first ``m`` columns is a lower bound for the row's k-th largest, so only entries at
+    or above it (about k * n / m per row) are sorted. Same result as a full sort, ties broken by column.
+    """
+    n_rows, n = sims.shape
+    k = min(k, n)
+    m = min(n, max(8 * k, 2048))
+    if 2 * m > n:
+        top = np.argpartition(-sims, k - 1, axis=1)[:, :k] if k < n else np.tile(np.arange(n), (n_rows, 1))
+        values = np.take_along_axis(sims, top, axis=1)
+        order = np.lexsort((top, -values), axis=1)
+        return np.take_along_axis(top, order, axis=1), np.take_along_axis(values, order, axis=1)
+    floor = np.partition(sims[:, :m], m - k, axis=1)[:, m - k]
+    row, col = np.nonzero(sims >= floor[:, None])
+    values = sims[row, col]
+    order = np.lexsort((col, -values, row))
+    row, col, values = row[order], col[order], values[order]
+    rank = np.arange(len(row)) - np.searchsorted(row, row)
+    keep = rank < k
+    indices = np.empty((n_rows, k), dtype=np.int64)
+    top_values = np.empty((n_rows, k), dtype=sims.dtype)
+    indices[row[keep], rank[keep]] = col[keep]
+    top_values[row[keep], rank[keep]] = values[keep]
+    return indices, top_values
 
 
 def normalise(embeddings: FloatArray) -> FloatArray:
@@ -50,12 +79,7 @@ def exact_knn(unit: FloatArray, k: int, metric: str = "cosine") -> Neighbors:
         rows = np.arange(stop - start)
         # the face itself must come first even when an exact duplicate ties with it
         sims[rows, rows + start] = np.inf
-        top = np.argpartition(sims, n_faces - k, axis=1)[:, n_faces - k :] if k < n_faces else \
-            np.tile(np.arange(n_faces), (stop - start, 1))
-        top_sims = np.take_along_axis(sims, top, axis=1)
-        order = np.argsort(-top_sims, axis=1, kind="stable")
-        indices[start:stop] = np.take_along_axis(top, order, axis=1)
-        similarity[start:stop] = np.take_along_axis(top_sims, order, axis=1)
+        indices[start:stop], similarity[start:stop] = top_k(sims, k)
     similarity[:, 0] = 1.0
     np.clip(similarity, -1.0, 1.0, out=similarity)
     if metric == "cosine":
@@ -64,3 +88,26 @@ def exact_knn(unit: FloatArray, k: int, metric: str = "cosine") -> Neighbors:
         distances = np.sqrt(np.maximum(2.0 - 2.0 * similarity, 0.0))
     distances[:, 0] = 0.0
     return Neighbors(indices, distances.astype(np.float32))
+
+
+def neighbours(unit: FloatArray, k: int, exact_max: int = 50_000, seed: int | None = None) -> Neighbors:
+    """k nearest neighbours by cosine, the point itself first: exact up to ``exact_max`` rows, NN-descent above.
+
+    NN-descent (pynndescent, which umap-learn already uses) keeps the cost near n log n for millions of rows.
+    """
+    if len(unit) <= exact_max:
+        return exact_knn(unit, k)
+    from pynndescent import NNDescent
+
+    k = min(k, len(unit))
+    index = NNDescent(unit, metric="cosine", n_neighbors=max(k, 2), random_state=seed, low_memory=True,
+                      compressed=True)
+    indices, distances = index.neighbor_graph
+    indices, distances = np.asarray(indices[:, :k], dtype=np.int32), np.asarray(distances[:, :k], dtype=np.float32)
+    own = np.arange(len(unit))
+    # NN-descent may miss a row itself or place a duplicate first: put the row first in every list
+    missing = indices[:, 0] != own
+    indices[missing, 1:] = indices[missing, :-1]
+    distances[missing, 1:] = distances[missing, :-1]
+    indices[:, 0], distances[:, 0] = own, 0.0
+    return Neighbors(indices, distances)

@@ -111,8 +111,10 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
                 _rmdir_quietly(folder)
 
 
-def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None) -> Path:
-    """``projection.parquet``: ``row`` (int64), ``id`` (int64), ``x``, ``y`` (float32), ``z`` for 3-D."""
+def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None,
+                     extra: dict[str, np.ndarray] | None = None) -> Path:
+    """``projection.parquet``: ``row`` (int64), ``id`` (int64), ``x``, ``y`` (float32), ``z`` for 3-D, then
+    the ``extra`` columns in order (analysis verdicts)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -120,6 +122,7 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
     columns: dict[str, Any] = {"row": row, "id": ids.astype(np.int64)}
     for axis, name in enumerate("xyz"[: coords.shape[1]]):
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
+    columns.update(extra or {})
     tmp = temporary_path(path)
     pq.write_table(pa.table(columns), tmp)
     os.replace(tmp, path)

@@ -20,7 +20,10 @@ import numpy as np
 from job.arrays import FloatArray, IdArray
 from job.config import RenderConfig
 
-MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png"}
+MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png",
+             "suspect_map": "map_suspects.png", "cluster_map": "map_clusters.png"}
+SUSPECT_COLOUR, LINK_COLOUR, FILED_COLOUR = "#d7191c", "#f07f00", "#4a90d9"
+NOISE_RGB = (0.8, 0.8, 0.8)
 HIGHLIGHT_COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf",
                      "#bcbd22", "#1a1a1a"]
 _DPI = 100
@@ -108,6 +111,94 @@ def render_maps(
         legend = _highlight_legend(ids, highlight, labels) if name == "highlight" else None
         paths[name] = _compose(image, frame, map_title, legend, out_dir / MAP_FILES[name])
     return paths
+
+
+def render_analysis_maps(
+    coords: FloatArray,
+    suspect: np.ndarray,
+    targets: FloatArray,
+    filed: FloatArray,
+    clusters: IdArray,
+    config: RenderConfig,
+    out_dir: Path,
+    title: str,
+) -> dict[str, Path]:
+    """Draw ``map_suspects.png`` and ``map_clusters.png`` into ``out_dir``.
+
+    Parameters
+    ----------
+    coords : ndarray of shape (n_faces, 2 or 3), float32
+    suspect : ndarray of shape (n_faces,), bool — faces drawn as red dots on the grey map
+    targets : ndarray of shape (n_suspects, 2 or 3), float32 — where each suspect's suggested identity sits
+        (NaN: nowhere on the map); a line joins each suspect to its target
+    filed : ndarray of shape (n_suspects, 2 or 3), float32 — where the identity it is filed under sits (a
+        thin blue line: on an unsupervised map a misfiled face sits with its real identity, far from this)
+    clusters : ndarray of shape (n_faces,), int64 — HDBSCAN labels, -1 = noise (light grey)
+    """
+    import datashader as ds
+    import datashader.transfer_functions as tf
+    import pandas as pd
+
+    frame = make_frame(coords, config)
+    canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
+                       x_range=frame.x_range, y_range=frame.y_range)
+    radius = point_radius(len(coords))
+    everyone = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})
+    counts = spread(canvas.points(everyone, "x", "y", agg=ds.count()), radius)
+    image = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
+                 _solid(counts.shape, (255, 255, 255)))
+    flagged = coords[suspect]
+    image = image.copy()
+    for ends, colour, weight in ((filed, FILED_COLOUR, 0.5), (targets, LINK_COLOUR, 0.8)):
+        linked = np.isfinite(ends[:, 0]) if len(ends) else np.zeros(0, dtype=bool)
+        if linked.any():  # in numpy: datashader's line glyph compiles for ~6 s on every start
+            mask = segment_mask(frame, flagged[linked, :2], ends[linked, :2])
+            image[mask] = ((1 - weight) * image[mask] + weight * np.array(_rgb(colour))).round().astype(np.uint8)
+    if len(flagged):
+        dots = canvas.points(pd.DataFrame({"x": flagged[:, 0], "y": flagged[:, 1]}), "x", "y", agg=ds.count())
+        size = max(radius + 1, 3)
+        image = over(tf.shade(spread(dots, size + 1), cmap=["#202020", "#202020"], min_alpha=255), image)
+        image = over(tf.shade(spread(dots, size), cmap=[SUSPECT_COLOUR, SUSPECT_COLOUR], min_alpha=255), image)
+    legend = [(SUSPECT_COLOUR, f"suspect: filed under the wrong identity? ({len(flagged):,})"),
+              (LINK_COLOUR, "orange line: to where its suggested identity sits"),
+              (FILED_COLOUR, "blue line: to where the identity it is filed under sits"),
+              ("#a0a0a0", "all other faces")]
+    paths = {"suspect_map": _compose(image, frame, f"{title}: {len(flagged):,} suspected misfiled faces\n"
+                                  f"{len(coords):,} faces", legend, out_dir / MAP_FILES["suspect_map"])}
+
+    unique, index = np.unique(clusters, return_inverse=True)
+    rgb = identity_palette(len(unique), config.palette_seed + 1)[index]
+    rgb[clusters < 0] = NOISE_RGB
+    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2]})
+    n_clusters = int((unique >= 0).sum())
+    noise = float((clusters < 0).mean()) if len(clusters) else 0.0
+    paths["cluster_map"] = _compose(_identity_image(canvas, faces, counts, radius), frame,
+                                 f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
+                                 f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"])
+    return paths
+
+
+def segment_mask(frame: Frame, starts: FloatArray, ends: FloatArray) -> np.ndarray:
+    """Pixels crossed by straight segments from ``starts`` to ``ends`` (n, 2) in map units, as an image-
+    oriented (plot_height, plot_width) bool mask (row 0 at the top)."""
+    width, height = frame.plot_width, frame.plot_height
+    scale = np.array([width / (frame.x_range[1] - frame.x_range[0]), height / (frame.y_range[1] - frame.y_range[0])])
+    origin = np.array([frame.x_range[0], frame.y_range[0]])
+    a, b = (starts - origin) * scale, (ends - origin) * scale
+    steps = np.minimum(np.ceil(np.abs(b - a).max(axis=1)), width + height).astype(np.int64) + 1
+    segment = np.repeat(np.arange(len(a)), steps)
+    first = np.cumsum(steps) - steps
+    t = (np.arange(int(steps.sum())) - first[segment]) / np.maximum(steps[segment] - 1, 1)
+    points = a[segment] + t[:, None] * (b[segment] - a[segment])
+    col, row = np.floor(points[:, 0]).astype(np.int64), np.floor(points[:, 1]).astype(np.int64)
+    inside = (col >= 0) & (col < width) & (row >= 0) & (row < height)
+    mask = np.zeros((height, width), dtype=bool)
+    mask[height - 1 - row[inside], col[inside]] = True
+    return mask
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)
 
 
 def point_radius(n_faces: int) -> int:

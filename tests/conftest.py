@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from job.config import Config, load_config
-from job.demo import DemoSpec, make_demo
+from job.demo import DemoSpec, make_demo, truth_json
 from job.pipeline import RunResult, run
 
 SMALL = DemoSpec(n_identities=200, faces_per_identity=5, seed=1)
@@ -29,10 +29,12 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 @pytest.fixture(scope="session")
 def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A ~1,000-face demo database in the seed's actor.npy format."""
-    records, _ = make_demo(SMALL)
+    """A ~1,000-face demo database in the seed's actor.npy format, with ``small.truth.json`` beside it (as
+    ``faceatlas demo-db`` writes), so runs on it report precision/recall against the planted answers."""
+    records, truth = make_demo(SMALL)
     path = tmp_path_factory.mktemp("db") / "small.npy"
     np.save(path, records, allow_pickle=False)
+    path.with_name("small.truth.json").write_text(truth_json(truth), encoding="utf-8")
     return path
 
 

@@ -48,12 +48,15 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
                                  "--highlight", "3,5,8", "--names", str(names), "--seed", "7",
                                  "--set", "umap.n_neighbors=12"])
     assert result.exit_code == 0, result.output
-    for name in ("projection.parquet", "map_identities.png", "map_highlight.png", "map_density.png", "run.json"):
+    for name in ("projection.parquet", "map_identities.png", "map_highlight.png", "map_density.png", "run.json",
+                 "map_suspects.png", "map_clusters.png", "suspects.csv", "lookalikes.csv", "map_model.npz"):
         assert (out / name).is_file()
         assert str((out / name).resolve()) in result.stdout  # says where each file is
     table = pq.read_table(out / "projection.parquet")
-    assert table.column_names == ["row", "id", "x", "y"]
-    assert [str(t) for t in table.schema.types] == ["int64", "int64", "float", "float"]
+    assert table.column_names == ["row", "id", "x", "y", "outlier_score", "suspect", "suggested_id", "cluster",
+                                  "held_out"]
+    assert [str(t) for t in table.schema.types] == ["int64", "int64", "float", "float", "float", "bool", "int64",
+                                                    "int64", "bool"]
     records = np.load(small_db)
     assert table.column("row").to_pylist() == list(range(len(records)))
     assert np.array_equal(table.column("id").to_numpy(), records["id"])
@@ -77,7 +80,9 @@ def test_three_dimensional_supervised_run(small_db: Path, tmp_path: Path) -> Non
     result = runner.invoke(app, ["run", "-c", SMOKE, "-i", str(small_db), "-o", str(out), "--n-components", "3",
                                  "--supervised", "--backend", "umap-learn"])
     assert result.exit_code == 0, result.output
-    assert pq.read_table(out / "projection.parquet").column_names == ["row", "id", "x", "y", "z"]
+    assert pq.read_table(out / "projection.parquet").column_names == [
+        "row", "id", "x", "y", "z", "outlier_score", "suspect", "suggested_id", "cluster", "held_out",
+        "supervised_disagreement"]
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["umap"]["supervised"] is True
     assert record["metrics"]["same_id_knn"] > 0.9  # labels pull identities together

@@ -205,6 +205,14 @@ def _args(*args: str) -> Build:
     return build
 
 
+def _truth_beside(text: str) -> Build:
+    def build(folder: Path) -> list[str]:
+        np.save(folder / "db.npy", RECORDS)
+        (folder / "db.truth.json").write_text(text, encoding="utf-8")
+        return ["--input", str(folder / "db.npy")]
+    return build
+
+
 def _ragged_parquet() -> Build:
     values = [VECTORS[i, : 32 - (i % 2)].tolist() for i in range(len(IDS))]
     return _parquet(pa.table({"id": IDS, "embedding": pa.array(values, type=pa.list_(pa.float32()))}))
@@ -306,6 +314,11 @@ CASES: dict[str, Case] = {
     "URL with spaces": Case(lambda f: ["--input", "https://127.0.0.1/my faces.npy"], 2, "percent-encode"),
     "URL with a broken host": Case(lambda f: ["--input", "https://[::1/db.npy"], 2, "not a valid URL"),
     "cuML on a machine without it": Case(_args("--backend", "cuml"), 4, "cuml"),
+    "truth.json beside the input is not ours": Case(_truth_beside('{"misfiled": 1}'), 3,
+                                                    "db.truth.json: not a faceatlas demo truth file"),
+    "truth.json names rows beyond the input": Case(_truth_beside(
+        '{"generator": "faceatlas.demo", "spec": {}, "misfiled": [{"row": 999999, "true_id": 1}], '
+        '"lookalike_pairs": []}'), 3, "names rows beyond the"),
 }
 
 

@@ -1,0 +1,125 @@
+"""The fitted state that lets faceatlas answer questions about an existing map without refitting.
+
+``map_model.npz`` holds plain numeric arrays only (read with ``allow_pickle=False``, after
+:func:`job.runs.open_run` has checked its SHA-256 against ``run.json``), the same whichever backend drew
+the map, so a CPU-only install can use a map fitted by cuML:
+
+* ``identity`` (n_identities,) int64, ``centroid`` (n_identities, dim) float32 unit rows of the faces that
+  were fitted and not suspect, ``count`` faces behind each centroid, ``cohesion`` mean cosine of those
+  faces to their centroid;
+* ``anchor`` (n_identities, n_components) float32: where each identity sits on the map (its face nearest
+  the mean position of its faces), NaN for an identity with no fitted face;
+* ``coords`` (n_fitted, n_components) float32 and ``face_identity`` (n_fitted,) int32: every fitted face's
+  map position and the index of the identity it belongs to (a suspect's suggested identity);
+* ``radius`` (scalar): how far from the nearest face a map point still counts as on the populated map.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.arrays import FloatArray, IdArray
+from job.errors import InputError
+from job.outputs import temporary_path
+
+MODEL_FILE = "map_model.npz"
+_FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anchor": "f", "coords": "f",
+           "face_identity": "i", "radius": "f"}
+RADIUS_NEIGHBOUR = 5  # the populated map: within RADIUS_FACTOR x (99th percentile of 5th-neighbour distance)
+RADIUS_FACTOR = 2.0
+
+
+@dataclass(frozen=True)
+class MapModel:
+    """Identity centroids in the embedding space tied to where faces and identities sit on the map."""
+
+    identity: IdArray
+    centroid: FloatArray
+    count: IdArray
+    cohesion: FloatArray
+    anchor: FloatArray
+    coords: FloatArray
+    face_identity: np.ndarray
+    radius: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.centroid.shape[1])
+
+    @property
+    def n_components(self) -> int:
+        return int(self.coords.shape[1])
+
+    def tree(self) -> Any:
+        """A k-d tree over the fitted faces' map positions (built on first use, n log n)."""
+        cached = self.__dict__.get("_tree")
+        if cached is None:
+            from scipy.spatial import cKDTree
+
+            cached = cKDTree(self.coords)
+            object.__setattr__(self, "_tree", cached)
+        return cached
+
+
+def build_model(identity: IdArray, sums: np.ndarray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
+                face_identity: np.ndarray) -> MapModel:
+    """Assemble a model from per-identity sums of fitted unit faces and the fitted faces' map positions."""
+    from job.identities import unit_rows
+    from job.metrics import map_neighbours
+
+    n_ids = len(identity)
+    anchor = np.full((n_ids, coords.shape[1]), np.nan, dtype=np.float32)
+    per_id = np.bincount(face_identity, minlength=n_ids)
+    means = np.stack([np.bincount(face_identity, weights=coords[:, a], minlength=n_ids) for a in
+                      range(coords.shape[1])], axis=1) / np.maximum(per_id, 1)[:, None]
+    gap = np.linalg.norm(coords - means[face_identity], axis=1)
+    order = np.lexsort((gap, face_identity))
+    first = order[np.r_[True, np.diff(face_identity[order]) != 0]]
+    anchor[face_identity[first]] = coords[first]
+    k = min(RADIUS_NEIGHBOUR, len(coords) - 1)
+    if k >= 1:
+        kth = np.linalg.norm(coords[map_neighbours(coords, k)[:, -1]] - coords, axis=1)
+        radius = float(RADIUS_FACTOR * np.quantile(kth, 0.99))
+    else:
+        radius = float("inf")
+    return MapModel(identity.astype(np.int64), unit_rows(sums), count.astype(np.int64),
+                    cohesion.astype(np.float32), anchor, coords.astype(np.float32),
+                    face_identity.astype(np.int32), max(radius, 1e-6))
+
+
+def save_model(model: MapModel, path: Path) -> Path:
+    """Write ``model`` as an uncompressed ``.npz`` of plain arrays (atomically)."""
+    arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS}
+    tmp = temporary_path(path)
+    with tmp.open("wb") as handle:
+        np.savez(handle, **arrays)
+    tmp.replace(path)
+    return path
+
+
+def load_model(path: Path) -> MapModel:
+    """Read a model written by :func:`save_model`; its checksum must already be verified (``open_run``)."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            arrays = {name: archive[name] for name in _FIELDS}
+    except (OSError, ValueError, KeyError) as exc:
+        raise InputError(f"{path}: not a faceatlas map model ({type(exc).__name__}); rerun faceatlas run") from None
+    for name, kind in _FIELDS.items():
+        if arrays[name].dtype.kind != kind:
+            raise InputError(f"{path}: field {name} has dtype {arrays[name].dtype}; rerun faceatlas run")
+    n_ids, n_faces = len(arrays["identity"]), len(arrays["coords"])
+    shapes_ok = (arrays["centroid"].ndim == 2 and arrays["centroid"].shape[0] == n_ids
+                 and arrays["anchor"].shape == (n_ids, arrays["coords"].shape[1])
+                 and len(arrays["count"]) == n_ids == len(arrays["cohesion"]) and arrays["radius"].shape == ()
+                 and arrays["face_identity"].shape == (n_faces,) and n_faces > 0
+                 and int(arrays["face_identity"].max()) < n_ids and int(arrays["face_identity"].min()) >= 0)
+    if not shapes_ok:
+        raise InputError(f"{path}: arrays of inconsistent shapes; rerun faceatlas run")
+    return MapModel(arrays["identity"].astype(np.int64), arrays["centroid"].astype(np.float32),
+                    arrays["count"].astype(np.int64), arrays["cohesion"].astype(np.float32),
+                    arrays["anchor"].astype(np.float32), arrays["coords"].astype(np.float32),
+                    arrays["face_identity"].astype(np.int32), float(arrays["radius"]))

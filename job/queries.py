@@ -1,0 +1,134 @@
+"""Questions asked of a finished run: place new faces, and what lies at a map point.
+
+Everything starts from :func:`open_map`, which goes through :func:`job.runs.open_run` (every file's
+SHA-256 checked against ``run.json``) before reading ``map_model.npz`` with ``allow_pickle=False``. The
+model is backend-neutral, so a CPU-only install answers for maps fitted with cuML too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.config import InputConfig
+from job.database import load_database
+from job.errors import InputError, UsageError
+from job.knn import normalise
+from job.mapmodel import MODEL_FILE, MapModel, load_model
+from job.outputs import temporary_path
+from job.placement import Placement, place
+from job.runs import FinishedRun, open_run
+
+
+@dataclass(frozen=True)
+class OpenMap:
+    """A verified run and its map model."""
+
+    run: FinishedRun
+    model: MapModel
+
+    @property
+    def input_fields(self) -> tuple[str, str]:
+        """The id and embedding field names the run read its database with."""
+        recorded = self.run.record.get("config", {}).get("input", {})
+        return str(recorded.get("id_field", "id")), str(recorded.get("embedding_field", "embedding"))
+
+
+def open_map(folder: Path) -> OpenMap:
+    """Verify ``folder`` (a ``faceatlas run`` output) and load its map model."""
+    finished = open_run(folder)
+    if MODEL_FILE not in finished.files:
+        raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
+                         "make a map that can place faces and answer map points")
+    model = load_model(finished.files[MODEL_FILE])
+    dim = finished.record.get("input", {}).get("dim")
+    if dim != model.dim:
+        raise InputError(f"{folder / MODEL_FILE}: holds {model.dim}-D centroids but run.json says input.dim "
+                         f"{dim}; rerun faceatlas run")
+    return OpenMap(finished, model)
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """What ``transform`` wrote: the file, how many faces, and whether they had ids."""
+
+    path: Path
+    n_faces: int
+    has_ids: bool
+    same_id: float | None
+
+
+def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = None,
+                   embedding_field: str | None = None, drop_invalid: bool = False, max_memory: int | None = None,
+                   log: Callable[[str], None] = lambda message: None) -> Transformed:
+    """Place the faces of ``new`` (any supported format, ids optional) on the map and write ``out``.
+
+    ``out`` (Parquet): ``row``, ``id`` (when the input has ids), ``x``, ``y`` (``z``), ``nearest_id``,
+    ``similarity``. ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
+    """
+    if out.suffix.lower() != ".parquet":
+        raise UsageError(f"--out {out}: expected a .parquet file name; e.g. --out placed.parquet")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'placed.parquet'}")
+    run_id, run_embedding = opened.input_fields
+    config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
+                         drop_invalid=drop_invalid)
+    faces = load_database(config, max_memory, log, ids_optional=True)
+    if faces.dim != opened.model.dim:
+        raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "
+                         f"was fitted on dim {opened.model.dim}; use embeddings from the same face recognizer")
+    placement = place(opened.model, normalise(faces.embeddings))
+    write_placement(out, faces.input_rows, faces.ids if faces.has_ids else None, placement)
+    same = float((placement.nearest_id == faces.ids).mean()) if faces.has_ids else None
+    return Transformed(out, faces.n_faces, faces.has_ids, same)
+
+
+def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placement: Placement) -> Path:
+    """Write placed faces as Parquet atomically (see :func:`transform_file` for the columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {"row": rows.astype(np.int64)}
+    if ids is not None:
+        columns["id"] = ids.astype(np.int64)
+    for axis, name in enumerate("xyz"[: placement.coords.shape[1]]):
+        columns[name] = np.ascontiguousarray(placement.coords[:, axis], dtype=np.float32)
+    columns["nearest_id"] = placement.nearest_id.astype(np.int64)
+    columns["similarity"] = placement.similarity.astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        pq.write_table(pa.table(columns), tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarray:
+    """The point as an array of the map's dimensionality; a 3-D map needs ``z``, a 2-D one refuses it."""
+    if opened.model.n_components == 3 and z is None:
+        raise UsageError(f"{opened.run.folder}: is a 3-D map; pass --z as well as --x and --y")
+    if opened.model.n_components == 2 and z is not None:
+        raise UsageError(f"{opened.run.folder}: is a 2-D map; drop --z")
+    return np.array([x, y] + ([z] if z is not None else []), dtype=np.float64)
+
+
+def write_vector(path: Path, vector: np.ndarray) -> Path:
+    """Save ``vector`` as a float32 ``.npy`` atomically."""
+    if path.suffix.lower() != ".npy":
+        raise UsageError(f"--out {path}: expected a .npy file name; e.g. --out point.npy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temporary_path(path)
+    try:
+        with tmp.open("wb") as handle:
+            np.save(handle, vector.astype(np.float32), allow_pickle=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
