@@ -25,11 +25,11 @@ from job.placement import invert, place
 from job.suspects import SuspectScores
 
 
-def pick_holdout(ids: IdArray, share: float, cap: int, seed: int | None) -> BoolArray:
+def pick_holdout(ids: IdArray, share: float, cap: int, seed: int | None, min_fitted: int = 0) -> BoolArray:
     """Faces to leave out of the fit: ``share`` of all faces, ``cap`` at most, at most one per identity and
-    only from identities with 3+ faces (so each keeps 2 on the map)."""
+    only from identities with 3+ faces (so each keeps 2 on the map), leaving at least ``min_fitted`` faces."""
     n_faces = len(ids)
-    wanted = min(int(round(share * n_faces)), cap)
+    wanted = min(int(round(share * n_faces)), cap, n_faces - min_fitted)
     held = np.zeros(n_faces, dtype=bool)
     if wanted <= 0:
         return held
@@ -59,8 +59,9 @@ def candidate_codes(table: IdentityTable, unit: FloatArray, fitted: IdArray, gra
 
 
 def model_from_fit(unit: FloatArray, table: IdentityTable, scores: SuspectScores, fitted: IdArray,
-                   coords: FloatArray) -> MapModel:
-    """The map model of the fitted faces ``fitted`` at ``coords`` (len(fitted), n_components).
+                   coords: FloatArray) -> tuple[MapModel, IdentityTable]:
+    """The map model of the fitted faces ``fitted`` at ``coords`` (len(fitted), n_components), and the identity
+    table its centroids come from.
 
     Centroids use fitted faces that are not suspects; a suspect face stands on the map for the identity
     it was suggested as.
@@ -69,25 +70,27 @@ def model_from_fit(unit: FloatArray, table: IdentityTable, scores: SuspectScores
     keep[fitted] = True
     keep &= ~scores.suspect
     clean = identity_table(unit, table.ids[table.codes], keep)
-    centroids = clean.centroids
-    sims = np.einsum("ij,ij->i", unit[keep], centroids[clean.codes[keep]])
-    cohesion = (np.bincount(clean.codes[keep], weights=sims, minlength=len(clean.ids))
-                / np.maximum(clean.counts, 1)).astype(np.float32)
     resolved = np.where(scores.suspect, np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
     resolved = np.where(scores.suggested_id >= 0, resolved, clean.codes)
-    return build_model(clean.ids, clean.sums, clean.counts, cohesion, coords, resolved[fitted])
+    model = build_model(clean.ids, clean.sums, clean.counts, clean.cohesion(unit, keep), coords, resolved[fitted])
+    return model, clean
+
+
+NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": None, "map_id_at_1": None},
+                "transform": {"id_at_1": None}}
 
 
 def held_out_quality(model: MapModel, unit: FloatArray, ids: IdArray) -> tuple[FloatArray, dict[str, Any]]:
     """Place held-out faces ``unit`` (n, dim) on the map, invert their positions, and score both.
 
-    Returns the placed coordinates and ``{"transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}, "n"}``;
-    transform id_at_1: the nearest fitted face on the map has the face's id; inverse id_at_1: the identity
-    most similar to the inverted vector is the face's id.
+    Returns the placed coordinates and ``{"n", "transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}}``
+    (None values when there is no face to measure); transform id_at_1: the nearest fitted face on the map
+    has the face's id; inverse id_at_1: the identity most similar to the inverted vector is the face's id.
     """
     placement = place(model, unit)
     if not len(unit):
-        return placement.coords, {"n": 0}
+        return placement.coords, {"n": 0, "inverse": dict(NULL_QUALITY["inverse"]),
+                                  "transform": dict(NULL_QUALITY["transform"])}
     _, nearest_face = model.tree().query(placement.coords, k=1)
     transform_hit = model.identity[model.face_identity[nearest_face]] == ids
     cosines, inverse_hit = np.zeros(len(unit)), np.zeros(len(unit), dtype=bool)
@@ -100,6 +103,38 @@ def held_out_quality(model: MapModel, unit: FloatArray, ids: IdArray) -> tuple[F
         inverse_hit[i] = model.identity[top_similar(vector[None, :], model.centroid, 1)[0][0, 0]] == ids[i]
     return placement.coords, {"n": int(len(unit)), "transform": {"id_at_1": float(transform_hit.mean())},
                               "inverse": {"mean_cos": float(cosines.mean()), "id_at_1": float(inverse_hit.mean())}}
+
+
+def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: FloatArray, fitted: IdArray,
+                        sample: int, seed: int | None) -> dict[str, float | None]:
+    """``invert`` where UMAP itself put faces: for up to ``sample`` fitted non-suspect faces of identities with
+    2+ such faces, each left out of the vote and out of its identity's centroid (leave-one-out), the cosine
+    between the face and the inverse of its map position (``map_mean_cos``) and whether its identity ranks
+    first there (``map_id_at_1``). This scores the map, not the embedding-space placement of ``transform``."""
+    position = {int(face): i for i, face in enumerate(fitted.tolist())}
+    codes = clean.codes
+    eligible = np.array([face for face in fitted.tolist() if clean.counts[codes[face]] >= 2
+                         and model.face_identity[position[face]] == codes[face]], dtype=np.int64)
+    if not len(eligible):
+        return {"map_mean_cos": None, "map_id_at_1": None}
+    rng = np.random.default_rng(0 if seed is None else seed)
+    chosen = np.sort(rng.choice(eligible, size=min(sample, len(eligible)), replace=False))
+    cosines, hits = [], []
+    for face in chosen.tolist():
+        code = int(codes[face])
+        rest = clean.sums[code] - unit[face]
+        rest = (rest / np.linalg.norm(rest)).astype(np.float32)
+        try:
+            vector = invert(model, model.coords[position[face]], leave_out=position[face], own=(code, rest)).vector
+        except UsageError:
+            cosines.append(0.0)
+            hits.append(False)
+            continue
+        sims = model.centroid @ vector
+        sims[code] = rest @ vector
+        cosines.append(float(vector @ unit[face]))
+        hits.append(int(np.argmax(sims)) == code)
+    return {"map_mean_cos": float(np.mean(cosines)), "map_id_at_1": float(np.mean(hits))}
 
 
 def supervised_disagreement(coords: FloatArray, codes: IdArray, fitted: IdArray, graph: Neighbors,

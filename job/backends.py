@@ -103,6 +103,7 @@ class UmapLearnBackend:
                 distances = np.sqrt(2.0 * np.maximum(distances, 0.0)).astype(np.float32)
             kwargs["precomputed_knn"] = (np.ascontiguousarray(graph.indices[:, : params.n_neighbors]),
                                          np.ascontiguousarray(distances))
+            method = graph.method
         elif method == "exact":
             exact = exact_knn(unit, params.n_neighbors, params.metric)
             kwargs["precomputed_knn"] = (exact.indices, exact.distances)

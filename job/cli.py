@@ -215,9 +215,10 @@ def invert(
     """The unit embedding vector for a map point, with its estimated fidelity (cosine to a face there)."""
     with _errors_to_exit_codes():
         from job.placement import invert as invert_point
-        from job.queries import map_point, open_map, write_vector
+        from job.queries import check_vector_out, map_point, open_map, write_vector
 
         opened = open_map(folder)
+        check_vector_out(opened, out)
         inversion = invert_point(opened.model, map_point(opened, x, y, z))
         if out is not None:
             write_vector(out, inversion.vector)

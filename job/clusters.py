@@ -1,4 +1,10 @@
-"""Clusters on the map: HDBSCAN (scikit-learn on CPU, cuML on a GPU), scored against the identity ids."""
+"""Clusters on the map: HDBSCAN (scikit-learn on CPU, cuML on a GPU), scored against the identity ids.
+
+scikit-learn's HDBSCAN builds its minimum spanning tree with Prim's method, which compares every pair of
+points (16k points ~1.8 s, 4x per doubling). On CPU it therefore clusters a random sample of at most
+``sample`` faces; every other face takes the cluster of its nearest sampled face on the map (a k-d tree,
+n log n), or noise when that face is noise.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +13,12 @@ import numpy as np
 from job.arrays import FloatArray, IdArray
 
 
-def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False) -> IdArray:
+def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False, sample: int = 20_000,
+                seed: int | None = None) -> IdArray:
     """HDBSCAN labels of the map points ``coords`` (n_faces, n_components): int64, -1 = noise."""
-    if len(coords) < max(min_size, 2):
-        return np.full(len(coords), -1, dtype=np.int64)
+    n_faces = len(coords)
+    if n_faces < max(min_size, 2):
+        return np.full(n_faces, -1, dtype=np.int64)
     if use_gpu:
         from cuml.cluster import HDBSCAN as GpuHDBSCAN
 
@@ -18,8 +26,15 @@ def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False) -> IdA
         return np.asarray(labels, dtype=np.int64)
     from sklearn.cluster import HDBSCAN
 
-    # a k-d tree suits 2-D/3-D points; copy=True leaves the caller's array untouched
-    return HDBSCAN(min_cluster_size=min_size, algorithm="kd_tree", copy=True).fit_predict(coords).astype(np.int64)
+    if n_faces <= sample:
+        return HDBSCAN(min_cluster_size=min_size, algorithm="kd_tree", copy=True).fit_predict(coords).astype(np.int64)
+    from scipy.spatial import cKDTree
+
+    rng = np.random.default_rng(0 if seed is None else seed)
+    chosen = np.sort(rng.choice(n_faces, size=max(sample, min_size), replace=False))
+    labels = HDBSCAN(min_cluster_size=min_size, algorithm="kd_tree", copy=True).fit_predict(coords[chosen])
+    _, nearest = cKDTree(coords[chosen]).query(coords, k=1, workers=-1)
+    return labels[nearest].astype(np.int64)
 
 
 def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:

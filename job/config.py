@@ -107,7 +107,7 @@ class AnalysisConfig(_Section):
     """Misfiled faces, look-alikes, clusters and the held-out check of transform/invert (all in 512-D)."""
 
     neighbours: int = Field(10, ge=1, le=100, description="nearest faces whose identities are suspect candidates")
-    suspect_margin: float = Field(0.0, ge=-1.0, le=1.0, description="suspect when (best other identity cosine) - "
+    suspect_margin: float = Field(0.0, ge=0.0, le=2.0, description="suspect when (best other identity cosine) - "
                                   "(own identity cosine) exceeds this")
     lookalike_k: int = Field(10, ge=1, le=100, description="nearest identities checked per identity")
     lookalike_top: int = Field(100, ge=0, description="pairs always listed in lookalikes.csv")
@@ -116,7 +116,8 @@ class AnalysisConfig(_Section):
                            "transform/invert (placed on the map afterwards); 0 = fit every face")
     holdout_max: int = Field(1000, ge=0, description="at most this many held-out faces")
     cluster_min_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size on the map")
-    cluster_max_faces: int = Field(2_000_000, ge=0, description="CPU: skip clustering above this (cluster -1)")
+    cluster_sample: int = Field(20_000, ge=100, description="CPU: HDBSCAN on at most this many faces (its tree "
+                                "is quadratic); the others take the cluster of their nearest sampled face")
     disagreement_k: int = Field(5, ge=1, le=100, description="--supervised: neighbours compared map vs 512-D")
 
 

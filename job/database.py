@@ -124,7 +124,8 @@ def load_database(config: InputConfig, max_memory: int | None = None,
         ids = raw.ids if raw.ids is not None else np.full(len(raw.embeddings), -1, dtype=np.int64)
         checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory)
         digest = digest or file_sha256(path)
-        truth = None if is_url(config.path) else read_truth(path, len(ids))
+        # new faces for a map (ids optional) carry no planted truth of their own
+        truth = None if is_url(config.path) or ids_optional else read_truth(path, len(ids))
         database = FaceDatabase(checked.ids, checked.embeddings, source, str(raw.embeddings.dtype), digest,
                                 truth=truth, rows=checked.rows, dropped=checked.dropped,
                                 has_ids=raw.ids is not None)

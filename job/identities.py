@@ -14,6 +14,8 @@ import numpy as np
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.knn import top_k
 
+ROW_BLOCK = 1 << 16
+
 
 @dataclass(frozen=True)
 class IdentityTable:
@@ -37,11 +39,11 @@ class IdentityTable:
         """Unit-length mean face of each identity: (n_identities, dim) float32."""
         return unit_rows(self.sums)
 
-    def cohesion(self, unit: FloatArray) -> FloatArray:
-        """Mean cosine of each identity's faces to its centroid (1.0 for one face): (n_identities,) float32."""
-        centroids = self.centroids
-        sims = np.einsum("ij,ij->i", unit, centroids[self.codes])
-        return (np.bincount(self.codes, weights=sims, minlength=len(self.ids)) /
+    def cohesion(self, unit: FloatArray, keep: BoolArray | None = None) -> FloatArray:
+        """Mean cosine of each identity's faces (those in ``keep``) to its centroid: (n_identities,) float32."""
+        rows = np.flatnonzero(keep) if keep is not None else np.arange(len(self.codes))
+        sims = rowwise_dot(unit, self.centroids, self.codes[rows], rows)
+        return (np.bincount(self.codes[rows], weights=sims, minlength=len(self.ids)) /
                 np.maximum(self.counts, 1)).astype(np.float32)
 
 
@@ -49,23 +51,34 @@ def identity_table(unit: FloatArray, ids: IdArray, keep: BoolArray | None = None
     """Group the unit faces ``unit`` (n_faces, dim) by ``ids`` (n_faces,); ``keep`` leaves faces out of the sums.
 
     Faces left out still get a code (their identity's), but count towards neither ``counts`` nor ``sums``.
+    Summed in row blocks, so the float64 temporaries stay at ``ROW_BLOCK`` x dim at any database size.
     """
     unique, codes = np.unique(ids, return_inverse=True)
     weight = np.ones(len(ids), dtype=bool) if keep is None else keep
     counts = np.bincount(codes[weight], minlength=len(unique)).astype(np.int64)
     sums = np.zeros((len(unique), unit.shape[1]), dtype=np.float64)
-    order = np.argsort(codes[weight], kind="stable")
-    kept = np.flatnonzero(weight)[order]
-    if len(kept):
-        starts = np.flatnonzero(np.r_[True, np.diff(codes[kept]) != 0])
-        block = 1 << 18  # rows per reduceat call: bounded float64 temporaries at millions of faces
-        for first in range(0, len(starts), block):
-            group_starts = starts[first : first + block]
-            stop = starts[first + block] if first + block < len(starts) else len(kept)
-            rows = kept[group_starts[0] : stop]
-            sums[codes[rows[group_starts - group_starts[0]]]] = np.add.reduceat(
-                unit[rows].astype(np.float64), group_starts - group_starts[0], axis=0)
+    kept = np.flatnonzero(weight)
+    kept = kept[np.argsort(codes[kept], kind="stable")]
+    for first in range(0, len(kept), ROW_BLOCK):
+        rows = kept[first : first + ROW_BLOCK]
+        block_codes = codes[rows]
+        starts = np.flatnonzero(np.r_[True, np.diff(block_codes) != 0])
+        # codes are unique within a block, so += adds each group once (a group may span two blocks)
+        sums[block_codes[starts]] += np.add.reduceat(unit[rows].astype(np.float64), starts, axis=0)
     return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, sums)
+
+
+def rowwise_dot(unit: FloatArray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
+    """``unit[rows[i]] . others[index[i]]`` for every i, in row blocks (no n_faces x dim temporaries).
+
+    ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),).
+    """
+    out = np.empty(len(index), dtype=np.float64)
+    for first in range(0, len(index), ROW_BLOCK):
+        chosen = slice(first, first + ROW_BLOCK)
+        faces = unit[chosen] if rows is None else unit[rows[chosen]]
+        out[chosen] = np.einsum("ij,ij->i", faces, others[index[chosen]])
+    return out
 
 
 def unit_rows(vectors: np.ndarray) -> FloatArray:

@@ -14,14 +14,17 @@ import numpy as np
 from job.arrays import FloatArray
 
 _BLOCK_BYTES = 64 << 20
+EXACT_ALWAYS = 4096  # below this many rows exact search is cheap and NN-descent not worth it (as in umap-learn)
 
 
 @dataclass(frozen=True)
 class Neighbors:
-    """kNN graph: ``indices`` (n_faces, k) int32 with each face itself first, ``distances`` (n_faces, k) float32."""
+    """kNN graph: ``indices`` (n_faces, k) int32 with each face itself first, ``distances`` (n_faces, k) float32,
+    and how it was found: ``method`` "exact" or "approximate" (NN-descent)."""
 
     indices: np.ndarray
     distances: FloatArray
+    method: str = "exact"
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -95,19 +98,29 @@ def neighbours(unit: FloatArray, k: int, exact_max: int = 50_000, seed: int | No
 
     NN-descent (pynndescent, which umap-learn already uses) keeps the cost near n log n for millions of rows.
     """
-    if len(unit) <= exact_max:
+    if len(unit) <= max(exact_max, EXACT_ALWAYS):
         return exact_knn(unit, k)
     from pynndescent import NNDescent
 
     k = min(k, len(unit))
     index = NNDescent(unit, metric="cosine", n_neighbors=max(k, 2), random_state=seed, low_memory=True,
                       compressed=True)
-    indices, distances = index.neighbor_graph
-    indices, distances = np.asarray(indices[:, :k], dtype=np.int32), np.asarray(distances[:, :k], dtype=np.float32)
-    own = np.arange(len(unit))
-    # NN-descent may miss a row itself or place a duplicate first: put the row first in every list
-    missing = indices[:, 0] != own
-    indices[missing, 1:] = indices[missing, :-1]
-    distances[missing, 1:] = distances[missing, :-1]
-    indices[:, 0], distances[:, 0] = own, 0.0
-    return Neighbors(indices, distances)
+    found, found_distances = index.neighbor_graph
+    return _self_first(np.asarray(found), np.asarray(found_distances), k)
+
+
+def _self_first(found: np.ndarray, distances: np.ndarray, k: int) -> Neighbors:
+    """Each row's own index first, then its neighbours in order without itself or NN-descent's -1 (missing)
+    entries; a row short of neighbours repeats itself at distance 0, which every user ignores as a self-loop."""
+    n_rows = len(found)
+    own = np.arange(n_rows)
+    drop = (found == own[:, None]) | (found < 0)
+    order = np.argsort(drop, axis=1, kind="stable")  # valid entries first, in their order
+    found = np.take_along_axis(found, order, axis=1)[:, : k - 1]
+    distances = np.take_along_axis(distances, order, axis=1)[:, : k - 1]
+    missing = np.take_along_axis(drop, order, axis=1)[:, : k - 1]
+    found = np.where(missing, own[:, None], found)
+    distances = np.where(missing, 0.0, distances)
+    indices = np.concatenate([own[:, None], found], axis=1).astype(np.int32)
+    return Neighbors(indices, np.concatenate([np.zeros((n_rows, 1)), distances], axis=1).astype(np.float32),
+                     "approximate")

@@ -16,6 +16,7 @@ the map, so a CPU-only install can use a map fitted by cuML:
 
 from __future__ import annotations
 
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -106,17 +107,22 @@ def load_model(path: Path) -> MapModel:
     try:
         with np.load(path, allow_pickle=False) as archive:
             arrays = {name: archive[name] for name in _FIELDS}
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"{path}: not a faceatlas map model ({type(exc).__name__}); rerun faceatlas run") from None
     for name, kind in _FIELDS.items():
         if arrays[name].dtype.kind != kind:
             raise InputError(f"{path}: field {name} has dtype {arrays[name].dtype}; rerun faceatlas run")
+    dims = {"identity": 1, "centroid": 2, "count": 1, "cohesion": 1, "anchor": 2, "coords": 2, "face_identity": 1,
+            "radius": 0}
+    if any(arrays[name].ndim != ndim for name, ndim in dims.items()) or arrays["coords"].shape[1] not in (2, 3):
+        raise InputError(f"{path}: arrays of unexpected shapes; rerun faceatlas run")
     n_ids, n_faces = len(arrays["identity"]), len(arrays["coords"])
-    shapes_ok = (arrays["centroid"].ndim == 2 and arrays["centroid"].shape[0] == n_ids
+    shapes_ok = (arrays["centroid"].shape[0] == n_ids
                  and arrays["anchor"].shape == (n_ids, arrays["coords"].shape[1])
                  and len(arrays["count"]) == n_ids == len(arrays["cohesion"]) and arrays["radius"].shape == ()
-                 and arrays["face_identity"].shape == (n_faces,) and n_faces > 0
-                 and int(arrays["face_identity"].max()) < n_ids and int(arrays["face_identity"].min()) >= 0)
+                 and arrays["face_identity"].shape == (n_faces,) and n_faces > 0 and n_ids > 0
+                 and int(arrays["face_identity"].max()) < n_ids and int(arrays["face_identity"].min()) >= 0
+                 and all(np.isfinite(arrays[name]).all() for name in ("centroid", "coords", "radius")))
     if not shapes_ok:
         raise InputError(f"{path}: arrays of inconsistent shapes; rerun faceatlas run")
     return MapModel(arrays["identity"].astype(np.int64), arrays["centroid"].astype(np.float32),

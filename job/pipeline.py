@@ -18,6 +18,7 @@ from job.analysis import (
     against_truth,
     candidate_codes,
     held_out_quality,
+    map_inverse_quality,
     model_from_fit,
     pick_holdout,
     supervised_disagreement,
@@ -83,7 +84,8 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
     _warn_about(database, log)
     ids, settings = database.ids, config.analysis
     with _timed(timings, "knn"):
-        held = pick_holdout(ids, settings.holdout, settings.holdout_max, config.seed)
+        held = pick_holdout(ids, settings.holdout, settings.holdout_max, config.seed,
+                            min_fitted=config.umap.n_neighbors + 1)
         fitted, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
         graph = neighbours(unit[fitted], max(config.umap.n_neighbors, settings.neighbours + 1),
                            _exact_max(config, len(fitted)), config.seed)
@@ -152,16 +154,15 @@ def _analyse(config: Config, database: FaceDatabase, unit: FloatArray, table: Id
              backend: str) -> _Analysis:
     """Everything decided after UMAP: the map model, held-out placement and quality, clusters, look-alikes."""
     settings, ids = config.analysis, database.ids
-    model = model_from_fit(unit, table, scores, fitted, fit_coords)
+    model, clean = model_from_fit(unit, table, scores, fitted, fit_coords)
     coords = np.empty((database.n_faces, fit_coords.shape[1]), dtype=np.float32)
     coords[fitted] = fit_coords
     coords[held_rows] = place(model, unit[held_rows]).coords if len(held_rows) else coords[held_rows]
     judged = held_rows[~scores.suspect[held_rows]]  # a held-out face filed under the wrong id proves nothing
     _, quality = held_out_quality(model, unit[judged], ids[judged])
-    if len(fitted) <= settings.cluster_max_faces or backend == "cuml":
-        clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=backend == "cuml")
-    else:
-        clusters = np.full(database.n_faces, -1, dtype=np.int64)
+    quality["inverse"].update(map_inverse_quality(model, clean, unit, fitted, settings.holdout_max, config.seed))
+    clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=backend == "cuml",
+                           sample=settings.cluster_sample, seed=config.seed)
     pairs = find_lookalikes(identity_table(unit, ids, ~scores.suspect), settings.lookalike_k,
                             settings.lookalike_top, settings.lookalike_threshold,
                             _exact_max(config, len(table.ids)))
@@ -179,9 +180,9 @@ def _analyse(config: Config, database: FaceDatabase, unit: FloatArray, table: Id
     metrics: dict[str, Any] = {
         "suspects": int(scores.suspect.sum()),
         "clusters": agreement(clusters, ids),
-        "held_out": quality.get("n", 0),
-        "inverse": quality.get("inverse", {}),
-        "transform": quality.get("transform", {}),
+        "held_out": quality["n"],
+        "inverse": quality["inverse"],
+        "transform": quality["transform"],
     }
     if config.umap.supervised:
         metrics["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())

@@ -58,8 +58,13 @@ def place(model: MapModel, unit: FloatArray, candidates: int = 5) -> Placement:
     return Placement(coords, model.identity[usable[index[:, 0]]], sims[:, 0].astype(np.float32))
 
 
-def invert(model: MapModel, point: FloatArray) -> Inversion:
+def invert(model: MapModel, point: FloatArray, leave_out: int = -1, own: tuple[int, FloatArray] | None = None
+           ) -> Inversion:
     """The embedding-space unit vector for ``point`` (n_components,) on the map.
+
+    ``leave_out`` and ``own`` serve the leave-one-out check of the map's inverse: the fitted face
+    ``leave_out`` does not vote, and identity ``own[0]`` (an index into ``model.identity``) is represented
+    by the centroid ``own[1]`` (its faces without that face).
 
     Raises
     ------
@@ -70,10 +75,13 @@ def invert(model: MapModel, point: FloatArray) -> Inversion:
     if point.shape != (model.n_components,) or not np.isfinite(point).all():
         raise UsageError(f"map point {point.tolist()}: expected {model.n_components} finite coordinates; "
                          "pass --x and --y" + (" and --z" if model.n_components == 3 else ""))
-    k = min(VOTERS, len(model.coords))
+    k = min(VOTERS + (leave_out >= 0), len(model.coords))
     distances, faces = model.tree().query(point, k=k)
     distances, faces = np.atleast_1d(distances), np.atleast_1d(faces)
-    if distances[0] > model.radius:
+    voters = faces != leave_out
+    distances, faces = distances[voters], faces[voters]
+    k = len(faces)
+    if not k or distances[0] > model.radius:
         lo, hi = model.coords.min(axis=0), model.coords.max(axis=0)
         extent = ", ".join(f"{axis} {a:.2f}..{b:.2f}" for axis, a, b in zip("xyz", lo, hi, strict=False))
         raise UsageError(f"map point ({', '.join(f'{v:g}' for v in point)}) is {distances[0]:.3g} from the "
@@ -86,8 +94,11 @@ def invert(model: MapModel, point: FloatArray) -> Inversion:
     share /= share.sum()
     sharp = share**SHARPEN
     weights = sharp / sharp.sum()
-    vector = unit_rows((weights[:, None] * model.centroid[identities]).sum(axis=0, keepdims=True))[0]
-    fidelity = float(np.sum(share * model.cohesion[identities] * (model.centroid[identities] @ vector)))
+    centroids = model.centroid[identities]
+    if own is not None and (identities == own[0]).any():
+        centroids[identities == own[0]] = own[1]
+    vector = unit_rows((weights[:, None] * centroids).sum(axis=0, keepdims=True))[0]
+    fidelity = float(np.sum(share * model.cohesion[identities] * (centroids @ vector)))
     return Inversion(vector.astype(np.float32), fidelity, float(distances[0]))
 
 
@@ -106,9 +117,11 @@ def nearest(model: MapModel, point: FloatArray, k: int = 10) -> list[Neighbour]:
     inversion = invert(model, point)
     index, sims = top_similar(inversion.vector[None, :], model.centroid, k)
     point = np.asarray(point, dtype=np.float32).reshape(-1)
+    order = np.argsort(model.face_identity, kind="stable")
+    bounds = np.searchsorted(model.face_identity[order], np.stack([index[0], index[0] + 1]))
     answers = []
-    for code, similarity in zip(index[0].tolist(), sims[0].tolist(), strict=True):
-        own = model.coords[model.face_identity == code]
+    for rank, (code, similarity) in enumerate(zip(index[0].tolist(), sims[0].tolist(), strict=True)):
+        own = model.coords[order[bounds[0, rank] : bounds[1, rank]]]
         distance = float(np.linalg.norm(own - point, axis=1).min()) if len(own) else float("inf")
         answers.append(Neighbour(int(model.identity[code]), float(similarity), distance))
     return answers

@@ -35,7 +35,7 @@ class OpenMap:
     @property
     def input_fields(self) -> tuple[str, str]:
         """The id and embedding field names the run read its database with."""
-        recorded = self.run.record.get("config", {}).get("input", {})
+        recorded = _section(_section(self.run.record, "config"), "input")
         return str(recorded.get("id_field", "id")), str(recorded.get("embedding_field", "embedding"))
 
 
@@ -46,11 +46,23 @@ def open_map(folder: Path) -> OpenMap:
         raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
                          "make a map that can place faces and answer map points")
     model = load_model(finished.files[MODEL_FILE])
-    dim = finished.record.get("input", {}).get("dim")
+    dim = _section(finished.record, "input").get("dim")
     if dim != model.dim:
         raise InputError(f"{folder / MODEL_FILE}: holds {model.dim}-D centroids but run.json says input.dim "
                          f"{dim}; rerun faceatlas run")
     return OpenMap(finished, model)
+
+
+def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
+def _outside(folder: Path, out: Path) -> None:
+    """Refuse an output file inside the run folder: it would change a file run.json vouches for."""
+    if out.resolve().parent == folder.resolve():
+        raise UsageError(f"--out {out}: is inside the run folder {folder}, whose files run.json vouches for; "
+                         "write it somewhere else")
 
 
 @dataclass(frozen=True)
@@ -75,6 +87,7 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
         raise UsageError(f"--out {out}: expected a .parquet file name; e.g. --out placed.parquet")
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'placed.parquet'}")
+    _outside(opened.run.folder, out)
     run_id, run_embedding = opened.input_fields
     config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
                          drop_invalid=drop_invalid)
@@ -110,6 +123,15 @@ def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placem
     return path
 
 
+def check_vector_out(opened: OpenMap, out: Path | None) -> None:
+    """``invert --out``: a ``.npy`` file name outside the run folder (checked before any work)."""
+    if out is None:
+        return
+    if out.suffix.lower() != ".npy":
+        raise UsageError(f"--out {out}: expected a .npy file name; e.g. --out point.npy")
+    _outside(opened.run.folder, out)
+
+
 def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarray:
     """The point as an array of the map's dimensionality; a 3-D map needs ``z``, a 2-D one refuses it."""
     if opened.model.n_components == 3 and z is None:
@@ -121,8 +143,6 @@ def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarra
 
 def write_vector(path: Path, vector: np.ndarray) -> Path:
     """Save ``vector`` as a float32 ``.npy`` atomically."""
-    if path.suffix.lower() != ".npy":
-        raise UsageError(f"--out {path}: expected a .npy file name; e.g. --out point.npy")
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:

@@ -4,13 +4,13 @@ Decided in the embedding space, never on the map. For face i filed under identit
 
 * ``own`` = cosine of i to the centroid of c's *other* faces (leave-one-out, so a face does not vouch for
   itself). An identity with a single face has no other faces: its ``own`` is the database's median
-  ``own``, i.e. "as alike as a typical face is to its own identity" — a lone face is only flagged when it
-  resembles another identity more than faces typically resemble their own.
+  ``own`` ("as alike as a typical face is to its own identity"), so a lone face gets an honest score — but
+  it is never a suspect, by the majority rule below: one face cannot be outvoted by its own identity.
 * ``other`` = best cosine of i to another identity's centroid, among candidate identities: those of i's
   ``k`` nearest faces, and the ``m`` identities whose centroids are nearest to c's. So the cost is
   n_faces x (k + m) x dim plus one kNN graph, never all pairs.
-* ``score`` = ``other - own``; a face is a suspect when the score exceeds ``margin`` (0: more like another
-  identity than like its own). ``suggested_id`` is the most similar identity of all, its own included.
+* ``score`` = ``other - own``; a face is a suspect when the score exceeds ``margin`` (>= 0; 0: more like
+  another identity than like its own). ``suggested_id`` is the most similar identity of all, its own included.
 * When more than half of an identity's faces pass the margin, none of them is a suspect: the identity as a
   whole resembles another (a look-alike, or one person filed under two ids), which ``lookalikes`` reports.
 """
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
-from job.identities import IdentityTable
+from job.identities import IdentityTable, rowwise_dot
 from job.knn import neighbours
 
 
@@ -52,12 +52,14 @@ def score_faces(unit: FloatArray, table: IdentityTable, nearby: IdArray, margin:
     codes, counts, sums = table.codes, table.counts, table.sums
     n_faces, n_ids = len(unit), len(table.ids)
     centroids = table.centroids
-    rest = sums[codes] - unit  # the face's identity without the face itself
-    rest_norm = np.linalg.norm(rest, axis=1)
+    # the face's identity without the face itself: |s - u|^2 = |s|^2 - 2 u.s + 1 for a unit u
+    dot = rowwise_dot(unit, sums, codes)
+    squared = np.einsum("ij,ij->i", sums, sums)[codes] - 2.0 * dot + 1.0
     lone = counts[codes] <= 1
-    own = np.where(lone, np.nan, np.einsum("ij,ij->i", unit, rest) / np.where(rest_norm > 0, rest_norm, 1.0))
-    typical = float(np.nanmedian(own)) if (~lone).any() else 1.0
-    own = np.where(lone, typical, own).astype(np.float32)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = np.where(lone | (squared <= 1e-12), np.nan, (dot - 1.0) / np.sqrt(np.maximum(squared, 1e-12)))
+    typical = float(np.nanmedian(own)) if np.isfinite(own).any() else 1.0
+    own = np.where(np.isfinite(own), own, typical).astype(np.float32)
 
     near_ids = neighbours(centroids, centroid_candidates + 1, exact_max).indices.astype(np.int64)
     candidates = np.concatenate([nearby, near_ids[codes]], axis=1)
@@ -65,8 +67,8 @@ def score_faces(unit: FloatArray, table: IdentityTable, nearby: IdArray, margin:
     best = np.full(n_faces, -1, dtype=np.int64)
     for column in range(candidates.shape[1]):
         candidate = candidates[:, column]
-        sims = np.einsum("ij,ij->i", unit, centroids[candidate])
-        better = (candidate != codes) & (sims > other)
+        sims = rowwise_dot(unit, centroids, candidate).astype(np.float32)
+        better = (candidate >= 0) & (candidate != codes) & (sims > other)
         other[better], best[better] = sims[better], candidate[better]
     found = best >= 0
     score = np.where(found, other - own, -np.inf).astype(np.float32)

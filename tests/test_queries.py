@@ -52,7 +52,8 @@ def test_run_writes_the_analysis_contract(run_dir: Path, projection) -> None:
     metrics = record["metrics"]
     assert {"suspects", "clusters", "inverse", "transform", "suspect_precision", "suspect_recall",
             "lookalike_recall"} <= set(metrics)
-    assert set(metrics["clusters"]) >= {"n", "ari", "nmi"} and set(metrics["inverse"]) == {"mean_cos", "id_at_1"}
+    assert set(metrics["clusters"]) >= {"n", "ari", "nmi"}
+    assert set(metrics["inverse"]) == {"mean_cos", "id_at_1", "map_mean_cos", "map_id_at_1"}
     assert set(metrics["transform"]) == {"id_at_1"} and metrics["held_out"] > 0
     assert metrics["suspects"] == int(projection["suspect"].sum()) > 0
     assert projection["held_out"].sum() == metrics["held_out"] + int(projection["suspect"][projection["held_out"]]
@@ -166,7 +167,6 @@ def test_transform_refuses_bad_inputs_in_one_line(run_dir: Path, tmp_path: Path)
 
 
 def test_a_swapped_model_is_refused_and_never_unpickled(run_dir: Path, tmp_path: Path) -> None:
-    import pickle
 
     copy = tmp_path / "run"
     shutil.copytree(run_dir, copy)
@@ -187,7 +187,17 @@ def test_a_swapped_model_is_refused_and_never_unpickled(run_dir: Path, tmp_path:
     (copy / "run.json").write_text(json.dumps(record))
     result = _invoke("transform", copy, tmp_path / "new.npy", "--out", tmp_path / "o.parquet")
     _one_line_error(result, 3, "map_model.npz")
-    assert not canary.exists() and pickle  # nothing was unpickled
+    assert not canary.exists()  # nothing was unpickled
+    for broken in (b"PK\x03\x04 not really a zip", b""):  # a corrupt archive is an input error, not a crash
+        (copy / "map_model.npz").write_bytes(broken)
+        record["file_sha256"]["map_model.npz"] = file_sha256(copy / "map_model.npz")
+        (copy / "run.json").write_text(json.dumps(record))
+        _one_line_error(_invoke("nearest", copy, "--x", 0, "--y", 0), 3, "not a faceatlas map model")
+    shutil.copy(run_dir / "map_model.npz", copy / "map_model.npz")
+    record["file_sha256"]["map_model.npz"] = file_sha256(copy / "map_model.npz")
+    record["input"] = "not a dict"
+    (copy / "run.json").write_text(json.dumps(record))
+    _one_line_error(_invoke("nearest", copy, "--x", 0, "--y", 0), 3, "run.json says input.dim None")
 
 
 def test_nearest_ranks_identities_at_a_face_position(run_dir: Path, projection) -> None:
@@ -202,7 +212,8 @@ def test_nearest_ranks_identities_at_a_face_position(run_dir: Path, projection) 
         assert sims == sorted(sims, reverse=True)
         hits += answers[0]["id"] == face["id"]
     assert hits >= 16
-    text = _invoke("nearest", run_dir, "--x", 0, "--y", 0)
+    face = fitted.iloc[0]
+    text = _invoke("nearest", run_dir, "--x", face["x"], "--y", face["y"])
     assert text.exit_code == 0 and len(text.stdout.strip().splitlines()) == 11  # header + 10
 
 
@@ -220,9 +231,55 @@ def test_invert_gives_a_unit_vector_close_to_the_faces_there(run_dir: Path, proj
     assert np.allclose(as_json["vector"], vector, atol=1e-6) and 0.3 < as_json["fidelity"] <= 1.0
 
 
-def test_points_off_the_map_are_refused(run_dir: Path, projection) -> None:
+def test_points_off_the_map_are_refused(run_dir: Path, projection, tmp_path: Path) -> None:
     far = float(projection["x"].max() + 1000)
     for command in ("invert", "nearest"):
         _one_line_error(_invoke(command, run_dir, "--x", far, "--y", 0), 2, "outside the populated map")
+    _one_line_error(_invoke("invert", run_dir, "--x", far, "--y", 0, "--out", tmp_path / "v.npy"), 2, "outside")
+    assert not list(tmp_path.iterdir())  # no vector file for a point that has none
+    _one_line_error(_invoke("invert", run_dir, "--x", 0, "--y", 0, "--out", run_dir / "v.npy"), 2,
+                    "inside the run folder")
+    _one_line_error(_invoke("transform", run_dir, run_dir / "map_model.npz", "--out", run_dir / "projection.parquet"),
+                    2, "inside the run folder")
     _one_line_error(_invoke("nearest", run_dir, "--x", 0, "--y", 0, "--z", 1), 2, "2-D map")
     _one_line_error(_invoke("invert", run_dir, "--x", "nan", "--y", 0), 2, "finite")
+
+
+def test_three_dimensional_maps_answer_with_z(small_db: Path, tmp_path: Path) -> None:
+    out = tmp_path / "map3d"
+    result = _invoke("run", "--config", Path(__file__).parents[1] / "configs" / "smoke.toml", "--input", small_db,
+                     "--out", out, "--n-components", "3")
+    assert result.exit_code == 0, result.output
+    table = pq.read_table(out / "projection.parquet").to_pandas()
+    face = table[~table["held_out"] & ~table["suspect"]].iloc[3]
+    point = ["--x", face["x"], "--y", face["y"], "--z", face["z"]]
+    answers = json.loads(_invoke("nearest", out, *point, "-k", 3, "--json").stdout)
+    assert answers[0]["id"] == face["id"]
+    assert len(json.loads(_invoke("invert", out, *point, "--json").stdout)["vector"]) == 512
+    _one_line_error(_invoke("nearest", out, "--x", face["x"], "--y", face["y"]), 2, "3-D map")
+    ids, faces = _new_faces(tmp_path)
+    np.savez(tmp_path / "new.npz", ids=ids, embeddings=faces)
+    result = _invoke("transform", out, tmp_path / "new.npz", "--out", tmp_path / "p.parquet")
+    assert result.exit_code == 0, result.output
+    assert pq.read_table(tmp_path / "p.parquet").column_names == ["row", "id", "x", "y", "z", "nearest_id",
+                                                                  "similarity"]
+
+
+def test_one_identity_and_no_holdout_still_write_every_key(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    centre = rng.standard_normal(64)
+    faces = (centre + 0.5 * rng.standard_normal((40, 64))).astype(np.float32)
+    np.savez(tmp_path / "one.npz", ids=np.zeros(40, dtype=np.int64), embeddings=faces)
+    out = tmp_path / "out"
+    result = _invoke("run", "--config", Path(__file__).parents[1] / "configs" / "smoke.toml", "--input",
+                     tmp_path / "one.npz", "--out", out, "--set", "analysis.holdout=0")
+    assert result.exit_code == 0, result.output
+    metrics = json.loads((out / "run.json").read_text())["metrics"]
+    assert metrics["suspects"] == 0 and metrics["held_out"] == 0
+    assert metrics["inverse"]["mean_cos"] is None and metrics["transform"] == {"id_at_1": None}
+    assert metrics["inverse"]["map_mean_cos"] > 0.5  # the map's own leave-one-out inverse still measured
+    table = pq.read_table(out / "projection.parquet").to_pandas()
+    assert (table["suggested_id"] == 0).all() and not table["suspect"].any()
+    assert list(csv.reader((out / "lookalikes.csv").open())) == [["id_a", "id_b", "similarity"]]
+    answers = json.loads(_invoke("nearest", out, "--x", table["x"][0], "--y", table["y"][0], "--json").stdout)
+    assert [a["id"] for a in answers] == [0]
