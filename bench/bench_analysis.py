@@ -10,8 +10,9 @@
    transform id_at_1: the nearest fitted face on the map has the face's id. inverse: cosine between the
    face and the inverse of its map position (each method's own placement, and umap-learn's inverse at our
    placement), id_at_1: the most similar identity centroid of the inverted vector is the face's id.
-4. Cost: analysis time (kNN graph + suspects + look-alikes, NN-descent forced) at 4x and 16x the faces,
-   to show it grows ~linearly, not quadratically; and analysis vs UMAP time on the standard demo.
+4. Cost: analysis vs UMAP time in whole runs on the standard demo (run.json timings), and analysis time
+   (kNN graph + suspects + look-alikes, NN-descent forced) at 4x and 16x the faces, to show it grows
+   ~linearly, not quadratically.
 
     python bench/bench_analysis.py [--repeats 3] [--skip-scaling]
 """
@@ -163,12 +164,35 @@ def scaling_section(repeats: int) -> None:
         previous = median
 
 
+def pipeline_section(repeats: int) -> None:
+    import json
+    import subprocess
+    import sys
+    import tempfile
+    from pathlib import Path
+
+    print("== whole run on the standard demo: analysis stages vs the UMAP fit (fresh processes) ==")
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for _ in range(repeats + 1):  # the first fills numba's cache and is dropped
+            subprocess.run([sys.executable, "-m", "job", "run", "--out", str(Path(tmp) / "out")], check=True,
+                           capture_output=True)
+            rows.append(json.loads((Path(tmp) / "out" / "run.json").read_text())["timings"])
+    rows = rows[1:]
+    for stage in ("knn", "suspects", "umap", "analysis", "render"):
+        print(f"{stage:<9} median {statistics.median(r[stage] for r in rows):6.2f} s")
+    ratio = statistics.median((r["suspects"] + r["analysis"]) / r["umap"] for r in rows)
+    shared = statistics.median((r["knn"] + r["suspects"] + r["analysis"]) / r["umap"] for r in rows)
+    print(f"ratio (suspects + analysis) / umap: {ratio:.2f}; with the kNN graph (shared with UMAP): {shared:.2f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-scaling", action="store_true")
     args = parser.parse_args()
     suspects_section(args.repeats)
+    pipeline_section(args.repeats)
     placement_section()
     if not args.skip_scaling:
         scaling_section(args.repeats)
