@@ -111,21 +111,22 @@ def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: FloatArray,
     2+ such faces, each left out of the vote and out of its identity's centroid (leave-one-out), the cosine
     between the face and the inverse of its map position (``map_mean_cos``) and whether its identity ranks
     first there (``map_id_at_1``). This scores the map, not the embedding-space placement of ``transform``."""
-    position = {int(face): i for i, face in enumerate(fitted.tolist())}
     codes = clean.codes
-    eligible = np.array([face for face in fitted.tolist() if clean.counts[codes[face]] >= 2
-                         and model.face_identity[position[face]] == codes[face]], dtype=np.int64)
+    fitted_codes = codes[fitted]
+    # a suspect stands for its suggested identity on the map: only faces standing for their own identity count
+    ok = (clean.counts[fitted_codes] >= 2) & (model.face_identity == fitted_codes)
+    eligible = np.flatnonzero(ok)  # positions among the fitted faces
     if not len(eligible):
         return {"map_mean_cos": None, "map_id_at_1": None}
     rng = np.random.default_rng(0 if seed is None else seed)
     chosen = np.sort(rng.choice(eligible, size=min(sample, len(eligible)), replace=False))
     cosines, hits = [], []
-    for face in chosen.tolist():
-        code = int(codes[face])
+    for slot in chosen.tolist():
+        face, code = int(fitted[slot]), int(fitted_codes[slot])
         rest = clean.sums[code] - unit[face]
         rest = (rest / np.linalg.norm(rest)).astype(np.float32)
         try:
-            vector = invert(model, model.coords[position[face]], leave_out=position[face], own=(code, rest)).vector
+            vector = invert(model, model.coords[slot], leave_out=slot, own=(code, rest)).vector
         except UsageError:
             cosines.append(0.0)
             hits.append(False)
