@@ -180,3 +180,21 @@ def test_hard_demo_is_harder() -> None:
     sims[np.arange(len(filed)), filed] = -1
     ranks = (sims > sims[np.arange(len(filed)), truth.misfiled_true_ids][:, None]).sum(axis=1)
     assert np.median(ranks) <= 1
+
+
+@pytest.mark.gpu
+def test_cuml_hdbscan_finds_the_same_clusters() -> None:
+    rng = np.random.default_rng(4)
+    centres = rng.uniform(-50, 50, size=(20, 2))
+    ids = np.repeat(np.arange(20), 30)
+    coords = (centres[ids] + rng.standard_normal((600, 2)) * 0.3).astype(np.float32)
+    assert agreement(cluster_map(coords, min_size=5, use_gpu=True), ids)["ari"] > 0.95
+
+
+def test_clusters_of_a_big_map_come_from_a_sample() -> None:
+    rng = np.random.default_rng(5)
+    centres = rng.uniform(-100, 100, size=(50, 2))
+    ids = np.repeat(np.arange(50), 100)
+    coords = (centres[ids] + rng.standard_normal((5000, 2)) * 0.3).astype(np.float32)
+    labels = cluster_map(coords, min_size=5, sample=1000, seed=0)
+    assert labels.shape == (5000,) and agreement(labels, ids)["ari"] > 0.95
