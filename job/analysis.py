@@ -21,7 +21,7 @@ from job.identities import IdentityTable, identity_table, top_similar
 from job.knn import Neighbors
 from job.lookalikes import Lookalikes
 from job.mapmodel import MapModel, build_model
-from job.placement import invert, place
+from job.placement import invert
 from job.suspects import SuspectScores
 
 
@@ -80,29 +80,28 @@ NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": N
                 "transform": {"id_at_1": None}}
 
 
-def held_out_quality(model: MapModel, unit: FloatArray, ids: IdArray) -> tuple[FloatArray, dict[str, Any]]:
-    """Place held-out faces ``unit`` (n, dim) on the map, invert their positions, and score both.
+def held_out_quality(model: MapModel, unit: FloatArray, ids: IdArray, placed: FloatArray) -> dict[str, Any]:
+    """Score held-out faces ``unit`` (n, dim) that ``place`` put at ``placed`` (n, n_components), and the
+    inverse of those positions.
 
-    Returns the placed coordinates and ``{"n", "transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}}``
-    (None values when there is no face to measure); transform id_at_1: the nearest fitted face on the map
-    has the face's id; inverse id_at_1: the identity most similar to the inverted vector is the face's id.
+    Returns ``{"n", "transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}}`` (None values when there
+    is no face to measure); transform id_at_1: the nearest fitted face on the map has the face's id;
+    inverse id_at_1: the identity most similar to the inverted vector is the face's id.
     """
-    placement = place(model, unit)
     if not len(unit):
-        return placement.coords, {"n": 0, "inverse": dict(NULL_QUALITY["inverse"]),
-                                  "transform": dict(NULL_QUALITY["transform"])}
-    _, nearest_face = model.tree().query(placement.coords, k=1)
+        return {"n": 0, "inverse": dict(NULL_QUALITY["inverse"]), "transform": dict(NULL_QUALITY["transform"])}
+    _, nearest_face = model.tree().query(placed, k=1)
     transform_hit = model.identity[model.face_identity[nearest_face]] == ids
     cosines, inverse_hit = np.zeros(len(unit)), np.zeros(len(unit), dtype=bool)
-    for i, point in enumerate(placement.coords):
+    for i, point in enumerate(placed):
         try:
             vector = invert(model, point).vector
         except UsageError:
             continue
         cosines[i] = float(vector @ unit[i])
         inverse_hit[i] = model.identity[top_similar(vector[None, :], model.centroid, 1)[0][0, 0]] == ids[i]
-    return placement.coords, {"n": int(len(unit)), "transform": {"id_at_1": float(transform_hit.mean())},
-                              "inverse": {"mean_cos": float(cosines.mean()), "id_at_1": float(inverse_hit.mean())}}
+    return {"n": int(len(unit)), "transform": {"id_at_1": float(transform_hit.mean())},
+            "inverse": {"mean_cos": float(cosines.mean()), "id_at_1": float(inverse_hit.mean())}}
 
 
 def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: FloatArray, fitted: IdArray,

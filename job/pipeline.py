@@ -157,9 +157,10 @@ def _analyse(config: Config, database: FaceDatabase, unit: FloatArray, table: Id
     model, clean = model_from_fit(unit, table, scores, fitted, fit_coords)
     coords = np.empty((database.n_faces, fit_coords.shape[1]), dtype=np.float32)
     coords[fitted] = fit_coords
-    coords[held_rows] = place(model, unit[held_rows]).coords if len(held_rows) else coords[held_rows]
+    if len(held_rows):
+        coords[held_rows] = place(model, unit[held_rows]).coords
     judged = held_rows[~scores.suspect[held_rows]]  # a held-out face filed under the wrong id proves nothing
-    _, quality = held_out_quality(model, unit[judged], ids[judged])
+    quality = held_out_quality(model, unit[judged], ids[judged], coords[judged])
     quality["inverse"].update(map_inverse_quality(model, clean, unit, fitted, settings.holdout_max, config.seed))
     clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=backend == "cuml",
                            sample=settings.cluster_sample, seed=config.seed)
