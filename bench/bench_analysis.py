@@ -27,14 +27,14 @@ from dataclasses import replace
 
 import numpy as np
 
-from job.analysis import model_from_fit, pick_holdout
+from job.analysis.quality import model_from_fit, pick_holdout
 from job.config import UmapConfig
-from job.demo import HARD, DemoSpec, make_demo
-from job.identities import identity_table, top_similar
-from job.knn import neighbours, normalise
-from job.lookalikes import find_lookalikes
-from job.placement import invert, place
-from job.suspects import score_faces
+from job.io.demo import HARD, DemoSpec, make_demo
+from job.analysis.identities import identity_table, top_similar
+from job.knn.exact import neighbours, normalise
+from job.analysis.lookalikes import find_lookalikes
+from job.maps.placement import invert, place
+from job.analysis.suspects import score_faces
 
 
 def knn_vote_issues(ids: np.ndarray, graph: np.ndarray, k: int = 10) -> np.ndarray:
@@ -96,7 +96,7 @@ def suspects_section(repeats: int) -> None:
 def placement_section() -> None:
     from scipy.spatial import cKDTree
 
-    from job.backends import import_umap, umap_params
+    from job.reduce.backends import import_umap, umap_params
 
     print("== held-out faces: transform and inverse (faceatlas vs umap-learn) ==")
     records, _ = make_demo(DemoSpec())

@@ -30,7 +30,7 @@ print(json.dumps({{"s": time.perf_counter() - start, "rss": resource.getrusage(r
 OURS = """
 import json, resource, time
 from job.config import InputConfig
-from job.database import load_database
+from job.io.database import load_database
 start = time.perf_counter()
 database = load_database(InputConfig(path={path!r}))
 print(json.dumps({{"s": time.perf_counter() - start, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))

@@ -55,7 +55,7 @@ def main() -> None:
     import pandas as pd
 
     from job.config import RenderConfig
-    from job.render import _identity_image, identity_palette, make_frame, point_radius, render_maps, spread
+    from job.render.maps import _identity_image, identity_palette, make_frame, point_radius, render_maps, spread
 
     coords, ids = _synthetic(args.faces, args.identities)
     config = RenderConfig()

@@ -141,7 +141,7 @@ def verify(
 ) -> None:
     """Check that every file of a finished run is the one the run wrote (SHA-256s in run.json)."""
     with _errors_to_exit_codes():
-        from job.runs import open_run
+        from job.store.runs import open_run
 
         finished = open_run(folder)
         typer.echo(f"ok: {len(finished.files)} files in {folder} match run.json "
@@ -163,7 +163,7 @@ def transform(
 ) -> None:
     """Place new faces on an existing map without refitting: row, id, x, y, nearest_id, similarity."""
     with _errors_to_exit_codes():
-        from job.queries import open_map, transform_file
+        from job.maps.queries import open_map, transform_file
 
         start = time.perf_counter()
         result = transform_file(open_map(folder), new, out, id_field, embedding_field, drop_invalid, log=_say)
@@ -188,8 +188,8 @@ def nearest(
     """The identities nearest to a map point, ranked by cosine in the embedding space (id, similarity,
     map_distance)."""
     with _errors_to_exit_codes():
-        from job.placement import nearest as nearest_identities
-        from job.queries import map_point, open_map
+        from job.maps.placement import nearest as nearest_identities
+        from job.maps.queries import map_point, open_map
 
         opened = open_map(folder)
         answers = nearest_identities(opened.model, map_point(opened, x, y, z), k)
@@ -214,8 +214,8 @@ def invert(
 ) -> None:
     """The unit embedding vector for a map point, with its estimated fidelity (cosine to a face there)."""
     with _errors_to_exit_codes():
-        from job.placement import invert as invert_point
-        from job.queries import check_vector_out, map_point, open_map, write_vector
+        from job.maps.placement import invert as invert_point
+        from job.maps.queries import check_vector_out, map_point, open_map, write_vector
 
         opened = open_map(folder)
         check_vector_out(opened, out)
@@ -245,26 +245,21 @@ def demo_db(
     with _errors_to_exit_codes():
         from dataclasses import replace
 
-        from job.demo import HARD, DemoSpec, make_demo
-        from job.outputs import temporary_path, write_json
+        from job.io.demo import HARD, DemoSpec, seed_dtype, write_demo
+        from job.store.outputs import write_json
 
         spec = replace(HARD if hard else DemoSpec(), n_identities=identities, seed=seed)
         spec = replace(spec, faces_per_identity=faces_per_identity if not hard or faces_per_identity != 5
                        else HARD.faces_per_identity)
-        records, truth = make_demo(spec)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = temporary_path(out)
-            with tmp.open("wb") as handle:
-                import numpy as np
-
-                np.save(handle, records, allow_pickle=False)
-            tmp.replace(out)
+            n_faces, truth = write_demo(out, spec)
             write_json(truth_path, truth.to_json())
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
-        typer.echo(f"wrote {out} ({len(records):,} faces, {identities:,} identities, dtype {records.dtype})")
+        typer.echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
+                   f"{seed_dtype(identities, spec.dim)})")
         typer.echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
                    f"{len(truth.lookalike_pairs)} look-alike pairs)")
 
@@ -277,7 +272,7 @@ def backends(
     with _errors_to_exit_codes():
         from dataclasses import asdict
 
-        from job.backends import probe_all, probe_gpu, resolve
+        from job.reduce.backends import probe_all, probe_gpu, resolve
 
         probes = probe_all()
         chosen, reason = resolve("auto")
@@ -315,7 +310,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def main() -> None:
     """Console-script entry point."""
-    from job.backends import default_numba_cache
+    from job.reduce.backends import default_numba_cache
 
     default_numba_cache()
     signal.signal(signal.SIGTERM, _terminated)  # `docker stop`, batch schedulers: unwind like Ctrl-C

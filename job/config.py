@@ -13,7 +13,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from job.errors import UsageError
-from job.memory import parse_size
+from job.io.memory import parse_size
 
 BackendName = Literal["auto", "cuml", "umap-learn"]
 
@@ -56,19 +56,39 @@ class UmapConfig(_Section):
 
     n_components: Literal[2, 3] = 2
     n_neighbors: int = Field(15, ge=2, le=200)
-    min_dist: float = Field(0.1, ge=0.0, le=10.0)
+    min_dist: float | Literal["auto"] = Field("auto", description='"auto": 0.1 when every face is fitted, 0 when '
+                                              "a sample is (job/reduce/params.py)")
     spread: float = Field(1.0, gt=0.0, le=10.0)
     metric: Literal["cosine", "euclidean"] = "cosine"
     n_epochs: int | Literal["auto"] = "auto"
-    init: Literal["spectral", "random"] = "spectral"
+    init: Literal["spectral", "pca", "random"] = "pca"
+    repulsion_strength: float | Literal["auto"] = "auto"
     supervised: bool = False
     target_weight: float = Field(0.5, ge=0.0, le=1.0)
+    fit_sample: int = Field(200_000, ge=100, description="above this many faces UMAP is fitted on a sample drawn "
+                            "by identity and the other faces are placed on the fitted map")
+    place_epochs: int = Field(30, ge=0, le=1000, description="layout epochs refining each placed face against "
+                              "the fitted map (0 = stay at the weighted mean of its nearest fitted faces)")
 
     @model_validator(mode="after")
     def _min_dist_within_spread(self) -> UmapConfig:
-        if self.min_dist > self.spread:
+        if self.min_dist != "auto" and self.min_dist > self.spread:
             raise ValueError(f"min_dist ({self.min_dist}) must not exceed spread ({self.spread})")
         return self
+
+    @field_validator("min_dist")
+    @classmethod
+    def _min_dist_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0.0 <= value <= 10.0:
+            raise ValueError('expected "auto" or a number in 0..10')
+        return value
+
+    @field_validator("repulsion_strength")
+    @classmethod
+    def _repulsion_range(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and not 0.0 < value <= 10.0:
+            raise ValueError('expected "auto" or a number above 0, at most 10')
+        return value
 
     @field_validator("n_epochs")
     @classmethod
@@ -81,8 +101,8 @@ class UmapConfig(_Section):
 class KnnConfig(_Section):
     """How the k-nearest-neighbour graph is built: exact or NN-descent on CPU, cuML's ``build_algo`` on GPU."""
 
-    method: Literal["auto", "exact", "approximate"] = "auto"
-    exact_max_faces: int = Field(50_000, ge=0)
+    method: Literal["auto", "exact", "approximate", "faiss-ivf"] = "auto"
+    exact_max_faces: int = Field(50_000, ge=0, description="auto: exact search up to this many reference faces")
 
 
 class RenderConfig(_Section):

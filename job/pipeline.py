@@ -1,59 +1,55 @@
-"""One faceatlas run: load -> reduce -> measure -> render -> write. Never prints; reports through ``log``."""
+"""One faceatlas run: load -> plan the fit -> kNN graph -> verdicts -> UMAP -> place -> analyse -> render -> write.
+
+Each stage is a function that takes frozen values and returns one; :func:`run` only chains them, times them
+and writes the outputs. Never prints: it reports through ``log`` and ``progress``.
+"""
 
 from __future__ import annotations
 
-import platform
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from job import __version__
-from job.analysis import (
+from job.analysis.clusters import agreement, cluster_map
+from job.analysis.candidates import find_candidates
+from job.analysis.identities import IdentityTable, identity_table
+from job.analysis.lookalikes import Lookalikes, find_lookalikes
+from job.analysis.metrics import same_id_knn, trustworthiness
+from job.analysis.quality import (
     against_truth,
-    candidate_codes,
     held_out_quality,
     map_inverse_quality,
-    model_from_fit,
-    pick_holdout,
+    model_from_map,
     supervised_disagreement,
 )
-from job.arrays import FloatArray, IdArray
-from job.backends import resolve
-from job.clusters import agreement, cluster_map
-from job.config import Config
-from job.database import FaceDatabase, load_database
+from job.analysis.suspects import SuspectScores, leave_one_out, score_faces
+from job.arrays import BoolArray, FloatArray, IdArray
+from job.config import Config, UmapConfig
 from job.errors import UsageError
-from job.formats import file_sha256
-from job.identities import IdentityTable, identity_table
-from job.knn import Neighbors, neighbours, normalise
-from job.lookalikes import Lookalikes, find_lookalikes
-from job.mapmodel import MODEL_FILE, MapModel, save_model
-from job.metrics import same_id_knn, trustworthiness
-from job.outputs import (
-    PROJECTION_FILE,
-    RUN_FILE,
-    TRUTH_FILE,
-    check_output_folder,
-    staged_outputs,
-    write_json,
-    write_projection,
-)
-from job.placement import place
-from job.remote import redact
-from job.render import render_analysis_maps, render_maps
-from job.reports import LOOKALIKES_FILE, SUSPECTS_FILE, write_lookalikes, write_suspects
-from job.suspects import SuspectScores, score_faces
+from job.io.database import FaceDatabase, load_database
+from job.knn.graph import FaceGraph
+from job.knn.index import face_graph
+from job.maps.mapmodel import MODEL_FILE, MapModel, save_model
+from job.maps.placement import place
+from job.progress import ProgressFactory, no_progress
+from job.reduce.backends import Backend, resolve
+from job.reduce.extend import make_kernel, place_rest
+from job.reduce.params import fit_params
+from job.reduce.sample import fit_sample, pick_holdout
+from job.render.maps import render_analysis_maps, render_maps
+from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
+    write_projection
+from job.store.record import run_record
+from job.store.reports import LOOKALIKES_FILE, SUSPECTS_FILE, write_lookalikes, write_suspects
 
 Log = Callable[[str], None]
-_VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "datashader", "pyarrow", "scikit-learn", "cuml-cu12",
-              "cupy-cuda12x", "typer", "pydantic")
 N_DEFAULT_HIGHLIGHT = 5
+SIMILAR_IDENTITIES = 5  # identities with the centroids nearest a face's own are suspect candidates too
 
 
 @dataclass(frozen=True)
@@ -68,7 +64,46 @@ class RunResult:
     timings: dict[str, float]
 
 
-def run(config: Config, log: Log = lambda message: None) -> RunResult:
+@dataclass(frozen=True)
+class FitPlan:
+    """Who is fitted, who is placed, who is held out: sorted face rows each; ``table`` groups all faces."""
+
+    table: IdentityTable
+    own: tuple[FloatArray, BoolArray]
+    fitted: IdArray
+    placed: IdArray
+    held: IdArray
+
+
+@dataclass(frozen=True)
+class Verdicts:
+    """The embedding-space answers: misfiled-face scores, and each identity's look-alike candidates."""
+
+    scores: SuspectScores
+    lookalike: IdArray
+
+
+@dataclass(frozen=True)
+class MapResult:
+    """The whole map: ``coords`` (n_faces, n_components) for every face, and how it was made."""
+
+    coords: FloatArray
+    knn_method: str
+    placement: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Analysis:
+    """Everything decided after the map: columns for projection.parquet, the model, metrics, map overlays."""
+
+    columns: dict[str, np.ndarray]
+    model: MapModel
+    lookalikes: Lookalikes
+    clusters: IdArray
+    metrics: dict[str, Any]
+
+
+def run(config: Config, log: Log = lambda message: None, progress: ProgressFactory = no_progress) -> RunResult:
     """Run the whole job for ``config`` and write its outputs to ``config.out`` (all of them, or none)."""
     timings: dict[str, float] = {}
     out_dir = Path(config.out)
@@ -78,121 +113,188 @@ def run(config: Config, log: Log = lambda message: None) -> RunResult:
     with _timed(timings, "load"):
         database = load_database(config.input, config.max_memory_bytes, log)
         highlight = _check_run(config, database)
-        unit = normalise(database.embeddings)
     log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
         f"dim {database.dim}")
     _warn_about(database, log)
-    ids, settings = database.ids, config.analysis
+    with _timed(timings, "sample"):
+        plan = plan_fit(config, database)
+    log(_describe_plan(plan, database.n_faces))
     with _timed(timings, "knn"):
-        held = pick_holdout(ids, settings.holdout, settings.holdout_max, config.seed,
-                            min_fitted=config.umap.n_neighbors + 1)
-        fitted, held_rows = np.flatnonzero(~held), np.flatnonzero(held)
-        graph = neighbours(unit[fitted], max(config.umap.n_neighbors, settings.neighbours + 1),
-                           _exact_max(config, len(fitted)), config.seed)
+        graph = shared_graph(config, database, plan, progress)
+    log(f"kNN graph: {graph.method} ({graph.reason})")
     with _timed(timings, "suspects"):
-        table = identity_table(unit, ids)
-        nearby = candidate_codes(table, unit, fitted, graph, held_rows, settings.neighbours)
-        scores = score_faces(unit, table, nearby, settings.suspect_margin,
-                             exact_max=_exact_max(config, len(table.ids)))
-    log(f"{int(scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(fitted):,} faces "
-        f"({len(held_rows):,} held out to measure transform and invert)")
-    # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
-    labels = table.codes[fitted].astype(np.int32) if config.umap.supervised else None
+        verdicts = judge(config, database, plan, graph)
+    log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
     with _timed(timings, "umap"):
-        reduction = backend.fit_transform(unit[fitted], labels, config.umap, config.knn, config.seed, graph)
+        fitted, params = fit_map(config, backend, plan, graph, database)
     log(f"UMAP done in {timings['umap']:.1f} s")
-    _check_coords(reduction.coords, config)
+    with _timed(timings, "place"):
+        mapped = place_faces(config, plan, graph, fitted, params, progress)
     with _timed(timings, "analysis"):
-        analysis = _analyse(config, database, unit, table, scores, fitted, held_rows, graph, reduction.coords,
-                            backend.name)
+        analysis = analyse(config, database, plan, verdicts, graph, mapped, backend.name)
     with _timed(timings, "metrics"):
-        metrics: dict[str, Any] = {
-            # of the map as written: fitted faces and the held-out ones placed on it
-            "trustworthiness": trustworthiness(unit, analysis.coords, config.metrics.trustworthiness_k,
-                                               config.metrics.trustworthiness_sample, config.seed),
-            "same_id_knn": same_id_knn(analysis.coords, ids, config.metrics.same_id_k),
-            **analysis.metrics,
-        }
-    coords = analysis.coords
+        metrics = measure(config, database, mapped, analysis)
     with staged_outputs(out_dir) as staging:
         with _timed(timings, "render"):
-            labels_text = {int(i): database.label(i) for i in highlight}
-            title = Path(database.source).name
-            files = render_maps(coords, ids, highlight, labels_text, config.render, staging, title)
-            files.update(render_analysis_maps(coords, scores.suspect, analysis.targets, analysis.filed,
-                                              analysis.clusters, config.render, staging, title))
+            files = render(config, database, highlight, verdicts, mapped, analysis, staging)
         with _timed(timings, "write"):
-            files["projection"] = write_projection(staging / PROJECTION_FILE, ids, coords, database.input_rows,
-                                                   analysis.columns)
-            files["suspects"] = write_suspects(staging / SUSPECTS_FILE, database.input_rows, ids, scores,
-                                               database.names)
-            files["lookalikes"] = write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names)
-            files["model"] = save_model(analysis.model, staging / MODEL_FILE)
-            if database.truth is not None:
-                files["truth"] = write_json(staging / TRUTH_FILE, database.truth.to_json())
-        record = _run_record(config, database, backend.name, reason, reduction.knn_method, highlight, metrics,
-                             timings, files)
+            files.update(write_tables(database, verdicts, mapped, analysis, staging))
+        record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
+                            mapped.placement, highlight, metrics, timings, files)
         files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
-@dataclass(frozen=True)
-class _Analysis:
-    coords: FloatArray
-    columns: dict[str, np.ndarray]
-    targets: FloatArray
-    filed: FloatArray
-    clusters: IdArray
-    lookalikes: Lookalikes
-    model: MapModel
-    metrics: dict[str, Any]
+def plan_fit(config: Config, database: FaceDatabase) -> FitPlan:
+    """Group faces by identity, hold some out, and pick the faces UMAP is fitted on (the rest are placed)."""
+    table = identity_table(database.unit, database.ids)
+    own = leave_one_out(database.unit, table)
+    held = pick_holdout(database.ids, config.analysis.holdout, config.analysis.holdout_max, config.seed,
+                        min_fitted=config.umap.n_neighbors + 1)
+    fitted = fit_sample(table.codes, own[0], ~held, config.umap.fit_sample, config.seed)
+    on_map = ~held
+    on_map[fitted] = False
+    return FitPlan(table, own, fitted, np.flatnonzero(on_map), np.flatnonzero(held))
 
 
-def _analyse(config: Config, database: FaceDatabase, unit: FloatArray, table: IdentityTable, scores: SuspectScores,
-             fitted: IdArray, held_rows: IdArray, graph: Neighbors, fit_coords: FloatArray,
-             backend: str) -> _Analysis:
-    """Everything decided after UMAP: the map model, held-out placement and quality, clusters, look-alikes."""
-    settings, ids = config.analysis, database.ids
-    model, clean = model_from_fit(unit, table, scores, fitted, fit_coords)
-    coords = np.empty((database.n_faces, fit_coords.shape[1]), dtype=np.float32)
-    coords[fitted] = fit_coords
-    if len(held_rows):
-        coords[held_rows] = place(model, unit[held_rows]).coords
-    judged = held_rows[~scores.suspect[held_rows]]  # a held-out face filed under the wrong id proves nothing
-    quality = held_out_quality(model, unit[judged], ids[judged], coords[judged])
-    quality["inverse"].update(map_inverse_quality(model, clean, unit, fitted, settings.holdout_max, config.seed))
+def shared_graph(config: Config, database: FaceDatabase, plan: FitPlan, progress: ProgressFactory) -> FaceGraph:
+    """The run's one kNN graph: every face's nearest fitted faces (the fitted faces find themselves first)."""
+    k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
+    return face_graph(database.unit, plan.fitted, k, config.knn.method, config.knn.exact_max_faces, config.seed,
+                      progress)
+
+
+def judge(config: Config, database: FaceDatabase, plan: FitPlan, graph: FaceGraph) -> Verdicts:
+    """Misfiled-face scores from the graph's neighbours and similar identities; look-alike candidates."""
+    settings = config.analysis
+    candidates = find_candidates(graph, plan.table.codes, plan.table.centroids, settings.neighbours,
+                                 SIMILAR_IDENTITIES, settings.lookalike_k, config.knn.method,
+                                 config.knn.exact_max_faces, config.seed)
+    scores = score_faces(database.unit, plan.table, candidates.nearby, candidates.similar, settings.suspect_margin,
+                         own=plan.own)
+    return Verdicts(scores, candidates.lookalike)
+
+
+def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, database: FaceDatabase
+            ) -> tuple[FloatArray, UmapConfig]:
+    """UMAP coordinates of the fitted faces, (len(plan.fitted), n_components) float32, and the settings used."""
+    params = fit_params(config.umap, sampled=len(plan.placed) > 0, n_fitted=len(plan.fitted))
+    # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
+    labels = plan.table.codes[plan.fitted].astype(np.int32) if params.supervised else None
+    reduction = backend.fit_transform(database.unit[plan.fitted], labels, params, config.knn, config.seed,
+                                      graph.among_reference(params.n_neighbors))
+    _check_coords(reduction.coords, config)
+    return reduction.coords, params
+
+
+def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatArray, params: UmapConfig,
+                progress: ProgressFactory) -> MapResult:
+    """The whole map: fitted faces where UMAP put them, every other face placed on that map."""
+    n_faces = len(plan.table.codes)
+    coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
+    coords[plan.fitted] = fitted
+    placement: dict[str, Any] = {"fitted": int(len(plan.fitted)), "placed": int(len(plan.placed)),
+                                 "held_out": int(len(plan.held)), "min_dist": params.min_dist,
+                                 "repulsion_strength": params.repulsion_strength, "n_epochs": params.n_epochs}
+    if len(plan.placed):
+        kernel = make_kernel(fitted, params.min_dist, params.spread, params.repulsion_strength,
+                             params.place_epochs, config.seed)
+        k = min(params.n_neighbors, graph.k)
+        coords[plan.placed] = place_rest(fitted, graph.indices[plan.placed, :k], graph.distances[plan.placed, :k],
+                                         kernel, parallel=config.seed is None, progress=progress)
+        placement.update(method="knn-weighted start + umap-learn layout against the fixed fitted map",
+                         place_neighbors=k, place_epochs=params.place_epochs, kernel_scale=round(kernel.scale, 6))
+    return MapResult(coords, graph.method, placement)
+
+
+def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Verdicts, graph: FaceGraph,
+            mapped: MapResult, backend: str) -> Analysis:
+    """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes."""
+    settings, ids, scores = config.analysis, database.ids, verdicts.scores
+    on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
+    clean = plan.table.without(database.unit, np.flatnonzero(scores.suspect | _mask(plan.held, len(ids))))
+    model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
+    coords = mapped.coords
+    if len(plan.held):
+        coords[plan.held] = place(model, database.unit[plan.held]).coords
+    judged = plan.held[~scores.suspect[plan.held]]  # a held-out face filed under the wrong id proves nothing
+    quality = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])
+    quality["inverse"].update(map_inverse_quality(model, clean, database.unit, on_map, settings.holdout_max,
+                                                  config.seed))
     clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=backend == "cuml",
                            sample=settings.cluster_sample, seed=config.seed)
-    pairs = find_lookalikes(identity_table(unit, ids, ~scores.suspect), settings.lookalike_k,
-                            settings.lookalike_top, settings.lookalike_threshold,
-                            _exact_max(config, len(table.ids)))
-    suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
-    columns: dict[str, np.ndarray] = {
-        "outlier_score": scores.score,
-        "suspect": scores.suspect,
-        "suggested_id": scores.suggested_id,
-        "cluster": clusters,
-        "held_out": np.isin(np.arange(database.n_faces), held_rows),
-    }
+    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(scores.suspect)), verdicts.lookalike,
+                            settings.lookalike_top, settings.lookalike_threshold)
+    fitted = _mask(plan.fitted, len(ids))
+    columns: dict[str, np.ndarray] = {"outlier_score": scores.score, "suspect": scores.suspect,
+                                      "suggested_id": scores.suggested_id, "cluster": clusters,
+                                      "held_out": _mask(plan.held, len(ids))}
+    metrics: dict[str, Any] = {"suspects": int(scores.suspect.sum()), "clusters": agreement(clusters, ids),
+                               "held_out": quality["n"], "inverse": quality["inverse"],
+                               "transform": quality["transform"]}
     if config.umap.supervised:
-        columns["supervised_disagreement"] = supervised_disagreement(
-            fit_coords, table.codes, fitted, graph, database.n_faces, settings.disagreement_k)
-    metrics: dict[str, Any] = {
-        "suspects": int(scores.suspect.sum()),
-        "clusters": agreement(clusters, ids),
-        "held_out": quality["n"],
-        "inverse": quality["inverse"],
-        "transform": quality["transform"],
-    }
-    if config.umap.supervised:
+        columns["supervised_disagreement"] = supervised_disagreement(coords, plan.table.codes, graph,
+                                                                     settings.disagreement_k)
         metrics["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())
+    columns["fitted"] = fitted  # added in 0.4: the face is in the UMAP fit (else placed on the fitted map)
     if database.truth is not None:
         truth = against_truth(database.truth, database.input_rows, scores, pairs)
         metrics.update(suspect_precision=truth.suspect_precision, suspect_recall=truth.suspect_recall,
                        lookalike_recall=truth.lookalike_recall)
-    filed = model.anchor[table.codes[scores.suspect]]
-    return _Analysis(coords, columns, model.anchor[suggested], filed, clusters, pairs, model, metrics)
+    return Analysis(columns, model, pairs, clusters, metrics)
+
+
+def measure(config: Config, database: FaceDatabase, mapped: MapResult, analysis: Analysis) -> dict[str, Any]:
+    """Map quality of the map as written (fitted, placed and held-out faces alike), then the analysis metrics."""
+    settings = config.metrics
+    return {"trustworthiness": trustworthiness(database.unit, mapped.coords, settings.trustworthiness_k,
+                                               settings.trustworthiness_sample, config.seed),
+            "same_id_knn": same_id_knn(mapped.coords, database.ids, settings.same_id_k),
+            **analysis.metrics}
+
+
+def render(config: Config, database: FaceDatabase, highlight: list[int], verdicts: Verdicts, mapped: MapResult,
+           analysis: Analysis, staging: Path) -> dict[str, Path]:
+    """The five PNG maps."""
+    scores, model = verdicts.scores, analysis.model
+    labels_text = {int(i): database.label(i) for i in highlight}
+    title = Path(database.source).name
+    files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title)
+    suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
+    filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
+    files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,
+                                      analysis.clusters, config.render, staging, title))
+    return files
+
+
+def write_tables(database: FaceDatabase, verdicts: Verdicts, mapped: MapResult, analysis: Analysis,
+                 staging: Path) -> dict[str, Path]:
+    """projection.parquet, suspects.csv, lookalikes.csv, map_model.npz and, for a demo, truth.json."""
+    files = {
+        "projection": write_projection(staging / PROJECTION_FILE, database.ids, mapped.coords, database.input_rows,
+                                       analysis.columns),
+        "suspects": write_suspects(staging / SUSPECTS_FILE, database.input_rows, database.ids, verdicts.scores,
+                                   database.names),
+        "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names),
+        "model": save_model(analysis.model, staging / MODEL_FILE),
+    }
+    if database.truth is not None:
+        files["truth"] = write_json(staging / TRUTH_FILE, database.truth.to_json())
+    return files
+
+
+def _mask(rows: IdArray, n: int) -> BoolArray:
+    mask = np.zeros(n, dtype=bool)
+    mask[rows] = True
+    return mask
+
+
+def _describe_plan(plan: FitPlan, n_faces: int) -> str:
+    if not len(plan.placed):
+        return f"fitting every face ({len(plan.held):,} held out to measure transform and invert)"
+    return (f"fitting {len(plan.fitted):,} of {n_faces:,} faces (drawn by identity), placing {len(plan.placed):,} "
+            f"on the fitted map, {len(plan.held):,} held out to measure transform and invert")
 
 
 def _check_coords(coords: FloatArray, config: Config) -> None:
@@ -201,11 +303,6 @@ def _check_coords(coords: FloatArray, config: Config) -> None:
         hint = " (umap-learn gives NaN at target_weight 1.0)" if config.umap.supervised else ""
         raise UsageError(f"UMAP returned NaN/inf positions for {bad:,} of {len(coords):,} faces{hint}; lower "
                          "umap.target_weight, or change umap.n_neighbors / umap.min_dist")
-
-
-def _exact_max(config: Config, n_rows: int) -> int:
-    """The row count up to which kNN is exact, as ``knn.method`` asks."""
-    return {"exact": n_rows, "approximate": 0}.get(config.knn.method, config.knn.exact_max_faces)
 
 
 def _warn_about(database: FaceDatabase, log: Log) -> None:
@@ -237,66 +334,6 @@ def _check_run(config: Config, database: FaceDatabase) -> list[int]:
     return list(dict.fromkeys(config.render.highlight))
 
 
-def _run_record(
-    config: Config,
-    database: FaceDatabase,
-    backend: str,
-    reason: str,
-    knn_method: str,
-    highlight: list[int],
-    metrics: dict[str, float],
-    timings: dict[str, float],
-    files: dict[str, Path],
-) -> dict[str, Any]:
-    return {
-        "tool": "faceatlas",
-        "version": __version__,
-        "backend": backend,
-        "backend_reason": reason,
-        "knn_method": knn_method,
-        "config": _recorded_config(config),
-        "input": {
-            "path": database.source,
-            "n_faces": database.n_faces,
-            "n_identities": int(len(database.identities)),
-            "dim": database.dim,
-            "dtype": database.dtype,
-            "sha256": database.sha256,
-            "dropped": database.dropped,
-            "duplicates": database.duplicates,
-        },
-        "highlight": highlight,
-        "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
-        "metrics": _rounded(metrics),
-        "files": {role: path.name for role, path in files.items()},
-        "file_sha256": {path.name: file_sha256(path) for path in files.values()},
-        "versions": _versions(),
-    }
-
-
-def _rounded(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
-    return round(value, 4) if isinstance(value, float) else value
-
-
-def _recorded_config(config: Config) -> dict[str, Any]:
-    """The resolved config, with any secret in the input URL left out (run.json travels)."""
-    recorded = config.model_dump(mode="json")
-    recorded["input"]["path"] = redact(config.input.path)
-    return recorded
-
-
-def _versions() -> dict[str, str]:
-    found = {"python": platform.python_version()}
-    for name in _VERSIONED:
-        try:
-            found[name] = version(name)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
 @contextmanager
 def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
     start = time.perf_counter()
@@ -304,4 +341,3 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = time.perf_counter() - start
-

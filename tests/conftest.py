@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from job.config import Config, load_config
-from job.demo import DemoSpec, make_demo, truth_json
+from job.io.demo import DemoSpec, make_demo, truth_json
 from job.pipeline import RunResult, run
 
 SMALL = DemoSpec(n_identities=200, faces_per_identity=5, seed=1)

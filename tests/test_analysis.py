@@ -7,30 +7,35 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from job.analysis import pick_holdout
-from job.clusters import agreement, cluster_map
-from job.demo import HARD, DemoSpec, make_demo
-from job.identities import identity_table, top_similar
-from job.knn import exact_knn, neighbours, normalise, top_k
-from job.lookalikes import find_lookalikes
-from job.suspects import score_faces
+from job.analysis.candidates import find_candidates
+from job.analysis.clusters import agreement, cluster_map
+from job.analysis.identities import identity_table, top_similar
+from job.analysis.lookalikes import PRIOR_PAIRS, find_lookalikes
+from job.analysis.suspects import score_faces
+from job.io.demo import HARD, DemoSpec, make_demo
+from job.knn.exact import exact_knn
+from job.knn.graph import normalise, top_k
+from job.knn.index import face_graph
+from job.reduce.sample import pick_holdout
 
 SETTINGS = {"standard": DemoSpec(), "hard": HARD, "standard-seed3": DemoSpec(seed=3),
             "hard-seed1": replace(HARD, seed=1, n_identities=500)}
 
 
-def _judge(spec: DemoSpec, exact_max: int = 50_000):
+def _judge(spec: DemoSpec, method: str = "auto"):
+    """The run's verdict path on a demo database: one graph over every face, candidates, scores."""
     records, truth = make_demo(spec)
     ids, unit = records["id"].astype(np.int64), normalise(records["embedding"].astype(np.float32))
     table = identity_table(unit, ids)
-    graph = neighbours(unit, 11, exact_max, seed=0)
-    scores = score_faces(unit, table, table.codes[graph.indices[:, 1:]])
-    return ids, unit, table, scores, truth
+    graph = face_graph(unit, np.arange(len(ids)), 11, method, 50_000, seed=0)
+    candidates = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, method, 50_000, seed=0)
+    scores = score_faces(unit, table, candidates.nearby, candidates.similar)
+    return ids, unit, table, scores, truth, candidates
 
 
 @pytest.mark.parametrize("name", SETTINGS)
 def test_misfiled_faces_are_found_with_precision_and_recall_095(name: str) -> None:
-    ids, unit, _, scores, truth = _judge(SETTINGS[name])
+    ids, unit, _, scores, truth, _ = _judge(SETTINGS[name])
     flagged = set(np.flatnonzero(scores.suspect).tolist())
     planted = set(truth.misfiled_rows)
     hits = len(flagged & planted)
@@ -44,28 +49,10 @@ def test_misfiled_faces_are_found_with_precision_and_recall_095(name: str) -> No
 
 
 def test_suspects_with_approximate_neighbours_match_exact_ones() -> None:
-    spec = DemoSpec(n_identities=1000, seed=5)  # ~5k faces: above the 4,096 rows where NN-descent starts
+    spec = DemoSpec(n_identities=1000, seed=5)
     exact = _judge(spec)[3]
-    approximate = _judge(spec, exact_max=0)[3]  # NN-descent for the faces
+    approximate = _judge(spec, method="approximate")[3]  # the faiss index for faces and centroids alike
     assert (exact.suspect == approximate.suspect).mean() >= 0.995
-
-
-def test_nn_descent_lists_put_the_row_first_once_and_drop_missing_entries() -> None:
-    from job.knn import _self_first
-
-    found = np.array([[0, 2, 3], [2, 1, -1], [1, -1, -1], [0, 1, 2]])
-    distances = np.array([[0, .1, .2], [.1, 0, 9], [.3, 9, 9], [.4, .5, 0]], dtype=np.float32)
-    graph = _self_first(found, distances, 3)
-    assert graph.indices.tolist() == [[0, 2, 3], [1, 2, 1], [2, 1, 2], [3, 0, 1]]
-    assert np.allclose(graph.distances, [[0, .1, .2], [0, .1, 0], [0, .3, 0], [0, .4, .5]])
-    assert graph.method == "approximate" and (graph.indices >= 0).all()
-    unit = normalise(np.random.default_rng(0).standard_normal((5000, 8)).astype(np.float32))
-    nn = neighbours(unit, 6, exact_max=0, seed=0)
-    assert nn.method == "approximate" and (nn.indices[:, 0] == np.arange(5000)).all()
-    assert (nn.indices[:, 1:] != np.arange(5000)[:, None]).mean() > 0.99
-    exact = exact_knn(unit, 6).indices
-    recall = np.mean([len(set(a) & set(b)) / 6 for a, b in zip(exact.tolist(), nn.indices.tolist(), strict=True)])
-    assert recall > 0.95
 
 
 def test_lone_faces_get_a_score_but_are_never_suspects() -> None:
@@ -94,13 +81,27 @@ def test_an_identity_mostly_like_another_is_a_lookalike_not_misfiled() -> None:
     scores = score_faces(unit, table, table.codes[exact_knn(unit, 5).indices[:, 1:]])
     assert not scores.suspect.any()
     pairs = find_lookalikes(table, top=5)
-    assert (pairs.id_a[0], pairs.id_b[0]) == (0, 1) and pairs.similarity[0] > 0.8
+    assert (pairs.id_a[0], pairs.id_b[0]) == (0, 1) and pairs.similarity[0] > 0.7
+
+
+def _brute_force_similarity(clean) -> np.ndarray:
+    """The documented look-alike similarity of every pair, from the identity sums (upper triangle)."""
+    counts = clean.counts.astype(np.float64)
+    sums = clean.sums()
+    cross = sums @ sums.T / np.outer(counts, counts)
+    pairs = counts * (counts - 1)
+    raw = (np.einsum("ij,ij->i", sums, sums) - counts) / np.maximum(pairs, 1)
+    typical = np.median(raw[pairs > 0])
+    within = (np.where(pairs > 0, raw, 0) * pairs / 2 + typical * PRIOR_PAIRS) / (pairs / 2 + PRIOR_PAIRS)
+    within = np.clip(within, 0.05, None)
+    return np.triu(cross / np.sqrt(np.outer(within, within)), k=1)
 
 
 @pytest.mark.parametrize("name", ["standard", "hard"])
 def test_planted_lookalikes_lead_the_list(name: str) -> None:
-    ids, unit, _, scores, truth = _judge(SETTINGS[name])
-    pairs = find_lookalikes(identity_table(unit, ids, ~scores.suspect), k=10, top=100, threshold=0.6)
+    ids, unit, table, scores, truth, candidates = _judge(SETTINGS[name])
+    clean = table.without(unit, np.flatnonzero(scores.suspect))
+    pairs = find_lookalikes(clean, candidates.lookalike, top=100, threshold=0.6)
     planted = {tuple(pair) for pair in truth.lookalike_pairs}
     top = set(zip(pairs.id_a[: 2 * len(planted)].tolist(), pairs.id_b[: 2 * len(planted)].tolist(), strict=True))
     assert len(top & planted) / len(planted) >= 0.95
@@ -108,16 +109,28 @@ def test_planted_lookalikes_lead_the_list(name: str) -> None:
     assert (np.diff(pairs.similarity) <= 0).all()
     assert len(set(zip(pairs.id_a.tolist(), pairs.id_b.tolist(), strict=True))) == len(pairs.id_a)
     # up to 2,000 identities every pair is scored: brute force finds no pair above the threshold that is missing
-    clean = identity_table(unit, ids, ~scores.suspect)
-    above = find_lookalikes(clean, k=10, top=0, threshold=0.5)
-    counts = clean.counts.astype(np.float64)
-    cross = clean.sums @ clean.sums.T / np.outer(counts, counts)
-    within = (np.einsum("ij,ij->i", clean.sums, clean.sums) - counts) / np.maximum(counts * (counts - 1), 1)
-    within = np.clip(np.where(counts > 1, within, np.median(within[counts > 1])), 0.05, None)
-    brute = np.triu(cross / np.sqrt(np.outer(within, within)), k=1)
+    above = find_lookalikes(clean, candidates.lookalike, top=0, threshold=0.5)
+    brute = _brute_force_similarity(clean)
     expected = {(clean.ids[a], clean.ids[b]) for a, b in zip(*np.nonzero(brute > 0.5), strict=True)}
     assert set(zip(above.id_a.tolist(), above.id_b.tolist(), strict=True)) == expected
     assert (above.similarity > 0.5).all()
+
+
+def test_lookalike_candidates_beyond_all_pairs_find_the_planted_pairs() -> None:
+    """Above ALL_PAIRS_MAX identities only candidate pairs are scored: centroid neighbours and graph links."""
+    spec = DemoSpec(n_identities=2500, n_lookalike_pairs=60, seed=11)
+    ids, unit, table, scores, truth, candidates = _judge(spec, method="approximate")
+    clean = table.without(unit, np.flatnonzero(scores.suspect))
+    pairs = find_lookalikes(clean, candidates.lookalike, top=200, threshold=0.6)
+    planted = {tuple(pair) for pair in truth.lookalike_pairs}
+    found = set(zip(pairs.id_a.tolist(), pairs.id_b.tolist(), strict=True))
+    assert len(found & planted) / len(planted) >= 0.95
+    brute = _brute_force_similarity(clean)
+    scored = {(a, b): s for a, b, s in zip(pairs.id_a.tolist(), pairs.id_b.tolist(), pairs.similarity.tolist(),
+                                            strict=True)}
+    a, b = np.searchsorted(clean.ids, pairs.id_a[:20]), np.searchsorted(clean.ids, pairs.id_b[:20])
+    assert np.allclose([scored[pair] for pair in zip(pairs.id_a[:20].tolist(), pairs.id_b[:20].tolist())],
+                       brute[a, b], atol=1e-4)
 
 
 def test_identity_table_matches_a_plain_loop() -> None:
@@ -129,7 +142,13 @@ def test_identity_table_matches_a_plain_loop() -> None:
     for code, identity in enumerate(table.ids):
         rows = (ids == identity) & keep
         assert table.counts[code] == rows.sum()
-        assert np.allclose(table.sums[code], unit[rows].sum(axis=0), atol=1e-5)
+        assert np.allclose(table.sums()[code], unit[rows].sum(axis=0), atol=1e-5)
+    # leaving faces out afterwards equals leaving them out when summing
+    drop = np.flatnonzero(keep)[:40]
+    fewer = keep.copy()
+    fewer[drop] = False
+    assert np.allclose(table.without(unit, drop).sums(), identity_table(unit, ids, fewer).sums(), atol=1e-5)
+    assert np.array_equal(table.without(unit, drop).counts, identity_table(unit, ids, fewer).counts)
     assert np.array_equal(table.ids[table.codes], ids)
 
 

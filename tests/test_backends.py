@@ -5,20 +5,20 @@ import inspect
 import numpy as np
 import pytest
 
-from job.backends import (
+from job.analysis.metrics import trustworthiness
+from job.config import KnnConfig, UmapConfig
+from job.errors import BackendUnavailable
+from job.knn.graph import normalise
+from job.reduce.backends import (
     BACKENDS,
     CumlBackend,
     UmapLearnBackend,
     cuml_params,
-    knn_method,
     probe_gpu,
     resolve,
     umap_params,
 )
-from job.config import KnnConfig, UmapConfig
-from job.errors import BackendUnavailable
-from job.knn import normalise
-from job.metrics import trustworthiness
+from job.reduce.params import fit_params
 
 
 @pytest.fixture
@@ -41,11 +41,20 @@ def test_asking_for_cuml_without_it_names_the_fix(no_gpu: None) -> None:
 def test_both_backends_share_the_library_parameter_names() -> None:
     import umap
 
-    params = umap_params(UmapConfig(n_neighbors=7, n_epochs=30, supervised=True), seed=3)
+    params = umap_params(fit_params(UmapConfig(n_neighbors=7, n_epochs=30, supervised=True), False, 100), seed=3)
     accepted = set(inspect.signature(umap.UMAP).parameters)
     assert set(params) <= accepted
     assert params["n_neighbors"] == 7 and params["n_epochs"] == 30 and params["random_state"] == 3
-    assert umap_params(UmapConfig(), None)["n_epochs"] is None
+    assert params["min_dist"] == 0.1 and params["repulsion_strength"] == 2.0 and params["init"] == "pca"
+
+
+def test_auto_settings_follow_how_the_map_is_fitted() -> None:
+    every = fit_params(UmapConfig(), sampled=False, n_fitted=5000)
+    sample = fit_params(UmapConfig(), sampled=True, n_fitted=200_000)
+    assert (every.min_dist, every.repulsion_strength, every.n_epochs) == (0.1, 2.0, 500)
+    assert (sample.min_dist, sample.repulsion_strength, sample.n_epochs) == (0.0, 3.0, 300)
+    chosen = fit_params(UmapConfig(min_dist=0.3, repulsion_strength=1.0, n_epochs=42), sampled=True, n_fitted=10)
+    assert (chosen.min_dist, chosen.repulsion_strength, chosen.n_epochs) == (0.3, 1.0, 42)
 
 
 @pytest.mark.parametrize(("method", "algo"), [("auto", "auto"), ("exact", "brute_force_knn"),
@@ -56,12 +65,6 @@ def test_cuml_parameter_mapping(method: str, algo: str) -> None:
     assert {k: v for k, v in params.items() if k != "build_algo"} == umap_params(UmapConfig(), 0)
 
 
-def test_knn_method_switches_to_approximate_above_the_limit() -> None:
-    assert knn_method(1000, KnnConfig()) == "exact"
-    assert knn_method(60_000, KnnConfig()) == "approximate"
-    assert knn_method(10, KnnConfig(method="approximate")) == "approximate"
-
-
 @pytest.fixture(params=[UmapLearnBackend.name, pytest.param(CumlBackend.name, marks=pytest.mark.gpu)])
 def backend(request: pytest.FixtureRequest):
     return BACKENDS[request.param]()
@@ -69,21 +72,21 @@ def backend(request: pytest.FixtureRequest):
 
 def test_backend_keeps_identities_together(backend, small_arrays) -> None:
     ids, unit = small_arrays
-    reduction = backend.fit_transform(unit, None, UmapConfig(n_epochs=100), KnnConfig(), 0)
+    reduction = backend.fit_transform(unit, None, fit_params(UmapConfig(n_epochs=100), False, len(ids)), KnnConfig(), 0)
     assert reduction.coords.shape == (len(ids), 2) and reduction.coords.dtype == np.float32
     assert trustworthiness(unit, reduction.coords, k=15) > 0.85
 
 
 def test_approximate_knn_path_runs_too(small_arrays) -> None:
     ids, unit = small_arrays
-    reduction = UmapLearnBackend().fit_transform(unit, ids, UmapConfig(n_epochs=50, n_components=3),
-                                                 KnnConfig(method="approximate"), 0)
-    assert reduction.knn_method == "approximate" and reduction.coords.shape == (len(ids), 3)
+    params = fit_params(UmapConfig(n_epochs=50, n_components=3), False, len(ids))
+    reduction = UmapLearnBackend().fit_transform(unit, ids, params, KnnConfig(method="approximate"), 0)
+    assert reduction.knn_method == "faiss-ivf" and reduction.coords.shape == (len(ids), 3)
 
 
 @pytest.fixture(scope="module")
 def small_arrays():
-    from job.demo import make_demo
+    from job.io.demo import make_demo
     from tests.conftest import SMALL
 
     records, _ = make_demo(SMALL)

@@ -25,11 +25,11 @@ def test_version() -> None:
 
 def test_help_does_not_import_heavy_libraries() -> None:
     code = ("import sys, pkgutil, importlib, job; from typer.testing import CliRunner; from job.cli import app; "
-            "[importlib.import_module(m.name) for m in pkgutil.iter_modules(job.__path__, 'job.') "
+            "[importlib.import_module(m.name) for m in pkgutil.walk_packages(job.__path__, 'job.') "
             "if m.name != 'job.__main__']; "
             "[CliRunner().invoke(app, args) for args in (['--help'], ['run', '--help'], ['demo-db', '--help'], "
             "['backends', '--help'])]; "
-            "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas') "
+            "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas', 'faiss', 'sklearn', 'scipy', 'pyarrow') "
             "if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
@@ -54,9 +54,10 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
         assert str((out / name).resolve()) in result.stdout  # says where each file is
     table = pq.read_table(out / "projection.parquet")
     assert table.column_names == ["row", "id", "x", "y", "outlier_score", "suspect", "suggested_id", "cluster",
-                                  "held_out"]
+                                  "held_out", "fitted"]
     assert [str(t) for t in table.schema.types] == ["int64", "int64", "float", "float", "float", "bool", "int64",
-                                                    "int64", "bool"]
+                                                    "int64", "bool", "bool"]
+    assert (table.column("fitted").to_numpy() != table.column("held_out").to_numpy()).all()  # small: all fitted
     records = np.load(small_db)
     assert table.column("row").to_pylist() == list(range(len(records)))
     assert np.array_equal(table.column("id").to_numpy(), records["id"])
@@ -82,7 +83,7 @@ def test_three_dimensional_supervised_run(small_db: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert pq.read_table(out / "projection.parquet").column_names == [
         "row", "id", "x", "y", "z", "outlier_score", "suspect", "suggested_id", "cluster", "held_out",
-        "supervised_disagreement"]
+        "supervised_disagreement", "fitted"]
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["umap"]["supervised"] is True
     assert record["metrics"]["same_id_knn"] > 0.9  # labels pull identities together

@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from job.config import InputConfig
-from job.database import load_database
-from job.demo import DemoSpec, make_demo
+from job.io.database import load_database
+from job.io.demo import DemoSpec, make_demo
 from job.errors import InputError
 
 RECORDS, _ = make_demo(DemoSpec(n_identities=30, faces_per_identity=4, dim=64, seed=3))
@@ -50,8 +50,11 @@ def test_each_input_format_loads_the_same_faces(tmp_path: Path, kind: str) -> No
         path = next(tmp_path.iterdir())
     database = load_database(InputConfig(path=str(path)))
     assert database.ids.dtype == np.int64 and np.array_equal(database.ids, IDS)
-    assert database.embeddings.dtype == np.float32 and database.embeddings.shape == VECTORS.shape
-    unit = database.embeddings / np.linalg.norm(database.embeddings, axis=1, keepdims=True)
+    # one unit-length copy: float16 stays float16, everything else becomes float32
+    assert database.unit.dtype == (np.float16 if "float16" in kind else np.float32)
+    assert database.unit.shape == VECTORS.shape
+    unit = database.unit.astype(np.float64)
+    np.testing.assert_allclose(np.linalg.norm(unit, axis=1), 1.0, atol=2e-3)
     np.testing.assert_allclose(unit, VECTORS / np.linalg.norm(VECTORS, axis=1, keepdims=True), atol=2e-3)
     assert len(database.sha256) == 64
     assert database.n_faces == len(IDS) and database.dim == 64
@@ -155,15 +158,15 @@ def test_chunked_parquet_and_null_ids(tmp_path: Path) -> None:
 
 
 def test_near_duplicates_do_not_hide_exact_ones() -> None:
-    from job.database import count_duplicates
+    from job.io.database import count_duplicates
 
     rng = np.random.default_rng(0)
     vectors = rng.standard_normal((6, 512)).astype(np.float32)
     vectors[2] = vectors[0]
     vectors[1] = vectors[0]
-    unsampled = next(c for c in range(512) if c not in np.random.default_rng(0).permutation(512)[:64])
-    vectors[1, unsampled] += 1.0  # same hash as row 0, different vector, sorts between rows 0 and 2
-    counts = count_duplicates(vectors, np.array([0, 0, 1, 2, 3, 4]))
+    vectors[1, 7] += 1.0  # a near duplicate of row 0 between rows 0 and 2
+    keys = np.array([5, 5, 5, 1, 2, 3], dtype=np.uint64)  # rows 0-2 share a hash: compared in full
+    counts = count_duplicates(keys, np.array([0, 0, 1, 2, 3, 4]), lambda rows: vectors[rows])
     assert counts == {"faces": 1, "other_id": 1}
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from job.demo import DemoSpec, make_demo
-from job.knn import normalise
+from job.io.demo import DemoSpec, make_demo
+from job.knn.graph import normalise
 
 
 def test_demo_has_the_seed_format_and_is_deterministic() -> None:

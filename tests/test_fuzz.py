@@ -19,7 +19,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from job.config import InputConfig
-from job.database import FaceDatabase, load_database
+from job.io.database import FaceDatabase, load_database
 from job.errors import FaceatlasError
 
 UNPICKLED: list[str] = []
@@ -118,8 +118,8 @@ def test_random_structured_dtypes_load_or_fail_cleanly_and_never_unpickle(array:
     database = _load(buffer.getvalue())
     assert UNPICKLED == []
     if database is not None:  # whatever loaded is a clean database
-        assert database.embeddings.dtype == np.float32 and np.isfinite(database.embeddings).all()
-        assert database.ids.dtype == np.int64 and len(database.ids) == len(database.embeddings) > 0
+        assert database.unit.dtype in (np.float16, np.float32) and np.isfinite(database.unit).all()
+        assert database.ids.dtype == np.int64 and len(database.ids) == len(database.unit) > 0
 
 
 @FUZZ

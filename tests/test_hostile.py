@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from job.cli import app
-from job.demo import DemoSpec, make_demo
+from job.io.demo import DemoSpec, make_demo
 
 ROOT = Path(__file__).parents[1]
 SMOKE = str(ROOT / "configs" / "smoke.toml")  # n_neighbors = 10

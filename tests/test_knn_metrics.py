@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 from sklearn.neighbors import NearestNeighbors
 
-from job.knn import exact_knn, normalise
-from job.metrics import same_id_knn, trustworthiness
+from job.knn.exact import exact_knn
+from job.knn.graph import normalise
+from job.analysis.metrics import same_id_knn, trustworthiness
 
 
 def _unit(n: int, dim: int, seed: int = 0) -> np.ndarray:

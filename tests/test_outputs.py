@@ -18,11 +18,11 @@ from typer.testing import CliRunner
 
 from job.cli import app
 from job.config import Config, load_config
-from job.demo import DemoSpec, make_demo
+from job.io.demo import DemoSpec, make_demo
 from job.errors import InputError
-from job.outputs import staged_outputs
+from job.store.outputs import staged_outputs
 from job.pipeline import run
-from job.runs import open_run
+from job.store.runs import open_run
 
 SMOKE = Path(__file__).parents[1] / "configs" / "smoke.toml"
 
@@ -170,7 +170,7 @@ def test_a_mount_point_output_is_replaced_file_by_file_with_run_json_last(tmp_pa
     (out / "truth.json").write_text("{}")
     (out / "map_density.png").write_bytes(b"old")
     (out / "run.json").write_text(_record({"truth": "truth.json", "density": "map_density.png"}))
-    monkeypatch.setattr("job.outputs.os.path.ismount", lambda path: Path(path) == out)
+    monkeypatch.setattr("job.store.outputs.os.path.ismount", lambda path: Path(path) == out)
     with staged_outputs(out) as staging:
         assert staging.parent == out  # cannot stage beside a mount point
         (staging / "map_density.png").write_bytes(b"new")

@@ -16,8 +16,8 @@ import pytest
 from typer.testing import CliRunner
 
 from job.cli import app
-from job.demo import make_demo
-from job.formats import file_sha256
+from job.io.demo import make_demo
+from job.io.formats import file_sha256
 from job.pipeline import RunResult
 from tests.conftest import SMALL
 

@@ -19,8 +19,8 @@ from typer.testing import CliRunner
 
 from job.cli import app
 from job.config import InputConfig
-from job.database import load_database
-from job.demo import DemoSpec, make_demo
+from job.io.database import load_database
+from job.io.demo import DemoSpec, make_demo
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")
 RECORDS, _ = make_demo(DemoSpec(n_identities=40, faces_per_identity=4, dim=32, seed=5))

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from job.config import RenderConfig
-from job.render import HIGHLIGHT_COLOURS, identity_palette, make_frame, render_maps
+from job.render.maps import HIGHLIGHT_COLOURS, identity_palette, make_frame, render_maps
 
 
 def _pixels(path: Path) -> np.ndarray:
@@ -34,7 +34,7 @@ def test_maps_have_the_configured_size_and_are_not_blank(smoke_run, smoke_config
 def test_highlighted_identities_are_drawn_where_they_lie(smoke_run, smoke_config) -> None:
     import pyarrow.parquet as pq
 
-    from job.render import _MARGINS
+    from job.render.maps import _MARGINS
 
     table = pq.read_table(smoke_run.files["projection"]).to_pandas()
     coords = table[["x", "y"]].to_numpy()
@@ -49,7 +49,7 @@ def test_highlighted_identities_are_drawn_where_they_lie(smoke_run, smoke_config
 
 
 def test_legend_goes_to_the_emptiest_corner() -> None:
-    from job.render import emptiest_corner
+    from job.render.maps import emptiest_corner
 
     image = np.full((100, 100, 3), 255, np.uint8)
     image[:50, 50:] = 0  # the upper right is full

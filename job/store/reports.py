@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 
 from job.arrays import IdArray
-from job.lookalikes import Lookalikes
-from job.outputs import temporary_path
-from job.suspects import SuspectScores
+from job.analysis.lookalikes import Lookalikes
+from job.store.outputs import temporary_path
+from job.analysis.suspects import SuspectScores
 
 SUSPECTS_FILE = "suspects.csv"
 LOOKALIKES_FILE = "lookalikes.csv"

@@ -3,7 +3,7 @@
 Nothing here unpickles and nothing allocates what a header merely claims: a ``.npy`` header's shape is
 compared with the file's size before the file is memory-mapped, an ``.npz`` member's header with the
 member's stored size before it is read, and every read that must hold data in memory asks
-:func:`job.memory.require` first. :mod:`job.database` then decides whether the arrays make a database.
+:func:`job.io.memory.require` first. :mod:`job.io.database` then decides whether the arrays make a database.
 """
 
 from __future__ import annotations
@@ -11,16 +11,18 @@ from __future__ import annotations
 import ast
 import hashlib
 import math
+import mmap
 import stat
 import zipfile
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
 from job.errors import InputError
-from job.memory import require
+from job.io.memory import require
 
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PAR1": "parquet"}
 _MAX_HEADER = 10_000  # numpy's own limit for np.load
@@ -39,6 +41,9 @@ class RawArrays:
     ids: np.ndarray | None
     embeddings: np.ndarray
     memory_mapped: bool
+    release: Callable[[int, int], None] = field(default=lambda start, stop: None, repr=False)
+    """Give back the memory pages of rows ``start:stop`` once read (a memory-mapped file's pages count as the
+    process's memory until the kernel is told it may drop them)."""
 
 
 @dataclass(frozen=True)
@@ -169,12 +174,40 @@ def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int |
             raise InputError(f"{path}: cannot memory-map the .npy file ({_short(exc)}); re-save it with "
                              "numpy.save") from None
     mapped = header.data_bytes > 0
+    release = _page_release(array, header) if mapped else _keep_pages
     if plain:
-        return RawArrays(None, array, memory_mapped=mapped)
+        return RawArrays(None, array, memory_mapped=mapped, release=release)
     if array.ndim != 1:
         raise InputError(f"{path}: a structured array of shape {array.shape}, expected one record per face "
                          "(1-D); save a 1-D structured array")
-    return RawArrays(array[id_field] if id_field in fields else None, array[embedding_field], memory_mapped=mapped)
+    return RawArrays(array[id_field] if id_field in fields else None, array[embedding_field], memory_mapped=mapped,
+                     release=release)
+
+
+def _keep_pages(start: int, stop: int) -> None:
+    """Nothing to give back (the arrays live in ordinary memory)."""
+
+
+def _page_release(array: np.ndarray, header: _Header) -> Callable[[int, int], None]:
+    """``release(start, stop)`` for a memory-mapped ``.npy``: ``madvise(MADV_DONTNEED)`` on the whole pages
+    holding rows ``start:stop`` (the file is read-only, so a page read again is simply re-read)."""
+    handle = getattr(array, "_mmap", None)
+    advice = getattr(mmap, "MADV_DONTNEED", None)
+    if handle is None or advice is None:
+        return _keep_pages
+    row_bytes = header.dtype.itemsize * int(np.prod(header.shape[1:], dtype=np.int64))
+    base = header.offset % mmap.ALLOCATIONGRANULARITY  # np.memmap maps from an aligned offset before the data
+
+    def release(start: int, stop: int) -> None:
+        first = (base + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        last = (base + stop * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
+        if last > first:
+            try:
+                handle.madvise(advice, first, last - first)
+            except (OSError, ValueError):
+                pass
+
+    return release
 
 
 def _require_fields(fields: tuple[str, ...], wanted: tuple[str, ...], header: _Header, where: str) -> None:

@@ -21,11 +21,11 @@ def trustworthiness(
 
     Parameters
     ----------
-    unit : ndarray of shape (n_faces, dim), float32, unit rows
+    unit : ndarray of shape (n_faces, dim), float16 or float32, unit rows
     coords : ndarray of shape (n_faces, n_components), float32
     """
     rows = _sample_rows(len(unit), sample, seed)
-    unit, coords = unit[rows], coords[rows]
+    unit, coords = np.asarray(unit[rows], dtype=np.float32), coords[rows]
     n = len(rows)
     k = min(k, (n - 1) // 2)
     neighbours = map_neighbours(coords, k)

@@ -2,7 +2,7 @@
 
 Every analysis verdict (suspect, look-alike, nearest identity) compares a face with identity centroids, so
 this module is the one place that builds them. Cost is one pass over the faces (n_faces x dim) and memory
-is n_identities x dim, whatever the database size: nothing here is all-pairs.
+is n_identities x dim float32, whatever the database size: nothing here is all-pairs.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
-from job.knn import top_k
+from job.knn.graph import top_k
 
-ROW_BLOCK = 1 << 16
+ROW_BLOCK = 1 << 15
 
 
 @dataclass(frozen=True)
@@ -25,21 +25,40 @@ class IdentityTable:
     ----------
     ids : ndarray of shape (n_identities,), int64 — sorted identity ids
     codes : ndarray of shape (n_faces,), int64 — index into ``ids`` of each face
-    counts : ndarray of shape (n_identities,), int64 — faces per identity
-    sums : ndarray of shape (n_identities, dim), float64 — sum of each identity's unit faces
+    counts : ndarray of shape (n_identities,), int64 — faces summed per identity
+    centroids : ndarray of shape (n_identities, dim), float32 — unit mean face of each identity (zero rows for
+        an identity with no face summed)
+    norms : ndarray of shape (n_identities,), float64 — length of each identity's sum of unit faces, so that
+        ``sum = norms[:, None] * centroids``
     """
 
     ids: IdArray
     codes: IdArray
     counts: IdArray
-    sums: np.ndarray
+    centroids: FloatArray
+    norms: np.ndarray
 
-    @property
-    def centroids(self) -> FloatArray:
-        """Unit-length mean face of each identity: (n_identities, dim) float32."""
-        return unit_rows(self.sums)
+    def sums(self, index: IdArray | slice = slice(None)) -> np.ndarray:
+        """Sums of unit faces of the identities ``index``: (len, dim) float64."""
+        return self.norms[index, None] * self.centroids[index].astype(np.float64)
 
-    def cohesion(self, unit: FloatArray, keep: BoolArray | None = None) -> FloatArray:
+    def without(self, unit: np.ndarray, rows: IdArray) -> IdentityTable:
+        """The same identities with the faces ``rows`` left out of the sums (cost: those rows, not all)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        if not len(rows):
+            return self
+        touched, slot = np.unique(self.codes[rows], return_inverse=True)
+        removed = np.zeros((len(touched), unit.shape[1]), dtype=np.float64)
+        np.add.at(removed, slot, np.asarray(unit[rows], dtype=np.float64))
+        sums = self.sums(touched) - removed
+        counts = self.counts.copy()
+        counts[touched] -= np.bincount(slot, minlength=len(touched))
+        centroids, norms = self.centroids.copy(), self.norms.copy()
+        norms[touched] = np.linalg.norm(sums, axis=1)
+        centroids[touched] = unit_rows(sums)
+        return IdentityTable(self.ids, self.codes, counts, centroids, norms)
+
+    def cohesion(self, unit: np.ndarray, keep: BoolArray | None = None) -> FloatArray:
         """Mean cosine of each identity's faces (those in ``keep``) to its centroid: (n_identities,) float32."""
         rows = np.flatnonzero(keep) if keep is not None else np.arange(len(self.codes))
         sims = rowwise_dot(unit, self.centroids, self.codes[rows], rows)
@@ -47,10 +66,10 @@ class IdentityTable:
                 np.maximum(self.counts, 1)).astype(np.float32)
 
 
-def identity_table(unit: FloatArray, ids: IdArray, keep: BoolArray | None = None) -> IdentityTable:
+def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None) -> IdentityTable:
     """Group the unit faces ``unit`` (n_faces, dim) by ``ids`` (n_faces,); ``keep`` leaves faces out of the sums.
 
-    Faces left out still get a code (their identity's), but count towards neither ``counts`` nor ``sums``.
+    Faces left out still get a code (their identity's), but count towards neither ``counts`` nor the sums.
     Summed in row blocks, so the float64 temporaries stay at ``ROW_BLOCK`` x dim at any database size.
     """
     unique, codes = np.unique(ids, return_inverse=True)
@@ -64,11 +83,14 @@ def identity_table(unit: FloatArray, ids: IdArray, keep: BoolArray | None = None
         block_codes = codes[rows]
         starts = np.flatnonzero(np.r_[True, np.diff(block_codes) != 0])
         # codes are unique within a block, so += adds each group once (a group may span two blocks)
-        sums[block_codes[starts]] += np.add.reduceat(unit[rows].astype(np.float64), starts, axis=0)
-    return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, sums)
+        sums[block_codes[starts]] += np.add.reduceat(np.asarray(unit[rows], dtype=np.float64), starts, axis=0)
+    norms = np.linalg.norm(sums, axis=1)
+    centroids = unit_rows(sums)
+    del sums
+    return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, centroids, norms)
 
 
-def rowwise_dot(unit: FloatArray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
+def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
     """``unit[rows[i]] . others[index[i]]`` for every i, in row blocks (no n_faces x dim temporaries).
 
     ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),).
@@ -77,7 +99,8 @@ def rowwise_dot(unit: FloatArray, others: np.ndarray, index: IdArray, rows: IdAr
     for first in range(0, len(index), ROW_BLOCK):
         chosen = slice(first, first + ROW_BLOCK)
         faces = unit[chosen] if rows is None else unit[rows[chosen]]
-        out[chosen] = np.einsum("ij,ij->i", faces, others[index[chosen]])
+        out[chosen] = np.einsum("ij,ij->i", np.asarray(faces, dtype=np.float32), others[index[chosen]],
+                                dtype=np.float64)
     return out
 
 
@@ -87,7 +110,7 @@ def unit_rows(vectors: np.ndarray) -> FloatArray:
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def top_similar(queries: FloatArray, centroids: FloatArray, k: int, block_bytes: int = 256 << 20
+def top_similar(queries: np.ndarray, centroids: FloatArray, k: int, block_bytes: int = 256 << 20
                 ) -> tuple[np.ndarray, FloatArray]:
     """The ``k`` centroids most cosine-similar to each unit query, best first.
 
@@ -104,6 +127,7 @@ def top_similar(queries: FloatArray, centroids: FloatArray, k: int, block_bytes:
     similarity = np.empty((n, k), dtype=np.float32)
     block = max(1, block_bytes // (4 * max(m, 1)))
     for start in range(0, n, block):
-        sims = queries[start : start + block] @ centroids.T
+        sims = np.asarray(queries[start : start + block], dtype=np.float32) @ centroids.T
         indices[start : start + block], similarity[start : start + block] = top_k(sims, k)
     return indices, similarity
+

@@ -1,6 +1,6 @@
 """Questions asked of a finished run: place new faces, and what lies at a map point.
 
-Everything starts from :func:`open_map`, which goes through :func:`job.runs.open_run` (every file's
+Everything starts from :func:`open_map`, which goes through :func:`job.store.runs.open_run` (every file's
 SHA-256 checked against ``run.json``) before reading ``map_model.npz`` with ``allow_pickle=False``. The
 model is backend-neutral, so a CPU-only install answers for maps fitted with cuML too.
 """
@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 
 from job.config import InputConfig
-from job.database import load_database
+from job.io.database import load_database
 from job.errors import InputError, UsageError
-from job.knn import normalise
-from job.mapmodel import MODEL_FILE, MapModel, load_model
-from job.outputs import temporary_path
-from job.placement import Placement, place
-from job.runs import FinishedRun, open_run
+from job.knn.graph import normalise
+from job.maps.mapmodel import MODEL_FILE, MapModel, load_model
+from job.store.outputs import temporary_path
+from job.maps.placement import Placement, place
+from job.store.runs import FinishedRun, open_run
 
 
 @dataclass(frozen=True)
@@ -95,7 +95,7 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     if faces.dim != opened.model.dim:
         raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "
                          f"was fitted on dim {opened.model.dim}; use embeddings from the same face recognizer")
-    placement = place(opened.model, normalise(faces.embeddings))
+    placement = place(opened.model, faces.unit)
     write_placement(out, faces.input_rows, faces.ids if faces.has_ids else None, placement)
     same = float((placement.nearest_id == faces.ids).mean()) if faces.has_ids else None
     return Transformed(out, faces.n_faces, faces.has_ids, same)

@@ -20,7 +20,7 @@ import numpy as np
 from job.arrays import FloatArray, IdArray
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
-from job.knn import Neighbors, exact_knn
+from job.knn.graph import Neighbors
 
 GPU_FIX = "pip install 'faceatlas[gpu]' on a machine with an NVIDIA GPU (driver >= 535), or use --backend umap-learn"
 
@@ -74,13 +74,14 @@ def umap_params(params: UmapConfig, seed: int | None) -> dict[str, Any]:
         "metric": params.metric,
         "n_epochs": None if params.n_epochs == "auto" else params.n_epochs,
         "init": params.init,
+        "repulsion_strength": params.repulsion_strength,
         "target_weight": params.target_weight,
         "random_state": seed,
     }
 
 
 class UmapLearnBackend:
-    """umap-learn on CPU, given an exact kNN graph up to ``knn.exact_max_faces`` faces (NN-descent above)."""
+    """umap-learn on CPU, given the run's kNN graph as ``precomputed_knn`` (so it builds none of its own)."""
 
     name: ClassVar[str] = "umap-learn"
 
@@ -96,32 +97,22 @@ class UmapLearnBackend:
     ) -> Reduction:
         umap = import_umap()
         kwargs = umap_params(params, seed)
-        method = knn_method(len(unit), knn)
-        if graph is not None and graph.indices.shape[1] >= params.n_neighbors:
-            distances = graph.distances[:, : params.n_neighbors]
-            if params.metric == "euclidean":  # the graph is cosine; on unit vectors euclidean = sqrt(2 cosine)
-                distances = np.sqrt(2.0 * np.maximum(distances, 0.0)).astype(np.float32)
-            kwargs["precomputed_knn"] = (np.ascontiguousarray(graph.indices[:, : params.n_neighbors]),
-                                         np.ascontiguousarray(distances))
-            method = graph.method
-        elif method == "exact":
-            exact = exact_knn(unit, params.n_neighbors, params.metric)
-            kwargs["precomputed_knn"] = (exact.indices, exact.distances)
-        else:  # below 4,096 faces umap-learn would silently compute all pairwise distances instead
-            kwargs["force_approximation_algorithm"] = True
+        if graph is None or graph.indices.shape[1] < params.n_neighbors:
+            from job.knn.index import face_graph
+
+            shared = face_graph(unit, np.arange(len(unit)), params.n_neighbors, knn.method, knn.exact_max_faces, seed)
+            graph = shared.among_reference(params.n_neighbors)
+        distances = graph.distances[:, : params.n_neighbors]
+        if params.metric == "euclidean":  # the graph is cosine; on unit vectors euclidean = sqrt(2 cosine)
+            distances = np.sqrt(2.0 * np.maximum(distances, 0.0)).astype(np.float32)
+        kwargs["precomputed_knn"] = (np.ascontiguousarray(graph.indices[:, : params.n_neighbors]),
+                                     np.ascontiguousarray(distances))
         with warnings.catch_warnings():
             # both are expected here: we pass no search index, and a seed means one thread
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")
             warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
-            coords = umap.UMAP(**kwargs).fit_transform(unit, y=labels)
-        return Reduction(np.asarray(coords, dtype=np.float32), method)
-
-
-def knn_method(n_faces: int, knn: KnnConfig) -> str:
-    """"exact" or "approximate": what ``knn.method`` means for a database of ``n_faces``."""
-    if knn.method != "auto":
-        return knn.method
-    return "exact" if n_faces <= knn.exact_max_faces else "approximate"
+            coords = umap.UMAP(**kwargs).fit_transform(np.asarray(unit, dtype=np.float32), y=labels)
+        return Reduction(np.asarray(coords, dtype=np.float32), graph.method)
 
 
 class CumlBackend:
@@ -159,7 +150,7 @@ def cuml_params(params: UmapConfig, seed: int | None, knn_method: str = "auto") 
     ``knn.method`` "exact" maps to brute force, "approximate" to NN-descent, "auto" to cuML's own choice
     (brute force up to 50k rows). cuML forces brute force whenever ``random_state`` is set.
     """
-    algo = {"auto": "auto", "exact": "brute_force_knn", "approximate": "nn_descent"}[knn_method]
+    algo = {"exact": "brute_force_knn", "approximate": "nn_descent", "faiss-ivf": "nn_descent"}.get(knn_method, "auto")
     return {**umap_params(params, seed), "build_algo": algo}
 
 

@@ -1,16 +1,17 @@
 """The fitted state that lets faceatlas answer questions about an existing map without refitting.
 
 ``map_model.npz`` holds plain numeric arrays only (read with ``allow_pickle=False``, after
-:func:`job.runs.open_run` has checked its SHA-256 against ``run.json``), the same whichever backend drew
+:func:`job.store.runs.open_run` has checked its SHA-256 against ``run.json``), the same whichever backend drew
 the map, so a CPU-only install can use a map fitted by cuML:
 
-* ``identity`` (n_identities,) int64, ``centroid`` (n_identities, dim) float32 unit rows of the faces that
-  were fitted and not suspect, ``count`` faces behind each centroid, ``cohesion`` mean cosine of those
+* ``identity`` (n_identities,) int64, ``centroid`` (n_identities, dim) float32 unit rows of the faces on
+  the map that are not suspect, ``count`` faces behind each centroid, ``cohesion`` mean cosine of those
   faces to their centroid;
 * ``anchor`` (n_identities, n_components) float32: where each identity sits on the map (its face nearest
   the mean position of its faces), NaN for an identity with no fitted face;
-* ``coords`` (n_fitted, n_components) float32 and ``face_identity`` (n_fitted,) int32: every fitted face's
-  map position and the index of the identity it belongs to (a suspect's suggested identity);
+* ``coords`` (n_on_map, n_components) float32 and ``face_identity`` (n_on_map,) int32: the map position of
+  every face on the map (fitted by UMAP or placed on the fitted map; not the held-out faces) and the index
+  of the identity it belongs to (a suspect's suggested identity);
 * ``radius`` (scalar): how far from the nearest face a map point still counts as on the populated map.
 """
 
@@ -25,7 +26,7 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.errors import InputError
-from job.outputs import temporary_path
+from job.store.outputs import temporary_path
 
 MODEL_FILE = "map_model.npz"
 _FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anchor": "f", "coords": "f",
@@ -56,7 +57,7 @@ class MapModel:
         return int(self.coords.shape[1])
 
     def tree(self) -> Any:
-        """A k-d tree over the fitted faces' map positions (built on first use, n log n)."""
+        """A k-d tree over the map positions of the model's faces (built once, on first use, n log n)."""
         cached = self.__dict__.get("_tree")
         if cached is None:
             from scipy.spatial import cKDTree
@@ -66,12 +67,9 @@ class MapModel:
         return cached
 
 
-def build_model(identity: IdArray, sums: np.ndarray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
+def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
                 face_identity: np.ndarray) -> MapModel:
-    """Assemble a model from per-identity sums of fitted unit faces and the fitted faces' map positions."""
-    from job.identities import unit_rows
-    from job.metrics import map_neighbours
-
+    """Assemble a model from identity centroids (unit rows) and the map positions of the faces on the map."""
     n_ids = len(identity)
     anchor = np.full((n_ids, coords.shape[1]), np.nan, dtype=np.float32)
     per_id = np.bincount(face_identity, minlength=n_ids)
@@ -81,15 +79,19 @@ def build_model(identity: IdArray, sums: np.ndarray, count: IdArray, cohesion: F
     order = np.lexsort((gap, face_identity))
     first = order[np.r_[True, np.diff(face_identity[order]) != 0]]
     anchor[face_identity[first]] = coords[first]
+    from scipy.spatial import cKDTree
+
+    coords = coords.astype(np.float32)
+    tree = cKDTree(coords)  # built once: for the radius here and every query after
     k = min(RADIUS_NEIGHBOUR, len(coords) - 1)
+    radius = float("inf")
     if k >= 1:
-        kth = np.linalg.norm(coords[map_neighbours(coords, k)[:, -1]] - coords, axis=1)
-        radius = float(RADIUS_FACTOR * np.quantile(kth, 0.99))
-    else:
-        radius = float("inf")
-    return MapModel(identity.astype(np.int64), unit_rows(sums), count.astype(np.int64),
-                    cohesion.astype(np.float32), anchor, coords.astype(np.float32),
-                    face_identity.astype(np.int32), max(radius, 1e-6))
+        kth, _ = tree.query(coords, k=k + 1, workers=-1)  # a face is its own first neighbour
+        radius = max(float(RADIUS_FACTOR * np.quantile(kth[:, -1], 0.99)), 1e-6)
+    model = MapModel(identity.astype(np.int64), centroid.astype(np.float32), count.astype(np.int64),
+                     cohesion.astype(np.float32), anchor, coords, face_identity.astype(np.int32), radius)
+    object.__setattr__(model, "_tree", tree)
+    return model
 
 
 def save_model(model: MapModel, path: Path) -> Path:

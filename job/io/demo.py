@@ -26,12 +26,17 @@ Rows are in id order, like the seed's ``actor.npy``; stored as float16 in the se
 from __future__ import annotations
 
 import json
+import os
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+
+CHUNK_FACES = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -105,13 +110,35 @@ def seed_dtype(n_identities: int, dim: int) -> np.dtype:
 
 
 def make_demo(spec: DemoSpec = DemoSpec()) -> tuple[np.ndarray, DemoTruth]:
-    """Generate a demo database.
+    """Generate a demo database in memory.
 
     Returns
     -------
     records : structured ndarray of shape (n_faces,), dtype ``seed_dtype`` (fields ``id``, ``embedding``)
     truth : the planted misfiled faces, look-alike pairs and families
     """
+    plan = plan_demo(spec)
+    chunks = list(demo_chunks(plan))
+    records = np.concatenate(chunks) if chunks else np.empty(0, dtype=seed_dtype(spec.n_identities, spec.dim))
+    return records, plan.truth
+
+
+@dataclass
+class DemoPlan:
+    """Everything about a demo database but its faces: per identity centres and tightness, per face ids and
+    source identities, the planted truth, and the generator whose next draws are the faces' noise."""
+
+    spec: DemoSpec
+    centres: FloatArray
+    tightness: np.ndarray
+    ids: IdArray
+    source: IdArray
+    truth: DemoTruth
+    rng: np.random.Generator
+
+
+def plan_demo(spec: DemoSpec) -> DemoPlan:
+    """Draw the identities and the planted answers; memory n_identities x dim, not n_faces x dim."""
     rng = np.random.default_rng(spec.seed)
     centres, families = _family_centres(rng, spec)
     centres, pairs = _plant_lookalikes(rng, centres, spec, taken={i for f in families for i in f})
@@ -123,18 +150,44 @@ def make_demo(spec: DemoSpec = DemoSpec()) -> tuple[np.ndarray, DemoTruth]:
         source[misfiled] = _most_alike(centres, ids[misfiled])
     else:
         source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
-    faces = _faces(rng, centres[source], tightness[source])
-    records = np.empty(len(ids), dtype=seed_dtype(spec.n_identities, spec.dim))
-    records["id"] = ids
-    records["embedding"] = faces.astype(np.float16)
-    truth = DemoTruth(
-        spec=spec,
-        misfiled_rows=misfiled.tolist(),
-        misfiled_true_ids=source[misfiled].tolist(),
-        lookalike_pairs=pairs,
-        families=families,
-    )
-    return records, truth
+    truth = DemoTruth(spec=spec, misfiled_rows=misfiled.tolist(), misfiled_true_ids=source[misfiled].tolist(),
+                      lookalike_pairs=pairs, families=families)
+    return DemoPlan(spec, centres, tightness, ids, source, truth, rng)
+
+
+def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]:
+    """The faces of ``plan`` as structured records, ``rows`` at a time, in row order.
+
+    The noise is drawn from the plan's generator chunk after chunk, which gives the same numbers as one
+    draw of all of it: the chunks concatenated are exactly :func:`make_demo`'s records.
+    """
+    dtype = seed_dtype(plan.spec.n_identities, plan.spec.dim)
+    for start in range(0, len(plan.ids), rows):
+        source = plan.source[start:start + rows]
+        records = np.empty(len(source), dtype=dtype)
+        records["id"] = plan.ids[start:start + rows]
+        records["embedding"] = _faces(plan.rng, plan.centres[source], plan.tightness[source]).astype(np.float16)
+        yield records
+
+
+def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES) -> tuple[int, DemoTruth]:
+    """Stream a demo database to ``path`` (.npy) chunk by chunk, never holding its faces in memory.
+
+    Writes a temporary sibling and renames it into place; returns the number of faces and the truth.
+    """
+    plan = plan_demo(spec)
+    dtype = seed_dtype(spec.n_identities, spec.dim)
+    header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(plan.ids),)}
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as handle:
+            np.lib.format.write_array_header_2_0(handle, header)
+            for records in demo_chunks(plan, rows):
+                handle.write(records.tobytes())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(plan.ids), plan.truth
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> FloatArray:
@@ -150,12 +203,16 @@ def _mix(base: FloatArray, other: FloatArray, weight: np.ndarray | float) -> Flo
 
 
 def _family_centres(rng: np.random.Generator, spec: DemoSpec) -> tuple[FloatArray, list[list[int]]]:
-    centres = _unit(rng, spec.n_identities, spec.dim)
+    centres = np.empty((spec.n_identities, spec.dim), dtype=np.float32)
+    for start in range(0, spec.n_identities, CHUNK_FACES):  # same draws as one call, one copy in memory
+        centres[start:start + CHUNK_FACES] = _unit(rng, min(CHUNK_FACES, spec.n_identities - start), spec.dim)
     if spec.latent_dim > 0:
         # a few shared "attribute" directions (think age, sex, ancestry) give identities a smooth layout
         basis = np.linalg.qr(rng.standard_normal((spec.dim, spec.latent_dim)))[0].astype(np.float32)
-        latent = _unit(rng, spec.n_identities, spec.latent_dim) @ basis.T
-        centres = _mix(latent, centres, spec.latent_weight)
+        latent = _unit(rng, spec.n_identities, spec.latent_dim)
+        for start in range(0, spec.n_identities, CHUNK_FACES):
+            block = slice(start, start + CHUNK_FACES)
+            centres[block] = _mix(latent[block] @ basis.T, centres[block], spec.latent_weight)
     members = rng.permutation(spec.n_identities)[: int(spec.family_fraction * spec.n_identities)]
     families: list[list[int]] = []
     start = 0

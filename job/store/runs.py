@@ -14,8 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from job.errors import InputError
-from job.formats import file_sha256
-from job.outputs import RUN_FILE
+from job.io.formats import file_sha256
+from job.store.outputs import RUN_FILE
 
 
 @dataclass(frozen=True)

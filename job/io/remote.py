@@ -23,7 +23,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 from job.errors import InputError, UsageError
-from job.formats import file_sha256
+from job.io.formats import file_sha256
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
 _BLOCK = 1 << 20

@@ -1,4 +1,4 @@
-"""Moving between the map and the embedding space with a fitted :class:`~job.mapmodel.MapModel`.
+"""Moving between the map and the embedding space with a fitted :class:`~job.maps.mapmodel.MapModel`.
 
 * :func:`place` (``faceatlas transform``): a new face goes where the identities it resembles sit on the
   map — the anchors of its most similar identity centroids, weighted by ``exp((cos - best) / temperature)``,
@@ -20,8 +20,8 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.errors import UsageError
-from job.identities import top_similar, unit_rows
-from job.mapmodel import MapModel
+from job.analysis.identities import top_similar, unit_rows
+from job.maps.mapmodel import MapModel
 
 TEMPERATURE = 0.02
 VOTERS = 15
@@ -62,44 +62,84 @@ def invert(model: MapModel, point: FloatArray, leave_out: int = -1, own: tuple[i
            ) -> Inversion:
     """The embedding-space unit vector for ``point`` (n_components,) on the map.
 
-    ``leave_out`` and ``own`` serve the leave-one-out check of the map's inverse: the fitted face
-    ``leave_out`` does not vote, and identity ``own[0]`` (an index into ``model.identity``) is represented
-    by the centroid ``own[1]`` (its faces without that face).
+    ``leave_out`` and ``own`` serve the leave-one-out check of the map's inverse: the face ``leave_out`` of
+    the model does not vote, and identity ``own[0]`` (an index into ``model.identity``) is represented by the
+    centroid ``own[1]`` (its faces without that face).
 
     Raises
     ------
     UsageError
-        The point is farther than the model's ``radius`` from every fitted face.
+        The point is farther than the model's ``radius`` from every face of the map.
     """
     point = np.asarray(point, dtype=np.float64).reshape(-1)
     if point.shape != (model.n_components,) or not np.isfinite(point).all():
         raise UsageError(f"map point {point.tolist()}: expected {model.n_components} finite coordinates; "
                          "pass --x and --y" + (" and --z" if model.n_components == 3 else ""))
-    k = min(VOTERS + (leave_out >= 0), len(model.coords))
-    distances, faces = model.tree().query(point, k=k)
-    distances, faces = np.atleast_1d(distances), np.atleast_1d(faces)
-    voters = faces != leave_out
-    distances, faces = distances[voters], faces[voters]
-    k = len(faces)
-    if not k or distances[0] > model.radius:
+    inverted = invert_points(model, point[None, :], np.array([leave_out]),
+                             None if own is None else (np.array([own[0]]), np.asarray(own[1])[None, :]))
+    if not inverted.on_map[0]:
         lo, hi = model.coords.min(axis=0), model.coords.max(axis=0)
         extent = ", ".join(f"{axis} {a:.2f}..{b:.2f}" for axis, a, b in zip("xyz", lo, hi, strict=False))
-        raise UsageError(f"map point ({', '.join(f'{v:g}' for v in point)}) is {distances[0]:.3g} from the "
-                         f"nearest face, outside the populated map (answers need a face within "
+        raise UsageError(f"map point ({', '.join(f'{v:g}' for v in point)}) is {inverted.distance[0]:.3g} from "
+                         f"the nearest face, outside the populated map (answers need a face within "
                          f"{model.radius:.3g}; faces span {extent}); pick a point on the map")
-    scale = max(float(distances[min(4, k - 1)]), model.radius / 20, 1e-9)
-    votes = np.exp(-((distances / scale) ** 2))
-    identities, slot = np.unique(model.face_identity[faces], return_inverse=True)
-    share = np.bincount(slot, weights=votes, minlength=len(identities))
-    share /= share.sum()
-    sharp = share**SHARPEN
-    weights = sharp / sharp.sum()
-    centroids = model.centroid[identities]
-    if own is not None and (identities == own[0]).any():
-        centroids[identities == own[0]] = own[1]
-    vector = unit_rows((weights[:, None] * centroids).sum(axis=0, keepdims=True))[0]
-    fidelity = float(np.sum(share * model.cohesion[identities] * (centroids @ vector)))
-    return Inversion(vector.astype(np.float32), fidelity, float(distances[0]))
+    return Inversion(inverted.vectors[0], float(inverted.fidelity[0]), float(inverted.distance[0]))
+
+
+@dataclass(frozen=True)
+class Inversions:
+    """Many map points in the embedding space: ``vectors`` (m, dim) unit float32 (zero rows off the map),
+    ``fidelity`` (m,), ``distance`` (m,) to the nearest face, ``on_map`` (m,) bool."""
+
+    vectors: FloatArray
+    fidelity: np.ndarray
+    distance: np.ndarray
+    on_map: np.ndarray
+
+
+def invert_points(model: MapModel, points: np.ndarray, leave_out: np.ndarray | None = None,
+                  own: tuple[np.ndarray, FloatArray] | None = None) -> Inversions:
+    """:func:`invert` for a matrix of points (m, n_components) at once: one k-d tree query, array maths.
+
+    ``leave_out`` (m,): a model face that does not vote for that point (-1: none); ``own`` = (codes (m,),
+    centroids (m, dim)): the centroid that stands for identity ``codes[i]`` at point i.
+    """
+    m = len(points)
+    leave_out = np.full(m, -1) if leave_out is None else np.asarray(leave_out)
+    k = min(VOTERS + int((leave_out >= 0).any()), len(model.coords))
+    distances, faces = model.tree().query(np.asarray(points, dtype=np.float64), k=k)
+    distances, faces = distances.reshape(m, k), faces.reshape(m, k)
+    voting = faces != leave_out[:, None]
+    # keep the first VOTERS voters of each row (the left-out face, when present, drops out)
+    rank = np.cumsum(voting, axis=1)
+    voting &= rank <= VOTERS
+    nearest = np.where(voting, distances, np.inf).min(axis=1)
+    on_map = voting.any(axis=1) & (nearest <= model.radius)
+    sorted_d = np.sort(np.where(voting, distances, np.inf), axis=1)
+    fifth = sorted_d[np.arange(m), np.minimum(4, np.maximum(voting.sum(axis=1) - 1, 0))]
+    scale = np.maximum(np.maximum(np.where(np.isfinite(fifth), fifth, 0.0), model.radius / 20), 1e-9)
+    votes = np.where(voting, np.exp(-((distances / scale[:, None]) ** 2)), 0.0)
+    voter_id = model.face_identity[faces].astype(np.int64)
+    # share of each identity's votes per point, and how many voters each identity has there
+    key = np.arange(m)[:, None] * len(model.identity) + voter_id
+    _, slot = np.unique(key, return_inverse=True)
+    slot = slot.reshape(m, k)
+    share_of = np.bincount(slot.ravel(), weights=votes.ravel())
+    total = np.maximum(votes.sum(axis=1), 1e-300)
+    share = share_of[slot] / total[:, None]  # each voter carries its identity's share
+    voters_of = np.bincount(slot.ravel(), weights=voting.ravel().astype(np.float64))
+    per_voter = np.where(voting, 1.0 / np.maximum(voters_of[slot], 1.0), 0.0)
+    sharp = np.where(voting, share**SHARPEN, 0.0) * per_voter
+    weights = sharp / np.maximum(sharp.sum(axis=1, keepdims=True), 1e-300)
+    centroids = model.centroid[voter_id]  # (m, k, dim)
+    if own is not None:
+        mine = voter_id == np.asarray(own[0])[:, None]
+        centroids = np.where(mine[:, :, None], np.asarray(own[1], dtype=np.float32)[:, None, :], centroids)
+    vectors = unit_rows(np.einsum("mk,mkd->md", weights, centroids))
+    cosines = np.einsum("mkd,md->mk", centroids, vectors)
+    fidelity = np.sum(share * per_voter * model.cohesion[voter_id] * cosines, axis=1)
+    vectors[~on_map] = 0.0
+    return Inversions(vectors.astype(np.float32), np.where(on_map, fidelity, np.nan), nearest, on_map)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,87 @@
+"""Look-alike identities: pairs of different people whose faces are most alike.
+
+The similarity of identities a and b is the mean cosine between a face of a and a face of b,
+``sum_a . sum_b / (n_a n_b)`` from the identity sums, which does not favour identities with many or few
+faces the way a centroid cosine does. It is divided by the geometric mean of each identity's own mean
+face-to-face cosine, shrunk towards the database's typical value for identities with few faces (with two
+faces, "own" is one noisy number and would make its identity look like everyone's twin). Up to
+``ALL_PAIRS_MAX`` identities every pair is scored; above, candidate pairs are the identities most linked to
+each other in the run's kNN graph (:func:`job.analysis.identities.identity_links`), so the cost is
+n_identities x k, not all pairs — and a pair above the threshold whose faces are never among each other's
+nearest neighbours is not listed.
+Faces flagged as misfiled should be left out of the table first, or one misfiled face makes its two
+identities look alike.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from job.arrays import FloatArray, IdArray
+from job.analysis.identities import IdentityTable
+
+ALL_PAIRS_MAX = 2000
+PRIOR_PAIRS = 3.0  # the typical within-identity cosine counts as this many face pairs of evidence
+
+
+@dataclass(frozen=True)
+class Lookalikes:
+    """Identity pairs, most alike first: ``id_a < id_b`` int64 and ``similarity`` float32, each (n_pairs,)."""
+
+    id_a: IdArray
+    id_b: IdArray
+    similarity: FloatArray
+
+
+def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6
+                    ) -> Lookalikes:
+    """The ``top`` most alike pairs, plus every scored pair above ``threshold``.
+
+    Only identities with at least one face in ``table`` take part. ``linked`` (n_identities, m): candidate
+    partners of each identity (-1 padded), used above ``ALL_PAIRS_MAX`` identities.
+    """
+    present = np.flatnonzero(table.counts > 0)
+    if len(present) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return Lookalikes(empty, empty, np.zeros(0, dtype=np.float32))
+    counts = table.counts.astype(np.float64)
+    within = _within(table.norms, counts, present)
+    scale = counts * np.sqrt(within)  # sum_a . sum_b / scale_a scale_b = mean cross cosine / sqrt(within_a within_b)
+    if len(present) <= ALL_PAIRS_MAX or linked is None:  # every pair, so nothing above the threshold is missed
+        sums = table.sums(present)
+        matrix = (sums @ sums.T) / np.outer(scale[present], scale[present])
+        i, j = np.triu_indices(len(present), k=1)
+        a, b, similarity = present[i], present[j], matrix[i, j].astype(np.float32)
+    else:
+        a = np.repeat(np.arange(len(table.ids)), linked.shape[1])
+        b = linked.ravel()
+        valid = (b >= 0) & (a != b) & (table.counts[a] > 0) & (table.counts[np.maximum(b, 0)] > 0)
+        pairs = np.unique(np.stack([np.minimum(a[valid], b[valid]), np.maximum(a[valid], b[valid])], axis=1), axis=0)
+        a, b = pairs[:, 0], pairs[:, 1]
+        cross = np.empty(len(a))
+        for first in range(0, len(a), 1 << 16):  # blocks: no n_pairs x dim temporaries
+            block = slice(first, first + (1 << 16))
+            cross[block] = np.einsum("ij,ij->i", table.centroids[a[block]], table.centroids[b[block]],
+                                     dtype=np.float64)
+        similarity = (cross * table.norms[a] * table.norms[b] / (scale[a] * scale[b])).astype(np.float32)
+    order = np.argsort(-similarity, kind="stable")
+    keep = order[: max(top, int((similarity > threshold).sum()))]
+    return Lookalikes(table.ids[a[keep]], table.ids[b[keep]], similarity[keep])
+
+
+def _within(norms: np.ndarray, counts: np.ndarray, present: IdArray) -> np.ndarray:
+    """Mean cosine between two faces of each identity, shrunk towards the median of the others.
+
+    From the sum s of n unit faces, the mean over the n(n-1) ordered pairs is (|s|^2 - n) / (n(n-1)): an
+    identity with few faces gives a noisy value, so it is averaged with ``PRIOR_PAIRS`` pairs' worth of the
+    database's median (an identity of one face gets the median itself).
+    """
+    pairs = counts * (counts - 1)
+    raw = np.where(pairs > 0, (norms**2 - counts) / np.where(pairs > 0, pairs, 1), np.nan)
+    measured = raw[present][pairs[present] > 0]
+    typical = float(np.median(measured)) if len(measured) else 1.0
+    weight = pairs / 2  # unordered pairs behind each value
+    shrunk = (np.nan_to_num(raw) * weight + typical * PRIOR_PAIRS) / (weight + PRIOR_PAIRS)
+    return np.clip(shrunk, 0.05, None)

@@ -1,0 +1,135 @@
+"""How well the map and its questions hold up: the map model, the held-out check, supervised disagreement,
+and the verdicts against a demo database's planted truth.
+
+After UMAP and placement: build the map model (:mod:`job.maps.mapmodel`) from every face on the map, place
+the held-out faces with it and measure how well ``transform`` and ``invert`` recover them, invert the map
+where UMAP put faces (leave-one-out), and, with ``--supervised``, flag faces whose map neighbourhood
+disagrees with their embedding neighbourhood. Everything is array maths over batches of points.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from job.analysis.identities import IdentityTable, top_similar
+from job.analysis.lookalikes import Lookalikes
+from job.analysis.suspects import SuspectScores
+from job.arrays import BoolArray, FloatArray, IdArray
+from job.io.demo import DemoTruth
+from job.knn.graph import FaceGraph
+from job.maps.mapmodel import MapModel, build_model
+from job.maps.placement import invert_points
+
+
+def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores, on_map: IdArray,
+                   coords: FloatArray) -> MapModel:
+    """The map model of the faces ``on_map`` (sorted rows) at ``coords`` (len(on_map), n_components).
+
+    ``clean``: the identity table without suspects and held-out faces. A suspect face stands on the map for
+    the identity it was suggested as.
+    """
+    resolved = np.where(scores.suspect & (scores.suggested_id >= 0),
+                        np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
+    keep = np.zeros(len(clean.codes), dtype=bool)
+    keep[on_map] = True
+    keep &= ~scores.suspect
+    return build_model(clean.ids, clean.centroids, clean.counts, clean.cohesion(unit, keep), coords,
+                       resolved[on_map])
+
+
+NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": None, "map_id_at_1": None},
+                "transform": {"id_at_1": None}}
+
+
+def held_out_quality(model: MapModel, unit: np.ndarray, ids: IdArray, placed: FloatArray) -> dict[str, Any]:
+    """Score held-out faces ``unit`` (n, dim) that ``place`` put at ``placed`` (n, n_components), and the
+    inverse of those positions.
+
+    Returns ``{"n", "transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}}`` (None values when there
+    is no face to measure); transform id_at_1: the nearest face on the map has the face's id; inverse
+    id_at_1: the identity most similar to the inverted vector is the face's id.
+    """
+    if not len(unit):
+        return {"n": 0, "inverse": dict(NULL_QUALITY["inverse"]), "transform": dict(NULL_QUALITY["transform"])}
+    _, nearest_face = model.tree().query(placed, k=1)
+    transform_hit = model.identity[model.face_identity[nearest_face]] == ids
+    inverted = invert_points(model, placed)
+    best = top_similar(inverted.vectors, model.centroid, 1)[0][:, 0]
+    cosines = np.where(inverted.on_map, np.einsum("nd,nd->n", inverted.vectors, np.asarray(unit, np.float32)), 0.0)
+    inverse_hit = inverted.on_map & (model.identity[best] == ids)
+    return {"n": int(len(unit)), "transform": {"id_at_1": float(transform_hit.mean())},
+            "inverse": {"mean_cos": float(cosines.mean()), "id_at_1": float(inverse_hit.mean())}}
+
+
+def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: np.ndarray, on_map: IdArray, sample: int,
+                        seed: int | None) -> dict[str, float | None]:
+    """``invert`` where the map put faces: for up to ``sample`` non-suspect faces on the map of identities
+    with 2+ such faces, each left out of the vote and out of its identity's centroid (leave-one-out), the
+    cosine between the face and the inverse of its map position (``map_mean_cos``) and whether its identity
+    ranks first there (``map_id_at_1``). This scores the map, not the embedding-space placement of
+    ``transform``."""
+    map_codes = clean.codes[on_map]
+    # a suspect stands for its suggested identity on the map: only faces standing for their own identity count
+    ok = (clean.counts[map_codes] >= 2) & (model.face_identity == map_codes)
+    eligible = np.flatnonzero(ok)  # positions among the faces on the map
+    if not len(eligible):
+        return {"map_mean_cos": None, "map_id_at_1": None}
+    rng = np.random.default_rng(0 if seed is None else seed)
+    chosen = np.sort(rng.choice(eligible, size=min(sample, len(eligible)), replace=False))
+    faces, codes = on_map[chosen], map_codes[chosen]
+    vectors = np.asarray(unit[faces], dtype=np.float64)
+    rest = clean.sums(codes) - vectors
+    rest = (rest / np.linalg.norm(rest, axis=1, keepdims=True)).astype(np.float32)
+    inverted = invert_points(model, model.coords[chosen], leave_out=chosen, own=(codes, rest))
+    sims = inverted.vectors @ model.centroid.T
+    sims[np.arange(len(chosen)), codes] = np.einsum("nd,nd->n", rest, inverted.vectors)
+    hits = inverted.on_map & (np.argmax(sims, axis=1) == codes)
+    cosines = np.where(inverted.on_map, np.einsum("nd,nd->n", inverted.vectors, vectors.astype(np.float32)), 0.0)
+    return {"map_mean_cos": float(cosines.mean()), "map_id_at_1": float(hits.mean())}
+
+
+def supervised_disagreement(coords: FloatArray, codes: IdArray, graph: FaceGraph, k: int) -> BoolArray:
+    """Fitted faces whose filed identity is far more common among their ``k`` nearest fitted faces on the map
+    than among their ``k`` nearest fitted faces in the embedding space (share difference >= 0.5): the
+    supervised map pulled them towards the identity they are filed under, their embeddings do not agree.
+
+    ``coords`` (n_faces, n_components) is the whole map; only the fitted faces (``graph.reference``) count.
+    """
+    from job.analysis.metrics import map_neighbours
+
+    fitted = graph.reference
+    flags = np.zeros(len(codes), dtype=bool)
+    k = min(k, len(fitted) - 1, graph.k - 1)
+    if k < 1:
+        return flags
+    own = codes[fitted]
+    on_map = (own[map_neighbours(coords[fitted], k)] == own[:, None]).mean(axis=1)
+    near = graph.indices[fitted, 1 : k + 1]
+    in_space = np.where(near >= 0, own[np.maximum(near, 0)] == own[:, None], False).mean(axis=1)
+    flags[fitted] = on_map - in_space >= 0.5
+    return flags
+
+
+@dataclass(frozen=True)
+class TruthScores:
+    """How the verdicts compare with a demo database's planted answers."""
+
+    suspect_precision: float
+    suspect_recall: float
+    lookalike_recall: float
+
+
+def against_truth(truth: DemoTruth, rows: IdArray, scores: SuspectScores, lookalikes: Lookalikes) -> TruthScores:
+    """Precision/recall of suspects, and the share of planted look-alike pairs among the top 2x-planted pairs."""
+    flagged = set(rows[scores.suspect].tolist())
+    planted = set(truth.misfiled_rows)
+    hits = len(flagged & planted)
+    pairs = {tuple(pair) for pair in truth.lookalike_pairs}
+    top = set(zip(lookalikes.id_a[: 2 * len(pairs)].tolist(), lookalikes.id_b[: 2 * len(pairs)].tolist(),
+                  strict=True))
+    return TruthScores(hits / len(flagged) if flagged else float(not planted),
+                       hits / len(planted) if planted else 1.0,
+                       len(top & pairs) / len(pairs) if pairs else 1.0)
