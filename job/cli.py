@@ -126,9 +126,10 @@ def run(
         settings = load_config(config, overrides)
 
         from job.pipeline import run as run_job
+        from job.progress import stderr_progress
 
         start = time.perf_counter()
-        result = run_job(settings, log=_say)
+        result = run_job(settings, log=_say, progress=stderr_progress())
         typer.echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
                    + ", ".join(_flat_metrics(result.metrics)))
         for role, path in result.files.items():

@@ -19,7 +19,7 @@ from job.knn.exact import ExactIndex
 from job.knn.graph import FaceGraph, self_first
 from job.progress import ProgressFactory, no_progress
 
-QUERY_CHUNK = 1 << 15  # queries per chunk: progress granularity, and the unit a cluster would map over
+QUERY_CHUNK = 1 << 17  # queries per chunk: progress granularity, and the unit a cluster would map over
 
 
 class KnnIndex(Protocol):
