@@ -28,9 +28,10 @@ from job.analysis.quality import (
     supervised_disagreement,
 )
 from job.analysis.suspects import SuspectScores, leave_one_out, score_faces
-from job.arrays import BoolArray, FloatArray, IdArray
+from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.config import Config, UmapConfig
 from job.errors import UsageError
+from job.footprint import run_bytes
 from job.io.database import FaceDatabase, load_database
 from job.knn.graph import FaceGraph
 from job.knn.index import face_graph
@@ -111,7 +112,8 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     backend, reason = resolve(config.backend)
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
-        database = load_database(config.input, config.max_memory_bytes, log)
+        database = load_database(config.input, config.max_memory_bytes, log,
+                                 working=lambda *size: run_bytes(config, *size))
         highlight = _check_run(config, database)
     log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
         f"dim {database.dim}")
@@ -182,7 +184,8 @@ def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, d
     params = fit_params(config.umap, sampled=len(plan.placed) > 0, n_fitted=len(plan.fitted))
     # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
     labels = plan.table.codes[plan.fitted].astype(np.int32) if params.supervised else None
-    reduction = backend.fit_transform(database.unit[plan.fitted], labels, params, config.knn, config.seed,
+    reduction = backend.fit_transform(take_rows(database.unit, plan.fitted, np.float32), labels, params, config.knn,
+                                      config.seed,
                                       graph.among_reference(params.n_neighbors))
     _check_coords(reduction.coords, config)
     return reduction.coords, params
@@ -212,6 +215,9 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
             mapped: MapResult, backend: str) -> Analysis:
     """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes."""
     settings, ids, scores = config.analysis, database.ids, verdicts.scores
+    # one derived identity table at a time (each is n_identities x dim): the look-alikes' first, then freed
+    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(scores.suspect)), verdicts.lookalike,
+                            settings.lookalike_top, settings.lookalike_threshold)
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     clean = plan.table.without(database.unit, np.flatnonzero(scores.suspect | _mask(plan.held, len(ids))))
     model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
@@ -224,8 +230,6 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
                                                   config.seed))
     clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=backend == "cuml",
                            sample=settings.cluster_sample, seed=config.seed)
-    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(scores.suspect)), verdicts.lookalike,
-                            settings.lookalike_top, settings.lookalike_threshold)
     fitted = _mask(plan.fitted, len(ids))
     columns: dict[str, np.ndarray] = {"outlier_score": scores.score, "suspect": scores.suspect,
                                       "suggested_id": scores.suggested_id, "cluster": clusters,

@@ -62,7 +62,11 @@ def test_auto_settings_follow_how_the_map_is_fitted() -> None:
 def test_cuml_parameter_mapping(method: str, algo: str) -> None:
     params = cuml_params(UmapConfig(), 0, method)
     assert params["build_algo"] == algo
-    assert {k: v for k, v in params.items() if k != "build_algo"} == umap_params(UmapConfig(), 0)
+    shared = umap_params(UmapConfig(), 0)
+    assert shared["init"] == "pca" and params["init"] == "spectral"  # cuML has no PCA start
+    assert {k: v for k, v in params.items() if k not in ("build_algo", "init")} == \
+        {k: v for k, v in shared.items() if k != "init"}
+    assert cuml_params(UmapConfig(init="random"), 0, method)["init"] == "random"
 
 
 @pytest.fixture(params=[UmapLearnBackend.name, pytest.param(CumlBackend.name, marks=pytest.mark.gpu)])

@@ -70,24 +70,41 @@ def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None
     """Group the unit faces ``unit`` (n_faces, dim) by ``ids`` (n_faces,); ``keep`` leaves faces out of the sums.
 
     Faces left out still get a code (their identity's), but count towards neither ``counts`` nor the sums.
-    Summed in row blocks, so the float64 temporaries stay at ``ROW_BLOCK`` x dim at any database size.
+    Summed in row blocks of faces sorted by identity, each identity's float64 sum finished and stored as a
+    float32 unit row as soon as its last face is seen: the temporaries stay at ``ROW_BLOCK`` x dim at any
+    database size, and memory is the float32 centroids alone (no n_identities x dim float64 array).
     """
     unique, codes = np.unique(ids, return_inverse=True)
     weight = np.ones(len(ids), dtype=bool) if keep is None else keep
     counts = np.bincount(codes[weight], minlength=len(unique)).astype(np.int64)
-    sums = np.zeros((len(unique), unit.shape[1]), dtype=np.float64)
+    centroids = np.zeros((len(unique), unit.shape[1]), dtype=np.float32)
+    norms = np.zeros(len(unique), dtype=np.float64)
     kept = np.flatnonzero(weight)
     kept = kept[np.argsort(codes[kept], kind="stable")]
+    carry_code, carry = -1, np.zeros((0, unit.shape[1]))
     for first in range(0, len(kept), ROW_BLOCK):
         rows = kept[first : first + ROW_BLOCK]
         block_codes = codes[rows]
         starts = np.flatnonzero(np.r_[True, np.diff(block_codes) != 0])
-        # codes are unique within a block, so += adds each group once (a group may span two blocks)
-        sums[block_codes[starts]] += np.add.reduceat(np.asarray(unit[rows], dtype=np.float64), starts, axis=0)
-    norms = np.linalg.norm(sums, axis=1)
-    centroids = unit_rows(sums)
-    del sums
+        group_codes = block_codes[starts]
+        sums = np.add.reduceat(np.asarray(unit[rows], dtype=np.float64), starts, axis=0)
+        if len(carry) and group_codes[0] == carry_code:  # a group spanning blocks: finish it here
+            sums[0] += carry[0]
+        elif len(carry):
+            _store(centroids, norms, np.array([carry_code]), carry)
+        # the block's last group may go on in the next block: hold it back
+        carry_code, carry = int(group_codes[-1]), sums[-1:].copy()
+        _store(centroids, norms, group_codes[:-1], sums[:-1])
+    if len(carry):
+        _store(centroids, norms, np.array([carry_code]), carry)
     return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, centroids, norms)
+
+
+def _store(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.ndarray) -> None:
+    """Write the unit rows and lengths of the float64 ``sums`` of the identities ``codes``."""
+    lengths = np.linalg.norm(sums, axis=1)
+    norms[codes] = lengths
+    centroids[codes] = sums / np.where(lengths > 0, lengths, 1.0)[:, None]
 
 
 def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:

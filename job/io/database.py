@@ -25,6 +25,8 @@ from job.io.remote import fetch, is_url, redact
 
 DEMO_SOURCE = "demo"
 CHUNK_ROWS = 1 << 16
+Working = Callable[[int, int, int, int], int]
+"""``working(n_faces, n_identities, dim, itemsize)`` -> bytes a run needs beyond the unit vectors."""
 _BLOCK = 1 << 14  # rows converted at a time: float64 temporaries of 64 MiB at 512-D
 _HASHED_WORDS = 128  # bytes of each row hashed to find duplicate candidates
 
@@ -99,10 +101,14 @@ class CheckedArrays:
 
 
 def load_database(config: InputConfig, max_memory: int | None = None,
-                  log: Callable[[str], None] = lambda message: None, ids_optional: bool = False) -> FaceDatabase:
+                  log: Callable[[str], None] = lambda message: None, ids_optional: bool = False,
+                  working: Working | None = None) -> FaceDatabase:
     """Load and validate the database named by ``config.path`` ("" = the built-in demo, or an https URL).
 
     ``ids_optional``: also accept a file without ids (see :func:`job.io.formats.read_arrays`).
+    ``working``: the memory the work on these faces will need beyond their unit copy, as a function of the
+    database's size (:func:`job.footprint.run_bytes`); a database whose run would not fit in ``max_memory``
+    is refused (:class:`~job.errors.OutOfMemoryError`) before its unit copy is made.
     """
     if not config.path:
         if config.sha256:
@@ -127,7 +133,7 @@ def load_database(config: InputConfig, max_memory: int | None = None,
             digest = ""  # hashed for run.json once the cheap checks (header, size, memory) have passed
         raw = read_arrays(path, config.id_field, config.embedding_field, max_memory, ids_optional)
         ids = raw.ids if raw.ids is not None else np.full(len(raw.embeddings), -1, dtype=np.int64)
-        checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory, raw.release)
+        checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory, raw.release, working)
         dtype, has_ids = str(raw.embeddings.dtype), raw.ids is not None
         del raw  # a memory-mapped file's pages are released here; only the unit copy stays
         digest = digest or file_sha256(path)
@@ -169,8 +175,8 @@ def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
 
 
 def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_invalid: bool = False,
-                 max_memory: int | None = None, release: Callable[[int, int], None] = lambda start, stop: None
-                 ) -> CheckedArrays:
+                 max_memory: int | None = None, release: Callable[[int, int], None] = lambda start, stop: None,
+                 working: Working | None = None) -> CheckedArrays:
     """Validate ids and embeddings; return int64 ids and the embeddings scaled to unit length.
 
     One pass in blocks of ``CHUNK_ROWS`` over the input (which may be memory-mapped) writes the only copy:
@@ -184,14 +190,22 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         Non-integer ids or ids beyond int64, non-float or non-2-D embeddings, length mismatch, no faces,
         or NaN/inf/all-zero embeddings (unless ``drop_invalid``, which leaves those faces out).
     OutOfMemoryError
-        The unit copy would not fit.
+        The unit copy would not fit, or with ``working(n_faces, n_identities, dim, itemsize)`` bytes more,
+        the run on it would not.
     """
     _check_shapes(ids, embeddings, source)
     n_faces, dim = embeddings.shape
     dtype = np.float16 if embeddings.dtype == np.float16 else np.float32
-    require(n_faces * dim * np.dtype(dtype).itemsize + _BLOCK * dim * 32, max_memory,
-            f"{source}: {n_faces:,} faces x {dim} as unit {np.dtype(dtype).name} vectors",
-            "map a sample of the faces")
+    unit_bytes = n_faces * dim * np.dtype(dtype).itemsize + min(n_faces, _BLOCK) * dim * 32
+    require(unit_bytes, max_memory, f"{source}: {n_faces:,} faces x {dim} as unit {np.dtype(dtype).name} "
+            "vectors", "map a sample of the faces")
+    if working is not None:  # the ids are read (and counted) only once the faces themselves fit
+        n_identities = len(np.unique(np.asarray(ids)))
+        extra = working(n_faces, n_identities, dim, np.dtype(dtype).itemsize)
+        require(unit_bytes + extra, max_memory,
+                f"{source}: the run on {n_faces:,} faces x {dim} ({_size(unit_bytes)} of unit "
+                f"{np.dtype(dtype).name} vectors, {_size(extra)} to work with)",
+                "raise max_memory if the machine has more, or map fewer faces")
     unit = np.empty((n_faces, dim), dtype=dtype)
     bad = np.zeros(n_faces, dtype=np.int8)  # 1: NaN/inf or beyond float32, 2: all zeros
     keys = np.empty(n_faces, dtype=np.uint64)
@@ -220,6 +234,10 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         unit = _compact(unit, rows)
     duplicates = count_duplicates(keys, int_ids, lambda chosen: np.asarray(embeddings[rows[chosen]]))
     return CheckedArrays(int_ids, unit, rows, dropped, duplicates)
+
+
+def _size(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**26 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _compact(unit: np.ndarray, rows: IdArray) -> np.ndarray:

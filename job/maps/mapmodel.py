@@ -88,8 +88,8 @@ def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesio
     if k >= 1:
         kth, _ = tree.query(coords, k=k + 1, workers=-1)  # a face is its own first neighbour
         radius = max(float(RADIUS_FACTOR * np.quantile(kth[:, -1], 0.99)), 1e-6)
-    model = MapModel(identity.astype(np.int64), centroid.astype(np.float32), count.astype(np.int64),
-                     cohesion.astype(np.float32), anchor, coords, face_identity.astype(np.int32), radius)
+    model = MapModel(np.asarray(identity, np.int64), np.asarray(centroid, np.float32), np.asarray(count, np.int64),
+                     np.asarray(cohesion, np.float32), anchor, coords, face_identity.astype(np.int32), radius)
     object.__setattr__(model, "_tree", tree)
     return model
 

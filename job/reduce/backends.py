@@ -21,6 +21,7 @@ from job.arrays import FloatArray, IdArray
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
 from job.knn.graph import Neighbors
+from job.reduce.start import pca_start
 
 GPU_FIX = "pip install 'faceatlas[gpu]' on a machine with an NVIDIA GPU (driver >= 535), or use --backend umap-learn"
 
@@ -111,7 +112,10 @@ class UmapLearnBackend:
             # both are expected here: we pass no search index, and a seed means one thread
             warnings.filterwarnings("ignore", message=".*knn_search_index.*")
             warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
-            coords = umap.UMAP(**kwargs).fit_transform(np.asarray(unit, dtype=np.float32), y=labels)
+            data = np.asarray(unit, dtype=np.float32)  # the caller's float32 rows: no copy
+            if kwargs["init"] == "pca":  # the same start as umap-learn's, without scikit-learn's centred copy
+                kwargs["init"] = pca_start(data, params.n_components, seed)
+            coords = umap.UMAP(**kwargs).fit_transform(data, y=labels)
         return Reduction(np.asarray(coords, dtype=np.float32), graph.method)
 
 
@@ -151,7 +155,10 @@ def cuml_params(params: UmapConfig, seed: int | None, knn_method: str = "auto") 
     (brute force up to 50k rows). cuML forces brute force whenever ``random_state`` is set.
     """
     algo = {"exact": "brute_force_knn", "approximate": "nn_descent", "faiss-ivf": "nn_descent"}.get(knn_method, "auto")
-    return {**umap_params(params, seed), "build_algo": algo}
+    kwargs = {**umap_params(params, seed), "build_algo": algo}
+    if kwargs["init"] == "pca":  # cuML starts from "spectral" or "random" only
+        kwargs["init"] = "spectral"
+    return kwargs
 
 
 BACKENDS: dict[str, type[UmapLearnBackend] | type[CumlBackend]] = {

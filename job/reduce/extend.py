@@ -12,7 +12,10 @@ That is what ``UMAP.transform`` does, with two differences measured at 300k face
   per identity is dense, so at that length a placed face drifts away from its identity. The step runs in
   coordinates scaled so that neighbouring fitted faces are ``SPACING`` kernel units apart (then scaled back):
   a placed face settles close to its identity's fitted faces, each at its own spot (faces of one identity
-  keep a spread), instead of all on one anchor as ``faceatlas transform`` puts query faces.
+  keep a spread), instead of all on one anchor as ``faceatlas transform`` puts query faces. Measured at 300k
+  faces (same-id share of 4 map neighbours / trustworthiness): ``SPACING`` 0.2: 0.866, 0.3: 0.906 / 0.906,
+  0.6: 0.916 / 0.909, 1.2: 0.916 / 0.909 (map_id_at_1 0.964), 2.5: 0.915 / 0.908 (0.952); at 10k faces the
+  same-id share rises from 0.71 (0.3) to 0.92 (1.2).
 
 Faces never interact with each other, so chunks are independent: :func:`place_chunk` is a pure function of
 its chunk, the result does not depend on how the faces are cut into chunks, and a cluster can map it.
@@ -28,7 +31,7 @@ from job.arrays import FloatArray
 from job.progress import ProgressFactory, no_progress
 
 INIT_TEMPERATURE = 0.02
-SPACING = 0.3
+SPACING = 1.2
 CHUNK = 1 << 16
 
 

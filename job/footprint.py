@@ -1,0 +1,35 @@
+"""How much memory a run needs beyond the unit vectors, from the database's size alone — checked before any
+work starts, so a database that would not fit is refused (exit 5) instead of dying half-way.
+
+The run holds a few arrays per face for its whole length (ids, rows, the kNN graph, scores, coordinates),
+two identity tables (n_identities x dim float32: the run's, and one derived table at a time), and, one stage
+at a time, that stage's working set (the index and a query chunk; the candidate lists; UMAP's float32 copy of
+the fitted faces; the 2-D tree; the output tables). The estimate is the sum of the first two and the largest
+third. Calibrated against measured peak RSS at 300k and 1M faces (README, ``bench/bench_scale.py``); it errs
+high, and is a guard, not an allocator.
+"""
+
+from __future__ import annotations
+
+from job.config import Config
+from job.knn.index import QUERY_CHUNK
+
+BASE = 450 << 20  # the interpreter with numpy, numba, umap-learn, faiss, scipy and datashader loaded
+SLACK = 1.15  # allocator fragmentation and the small arrays not counted here
+
+
+def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsize: int) -> int:
+    """Bytes a run on ``n_faces`` faces of ``n_identities`` identities needs beyond its unit vectors."""
+    k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
+    components = config.umap.n_components
+    fitted = min(n_faces, config.umap.fit_sample)
+    per_face = 3 * 8 + 8 * k + 40 + 4 * components  # ids, rows, codes; graph; scores and masks; coordinates
+    tables = 2 * n_identities * dim * 4
+    stages = {
+        "kNN graph": fitted * dim * 2 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 48),
+        "verdicts": n_faces * (2 * config.analysis.neighbours + 5) * 8 + n_identities * dim * 8 // 64,
+        "UMAP": fitted * dim * 4 + fitted * k * 64 + fitted * components * 16,
+        "analysis": n_faces * (components * 4 + 8) * 3 + n_faces * 6 * 16,
+        "tables": n_faces * 120,
+    }
+    return int(SLACK * (BASE + n_faces * per_face + tables + max(stages.values())))
