@@ -55,7 +55,16 @@ def main() -> None:
     import pandas as pd
 
     from job.config import RenderConfig
-    from job.render.maps import _identity_image, identity_palette, make_frame, point_radius, render_maps, spread
+    from job.render.maps import (
+        _identity_image,
+        colour_sums,
+        face_frame,
+        identity_palette,
+        make_frame,
+        point_radius,
+        render_maps,
+        spread,
+    )
 
     coords, ids = _synthetic(args.faces, args.identities)
     config = RenderConfig()
@@ -63,8 +72,7 @@ def main() -> None:
     canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height, x_range=frame.x_range,
                        y_range=frame.y_range)
     palette = identity_palette(args.identities)
-    rgb = palette[ids]
-    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2]})
+    faces = face_frame(coords, palette, ids)
     labelled = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
                              "id": pd.Categorical(ids, categories=range(args.identities))})
     key = {i: "#%02x%02x%02x" % tuple((palette[i] * 255).astype(int)) for i in range(args.identities)}
@@ -74,8 +82,8 @@ def main() -> None:
                         how="eq_hist")
 
     def ours() -> object:
-        counts = spread(canvas.points(faces, "x", "y", agg=ds.count()), point_radius(len(ids)))
-        return _identity_image(canvas, faces, counts, point_radius(len(ids)))
+        sums = colour_sums(canvas, faces)
+        return _identity_image(sums, spread(sums["n"], point_radius(len(ids))), point_radius(len(ids)))
 
     base_s, base_mb = _measure(baseline, args.repeats)
     ours_s, ours_mb = _measure(ours, args.repeats)
@@ -89,7 +97,7 @@ def main() -> None:
         for n in sorted({5_000, args.faces, args.big}):
             coords, ids = _synthetic(n, max(args.identities, n // 5))
             start = time.perf_counter()
-            render_maps(coords, ids, [0, 1, 2, 3, 4], {}, config, Path(tmp), f"{n:,} faces")
+            render_maps(coords, ids, [0, 1, 2, 3, 4], {}, config, Path(tmp), f"{n:,} faces", codes=ids)
             print(f"render_maps, three PNGs, {n:>12,} faces: {time.perf_counter() - start:6.2f} s")
 
 

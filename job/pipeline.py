@@ -138,7 +138,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         metrics = measure(config, database, mapped, analysis)
     with staged_outputs(out_dir) as staging:
         with _timed(timings, "render"):
-            files = render(config, database, highlight, verdicts, mapped, analysis, staging)
+            files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging)
         with _timed(timings, "write"):
             files.update(write_tables(database, verdicts, mapped, analysis, staging))
         record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
@@ -258,13 +258,14 @@ def measure(config: Config, database: FaceDatabase, mapped: MapResult, analysis:
             **analysis.metrics}
 
 
-def render(config: Config, database: FaceDatabase, highlight: list[int], verdicts: Verdicts, mapped: MapResult,
-           analysis: Analysis, staging: Path) -> dict[str, Path]:
+def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: list[int], verdicts: Verdicts,
+           mapped: MapResult, analysis: Analysis, staging: Path) -> dict[str, Path]:
     """The five PNG maps."""
     scores, model = verdicts.scores, analysis.model
     labels_text = {int(i): database.label(i) for i in highlight}
     title = Path(database.source).name
-    files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title)
+    files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title,
+                        codes=plan.table.codes)
     suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
     filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
     files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,

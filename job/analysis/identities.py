@@ -127,7 +127,7 @@ def unit_rows(vectors: np.ndarray) -> FloatArray:
     return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
-def top_similar(queries: np.ndarray, centroids: FloatArray, k: int, block_bytes: int = 256 << 20
+def top_similar(queries: np.ndarray, centroids: FloatArray, k: int, block_bytes: int = 64 << 20
                 ) -> tuple[np.ndarray, FloatArray]:
     """The ``k`` centroids most cosine-similar to each unit query, best first.
 

@@ -58,8 +58,9 @@ def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: in
         a = np.repeat(np.arange(len(table.ids)), linked.shape[1])
         b = linked.ravel()
         valid = (b >= 0) & (a != b) & (table.counts[a] > 0) & (table.counts[np.maximum(b, 0)] > 0)
-        pairs = np.unique(np.stack([np.minimum(a[valid], b[valid]), np.maximum(a[valid], b[valid])], axis=1), axis=0)
-        a, b = pairs[:, 0], pairs[:, 1]
+        n_ids = len(table.ids)  # each unordered pair once, as one int64 key (cheaper than unique rows)
+        keys = np.unique(np.minimum(a[valid], b[valid]) * n_ids + np.maximum(a[valid], b[valid]))
+        a, b = keys // n_ids, keys % n_ids
         cross = np.empty(len(a))
         for first in range(0, len(a), 1 << 16):  # blocks: no n_pairs x dim temporaries
             block = slice(first, first + (1 << 16))

@@ -60,12 +60,35 @@ def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:
     """Fit the map's x/y extent (2% padding) into the plot area without stretching either axis."""
     left, right, top, bottom = _MARGINS
     plot_w, plot_h = config.width - left - right, config.height - top - bottom
-    lo, hi = np.nanmin(coords[:, :2], axis=0), np.nanmax(coords[:, :2], axis=0)
+    lo, hi = _extent(coords[:, 0]), _extent(coords[:, 1])
+    lo, hi = np.array([lo[0], hi[0]]), np.array([lo[1], hi[1]])
     centre, span = (lo + hi) / 2, np.maximum(hi - lo, 1e-6) * 1.04
     per_pixel = max(span[0] / plot_w, span[1] / plot_h)
     half_w, half_h = per_pixel * plot_w / 2, per_pixel * plot_h / 2
     return Frame((float(centre[0] - half_w), float(centre[0] + half_w)),
                  (float(centre[1] - half_h), float(centre[1] + half_h)), plot_w, plot_h, config.width, config.height)
+
+
+def _extent(values: np.ndarray) -> tuple[float, float]:
+    """Min and max of one coordinate column, ignoring NaN (without nanmin's full-size copy when none)."""
+    lo, hi = float(values.min()), float(values.max())
+    if np.isnan(lo) or np.isnan(hi):
+        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
+    return lo, hi
+
+
+def face_frame(coords: FloatArray, palette: FloatArray | None = None, codes: IdArray | None = None) -> Any:
+    """A DataFrame of x, y (and r, g, b: ``palette`` (n_colours, 3) row ``codes[i]`` for face i) over one
+    (columns, n) float32 block, filled column by column, so pandas copies nothing more."""
+    import pandas as pd
+
+    names = ["x", "y"] + (["r", "g", "b"] if palette is not None else [])
+    block = np.empty((len(names), len(coords)), dtype=np.float32)
+    block[0], block[1] = coords[:, 0], coords[:, 1]
+    if palette is not None:
+        for channel in range(3):
+            np.take(np.ascontiguousarray(palette[:, channel], dtype=np.float32), codes, out=block[2 + channel])
+    return pd.DataFrame(block.T, columns=names, copy=False)
 
 
 def render_maps(
@@ -76,6 +99,7 @@ def render_maps(
     config: RenderConfig,
     out_dir: Path,
     title: str,
+    codes: IdArray | None = None,
 ) -> dict[str, Path]:
     """Draw the three maps into ``out_dir`` and return {map name: path}.
 
@@ -86,21 +110,24 @@ def render_maps(
     highlight : identity ids to draw in colour on the grey map
     labels : identity id -> legend text
     title : shown above every map, e.g. the input's name
+    codes : ndarray of shape (n_faces,), int64 — each face's index into the sorted unique ids, when the caller
+        has it (saves sorting the ids again)
     """
     import datashader as ds
-    import pandas as pd
 
     frame = make_frame(coords, config)
     canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
                        x_range=frame.x_range, y_range=frame.y_range)
-    unique, index = np.unique(ids, return_inverse=True)
-    rgb = identity_palette(len(unique), config.palette_seed)[index]
-    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2]})
+    if codes is None:
+        _, codes = np.unique(ids, return_inverse=True)
+    n_identities = int(codes.max()) + 1 if len(codes) else 0
+    faces = face_frame(coords, identity_palette(n_identities, config.palette_seed), codes)
     radius = point_radius(len(ids))
-    counts = spread(canvas.points(faces, "x", "y", agg=ds.count()), radius)
-    subtitle = f"{len(ids):,} faces, {len(unique):,} identities"
+    sums = colour_sums(canvas, faces)
+    counts = spread(sums["n"], radius)
+    subtitle = f"{len(ids):,} faces, {n_identities:,} identities"
     images = {
-        "identities": (_identity_image(canvas, faces, counts, radius),
+        "identities": (_identity_image(sums, counts, radius),
                        f"{title}: faces coloured by identity\n{subtitle}"),
         "density": (_density_image(counts), f"{title}: face density (eq_hist)\n{subtitle}"),
         "highlight": (_highlight_image(canvas, faces, ids, highlight, counts, radius),
@@ -143,8 +170,7 @@ def render_analysis_maps(
     canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
                        x_range=frame.x_range, y_range=frame.y_range)
     radius = point_radius(len(coords))
-    everyone = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1]})
-    counts = spread(canvas.points(everyone, "x", "y", agg=ds.count()), radius)
+    counts = spread(canvas.points(face_frame(coords), "x", "y", agg=ds.count()), radius)
     image = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
                  _solid(counts.shape, (255, 255, 255)))
     flagged = coords[suspect]
@@ -166,13 +192,15 @@ def render_analysis_maps(
     paths = {"suspect_map": _compose(image, frame, f"{title}: {len(flagged):,} suspected misfiled faces\n"
                                   f"{len(coords):,} faces", legend, out_dir / MAP_FILES["suspect_map"])}
 
-    unique, index = np.unique(clusters, return_inverse=True)
-    rgb = identity_palette(len(unique), config.palette_seed + 1)[index]
-    rgb[clusters < 0] = NOISE_RGB
-    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "r": rgb[:, 0], "g": rgb[:, 1], "b": rgb[:, 2]})
+    labels_present = np.bincount(clusters + 1) > 0 if len(clusters) else np.zeros(0, dtype=bool)  # -1 = noise
+    unique = np.flatnonzero(labels_present) - 1
+    index = (np.cumsum(labels_present) - 1)[clusters + 1]  # the rank of each face's label: np.unique's inverse
+    palette = identity_palette(len(unique), config.palette_seed + 1)
+    if len(unique) and unique[0] < 0:
+        palette[0] = NOISE_RGB
     n_clusters = int((unique >= 0).sum())
     noise = float((clusters < 0).mean()) if len(clusters) else 0.0
-    paths["cluster_map"] = _compose(_identity_image(canvas, faces, counts, radius), frame,
+    paths["cluster_map"] = _compose(_identity_image(colour_sums(canvas, face_frame(coords, palette, index)), counts, radius), frame,
                                  f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
                                  f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"])
     return paths
@@ -231,14 +259,20 @@ def _solid(shape: tuple[int, ...], colour: tuple[int, int, int]) -> np.ndarray:
     return np.broadcast_to(np.array(colour, dtype=np.uint8), (*shape, 3))
 
 
-def _identity_image(canvas: Any, faces: Any, counts: Any, radius: int) -> np.ndarray:
+def colour_sums(canvas: Any, faces: Any) -> Any:
+    """One datashader pass over ``faces`` (x, y, r, g, b): per-pixel face count ``n`` and colour sums."""
     import datashader as ds
+
+    return canvas.points(faces, "x", "y", agg=ds.summary(n=ds.count(), r=ds.sum("r"), g=ds.sum("g"),
+                                                         b=ds.sum("b")))
+
+
+def _identity_image(sums: Any, counts: Any, radius: int) -> np.ndarray:
+    """``sums``: datashader's one-pass summary of the faces (count ``n`` and colour sums ``r``, ``g``, ``b``)."""
     import datashader.transfer_functions as tf
 
     n = np.nan_to_num(counts.data, nan=1.0)
-    # one frame schema and one reduction for all three channels, so datashader compiles its kernel once
-    channels = [spread(canvas.points(faces[["x", "y", c]].set_axis(["x", "y", "v"], axis=1), "x", "y",
-                                     agg=ds.sum("v")), radius).data / n * 255 for c in "rgb"]
+    channels = [spread(sums[c], radius).data / n * 255 for c in "rgb"]
     channels = [np.clip(np.nan_to_num(c), 0, 255) for c in channels]
     # opacity from the eq_hist-shaded count, as datashader does for categorical colour mixing
     alpha = tf.shade(counts, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
@@ -267,7 +301,9 @@ def _highlight_image(
     # highlighted faces stay visible at any scale: at least a 3-pixel disc with a dark rim
     if not highlight:
         return grey
-    raw = [canvas.points(faces[ids == identity], "x", "y", agg=ds.count()) for identity in highlight]
+    chosen = np.flatnonzero(np.isin(ids, highlight))  # one pass over all faces, then only the chosen ones
+    few, few_ids = faces.iloc[chosen], ids[chosen]
+    raw = [canvas.points(few[few_ids == identity], "x", "y", agg=ds.count()) for identity in highlight]
     size = max(radius + 1, 3)
     labels = [str(i) for i in highlight]
     stacked = xr.concat([spread(layer, size) for layer in raw],
