@@ -65,8 +65,11 @@ class UmapConfig(_Section):
     repulsion_strength: float | Literal["auto"] = "auto"
     supervised: bool = False
     target_weight: float = Field(0.5, ge=0.0, le=1.0)
-    fit_sample: int = Field(200_000, ge=100, description="above this many faces UMAP is fitted on a sample drawn "
-                            "by identity and the other faces are placed on the fitted map")
+    fit_sample: int = Field(200_000, ge=100, description="the most faces UMAP is fitted on; above this many "
+                            "faces (or above sample_above) it is fitted on a sample drawn by identity and the "
+                            "other faces are placed on the fitted map")
+    sample_above: int = Field(50_000, ge=0, description="above this many faces the map is fitted on a sample "
+                              "even when fit_sample would hold them all (a map of every face crowds identities)")
     place_epochs: int = Field(30, ge=0, le=1000, description="layout epochs refining each placed face against "
                               "the fitted map (0 = stay at the weighted mean of its nearest fitted faces)")
 

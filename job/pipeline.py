@@ -41,7 +41,7 @@ from job.progress import ProgressFactory, no_progress
 from job.reduce.backends import Backend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
-from job.reduce.sample import fit_sample, pick_holdout
+from job.reduce.sample import fit_sample, pick_holdout, sample_size
 from job.render.maps import render_analysis_maps, render_maps
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
@@ -154,7 +154,8 @@ def plan_fit(config: Config, database: FaceDatabase) -> FitPlan:
     own = leave_one_out(database.unit, table)
     held = pick_holdout(database.ids, config.analysis.holdout, config.analysis.holdout_max, config.seed,
                         min_fitted=config.umap.n_neighbors + 1)
-    fitted = fit_sample(table.codes, own[0], ~held, config.umap.fit_sample, config.seed)
+    fitted = fit_sample(table.codes, own[0], ~held, sample_size(config.umap, database.n_faces, len(table.ids)),
+                        config.seed)
     on_map = ~held
     on_map[fitted] = False
     return FitPlan(table, own, fitted, np.flatnonzero(on_map), np.flatnonzero(held))
