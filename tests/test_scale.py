@@ -124,7 +124,7 @@ def test_chunked_placement_equals_one_chunk(planted, monkeypatch: pytest.MonkeyP
 def test_chunked_suspect_scores_equal_one_block(planted, monkeypatch: pytest.MonkeyPatch) -> None:
     ids, unit = planted
     table = identity_table(unit, ids)
-    candidates = np.random.default_rng(2).integers(-1, len(table.ids), size=(len(ids), 6))  # random candidate identities
+    candidates = np.random.default_rng(2).integers(-1, len(table.ids), size=(len(ids), 6))
     whole = suspects.best_other(unit, table.centroids, candidates, table.codes)
     own = suspects.leave_one_out(unit, table)
     monkeypatch.setattr(suspects, "ROW_BLOCK", 333)

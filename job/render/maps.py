@@ -200,7 +200,8 @@ def render_analysis_maps(
         palette[0] = NOISE_RGB
     n_clusters = int((unique >= 0).sum())
     noise = float((clusters < 0).mean()) if len(clusters) else 0.0
-    paths["cluster_map"] = _compose(_identity_image(colour_sums(canvas, face_frame(coords, palette, index)), counts, radius), frame,
+    clustered = _identity_image(colour_sums(canvas, face_frame(coords, palette, index)), counts, radius)
+    paths["cluster_map"] = _compose(clustered, frame,
                                  f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
                                  f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"])
     return paths
