@@ -220,7 +220,8 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(scores.suspect)), verdicts.lookalike,
                             settings.lookalike_top, settings.lookalike_threshold)
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
-    clean = plan.table.without(database.unit, np.flatnonzero(scores.suspect | _mask(plan.held, len(ids))))
+    held = _mask(plan.held, len(ids))
+    clean = plan.table.without(database.unit, np.flatnonzero(scores.suspect | held))
     model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
     coords = mapped.coords
     if len(plan.held):
@@ -234,7 +235,7 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     fitted = _mask(plan.fitted, len(ids))
     columns: dict[str, np.ndarray] = {"outlier_score": scores.score, "suspect": scores.suspect,
                                       "suggested_id": scores.suggested_id, "cluster": clusters,
-                                      "held_out": _mask(plan.held, len(ids))}
+                                      "held_out": held}
     metrics: dict[str, Any] = {"suspects": int(scores.suspect.sum()), "clusters": agreement(clusters, ids),
                                "held_out": quality["n"], "inverse": quality["inverse"],
                                "transform": quality["transform"]}

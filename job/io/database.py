@@ -20,7 +20,7 @@ from job.config import InputConfig
 from job.io.demo import HARD, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.errors import InputError, UsageError
 from job.io.formats import file_sha256, read_arrays, sniff_format
-from job.io.memory import require
+from job.io.memory import format_size, require
 from job.io.remote import fetch, is_url, redact
 
 DEMO_SOURCE = "demo"
@@ -203,8 +203,8 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         n_identities = len(np.unique(np.asarray(ids)))
         extra = working(n_faces, n_identities, dim, np.dtype(dtype).itemsize)
         require(unit_bytes + extra, max_memory,
-                f"{source}: the run on {n_faces:,} faces x {dim} ({_size(unit_bytes)} of unit "
-                f"{np.dtype(dtype).name} vectors, {_size(extra)} to work with)",
+                f"{source}: the run on {n_faces:,} faces x {dim} ({format_size(unit_bytes)} of unit "
+                f"{np.dtype(dtype).name} vectors, {format_size(extra)} to work with)",
                 "raise max_memory if the machine has more, or map fewer faces")
     unit = np.empty((n_faces, dim), dtype=dtype)
     bad = np.zeros(n_faces, dtype=np.int8)  # 1: NaN/inf or beyond float32, 2: all zeros
@@ -234,10 +234,6 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         unit = _compact(unit, rows)
     duplicates = count_duplicates(keys, int_ids, lambda chosen: np.asarray(embeddings[rows[chosen]]))
     return CheckedArrays(int_ids, unit, rows, dropped, duplicates)
-
-
-def _size(n_bytes: int) -> str:
-    return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**26 else f"{n_bytes / 2**20:.1f} MiB"
 
 
 def _compact(unit: np.ndarray, rows: IdArray) -> np.ndarray:

@@ -57,11 +57,12 @@ def require(n_bytes: int, max_memory: int | None, what: str, fix: str) -> None:
     limits = {"the configured max_memory": max_memory, "available memory": available_bytes()}
     for name, limit in limits.items():
         if limit is not None and n_bytes > limit:
-            raise OutOfMemoryError(f"{what} needs {_gib(n_bytes)} but {name} is {_gib(limit)}; {fix}, "
-                                   "or use a machine with more memory")
+            raise OutOfMemoryError(f"{what} needs {format_size(n_bytes)} but {name} is {format_size(limit)}; "
+                                   f"{fix}, or use a machine with more memory")
 
 
-def _gib(n_bytes: int) -> str:
+def format_size(n_bytes: int) -> str:
+    """``1.50 GiB`` from 64 MiB up, ``12.0 MiB`` below."""
     return f"{n_bytes / 2**30:.2f} GiB" if n_bytes >= 2**26 else f"{n_bytes / 2**20:.1f} MiB"
 
 
