@@ -29,8 +29,8 @@ def test_help_does_not_import_heavy_libraries() -> None:
             "if m.name != 'job.__main__']; "
             "[CliRunner().invoke(app, args) for args in (['--help'], ['run', '--help'], ['demo-db', '--help'], "
             "['backends', '--help'])]; "
-            "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas', 'faiss', 'sklearn', 'scipy', 'pyarrow') "
-            "if m in sys.modules))")
+            "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas', 'faiss', "
+            "'sklearn', 'scipy', 'pyarrow') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert loaded == ""
 
