@@ -145,9 +145,10 @@ def verify(
         from job.store.runs import open_run
 
         finished = open_run(folder)
-        typer.echo(f"ok: {len(finished.files)} files in {folder} match run.json "
-                   f"(faceatlas {finished.record.get('version', '?')}, input sha256 "
-                   f"{finished.record.get('input', {}).get('sha256', '?')})")
+        version = _printable(finished.record.get("version", "?"))
+        digest = _printable(finished.record.get("input", {}).get("sha256", "?"))
+        typer.echo(f"ok: {len(finished.files)} files in {folder} match run.json (faceatlas {version}, input sha256 "
+                   f"{digest})")
 
 
 @app.command()
@@ -246,13 +247,14 @@ def demo_db(
     with _errors_to_exit_codes():
         from dataclasses import replace
 
-        from job.io.demo import HARD, DemoSpec, seed_dtype, write_demo
+        from job.io.demo import HARD, DemoSpec, check_demo_request, seed_dtype, write_demo
         from job.store.outputs import write_json
 
         spec = replace(HARD if hard else DemoSpec(), n_identities=identities, seed=seed)
         spec = replace(spec, faces_per_identity=faces_per_identity if not hard or faces_per_identity != 5
                        else HARD.faces_per_identity)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
+        check_demo_request(spec, out, truth_path)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
             n_faces, truth = write_demo(out, spec)
@@ -301,6 +303,12 @@ def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     return parts
 
 
+def _printable(value: object, limit: int = 80) -> str:
+    """A value read from a file, safe to print: no escape sequences or line breaks, at most ``limit`` characters."""
+    text = "".join(ch if ch.isprintable() else "?" for ch in str(value)[: limit + 1])
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _parse_ids(text: str) -> list[int]:
     try:
         return [int(part) for part in text.replace(" ", "").split(",") if part]
@@ -314,10 +322,14 @@ def main() -> None:
     from job.reduce.backends import default_numba_cache
 
     default_numba_cache()
-    signal.signal(signal.SIGTERM, _terminated)  # `docker stop`, batch schedulers: unwind like Ctrl-C
+    signal.signal(signal.SIGTERM, _stop)  # `docker stop`, batch schedulers: unwind like Ctrl-C
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`cmd &`)
+        signal.signal(signal.SIGINT, _stop)
     app(prog_name="faceatlas")
 
 
-def _terminated(signum: int, frame: object) -> None:
-    raise KeyboardInterrupt
+def _stop(signum: int, frame: object) -> None:
+    from job.stop import request
+
+    request(signum)
 

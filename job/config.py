@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
@@ -16,6 +16,8 @@ from job.errors import UsageError
 from job.io.memory import parse_size
 
 BackendName = Literal["auto", "cuml", "umap-learn"]
+CONFIG_MAX_BYTES = 1 << 20  # a config file is a few hundred bytes
+COUNT_MAX = 2**62  # every count and size setting: far beyond any database, and within int64 / JSON
 
 
 class _Section(BaseModel):
@@ -46,9 +48,22 @@ class InputConfig(_Section):
                                     "reuse a cached download")
     allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
     url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
-    url_max_bytes: int = Field(64 * 2**30, ge=1, description="largest download accepted, in bytes")
+    url_max_bytes: int = Field(64 * 2**30, ge=1, le=COUNT_MAX, description="largest download accepted, in bytes")
     demo: Literal["standard", "hard"] = Field("standard", description='built-in demo when path is "": '
                                               '"hard" = looser identities, 1-30 faces, look-alike misfiles')
+
+
+    @field_validator("path", "names")
+    @classmethod
+    def _plain_paths(cls, value: str) -> str:
+        return _path_text(value)
+
+
+def _path_text(value: str) -> str:
+    """A file or folder name the operating system can take (no NUL byte)."""
+    if "\x00" in value:
+        raise ValueError("a path cannot hold a NUL character")
+    return value
 
 
 class UmapConfig(_Section):
@@ -65,10 +80,10 @@ class UmapConfig(_Section):
     repulsion_strength: float | Literal["auto"] = "auto"
     supervised: bool = False
     target_weight: float = Field(0.5, ge=0.0, le=1.0)
-    fit_sample: int = Field(200_000, ge=100, description="the most faces UMAP is fitted on; above this many "
+    fit_sample: int = Field(200_000, ge=100, le=COUNT_MAX, description="the most faces UMAP is fitted on; above this many "
                             "faces (or above sample_above) it is fitted on a sample drawn by identity and the "
                             "other faces are placed on the fitted map")
-    sample_above: int = Field(50_000, ge=0, description="above this many faces the map is fitted on a sample "
+    sample_above: int = Field(50_000, ge=0, le=COUNT_MAX, description="above this many faces the map is fitted on a sample "
                               "even when fit_sample would hold them all (a map of every face crowds identities)")
     place_epochs: int = Field(30, ge=0, le=1000, description="layout epochs refining each placed face against "
                               "the fitted map (0 = stay at the weighted mean of its nearest fitted faces)")
@@ -105,7 +120,7 @@ class KnnConfig(_Section):
     """How the k-nearest-neighbour graph is built: exact or NN-descent on CPU, cuML's ``build_algo`` on GPU."""
 
     method: Literal["auto", "exact", "approximate", "faiss-ivf"] = "auto"
-    exact_max_faces: int = Field(50_000, ge=0, description="auto: exact search up to this many reference faces")
+    exact_max_faces: int = Field(50_000, ge=0, le=COUNT_MAX, description="auto: exact search up to this many reference faces")
 
 
 class RenderConfig(_Section):
@@ -113,9 +128,9 @@ class RenderConfig(_Section):
 
     width: int = Field(1000, ge=200, le=10_000)
     height: int = Field(1000, ge=200, le=10_000)
-    highlight: list[int] = Field(default_factory=list, max_length=10,
+    highlight: list[Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]] = Field(default_factory=list, max_length=10,
                                  description="[] = the first five identities; at most 10 (one colour each)")
-    palette_seed: int = Field(0, ge=0)
+    palette_seed: int = Field(0, ge=0, le=COUNT_MAX)
 
 
 class MetricsConfig(_Section):
@@ -133,13 +148,13 @@ class AnalysisConfig(_Section):
     suspect_margin: float = Field(0.0, ge=0.0, le=2.0, description="suspect when (best other identity cosine) - "
                                   "(own identity cosine) exceeds this")
     lookalike_k: int = Field(10, ge=1, le=100, description="nearest identities checked per identity")
-    lookalike_top: int = Field(100, ge=0, description="pairs always listed in lookalikes.csv")
+    lookalike_top: int = Field(100, ge=0, le=COUNT_MAX, description="pairs always listed in lookalikes.csv")
     lookalike_threshold: float = Field(0.6, ge=-1.0, le=10.0, description="also list every pair above this")
     holdout: float = Field(0.02, ge=0.0, le=0.5, description="share of faces left out of the fit to measure "
                            "transform/invert (placed on the map afterwards); 0 = fit every face")
-    holdout_max: int = Field(1000, ge=0, description="at most this many held-out faces")
-    cluster_min_size: int = Field(5, ge=2, description="HDBSCAN min_cluster_size on the map")
-    cluster_sample: int = Field(20_000, ge=100, description="CPU: HDBSCAN on at most this many faces (its tree "
+    holdout_max: int = Field(1000, ge=0, le=COUNT_MAX, description="at most this many held-out faces")
+    cluster_min_size: int = Field(5, ge=2, le=COUNT_MAX, description="HDBSCAN min_cluster_size on the map")
+    cluster_sample: int = Field(20_000, ge=100, le=COUNT_MAX, description="CPU: HDBSCAN on at most this many faces (its tree "
                                 "is quadratic); the others take the cluster of their nearest sampled face")
     disagreement_k: int = Field(5, ge=1, le=100, description="--supervised: neighbours compared map vs 512-D")
 
@@ -158,6 +173,11 @@ class Config(_Section):
     metrics: MetricsConfig = MetricsConfig()
     analysis: AnalysisConfig = AnalysisConfig()
 
+    @field_validator("out")
+    @classmethod
+    def _plain_out(cls, value: str) -> str:
+        return _path_text(value)
+
     @field_validator("seed", mode="before")
     @classmethod
     def _none_seed(cls, value: Any) -> Any:
@@ -172,8 +192,8 @@ class Config(_Section):
             bytes_ = parse_size(value)
         except UsageError as exc:
             raise ValueError(str(exc)) from None
-        if bytes_ is not None and bytes_ < 1:
-            raise ValueError("expected a positive size")
+        if bytes_ is not None and not 1 <= bytes_ < 2**63:
+            raise ValueError("expected a positive size below 8 EiB")
         return value
 
     @property
@@ -201,7 +221,10 @@ def load_config(path: Path | None = None, overrides: dict[str, Any] | None = Non
     try:
         return Config.model_validate(data)
     except ValidationError as exc:
-        raise UsageError(_describe(exc, str(path) if path else "config")) from None
+        key = ".".join(str(part) for part in exc.errors()[0]["loc"] if isinstance(part, str))
+        given = next((k for k in overrides or {} if key == k or key.startswith(k + ".")), None)
+        source = "command line" if given else str(path) if path else "config"
+        raise UsageError(_describe(exc, source)) from None
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:
@@ -218,6 +241,11 @@ def parse_assignment(text: str) -> tuple[str, Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
+    except (RecursionError, ValueError, MemoryError) as exc:  # 100k-deep [[[...]]], a 5,000-digit integer
+        from job.io.files import describe_parse_error
+
+        raise UsageError(f"--set {key}: the value cannot be read ({describe_parse_error(exc)}); give a plain "
+                         "number, word or short list") from None
     return key, value
 
 
@@ -234,13 +262,10 @@ def known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 
 
 def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        with path.open("rb") as handle:
-            return tomllib.load(handle)
-    except OSError as exc:
-        raise UsageError(f"{path}: cannot read the config ({exc.strerror}); check the --config path") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise UsageError(f"{path}: not valid TOML ({exc}); fix the file or start from configs/default.toml") from None
+    from job.io.files import parse_toml, read_text
+
+    text = read_text(path, "the config", "check the --config path", CONFIG_MAX_BYTES, UsageError)
+    return parse_toml(text, str(path), "fix the file or start from configs/default.toml", UsageError)
 
 
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
@@ -266,6 +291,8 @@ def _describe(exc: ValidationError, source: str) -> str:
     while len(parts) > 1 and ".".join(parts) not in known:
         parts.pop()  # pydantic appends union-branch names such as 'int' or 'literal[...]'
     key = ".".join(parts)
+    from job.io.files import shown
+
     found = error.get("input")
-    got = "" if isinstance(found, dict) else f", got {found!r}"
+    got = "" if isinstance(found, dict) else f", got {shown(found)}"
     return f"{source}: key '{key}' is invalid ({error['msg']}{got}); see configs/default.toml"

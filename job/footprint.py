@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from job.config import Config
 from job.knn.index import QUERY_CHUNK
+from job.render.maps import render_bytes
 
 BASE = 450 << 20  # the interpreter with numpy, numba, umap-learn, faiss, scipy and datashader loaded
 SLACK = 1.15  # allocator fragmentation and the small arrays not counted here
@@ -31,5 +32,6 @@ def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsiz
         "UMAP": fitted * dim * 4 + fitted * k * 64 + fitted * components * 16,
         "analysis": n_faces * (components * 4 + 8) * 3 + n_faces * 6 * 16,
         "tables": n_faces * 120,
+        "render": render_bytes(config.render) + n_faces * 5 * 4,  # the image grid, and one float32 frame
     }
     return int(SLACK * (BASE + n_faces * per_face + tables + max(stages.values())))

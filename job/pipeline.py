@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from job import stop
 from job.analysis.clusters import agreement, cluster_map
 from job.analysis.candidates import find_candidates
 from job.analysis.identities import IdentityTable, identity_table
@@ -42,7 +43,7 @@ from job.reduce.backends import Backend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
-from job.render.maps import render_analysis_maps, render_maps
+from job.render.maps import render_analysis_maps, render_maps, require_render_memory
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
@@ -109,6 +110,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     timings: dict[str, float] = {}
     out_dir = Path(config.out)
     check_output_folder(out_dir)
+    require_render_memory(config.render, config.max_memory_bytes)  # before the work, not after it
     backend, reason = resolve(config.backend)
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
@@ -136,7 +138,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         analysis = analyse(config, database, plan, verdicts, graph, mapped, backend.name)
     with _timed(timings, "metrics"):
         metrics = measure(config, database, mapped, analysis)
-    with staged_outputs(out_dir) as staging:
+    with staged_outputs(out_dir, log, checked=True) as staging:
         with _timed(timings, "render"):
             files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging)
         with _timed(timings, "write"):
@@ -199,7 +201,7 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatAr
     coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
     coords[plan.fitted] = fitted
     placement: dict[str, Any] = {"fitted": int(len(plan.fitted)), "placed": int(len(plan.placed)),
-                                 "held_out": int(len(plan.held)), "min_dist": params.min_dist,
+                                 "held_out": int(len(plan.held)), "init": params.init, "min_dist": params.min_dist,
                                  "repulsion_strength": params.repulsion_strength, "n_epochs": params.n_epochs}
     if len(plan.placed):
         kernel = make_kernel(fitted, params.min_dist, params.spread, params.repulsion_strength,
@@ -264,6 +266,7 @@ def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: lis
            mapped: MapResult, analysis: Analysis, staging: Path) -> dict[str, Path]:
     """The five PNG maps."""
     scores, model = verdicts.scores, analysis.model
+    require_render_memory(config.render, config.max_memory_bytes)
     labels_text = {int(i): database.label(i) for i in highlight}
     title = Path(database.source).name
     files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title,
@@ -348,3 +351,4 @@ def _timed(timings: dict[str, float], stage: str) -> Iterator[None]:
         yield
     finally:
         timings[stage] = time.perf_counter() - start
+    stop.check()  # a Ctrl-C that a C callback swallowed during the stage (job/stop.py)

@@ -137,8 +137,12 @@ def test_names_follow_sorted_ids_not_line_numbers(tmp_path: Path) -> None:
 
 def test_names_apply_to_the_demo_database(tmp_path: Path) -> None:
     names = tmp_path / "n.jsonl"
-    names.write_text(json.dumps({"name": "Zero"}) + "\n", encoding="utf-8")
+    names.write_text(json.dumps({"name": "Zero"}) + "\n" + "".join(json.dumps({"name": f"n{i}"}) + "\n"
+                                                                  for i in range(1, 1000)), encoding="utf-8")
     assert load_database(InputConfig(names=str(names))).label(0) == "id 0 Zero"
+    names.write_text(json.dumps({"name": "Zero"}) + "\n", encoding="utf-8")  # by position, but 1 line for 1,000 ids
+    with pytest.raises(InputError, match="1 lines for the 1,000 identities"):
+        load_database(InputConfig(names=str(names)))
 
 
 def test_uint64_ids_beyond_int64_are_refused(tmp_path: Path) -> None:

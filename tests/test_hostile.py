@@ -300,7 +300,7 @@ CASES: dict[str, Case] = {
     "config file missing": Case(lambda f: ["--config", str(f / "none.toml")], 2, "none.toml: cannot read the config"),
     "unknown --highlight ids": Case(_args("--highlight", "0,99999"), 2, "ids 99999 are not in"),
     "--highlight not integers": Case(_args("--highlight", "ada,bob"), 2, "expected comma-separated integer ids"),
-    "names file not JSON": Case(_names_file('{"name": "Ada"}\nnot json\n'), 3, "names.jsonl: line 2 is not JSON"),
+    "names file not JSON": Case(_names_file('{"name": "Ada"}\nnot json\n'), 3, "names.jsonl: line 2: not valid JSON"),
     "names file missing": Case(_args("--names", "/nonexistent/names.jsonl"), 3, "cannot read the names file"),
     "--out is a file": Case(_out_is_a_file, 2, "is not a folder"),
     "--out holds another tool's run.json": Case(_out_with_another_tools_run_json, 2,

@@ -197,7 +197,7 @@ def test_a_swapped_model_is_refused_and_never_unpickled(run_dir: Path, tmp_path:
     record["file_sha256"]["map_model.npz"] = file_sha256(copy / "map_model.npz")
     record["input"] = "not a dict"
     (copy / "run.json").write_text(json.dumps(record))
-    _one_line_error(_invoke("nearest", copy, "--x", 0, "--y", 0), 3, "run.json says input.dim None")
+    _one_line_error(_invoke("nearest", copy, "--x", 0, "--y", 0), 3, "field 'input' is 'not a dict', expected a dict")
 
 
 def test_nearest_ranks_identities_at_a_face_position(run_dir: Path, projection) -> None:

@@ -7,7 +7,6 @@ decides what a usable database is. Nothing unpickles: object dtypes are refused 
 from __future__ import annotations
 
 import hashlib
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
@@ -133,7 +132,8 @@ def load_database(config: InputConfig, max_memory: int | None = None,
             digest = ""  # hashed for run.json once the cheap checks (header, size, memory) have passed
         raw = read_arrays(path, config.id_field, config.embedding_field, max_memory, ids_optional)
         ids = raw.ids if raw.ids is not None else np.full(len(raw.embeddings), -1, dtype=np.int64)
-        checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory, raw.release, working)
+        checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory, raw.release, working,
+                               ids_given=raw.ids is not None)
         dtype, has_ids = str(raw.embeddings.dtype), raw.ids is not None
         del raw  # a memory-mapped file's pages are released here; only the unit copy stays
         digest = digest or file_sha256(path)
@@ -151,12 +151,18 @@ def read_truth(path: Path, n_rows: int) -> DemoTruth | None:
 
     Plain JSON; a file that is not a faceatlas demo truth, or names rows beyond the input, is refused.
     """
-    sidecar = path.with_name(path.name.rsplit(".", 1)[0] + ".truth.json")
+    if not path.name.endswith(".npy"):  # faceatlas demo-db writes NAME.npy and NAME.truth.json, nothing else
+        return None
+    sidecar = path.with_name(path.name.removesuffix(".npy") + ".truth.json")
     if not sidecar.is_file():
         return None
+    from job.io.files import parse_json, read_text
+
+    fix = "delete or rename it (it is read because it sits beside the input)"
+    payload = parse_json(read_text(sidecar, "a demo truth file", fix), str(sidecar), fix)
     try:
-        truth = truth_from_json(json.loads(sidecar.read_text(encoding="utf-8")))
-    except (OSError, UnicodeDecodeError, ValueError, TypeError, KeyError, AttributeError) as exc:
+        truth = truth_from_json(payload)
+    except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise InputError(f"{sidecar}: not a faceatlas demo truth file ({type(exc).__name__}); delete or rename "
                          "it (it is read because it sits beside the input)") from None
     if any(not 0 <= row < n_rows for row in truth.misfiled_rows):
@@ -176,19 +182,21 @@ def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
 
 def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_invalid: bool = False,
                  max_memory: int | None = None, release: Callable[[int, int], None] = lambda start, stop: None,
-                 working: Working | None = None) -> CheckedArrays:
+                 working: Working | None = None, ids_given: bool = True) -> CheckedArrays:
     """Validate ids and embeddings; return int64 ids and the embeddings scaled to unit length.
 
     One pass in blocks of ``CHUNK_ROWS`` over the input (which may be memory-mapped) writes the only copy:
-    float16 for float16 input, float32 otherwise. Norms are taken in float64, so any finite magnitude keeps its
-    direction. Exact duplicates are found on the stored bytes in the same pass (:func:`count_duplicates`).
+    float16 for float16 input, float32 otherwise. Norms are taken in float64 on rows divided by their largest
+    value, so any finite magnitude (1e-300 as well as 1e30) keeps its direction. Exact duplicates are found on
+    the stored bytes in the same pass (:func:`count_duplicates`).
     ``release(start, stop)`` is called after each block, so a memory-mapped input's pages are given back.
 
     Raises
     ------
     InputError
-        Non-integer ids or ids beyond int64, non-float or non-2-D embeddings, length mismatch, no faces,
-        or NaN/inf/all-zero embeddings (unless ``drop_invalid``, which leaves those faces out).
+        Non-integer, negative (with ``ids_given``: -1 is the outputs' "none") or beyond-int64 ids, non-float or
+        non-2-D embeddings, length mismatch, no faces, or NaN/inf/all-zero embeddings (unless ``drop_invalid``,
+        which leaves those faces out).
     OutOfMemoryError
         The unit copy would not fit, or with ``working(n_faces, n_identities, dim, itemsize)`` bytes more,
         the run on it would not.
@@ -214,11 +222,15 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         keys[start:start + len(block)] = _row_keys(block)
         with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, per row
             wide = block.astype(np.float64)
-            finite = np.isfinite(wide).all(axis=1) & (np.abs(wide) <= np.finfo(np.float32).max).all(axis=1)
-            norms = np.linalg.norm(np.where(finite[:, None], wide, 0.0), axis=1)
-        usable = finite & (norms > 0)
+            # divided by its largest |value| first, a row's squares neither overflow nor underflow (1e-200)
+            peak = np.abs(wide).max(axis=1)
+            finite = np.isfinite(peak) & (peak <= np.finfo(np.float32).max)
+            usable = finite & (peak > 0)
+            wide /= np.where(usable, peak, 1.0)[:, None]
+            wide[~usable] = 0.0
+            norms = np.linalg.norm(wide, axis=1)
         bad[start:start + len(block)] = np.where(~finite, 1, np.where(usable, 0, 2))
-        unit[start:start + len(block)] = np.where(usable[:, None], wide, 0.0) / np.where(usable, norms, 1.0)[:, None]
+        unit[start:start + len(block)] = wide / np.where(usable, norms, 1.0)[:, None]
         release(start, start + len(block))
     nonfinite, zero = bad == 1, bad == 2
     dropped = {"nan_or_inf": int(nonfinite.sum()), "zero": int(zero.sum())}
@@ -228,6 +240,8 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
     elif not keep.any():
         raise InputError(f"{source}: every embedding is NaN, inf or all zeros; recompute the embeddings")
     int_ids = np.asarray(ids).astype(np.int64)
+    if ids_given:
+        _refuse_negative(int_ids, source)
     rows = np.flatnonzero(keep).astype(np.int64)
     if not keep.all():
         int_ids, keys = int_ids[keep], keys[keep]
@@ -300,6 +314,16 @@ def _check_shapes(ids: np.ndarray, embeddings: np.ndarray, source: str) -> None:
         raise InputError(f"{source}: ids up to {ids.max()} do not fit int64; renumber the identities")
 
 
+def _refuse_negative(ids: np.ndarray, source: str) -> None:
+    """Identity ids are non-negative: -1 means "none" in faceatlas's outputs (``suggested_id``, ``nearest_id``)."""
+    if ids.dtype.kind != "i" or ids.ndim != 1 or not ids.size or int(ids.min()) >= 0:
+        return
+    rows = np.flatnonzero(np.asarray(ids) < 0)
+    raise InputError(f"{source}: {len(rows):,} faces have negative ids (rows {_first(rows)}, e.g. id "
+                     f"{int(ids[rows[0]])}); faceatlas needs ids >= 0 (-1 means \"none\" in its outputs), renumber "
+                     "them, e.g. ids - ids.min()")
+
+
 def _refuse_invalid(nonfinite: BoolArray, zero: BoolArray, source: str) -> None:
     if nonfinite.any():
         rows = np.flatnonzero(nonfinite)
@@ -320,28 +344,58 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
     """Read a JSONL names file: one object per identity, in id order (like the seed's ``actor.jsonl``).
 
     The k-th object names the k-th smallest identity id, unless it has an integer ``id`` key, which wins.
-    Its ``name`` key, else its first string value, is the display name. Blank lines are skipped.
+    Its ``name`` key, else its first string value, is the display name. Blank lines are skipped. A file that
+    names by position must have one line per identity (else every name after a gap would sit on the wrong
+    face); an id named twice, a name that is not text (a lone surrogate) and an id beyond int64 are refused.
     """
+    from job.io.files import parse_json, read_text
+
+    text = read_text(path, "the names file", "pass a UTF-8 JSONL file, one object per identity", NAMES_MAX_BYTES,
+                     memory_factor=8)
     names: dict[int, str] = {}
-    try:
-        lines = path.read_text(encoding="utf-8-sig").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path}: cannot read the names file ({exc}); pass a UTF-8 JSONL file") from None
-    position = 0
-    for number, line in enumerate(lines, start=1):
+    first_line: dict[int, int] = {}
+    position, by_position = 0, 0
+    for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a name
         if not line.strip():
             continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise InputError(f"{path}: line {number} is not JSON; write one JSON object per line") from None
+        record = parse_json(line, f"{path}: line {number}", "write one JSON object per line")
         if not isinstance(record, dict):
             raise InputError(f"{path}: line {number} is not a JSON object; write {{\"name\": ...}} per line")
-        text = record.get("name", next((v for v in record.values() if isinstance(v, str)), None))
-        identity = record.get("id")
-        if not isinstance(identity, int):
+        identity = _named_identity(record.get("id"), path, number)
+        if identity is None:
+            by_position += 1
             identity = int(identities[position]) if position < len(identities) else None
         position += 1
-        if identity is not None and isinstance(text, str):
-            names[identity] = text
+        text_value = record.get("name", next((v for v in record.values() if isinstance(v, str)), None))
+        if identity is None or not isinstance(text_value, str):
+            continue
+        if identity in first_line:
+            raise InputError(f"{path}: line {number} names id {identity} again (first on line "
+                             f"{first_line[identity]}); keep one line per identity")
+        _check_text(text_value, path, number)
+        names[identity], first_line[identity] = text_value, number
+    if by_position and position != len(identities):
+        raise InputError(f"{path}: {position:,} lines for the {len(identities):,} identities of the database, and "
+                         f"{by_position:,} of them name an identity by position (no \"id\" key); give one line per "
+                         "identity in id order, or an \"id\" key on every line")
     return names
+
+
+NAMES_MAX_BYTES = 4 << 30
+
+
+def _named_identity(value: object, path: Path, number: int) -> int | None:
+    """The ``id`` key of a names line: an integer within int64, or None when absent or not an integer."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        return None
+    if not -(2**63) <= value < 2**63:
+        raise InputError(f"{path}: line {number} has an id beyond int64; use the database's own ids")
+    return value
+
+
+def _check_text(text: str, path: Path, number: int) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        raise InputError(f"{path}: line {number} holds a name that is not text ({exc.reason} at character "
+                         f"{exc.start}, e.g. a lone \\u{ord(text[exc.start]):04x} escape); fix that name") from None

@@ -170,6 +170,36 @@ def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]
         yield records
 
 
+MAX_IDENTITIES = 2**32  # the seed's format stores ids as uint32 at most
+MAX_FACES_PER_IDENTITY = 100_000
+
+
+def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
+    """Refuse, before generating anything, a demo that cannot be written: a folder as the file, counts beyond
+    the format, or a database larger than the memory its plan needs or the disk space left."""
+    import shutil
+
+    from job.errors import UsageError
+    from job.io.memory import format_size, require
+
+    for target in (path, truth_path):
+        if target.is_dir():
+            raise UsageError(f"{target}: is a folder; pass a file name such as {target / 'demo.npy'}")
+    if not 2 <= spec.n_identities <= MAX_IDENTITIES or not 1 <= spec.faces_per_identity <= MAX_FACES_PER_IDENTITY:
+        raise UsageError(f"demo-db: {spec.n_identities} identities x {spec.faces_per_identity} faces; the demo "
+                         f"format holds 2..{MAX_IDENTITIES:,} identities of 1..{MAX_FACES_PER_IDENTITY:,} faces, "
+                         "pick smaller numbers")
+    n_faces = spec.n_identities * (2 * spec.faces_per_identity if spec.uneven_fraction else spec.faces_per_identity)
+    require(spec.n_identities * spec.dim * 4 * 2 + n_faces * 32, None,
+            f"demo-db: planning {spec.n_identities:,} identities", "ask for fewer identities")
+    need = n_faces * seed_dtype(spec.n_identities, spec.dim).itemsize
+    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    free = shutil.disk_usage(existing).free
+    if need > free:
+        raise UsageError(f"{path}: up to {format_size(need)} of faces, but {existing} has {format_size(free)} free; "
+                         "ask for fewer identities or write elsewhere")
+
+
 def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES) -> tuple[int, DemoTruth]:
     """Stream a demo database to ``path`` (.npy) chunk by chunk, never holding its faces in memory.
 

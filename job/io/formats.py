@@ -14,6 +14,7 @@ import math
 import mmap
 import stat
 import zipfile
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -223,8 +224,12 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
               ids_optional: bool = False) -> RawArrays:
     try:
         with zipfile.ZipFile(path) as archive:
-            members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()
-                       if name.endswith(".npy")}
+            listed = [name for name in archive.namelist() if name.endswith(".npy")]
+            twice = sorted(name for name, times in Counter(listed).items() if times > 1)
+            if twice:
+                raise InputError(f"{path}: the archive holds {twice[0]!r} more than once; re-save it with "
+                                 "numpy.savez")
+            members = {name.removesuffix(".npy"): archive.getinfo(name) for name in listed}
             id_key = next((k for k in (*_NPZ_IDS, id_field) if k in members), None)
             emb_key = next((k for k in (*_NPZ_EMBEDDINGS, embedding_field) if k in members), None)
             if emb_key is None or (id_key is None and not ids_optional):
@@ -232,7 +237,7 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
                                  f"{', '.join(members) or 'none'}); save with numpy.savez(path, ids=..., "
                                  "embeddings=...)")
             keys = [key for key in (id_key, emb_key) if key is not None]
-            headers = {key: _member_header(archive, members[key], path) for key in keys}
+            headers = {key: member_header(archive, members[key], path) for key in keys}
             require(sum(h.data_bytes for h in headers.values()), max_memory, f"{path}: reading the .npz",
                     "save the database as .npy, which faceatlas memory-maps")
             ids = _member_array(archive, members[id_key], path) if id_key is not None else None
@@ -243,7 +248,8 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
     return RawArrays(ids, embeddings, memory_mapped=False)
 
 
-def _member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Header:
+def member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Header:
+    """The header of one ``.npy`` member, checked against the size the archive records for it."""
     where = f"{path}[{info.filename}]"
     with archive.open(info) as member:
         header = _read_header(member, where)
@@ -264,10 +270,15 @@ def _read_parquet(path: Path, id_field: str, embedding_field: str, max_memory: i
     import pyarrow.parquet as pq
 
     try:
-        metadata = pq.read_metadata(path)
+        with path.open("rb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
+            metadata = pq.read_metadata(handle)
         schema = metadata.schema.to_arrow_schema()
         has_ids = id_field in schema.names
         wanted = [id_field, embedding_field] if has_ids or not ids_optional else [embedding_field]
+        twice = [c for c in wanted if schema.names.count(c) > 1]
+        if twice:
+            raise InputError(f"{path}: column {twice[0]!r} appears {schema.names.count(twice[0])} times; "
+                             "write each column once")
         missing = [c for c in wanted if c not in schema.names]
         if missing:
             raise InputError(f"{path}: no column {missing[0]!r} (columns found: {', '.join(schema.names)}); "
@@ -298,12 +309,12 @@ def _read_row_groups(path: Path, columns: list[str], metadata: Any, max_memory: 
     claimed = sum(metadata.row_group(g).total_byte_size for g in range(metadata.num_row_groups))
     require(2 * claimed, max_memory, f"{path}: reading the Parquet file", fix)
     groups, held = [], 0
-    with pq.ParquetFile(path) as handle:
+    with path.open("rb") as source, pq.ParquetFile(source) as handle:
         for group in range(metadata.num_row_groups):
             groups.append(handle.read_row_group(group, columns=columns))
             held += groups[-1].nbytes
             require(2 * held, max_memory, f"{path}: reading the Parquet file (row group {group})", fix)
-    return pa.concat_tables(groups) if groups else pq.read_table(path, columns=columns)
+        return pa.concat_tables(groups) if groups else handle.schema_arrow.empty_table().select(columns)
 
 
 def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:

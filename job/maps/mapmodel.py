@@ -26,6 +26,7 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.errors import InputError
+from job.io.memory import require
 from job.store.outputs import temporary_path
 
 MODEL_FILE = "map_model.npz"
@@ -104,13 +105,46 @@ def save_model(model: MapModel, path: Path) -> Path:
     return path
 
 
-def load_model(path: Path) -> MapModel:
-    """Read a model written by :func:`save_model`; its checksum must already be verified (``open_run``)."""
+def load_model(path: Path, max_bytes: int | None = None, max_memory: int | None = None) -> MapModel:
+    """Read a model written by :func:`save_model`; its checksum must already be verified (``open_run``).
+
+    Each array's size is read from its header and checked (against what the archive says it holds,
+    ``max_bytes`` — the most a model of the run's size can hold — and the memory available) before any array
+    is read, so a forged model that would decompress to gigabytes is refused unread. The arrays must then
+    agree with each other: sorted unique identities, unit centroids, finite positions, a face index in range.
+    """
+    from job.io.formats import member_header
+
+    fix = "rerun faceatlas run"
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            arrays = {name: archive[name] for name in _FIELDS}
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"{path}: not a faceatlas map model ({type(exc).__name__}); rerun faceatlas run") from None
+        with zipfile.ZipFile(path) as archive:
+            members = {name.removesuffix(".npy"): archive.getinfo(name) for name in archive.namelist()}
+            missing = [name for name in _FIELDS if name not in members]
+            if missing:
+                raise InputError(f"{path}: not a faceatlas map model (no array {missing[0]!r}); {fix}")
+            claimed = sum(member_header(archive, members[name], path).data_bytes for name in _FIELDS)
+            if max_bytes is not None and claimed > max_bytes:
+                raise InputError(f"{path}: its arrays claim {claimed:,} bytes, more than a map of this run's "
+                                 f"size holds ({max_bytes:,}); the model was replaced, {fix}")
+            require(claimed, max_memory, f"{path}: reading the map model", "use a smaller map")
+            with np.load(path, allow_pickle=False) as loaded:
+                arrays = {name: loaded[name] for name in _FIELDS}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
+            RuntimeError) as exc:
+        raise InputError(f"{path}: not a faceatlas map model ({type(exc).__name__}); {fix}") from None
+    _check_arrays(arrays, path)
+    return MapModel(arrays["identity"].astype(np.int64), arrays["centroid"].astype(np.float32),
+                    arrays["count"].astype(np.int64), arrays["cohesion"].astype(np.float32),
+                    arrays["anchor"].astype(np.float32), arrays["coords"].astype(np.float32),
+                    arrays["face_identity"].astype(np.int32), float(arrays["radius"]))
+
+
+def model_bytes(n_faces: int, n_identities: int, dim: int, n_components: int = 3) -> int:
+    """The most bytes a :func:`save_model` archive of a run of this size holds (float64/int64 at worst)."""
+    return 8 * (n_identities * (dim + 3 + n_components) + n_faces * (n_components + 1) + 1)
+
+
+def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:
     for name, kind in _FIELDS.items():
         if arrays[name].dtype.kind != kind:
             raise InputError(f"{path}: field {name} has dtype {arrays[name].dtype}; rerun faceatlas run")
@@ -123,11 +157,30 @@ def load_model(path: Path) -> MapModel:
                  and arrays["anchor"].shape == (n_ids, arrays["coords"].shape[1])
                  and len(arrays["count"]) == n_ids == len(arrays["cohesion"]) and arrays["radius"].shape == ()
                  and arrays["face_identity"].shape == (n_faces,) and n_faces > 0 and n_ids > 0
-                 and int(arrays["face_identity"].max()) < n_ids and int(arrays["face_identity"].min()) >= 0
-                 and all(np.isfinite(arrays[name]).all() for name in ("centroid", "coords", "radius")))
+                 and int(arrays["face_identity"].max()) < n_ids and int(arrays["face_identity"].min()) >= 0)
     if not shapes_ok:
         raise InputError(f"{path}: arrays of inconsistent shapes; rerun faceatlas run")
-    return MapModel(arrays["identity"].astype(np.int64), arrays["centroid"].astype(np.float32),
-                    arrays["count"].astype(np.int64), arrays["cohesion"].astype(np.float32),
-                    arrays["anchor"].astype(np.float32), arrays["coords"].astype(np.float32),
-                    arrays["face_identity"].astype(np.int32), float(arrays["radius"]))
+    problem = _value_problem(arrays)
+    if problem:
+        raise InputError(f"{path}: {problem}, which no faceatlas run writes; the model was edited, rerun faceatlas run")
+
+
+def _value_problem(arrays: dict[str, np.ndarray]) -> str:
+    """What is wrong with the model's values, or "" (every answer it gives would rest on these)."""
+    identity, anchor, count = arrays["identity"], arrays["anchor"].astype(np.float64), arrays["count"]
+    placed = np.isfinite(anchor).all(axis=1)
+    with np.errstate(invalid="ignore", over="ignore"):
+        lengths = np.linalg.norm(arrays["centroid"].astype(np.float64), axis=1)
+        radius = float(arrays["radius"])
+        checks = {
+            "identities not sorted and unique": bool(np.any(np.diff(identity) <= 0)),
+            "NaN or inf centroids or map positions": not (np.isfinite(arrays["centroid"]).all()
+                                                           and np.isfinite(arrays["coords"]).all()),
+            "centroids that are not unit vectors": bool(np.any(np.abs(lengths[count > 0] - 1.0) > 1e-3)),
+            "negative face counts": bool(np.any(count < 0)),
+            "cohesions outside -1..1": not bool(np.all(np.abs(arrays["cohesion"]) <= 1.0 + 1e-4)),
+            "anchors partly NaN": bool(np.any(np.isnan(anchor).any(axis=1) & ~np.isnan(anchor).all(axis=1))),
+            "no identity with a map position and faces": not bool(np.any(placed & (count > 0))),
+            "a radius that is not a positive number": not (np.isfinite(radius) and radius > 0),
+        }
+    return next((what for what, failed in checks.items() if failed), "")

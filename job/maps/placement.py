@@ -109,7 +109,9 @@ def invert_points(model: MapModel, points: np.ndarray, leave_out: np.ndarray | N
     k = min(VOTERS + int((leave_out >= 0).any()), len(model.coords))
     distances, faces = model.tree().query(np.asarray(points, dtype=np.float64), k=k)
     distances, faces = distances.reshape(m, k), faces.reshape(m, k)
-    voting = faces != leave_out[:, None]
+    found = faces < len(model.coords)  # a point so far out that distances overflow gets "no neighbour" (index n)
+    faces = np.where(found, faces, 0)
+    voting = found & (faces != leave_out[:, None])
     # keep the first VOTERS voters of each row (the left-out face, when present, drops out)
     rank = np.cumsum(voting, axis=1)
     voting &= rank <= VOTERS

@@ -19,7 +19,7 @@ from job.config import InputConfig
 from job.io.database import load_database
 from job.errors import InputError, UsageError
 from job.knn.graph import normalise
-from job.maps.mapmodel import MODEL_FILE, MapModel, load_model
+from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
 from job.store.outputs import temporary_path
 from job.maps.placement import Placement, place
 from job.store.runs import FinishedRun, open_run
@@ -45,8 +45,11 @@ def open_map(folder: Path) -> OpenMap:
     if MODEL_FILE not in finished.files:
         raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
                          "make a map that can place faces and answer map points")
-    model = load_model(finished.files[MODEL_FILE])
-    dim = _section(finished.record, "input").get("dim")
+    recorded = _section(finished.record, "input")
+    size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
+    bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
+    model = load_model(finished.files[MODEL_FILE], bound)
+    dim = recorded.get("dim")
     if dim != model.dim:
         raise InputError(f"{folder / MODEL_FILE}: holds {model.dim}-D centroids but run.json says input.dim "
                          f"{dim}; rerun faceatlas run")
@@ -60,7 +63,7 @@ def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
 
 def _outside(folder: Path, out: Path) -> None:
     """Refuse an output file inside the run folder: it would change a file run.json vouches for."""
-    if out.resolve().parent == folder.resolve():
+    if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(folder)):
         raise UsageError(f"--out {out}: is inside the run folder {folder}, whose files run.json vouches for; "
                          "write it somewhere else")
 
@@ -88,6 +91,8 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'placed.parquet'}")
     _outside(opened.run.folder, out)
+    _not_an_input(out, [new, _section(opened.run.record, "input").get("path")])
+    check_output_file(out)
     run_id, run_embedding = opened.input_fields
     config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
                          drop_invalid=drop_invalid)
@@ -116,7 +121,8 @@ def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placem
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temporary_path(path)
     try:
-        pq.write_table(pa.table(columns), tmp)
+        with tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
+            pq.write_table(pa.table(columns), handle)
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
@@ -129,7 +135,43 @@ def check_vector_out(opened: OpenMap, out: Path | None) -> None:
         return
     if out.suffix.lower() != ".npy":
         raise UsageError(f"--out {out}: expected a .npy file name; e.g. --out point.npy")
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'point.npy'}")
     _outside(opened.run.folder, out)
+    _not_an_input(out, [_section(opened.run.record, "input").get("path")])
+    check_output_file(out)
+
+
+def _not_an_input(out: Path, inputs: list[object]) -> None:
+    """Refuse an output file that is one of the command's inputs (the same file, by any name or link)."""
+    for source in inputs:
+        if not isinstance(source, str) or not source or "://" in source:
+            continue
+        try:
+            same = os.path.samefile(source, out)
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise UsageError(f"--out {out}: is the input {source}, which writing would overwrite; write the "
+                             "result to another file")
+
+
+def check_output_file(out: Path) -> None:
+    """What would make writing ``out`` fail after the work: a missing or unwritable folder, a name too long."""
+    parent = Path(os.path.abspath(out)).parent
+    existing = next(p for p in (parent, *parent.parents) if p.exists() or p == p.parent)
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is not a folder; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable; pick a folder you can write to")
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+    except (OSError, ValueError):
+        name_max = 255
+    longest = max(len(os.fsencode(part)) for part in Path(os.path.abspath(out)).parts)
+    if longest + 24 > name_max:  # the temporary sibling adds ".", ".PID.tmp"
+        raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than this file system "
+                         f"holds ({name_max} with faceatlas's temporary suffix); pick a shorter name")
 
 
 def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarray:

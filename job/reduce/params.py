@@ -23,4 +23,6 @@ def fit_params(params: UmapConfig, sampled: bool, n_fitted: int) -> UmapConfig:
     update: dict[str, object] = {key: value for key, value in chosen.items() if getattr(params, key) == "auto"}
     if params.n_epochs == "auto":
         update["n_epochs"] = 500 if n_fitted <= SMALL_FIT else 300
+    if params.init == "spectral" and n_fitted <= params.n_components + 1:
+        update["init"] = "pca"  # the spectral start needs more points than eigenvectors (n_components + 1)
     return params.model_copy(update=update)

@@ -27,6 +27,7 @@ NOISE_RGB = (0.8, 0.8, 0.8)
 HIGHLIGHT_COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf",
                      "#bcbd22", "#1a1a1a"]
 _DPI = 100
+RENDER_BYTES_PER_PIXEL = 200
 _MARGINS = (70, 20, 50, 45)  # left, right, top, bottom, in pixels
 _FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
 
@@ -342,6 +343,28 @@ def emptiest_corner(image: np.ndarray) -> str:
     return min(corners, key=lambda name: int(corners[name].sum()))
 
 
+def display_text(text: str, limit: int) -> str:
+    """``text`` as a figure can show it: control characters as spaces, lone surrogates (from file names that
+    are not UTF-8) as U+FFFD, at most ``limit`` characters."""
+    shown = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else " " if ch.isspace() or not ch.isprintable()
+                    else ch for ch in text)
+    return shown if len(shown) <= limit else shown[: limit - 1] + "\u2026"
+
+
+def require_render_memory(config: RenderConfig, max_memory: int | None) -> None:
+    """Refuse an image size whose rendering would not fit in memory (it grows with the pixels, not the faces)."""
+    from job.io.memory import require
+
+    require(render_bytes(config), max_memory, f"rendering {config.width} x {config.height} maps",
+            "lower render.width / render.height")
+
+
+def render_bytes(config: RenderConfig) -> int:
+    """Peak memory of drawing the maps: measured ~185 bytes per pixel (datashader aggregates and spreads in
+    float64, RGBA images in float32, the matplotlib canvas), plus 64 MiB."""
+    return RENDER_BYTES_PER_PIXEL * config.width * config.height + (64 << 20)
+
+
 def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
     from matplotlib import rc_context
     from matplotlib.backends.backend_agg import FigureCanvasAgg
@@ -350,7 +373,10 @@ def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str
 
     left, _, top, bottom = _MARGINS
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    with rc_context({"font.family": _FONTS, "font.size": 10}):
+    title = "\n".join(display_text(line, 160) for line in title.split("\n"))
+    legend = [(colour, display_text(text, 80)) for colour, text in legend] if legend else None
+    # parse_math off: a "$" in a file or identity name is text, not a mathtext formula that fails to parse
+    with rc_context({"font.family": _FONTS, "font.size": 10, "text.parse_math": False}):
         figure = Figure(figsize=(frame.width / _DPI, frame.height / _DPI), dpi=_DPI)
         FigureCanvasAgg(figure)
         axes = figure.add_axes((left / frame.width, bottom / frame.height,

@@ -26,7 +26,7 @@ import secrets
 import shutil
 import stat
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,10 +42,16 @@ TRUTH_FILE = "truth.json"
 _STAGING = ".staging-"
 _PENDING = ".faceatlas-replacing.json"  # file-by-file mode: the names being replaced, until run.json is in
 _STAGING_TAIL = r"\.staging-\d+-[0-9a-f]{8}"
-_OWN_HIDDEN = re.compile(rf"^({_STAGING_TAIL}|\.[^/]+\.\d+\.tmp|\.faceatlas-replacing\.json)$")
+_MARKER = ".faceatlas-staging"  # inside every staging folder: only folders holding it are ever deleted as ours
+_OUR_FILES = r"(projection\.parquet|run\.json|truth\.json|suspects\.csv|lookalikes\.csv|map_[a-z_]+\.(png|npz)" \
+             r"|\.faceatlas-replacing\.json)"
+_OWN_HIDDEN = re.compile(rf"^(\.{_OUR_FILES}\.\d+\.tmp|\.faceatlas-replacing\.json|\.faceatlas-staging)$")
+_OWN_STAGING = re.compile(rf"^{_STAGING_TAIL}$")
 _NO_LOCKS = (errno.EBADF, errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # NFS, Lustre...
 _NO_SWAP = (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP, errno.EPERM, errno.EACCES)
 _RENAME_EXCHANGE = 2
+_STAGING_EXTRA = 48  # ".", ".staging-PID-xxxxxxxx", ".new" and room for a long PID
+_LONGEST_FILE = 120  # the staging folder's name plus the longest temporary file name inside it
 _AT_FDCWD = -100
 
 
@@ -55,8 +61,19 @@ def temporary_path(path: Path) -> Path:
 
 
 def check_output_folder(out_dir: Path) -> None:
-    """Refuse, before any heavy work, an output folder that cannot be written or holds foreign files."""
-    out_dir = Path(os.path.abspath(out_dir))
+    """Refuse, before any heavy work, an output folder that cannot be written or holds foreign files.
+
+    Everything that would otherwise fail only when the outputs are written is checked here: a symbolic-link
+    loop, a name too long for the file system (with the staging folder's suffix), a path too long.
+    """
+    try:
+        out_dir = _resolved(Path(os.path.abspath(out_dir)))
+        _check_name_lengths(out_dir)
+    except OSError as exc:
+        if exc.errno != errno.ENAMETOOLONG:
+            raise
+        raise UsageError(f"--out {str(out_dir)[:120]}...: a name in it is longer than the file system holds; pick "
+                         "a shorter name") from None
     if out_dir == out_dir.parent:
         raise UsageError(f"--out {out_dir}: the root folder cannot be an output folder; pick a folder below it")
     existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
@@ -72,14 +89,56 @@ def check_output_folder(out_dir: Path) -> None:
                              "replaces its output folder as a whole; pick a new or empty folder")
 
 
+def _resolved(out_dir: Path) -> Path:
+    """``out_dir`` with a symbolic link at its end followed (a loop, or a link to nowhere reachable, refused)."""
+    if not out_dir.is_symlink():
+        return out_dir
+    try:
+        return Path(os.path.realpath(out_dir, strict=True))
+    except FileNotFoundError:
+        return out_dir.resolve()  # a link to a folder yet to be made: made where the link points
+    except (OSError, RuntimeError) as exc:
+        problem = "a symbolic-link loop" if isinstance(exc, RuntimeError) or getattr(exc, "errno", 0) == errno.ELOOP \
+            else f"a link that cannot be followed ({getattr(exc, 'strerror', exc)})"
+        raise UsageError(f"--out {out_dir}: is {problem}; pick a real folder") from None
+
+
+def _check_name_lengths(out_dir: Path) -> None:
+    """Refuse a folder name the file system cannot hold once faceatlas adds its staging suffix."""
+    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    try:
+        name_max = os.pathconf(existing, "PC_NAME_MAX")
+        path_max = os.pathconf(existing, "PC_PATH_MAX")
+    except (OSError, ValueError):
+        name_max, path_max = 255, 4096
+    fresh = [p.name for p in (out_dir, *out_dir.parents) if not p.exists() and p != p.parent]
+    too_long = [name for name in fresh if len(os.fsencode(name)) > name_max]
+    if len(os.fsencode(out_dir.name)) + _STAGING_EXTRA > name_max:
+        too_long.append(out_dir.name)
+    if too_long:
+        raise UsageError(f"--out {str(out_dir)[:120]}...: the folder name {too_long[0][:40]!r}... has "
+                         f"{len(os.fsencode(too_long[0]))} bytes, and this file system holds names of at most "
+                         f"{name_max - _STAGING_EXTRA} here; pick a shorter name")
+    if len(os.fsencode(str(out_dir))) + _LONGEST_FILE > path_max:
+        raise UsageError(f"--out {str(out_dir)[:120]}...: the path is {len(os.fsencode(str(out_dir)))} bytes long, "
+                         f"and files in it would pass the {path_max}-byte limit; pick a shorter path")
+
+
 @contextmanager
-def staged_outputs(out_dir: Path) -> Iterator[Path]:
+def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: None,
+                   checked: bool = False) -> Iterator[Path]:
     """Yield a fresh folder to write a run into; on normal exit it becomes ``out_dir`` atomically.
 
-    On any exception (or a kill) the staging folder is dropped and ``out_dir`` is left as it was.
+    On any exception (or a kill) the staging folder is dropped and ``out_dir`` is left as it was. A file
+    someone put into ``out_dir`` while the run wrote is moved into the new folder; if its name is one the run
+    writes, it is kept under ``NAME.kept`` (``log`` says so) rather than replaced. ``checked``: the caller ran
+    :func:`check_output_folder` before its work, so files that appeared since are kept, not refused.
     """
-    out_dir = out_dir.resolve() if out_dir.is_symlink() else Path(os.path.abspath(out_dir))
-    check_output_folder(out_dir)
+    from job import stop
+
+    out_dir = _resolved(Path(os.path.abspath(out_dir)))
+    if not checked:
+        check_output_folder(out_dir)
     created = [p for p in reversed(out_dir.parents) if not p.exists()]
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     _remove_stale_staging(out_dir)
@@ -91,17 +150,23 @@ def staged_outputs(out_dir: Path) -> Iterator[Path]:
     # made under a name no cleanup matches, locked (marks it live), then renamed: the lock follows the inode
     unborn = staging.with_name(staging.name + ".new")
     unborn.mkdir()
+    (unborn / _MARKER).touch()
     held = _try_lock(unborn)
     os.rename(unborn, staging)
     committed = False
     try:
         yield staging
+        stop.check()  # last chance: a swallowed Ctrl-C must not put the outputs in place
+        (staging / _MARKER).unlink(missing_ok=True)  # the folder becomes the run: it must not carry the mark
         if beside:
-            _swap_in(staging, out_dir)
+            kept = _swap_in(staging, out_dir)
         else:
             with _locked(out_dir):  # two runs replacing file by file take turns
-                _replace_file_by_file(staging, out_dir)
+                kept = _replace_file_by_file(staging, out_dir)
         committed = True
+        for name, new_name in kept.items():
+            log(f"warning: {out_dir / name} was put there while the run wrote a file of that name; it is kept "
+                f"as {new_name}")
     finally:
         if held is not None:
             os.close(held)
@@ -124,17 +189,34 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
     columns.update(extra or {})
     tmp = temporary_path(path)
-    pq.write_table(pa.table(columns), tmp)
+    with tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
+        pq.write_table(pa.table(columns), handle)
     os.replace(tmp, path)
     return path
 
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write indented JSON atomically."""
+    text = json.dumps(finite(payload), indent=2, default=_plain, allow_nan=False) + "\n"
     tmp = temporary_path(path)
-    tmp.write_text(json.dumps(payload, indent=2, default=_plain) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
     return path
+
+
+def finite(value: Any) -> Any:
+    """``value`` with every NaN or infinite float (a metric that could not be measured) as None: JSON has no
+    NaN, and a reader must not mistake one for a number."""
+    if isinstance(value, dict):
+        return {key: finite(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(item) for item in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    return value
 
 
 def _plain(value: Any) -> Any:
@@ -168,10 +250,11 @@ def _owned_names(out_dir: Path) -> set[str]:
 
     Only plain names inside the folder count, so an edited run.json cannot point anywhere else.
     """
-    owned = {name for name in _entries(out_dir) if _OWN_HIDDEN.match(name)}
+    owned = {name for name in _entries(out_dir) if _OWN_HIDDEN.match(name)
+             or (_OWN_STAGING.match(name) and _is_staging(out_dir / name))}
     for record_file, key in ((RUN_FILE, "files"), (_PENDING, "names")):
         try:
-            record = json.loads((out_dir / record_file).read_text(encoding="utf-8"))
+            record = _read_own_json(out_dir / record_file)
             if record_file == RUN_FILE and not _ours(record):
                 continue  # another tool's run.json: it vouches for nothing here
             names = record[key].values() if key == "files" else record[key]
@@ -179,6 +262,25 @@ def _owned_names(out_dir: Path) -> set[str]:
         except (OSError, ValueError, AttributeError, KeyError, TypeError):
             continue
     return owned
+
+
+def _read_own_json(path: Path) -> Any:
+    """A record faceatlas left in an output folder, read as untrusted (a pipe or a device there cannot hang)."""
+    from job.errors import FaceatlasError
+    from job.io.files import parse_json, read_text
+
+    try:
+        return parse_json(read_text(path, "a run record", "-"), str(path), "-")
+    except FaceatlasError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _is_staging(folder: Path) -> bool:
+    """A staging folder faceatlas made (a real folder holding the marker), not a look-alike name of someone's."""
+    try:
+        return not folder.is_symlink() and folder.is_dir() and (folder / _MARKER).is_file()
+    except OSError:
+        return False
 
 
 def _ours(record: Any) -> bool:
@@ -196,7 +298,7 @@ def _remove_stale_staging(out_dir: Path) -> None:
         if not folder.is_dir():
             continue
         for entry in folder.iterdir():
-            if not pattern.match(entry.name) or not entry.is_dir() or entry.is_symlink():
+            if not pattern.match(entry.name) or not _is_staging(entry):
                 continue
             try:
                 fd = _lock(entry, wait=False)
@@ -246,10 +348,11 @@ def _rmdir_quietly(folder: Path) -> None:
         pass
 
 
-def _swap_in(staging: Path, out_dir: Path) -> None:
+def _swap_in(staging: Path, out_dir: Path) -> dict[str, str]:
+    """Put the staged run in place of ``out_dir``; returns {name: kept-as name} for colliding foreign files."""
     if not out_dir.exists():
         os.rename(staging, out_dir)
-        return
+        return {}
     _keep_access(out_dir, staging)
     try:
         _exchange(staging, out_dir)
@@ -257,9 +360,8 @@ def _swap_in(staging: Path, out_dir: Path) -> None:
         if exc.errno not in _NO_SWAP:
             raise
         with _locked(out_dir):
-            _replace_file_by_file(staging, out_dir)
-        return
-    _retire(staging, out_dir)  # staging now holds the previous run
+            return _replace_file_by_file(staging, out_dir)
+    return _retire(staging, out_dir)  # staging now holds the previous run
 
 
 def _keep_access(old: Path, new: Path) -> None:
@@ -272,16 +374,32 @@ def _keep_access(old: Path, new: Path) -> None:
         pass
 
 
-def _retire(old: Path, out_dir: Path) -> None:
-    """Empty the swapped-out previous run: delete what a run wrote, move anything else into ``out_dir``."""
-    owned = _owned_names(old)
+def _retire(old: Path, out_dir: Path) -> dict[str, str]:
+    """Empty the swapped-out previous run: delete what a run wrote, move anything else into ``out_dir`` (under
+    ``NAME.kept`` when the new run wrote that name). Returns {name: kept-as name} for those."""
+    owned, kept = _owned_names(old), {}
     for entry in old.iterdir():
         if entry.name in owned and not entry.is_symlink() and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
         elif entry.name in owned:
             entry.unlink(missing_ok=True)
-        elif not (out_dir / entry.name).exists():
-            os.rename(entry, out_dir / entry.name)  # put there by someone while the run was writing
+        else:  # put there by someone while the run was writing
+            target = _free_name(out_dir, entry.name)
+            os.rename(entry, out_dir / target)
+            if target != entry.name:
+                kept[entry.name] = target
+    return kept
+
+
+def _free_name(folder: Path, name: str) -> str:
+    """``name`` if nothing in ``folder`` has it, else the first free ``name.kept``, ``name.kept-2``, ..."""
+    if not os.path.lexists(folder / name):
+        return name
+    for number in range(1, 10_000):
+        candidate = f"{name}.kept" + (f"-{number}" if number > 1 else "")
+        if not os.path.lexists(folder / candidate):
+            return candidate
+    raise OSError(errno.EEXIST, "no free name to keep a file under", str(folder / name))
 
 
 def _exchange(a: Path, b: Path) -> None:
@@ -304,8 +422,14 @@ def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
     next run still recognises as its own.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    previous = {name for name in _owned_names(out_dir) if _plain_name(name)} - {RUN_FILE}
-    new = [entry for entry in staging.iterdir() if entry.name != RUN_FILE]
+    owned = _owned_names(out_dir)
+    previous = {name for name in owned if _plain_name(name)} - {RUN_FILE}
+    new = [entry for entry in staging.iterdir() if entry.name not in (RUN_FILE, _MARKER)]
+    kept: dict[str, str] = {}
+    for entry in [*new, staging / RUN_FILE]:  # someone's file under a name the run writes: keep it aside
+        if os.path.lexists(out_dir / entry.name) and entry.name not in owned:
+            kept[entry.name] = _free_name(out_dir, entry.name)
+            os.rename(out_dir / entry.name, out_dir / kept[entry.name])
     write_json(out_dir / _PENDING, {"names": sorted(previous | {entry.name for entry in new})})
     (out_dir / RUN_FILE).unlink(missing_ok=True)
     for entry in new:
@@ -316,3 +440,4 @@ def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
             stale.unlink()
     os.replace(staging / RUN_FILE, out_dir / RUN_FILE)
     (out_dir / _PENDING).unlink(missing_ok=True)
+    return kept

@@ -28,7 +28,7 @@ def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScore
         line: list[object] = [int(rows[face]), int(ids[face]), int(scores.suggested_id[face]),
                               f"{float(scores.score[face]):.4f}"]
         if names is not None:
-            line += [names.get(int(ids[face]), ""), names.get(int(scores.suggested_id[face]), "")]
+            line += [cell(names.get(int(ids[face]), "")), cell(names.get(int(scores.suggested_id[face]), ""))]
         lines.append(line)
     return _write_csv(path, header, lines)
 
@@ -40,9 +40,19 @@ def write_lookalikes(path: Path, pairs: Lookalikes, names: dict[int, str] | None
     for a, b, similarity in zip(pairs.id_a.tolist(), pairs.id_b.tolist(), pairs.similarity.tolist(), strict=True):
         line: list[object] = [a, b, f"{similarity:.4f}"]
         if names is not None:
-            line += [names.get(a, ""), names.get(b, "")]
+            line += [cell(names.get(a, "")), cell(names.get(b, ""))]
         lines.append(line)
     return _write_csv(path, header, lines)
+
+
+def cell(text: str) -> str:
+    """A user-given string as a CSV cell a spreadsheet shows as text: one that starts like a formula (``=``,
+    ``+``, ``-``, ``@``, tab, carriage return) gets a leading ``'`` (OWASP's CSV-injection advice); every
+    other string is written as it is."""
+    return "'" + text if text[:1] in _FORMULA_STARTS else text
+
+
+_FORMULA_STARTS = {"=", "+", "-", "@", "\t", "\r"}
 
 
 def _write_csv(path: Path, header: list[str], lines: list[list[object]]) -> Path:
