@@ -34,8 +34,13 @@ class BackendChoice(str, Enum):
     umap_learn = "umap-learn"
 
 
+def _echo(text: str, err: bool = False) -> None:
+    """Print one line; a file name that is not UTF-8 (Linux names are bytes) shows U+FFFD instead of failing."""
+    typer.echo(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), err=err)
+
+
 def _say(message: str) -> None:
-    typer.echo(f"faceatlas: {message}", err=True)
+    _echo(f"faceatlas: {message}", err=True)
 
 
 @contextmanager
@@ -46,7 +51,7 @@ def _errors_to_exit_codes() -> Iterator[None]:
     except typer.Exit:
         raise
     except KeyboardInterrupt:  # Ctrl-C, or SIGTERM (see main): staged outputs are already dropped
-        typer.echo("faceatlas: error: interrupted; no half-written outputs were left (rerun to finish)", err=True)
+        _echo("faceatlas: error: interrupted; no half-written outputs were left (rerun to finish)", err=True)
         raise typer.Exit(INTERRUPTED) from None
     except FaceatlasError as exc:
         _fail(exc)
@@ -64,13 +69,13 @@ def _fail(error: FaceatlasError) -> NoReturn:
     if _state["debug"]:
         traceback.print_exc()
     text = " ".join(str(error).split())  # file and field names, server replies: never more than one line
-    typer.echo(f"faceatlas: error: {text if len(text) <= 1000 else text[:997] + '...'}", err=True)
+    _echo(f"faceatlas: error: {text if len(text) <= 1000 else text[:997] + '...'}", err=True)
     raise typer.Exit(error.exit_code) from None
 
 
 def _version(value: bool) -> None:
     if value:
-        typer.echo(f"faceatlas {__version__}")
+        _echo(f"faceatlas {__version__}")
         raise typer.Exit()
 
 
@@ -130,10 +135,10 @@ def run(
 
         start = time.perf_counter()
         result = run_job(settings, log=_say, progress=stderr_progress())
-        typer.echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
+        _echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
                    + ", ".join(_flat_metrics(result.metrics)))
         for role, path in result.files.items():
-            typer.echo(f"{role:>12}: {path.resolve()}")
+            _echo(f"{role:>12}: {path.resolve()}")
 
 
 @app.command()
@@ -147,7 +152,7 @@ def verify(
         finished = open_run(folder)
         version = _printable(finished.record.get("version", "?"))
         digest = _printable(finished.record.get("input", {}).get("sha256", "?"))
-        typer.echo(f"ok: {len(finished.files)} files in {folder} match run.json (faceatlas {version}, input sha256 "
+        _echo(f"ok: {len(finished.files)} files in {folder} match run.json (faceatlas {version}, input sha256 "
                    f"{digest})")
 
 
@@ -171,8 +176,8 @@ def transform(
         result = transform_file(open_map(folder), new, out, id_field, embedding_field, drop_invalid, log=_say)
         same = f"; nearest_id equals the face's own id for {result.same_id:.1%}" if result.same_id is not None \
             else ""
-        typer.echo(f"placed {result.n_faces:,} faces in {time.perf_counter() - start:.1f} s{same}")
-        typer.echo(f"wrote {result.path.resolve()}")
+        _echo(f"placed {result.n_faces:,} faces in {time.perf_counter() - start:.1f} s{same}")
+        _echo(f"wrote {result.path.resolve()}")
 
 
 _POINT_HELP = "Map coordinate (as in projection.parquet)."
@@ -196,12 +201,12 @@ def nearest(
         opened = open_map(folder)
         answers = nearest_identities(opened.model, map_point(opened, x, y, z), k)
         if as_json:
-            typer.echo(json.dumps([{"id": a.id, "similarity": round(a.similarity, 6),
+            _echo(json.dumps([{"id": a.id, "similarity": round(a.similarity, 6),
                                     "map_distance": round(a.map_distance, 6)} for a in answers]))
             return
-        typer.echo(f"{'rank':>4}  {'id':>10}  {'similarity':>10}  {'map_distance':>12}")
+        _echo(f"{'rank':>4}  {'id':>10}  {'similarity':>10}  {'map_distance':>12}")
         for rank, answer in enumerate(answers, 1):
-            typer.echo(f"{rank:>4}  {answer.id:>10}  {answer.similarity:>10.4f}  {answer.map_distance:>12.4f}")
+            _echo(f"{rank:>4}  {answer.id:>10}  {answer.similarity:>10.4f}  {answer.map_distance:>12.4f}")
 
 
 @app.command()
@@ -225,12 +230,12 @@ def invert(
         if out is not None:
             write_vector(out, inversion.vector)
         if as_json:
-            typer.echo(json.dumps({"fidelity": round(inversion.fidelity, 6), "distance": round(inversion.distance, 6),
+            _echo(json.dumps({"fidelity": round(inversion.fidelity, 6), "distance": round(inversion.distance, 6),
                                    "vector": [round(float(v), 7) for v in inversion.vector]}))
             return
-        typer.echo(f"fidelity {inversion.fidelity:.3f} (estimated cosine to a face at this point); nearest face "
+        _echo(f"fidelity {inversion.fidelity:.3f} (estimated cosine to a face at this point); nearest face "
                    f"{inversion.distance:.3g} map units away; {len(inversion.vector)}-D unit vector")
-        typer.echo(f"wrote {out.resolve()}" if out is not None else "pass --out FILE.npy or --json to get the vector")
+        _echo(f"wrote {out.resolve()}" if out is not None else "pass --out FILE.npy or --json to get the vector")
 
 
 @app.command("demo-db")
@@ -261,9 +266,9 @@ def demo_db(
             write_json(truth_path, truth.to_json())
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
-        typer.echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
+        _echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
                    f"{seed_dtype(identities, spec.dim)})")
-        typer.echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
+        _echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
                    f"{len(truth.lookalike_pairs)} look-alike pairs)")
 
 
@@ -282,12 +287,12 @@ def backends(
         if as_json:
             payload = {"auto": chosen.name, "auto_reason": reason, "gpu": asdict(probe_gpu()),
                        "backends": [asdict(p) for p in probes]}
-            typer.echo(json.dumps(payload, indent=2))
+            _echo(json.dumps(payload, indent=2))
             return
         for probe in probes:
             mark = "yes" if probe.available else "no "
-            typer.echo(f"{mark}  {probe.name:<11} {probe.reason}")
-        typer.echo(f"auto -> {chosen.name}")
+            _echo(f"{mark}  {probe.name:<11} {probe.reason}")
+        _echo(f"auto -> {chosen.name}")
 
 
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:

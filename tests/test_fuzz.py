@@ -1,5 +1,6 @@
-"""Property-based fuzzing of the loader: random bytes, mutated valid files and random structured dtypes
-either load or raise one of faceatlas's own errors, and nothing is ever unpickled.
+"""Property-based fuzzing of every reader: random bytes, mutated valid files and random structured dtypes for
+the database loader; random names files and configs; run records with fields of random JSON; re-hashed mutated
+map models. Each either loads or raises one of faceatlas's own one-line errors, and nothing is ever unpickled.
 
 FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py fuzzes longer than the default 120 examples per test.
 """
@@ -7,7 +8,9 @@ FUZZ_EXAMPLES=5000 pytest tests/test_fuzz.py fuzzes longer than the default 120 
 from __future__ import annotations
 
 import io
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -15,6 +18,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -175,3 +179,124 @@ def test_forged_npy_headers_never_crash_or_allocate(shape: tuple[int, ...], desc
     text = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
     size = len(text).to_bytes(2 if version == 1 else 4, "little")
     _load(b"\x93NUMPY" + bytes([version, 0]) + size + text + tail)
+
+
+# the other readers (issue 10): names files, configs, run records and map models
+
+JSON = st.recursive(st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
+                    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4),
+                    max_leaves=12)
+NAME_LINES = st.lists(st.one_of(
+    JSON.map(lambda value: json.dumps(value)),
+    st.fixed_dictionaries({"id": st.integers(-(2**65), 2**65) | st.booleans() | st.text(max_size=3),
+                           "name": st.text(max_size=6) | JSON}).map(json.dumps),
+    st.text(max_size=20)), max_size=8).map(lambda lines: "\n".join(lines).encode("utf-8", "surrogatepass"))
+
+
+def _one_line_naming(exc: FaceatlasError, path: Path) -> None:
+    text = str(exc)
+    assert "\n" not in text and str(path) in text, text
+
+
+@FUZZ
+@given(content=NAME_LINES | st.binary(max_size=300))
+def test_random_names_files_load_or_fail_cleanly(content: bytes) -> None:
+    from job.io.database import read_names
+
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "names.jsonl"
+        path.write_bytes(content)
+        try:
+            names = read_names(path, np.arange(4, dtype=np.int64))
+        except FaceatlasError as exc:
+            _one_line_naming(exc, path)
+            return
+    assert all(isinstance(k, int) and isinstance(v, str) and v.encode("utf-8") is not None for k, v in names.items())
+
+
+DEFAULT_TOML = (Path(__file__).parents[1] / "configs" / "default.toml").read_bytes()
+
+
+@FUZZ
+@given(data=st.data())
+def test_random_and_mutated_configs_load_or_fail_cleanly(data: st.DataObject) -> None:
+    from job.config import Config, load_config
+
+    content = bytearray(data.draw(st.sampled_from([DEFAULT_TOML, b""])) + data.draw(st.binary(max_size=40)))
+    for _ in range(data.draw(st.integers(0, 5))):
+        if content:
+            content[data.draw(st.integers(0, len(content) - 1))] = data.draw(st.integers(0, 255))
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "c.toml"
+        path.write_bytes(bytes(content))
+        try:
+            assert isinstance(load_config(path), Config)
+        except FaceatlasError as exc:
+            _one_line_naming(exc, path)
+
+
+@pytest.fixture(scope="module")
+def run_folder(smoke_run: Any, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    copy = tmp_path_factory.mktemp("fuzzrun") / "run"
+    shutil.copytree(smoke_run.out_dir, copy)
+    return copy
+
+
+def _ask(folder: Path) -> None:
+    """Everything a command reads back from a run folder: the record, every file's hash, the model, a query."""
+    from job.maps.placement import nearest
+    from job.maps.queries import map_point, open_map
+
+    opened = open_map(folder)
+    centre = opened.model.coords.mean(axis=0)
+    try:
+        nearest(opened.model, map_point(opened, float(centre[0]), float(centre[1]),
+                                        float(centre[2]) if len(centre) == 3 else None), 3)
+    except FaceatlasError:
+        pass  # off the map: a clean refusal
+
+
+@FUZZ
+@given(data=st.data())
+def test_run_records_with_random_fields_open_or_fail_cleanly(run_folder: Path, data: st.DataObject) -> None:
+    record = json.loads((run_folder / "run.json").read_text())
+    for _ in range(data.draw(st.integers(1, 3))):
+        section = record
+        path = data.draw(st.sampled_from([("input",), ("input", "dim"), ("input", "n_faces"), ("file_sha256",),
+                                          ("config",), ("config", "input"), ("config", "input", "id_field"),
+                                          ("version",), ("files",), ("file_sha256", "map_model.npz")]))
+        for key in path[:-1]:
+            if not isinstance(section.get(key), dict):
+                section[key] = {}
+            section = section[key]
+        section[path[-1]] = data.draw(JSON)
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "run"
+        shutil.copytree(run_folder, copy)
+        (copy / "run.json").write_text(json.dumps(record))
+        try:
+            _ask(copy)
+        except FaceatlasError as exc:
+            _one_line_naming(exc, copy)
+
+
+@FUZZ
+@given(data=st.data())
+def test_rehashed_mutated_models_open_or_fail_cleanly(run_folder: Path, data: st.DataObject) -> None:
+    from job.io.formats import file_sha256
+
+    content = bytearray((run_folder / "map_model.npz").read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        content[data.draw(st.integers(0, len(content) - 1))] = data.draw(st.integers(0, 255))
+    with tempfile.TemporaryDirectory() as folder:
+        copy = Path(folder) / "run"
+        shutil.copytree(run_folder, copy)
+        (copy / "map_model.npz").write_bytes(bytes(content))
+        record = json.loads((copy / "run.json").read_text())
+        record["file_sha256"]["map_model.npz"] = file_sha256(copy / "map_model.npz")
+        (copy / "run.json").write_text(json.dumps(record))
+        try:
+            _ask(copy)
+        except FaceatlasError as exc:
+            _one_line_naming(exc, copy)
+    assert UNPICKLED == []

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -218,6 +219,60 @@ def _ragged_parquet() -> Build:
     return _parquet(pa.table({"id": IDS, "embedding": pa.array(values, type=pa.list_(pa.float32()))}))
 
 
+def _npz_twice(folder: Path) -> list[str]:
+    path = folder / "db.npz"
+    with zipfile.ZipFile(path, "w") as archive, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # zipfile warns of the duplicate name this case is about
+        for name, array in (("ids.npy", IDS), ("ids.npy", IDS[::-1].copy()), ("embeddings.npy", VECTORS)):
+            with archive.open(name, "w") as member:
+                np.lib.format.write_array(member, array)
+    return ["--input", str(path)]
+
+
+def _two_id_columns() -> Build:
+    table = pa.table([pa.array(IDS), pa.array(IDS[::-1].copy()), _vectors_column(VECTORS)],
+                     names=["id", "id", "embedding"])
+    return _parquet(table)
+
+
+def _config_bytes(content: bytes) -> Build:
+    def build(folder: Path) -> list[str]:
+        (folder / "bad.toml").write_bytes(content)
+        return [*_npy(RECORDS)(folder), "--config", str(folder / "bad.toml")]
+    return build
+
+
+def _names_bytes(content: bytes) -> Build:
+    def build(folder: Path) -> list[str]:
+        (folder / "names.jsonl").write_bytes(content)
+        return [*_npy(RECORDS)(folder), "--names", str(folder / "names.jsonl")]
+    return build
+
+
+def _out_link_loop(folder: Path) -> list[str]:
+    (folder / "loop_a").symlink_to(folder / "loop_b")
+    (folder / "loop_b").symlink_to(folder / "loop_a")
+    return [*_npy(RECORDS)(folder), "--out", str(folder / "loop_a")]
+
+
+def _out_named(name: str) -> Build:
+    def build(folder: Path) -> list[str]:
+        return [*_npy(RECORDS)(folder), "--out", str(folder / name)]
+    return build
+
+
+def _look_alike_leftovers(folder: Path) -> list[str]:
+    """Files whose names only look like faceatlas's temporary names: someone's, so refused, never deleted."""
+    (folder / "out").mkdir()
+    (folder / "out" / ".draft.2024.tmp").write_text("my draft")
+    (folder / "out" / ".staging-1-deadbeef").mkdir()
+    (folder / "out" / ".staging-1-deadbeef" / "my.txt").write_text("keep")
+    return _npy(RECORDS)(folder)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+HUGE_INT = "9" * 5000
+NAMES_BY_POSITION = "".join(f'{{"name": "n{i}"}}\n' for i in range(29))  # 29 lines for 30 identities
 GOOD_TABLE = pa.table({"id": IDS, "embedding": _vectors_column(VECTORS)})
 CASES: dict[str, Case] = {
     # the file itself
@@ -319,6 +374,42 @@ CASES: dict[str, Case] = {
     "truth.json names rows beyond the input": Case(_truth_beside(
         '{"generator": "faceatlas.demo", "spec": {}, "misfiled": [{"row": 999999, "true_id": 1}], '
         '"lookalike_pairs": []}'), 3, "names rows beyond the"),
+    # second round (issue 10): every reader, not only the database loader
+    "negative ids": Case(_npz(ids=-IDS - 1, embeddings=VECTORS), 3, "have negative ids"),
+    "ids -15..14 (some negative)": Case(_npz(ids=IDS - 15, embeddings=VECTORS), 3, "faceatlas needs ids >= 0"),
+    "two id columns in Parquet": Case(_two_id_columns(), 3, "column 'id' appears 2 times"),
+    "an .npz member twice": Case(_npz_twice, 3, "holds 'ids.npy' more than once"),
+    "config not UTF-8": Case(_config_bytes(b"\xff\xfe[umap]\n"), 2, "is not UTF-8 text"),
+    "config nested 100k deep": Case(_config_bytes(f"[umap]\nn_neighbors = {DEEP}\n".encode()), 2,
+                                    "nested too deeply"),
+    "config integer of 5000 digits": Case(_config_bytes(f"seed = {HUGE_INT}\n".encode()), 2, "more digits"),
+    "config is /dev/zero": Case(lambda f: [*_npy(RECORDS)(f), "--config", "/dev/zero"], 2, "not a regular file"),
+    "config with a NUL in a path": Case(_config_bytes(b'[input]\nnames = "a\\u0000b"\n'), 2, "NUL"),
+    "--set nested 100k deep": Case(_args("--set", f"render.highlight={DEEP}"), 2, "nested too deeply"),
+    "--set integer of 5000 digits": Case(_args("--set", f"seed={HUGE_INT}"), 2, "more digits"),
+    "--set count beyond 2**62": Case(_args("--set", f"analysis.lookalike_top={2**70}"), 2,
+                                     "command line: key 'analysis.lookalike_top' is invalid"),
+    "--set max_memory beyond 8 EiB": Case(_args("--set", f"max_memory={2**64}"), 2, "below 8 EiB"),
+    "names file is /dev/zero": Case(lambda f: [*_npy(RECORDS)(f), "--names", "/dev/zero"], 3,
+                                    "not a regular file"),
+    "names file not UTF-8": Case(_names_bytes(b'{"name": "\xff"}\n'), 3, "is not UTF-8 text"),
+    "names nested 100k deep": Case(_names_bytes(('{"a": ' * 100_000).encode()), 3, "nested too deeply"),
+    "names integer of 5000 digits": Case(_names_bytes(f'{{"id": {HUGE_INT}, "name": "x"}}\n'.encode()), 3,
+                                         "more digits"),
+    "lone surrogate in a name": Case(_names_bytes(b'{"name": "\\ud800"}\n'), 3, "lone \\ud800"),
+    "names by position, one line short": Case(_names_bytes(NAMES_BY_POSITION.encode()), 3,
+                                              "29 lines for the 30 identities"),
+    "an id named twice": Case(_names_bytes(b'{"id": 1, "name": "a"}\n{"id": 1, "name": "b"}\n'), 3,
+                              "names id 1 again (first on line 1)"),
+    "--out is a symlink loop": Case(_out_link_loop, 2, "is a symbolic-link loop"),
+    "--out name too long": Case(_out_named("a" * 300), 2, "pick a shorter name"),
+    "--out name too long with the staging suffix": Case(_out_named("a" * 240), 2, "pick a shorter name"),
+    "--out holds names like faceatlas's temporaries": Case(_look_alike_leftovers, 2,
+                                                           "holds files no faceatlas run wrote (.draft.2024.tmp, "
+                                                           ".staging-1-deadbeef)"),
+    "render 10000 x 10000 over max_memory": Case(_args("--set", "render.width=10000", "--set", "render.height=10000",
+                                                       "--set", "max_memory=4GiB"), 5,
+                                                 "rendering 10000 x 10000 maps needs"),
 }
 
 

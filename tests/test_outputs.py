@@ -282,3 +282,56 @@ def test_outputs_still_work_where_flock_does_not(tmp_path: Path, monkeypatch: py
 
 def _record(files: dict[str, str]) -> str:
     return json.dumps({"tool": "faceatlas", "files": files})
+
+
+@pytest.mark.parametrize("mode", ["swap", "file-by-file"])
+def test_a_file_dropped_in_under_a_name_the_run_writes_is_kept(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                               mode: str) -> None:
+    out = tmp_path / "out"
+    with staged_outputs(out) as staging:
+        (staging / "run.json").write_text(_record({}))
+    if mode == "file-by-file":
+        monkeypatch.chdir(out)  # standing in the folder: it cannot be swapped, files are renamed in one by one
+    said: list[str] = []
+    with staged_outputs(out, said.append) as staging:
+        (out / "notes.csv").write_text("mine")  # dropped in while the run writes a notes.csv of its own
+        (staging / "notes.csv").write_text("the run's")
+        (staging / "run.json").write_text(_record({"notes": "notes.csv"}))
+    assert (out / "notes.csv").read_text() == "the run's"
+    assert (out / "notes.csv.kept").read_text() == "mine"
+    assert len(said) == 1 and "kept as notes.csv.kept" in said[0]
+
+
+def test_a_ctrl_c_swallowed_by_a_c_callback_still_stops_the_run(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from job import stop
+
+    out = tmp_path / "out"
+    monkeypatch.setattr(stop, "_requested", [])
+    with pytest.raises(KeyboardInterrupt):
+        with staged_outputs(out) as staging:
+            (staging / "run.json").write_text(_record({}))
+            try:
+                stop.request(signal.SIGINT)
+            except KeyboardInterrupt:
+                pass  # what numba's ctypes cache callback does with it: prints it and carries on
+    assert os.listdir(tmp_path) == []  # the outputs were not put in place
+
+
+def test_a_file_dropped_into_out_during_a_run_is_kept_and_the_run_lands(small_db: Path, tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    import job.pipeline as pipeline
+
+    out = tmp_path / "out"
+    run(_config(small_db, out))
+    render = pipeline.render
+
+    def render_while_someone_writes(*args: object, **kwargs: object) -> object:
+        (out / "notes.txt").write_text("mine")  # after the up-front check of --out, before the swap
+        (out / "suspects.csv").write_text("my edited copy")  # a name the previous run owns: it is the run's
+        return render(*args, **kwargs)
+
+    monkeypatch.setattr(pipeline, "render", render_while_someone_writes)
+    run(_config(small_db, out))
+    assert (out / "notes.txt").read_text() == "mine"
+    open_run(out)

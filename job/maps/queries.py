@@ -18,7 +18,6 @@ import numpy as np
 from job.config import InputConfig
 from job.io.database import load_database
 from job.errors import InputError, UsageError
-from job.knn.graph import normalise
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
 from job.store.outputs import temporary_path
 from job.maps.placement import Placement, place
@@ -88,11 +87,11 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     """
     if out.suffix.lower() != ".parquet":
         raise UsageError(f"--out {out}: expected a .parquet file name; e.g. --out placed.parquet")
+    check_output_file(out)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'placed.parquet'}")
     _outside(opened.run.folder, out)
     _not_an_input(out, [new, _section(opened.run.record, "input").get("path")])
-    check_output_file(out)
     run_id, run_embedding = opened.input_fields
     config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
                          drop_invalid=drop_invalid)
@@ -135,11 +134,11 @@ def check_vector_out(opened: OpenMap, out: Path | None) -> None:
         return
     if out.suffix.lower() != ".npy":
         raise UsageError(f"--out {out}: expected a .npy file name; e.g. --out point.npy")
+    check_output_file(out)
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'point.npy'}")
     _outside(opened.run.folder, out)
     _not_an_input(out, [_section(opened.run.record, "input").get("path")])
-    check_output_file(out)
 
 
 def _not_an_input(out: Path, inputs: list[object]) -> None:
@@ -157,21 +156,17 @@ def _not_an_input(out: Path, inputs: list[object]) -> None:
 
 
 def check_output_file(out: Path) -> None:
-    """What would make writing ``out`` fail after the work: a missing or unwritable folder, a name too long."""
+    """What would make writing ``out`` fail after the work: a name too long, a missing or unwritable folder."""
+    longest = max(len(os.fsencode(part)) for part in Path(os.path.abspath(out)).parts)
+    if longest + 24 > 255:  # the temporary sibling adds ".", ".PID.tmp"; 255: Linux file systems' NAME_MAX
+        raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than file systems hold "
+                         "(255, with faceatlas's temporary suffix); pick a shorter name")
     parent = Path(os.path.abspath(out)).parent
     existing = next(p for p in (parent, *parent.parents) if p.exists() or p == p.parent)
     if not existing.is_dir():
         raise UsageError(f"--out {out}: {existing} is not a folder; pick another path")
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out}: {existing} is not writable; pick a folder you can write to")
-    try:
-        name_max = os.pathconf(existing, "PC_NAME_MAX")
-    except (OSError, ValueError):
-        name_max = 255
-    longest = max(len(os.fsencode(part)) for part in Path(os.path.abspath(out)).parts)
-    if longest + 24 > name_max:  # the temporary sibling adds ".", ".PID.tmp"
-        raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than this file system "
-                         f"holds ({name_max} with faceatlas's temporary suffix); pick a shorter name")
 
 
 def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarray:
