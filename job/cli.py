@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
+import sys
 import time
 import traceback
 from collections.abc import Iterator
@@ -55,6 +57,9 @@ def _errors_to_exit_codes() -> Iterator[None]:
         raise typer.Exit(INTERRUPTED) from None
     except FaceatlasError as exc:
         _fail(exc)
+    except BrokenPipeError:  # `faceatlas nearest ... | head -1`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit flush cannot fail again
+        raise typer.Exit(1) from None
     except MemoryError:
         _fail(OutOfMemoryError("out of memory; use a machine with more memory or a smaller database"))
     except OSError as exc:  # files we write: an unwritable --out, a full disk
@@ -330,7 +335,25 @@ def main() -> None:
     signal.signal(signal.SIGTERM, _stop)  # `docker stop`, batch schedulers: unwind like Ctrl-C
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`cmd &`)
         signal.signal(signal.SIGINT, _stop)
-    app(prog_name="faceatlas")
+    try:
+        code = app(prog_name="faceatlas", standalone_mode=False)
+    except Exception as exc:  # noqa: BLE001 - click's UsageError: typer vendors click in some versions
+        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
+            raise
+        sys.exit(_usage_error(exc))
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+def _usage_error(exc: Any) -> int:
+    """A command line click could not parse (unknown option, missing or malformed value), as our one line."""
+    if type(exc).__name__ == "NoArgsIsHelpError":  # bare `faceatlas`: the help is the answer
+        exc.show()
+        return int(exc.exit_code)
+    context = getattr(exc, "ctx", None)
+    command = context.command_path if context is not None else "faceatlas"
+    text = " ".join(str(exc.format_message()).split()).rstrip(".")
+    _echo(f"faceatlas: error: {text[:300]}; see '{command} --help'", err=True)
+    return int(exc.exit_code)
 
 
 def _stop(signum: int, frame: object) -> None:

@@ -341,3 +341,18 @@ def test_a_run_on_a_scaled_database_writes_no_nan(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "run.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     assert result.metrics["suspects"] > 0 and result.metrics["trustworthiness"] > 0.8
+
+
+# the command line itself: what click cannot parse is one line too, not a framed usage panel
+
+@pytest.mark.parametrize("args, fragment", [
+    (["nearest", ".", "--x", "abc", "--y", "0"], "Invalid value for '--x'"),
+    (["demo-db", "x.npy", "--identities", "1"], "Invalid value for '--identities'"),
+    (["run", "--bogus"], "No such option: --bogus"),
+    (["nearest", "."], "Missing option '--x'"),
+    (["no-such-command"], "No such command 'no-such-command'"),
+])
+def test_command_lines_that_do_not_parse_get_one_line(tmp_path: Path, args: list[str], fragment: str) -> None:
+    done = subprocess.run([*FACEATLAS, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    _one_error(done.stderr, 2, done.returncode, fragment)
+    assert done.stdout == "" and list(tmp_path.iterdir()) == []
