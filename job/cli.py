@@ -154,9 +154,11 @@ def verify(
     with _errors_to_exit_codes():
         from job.store.runs import open_run
 
+        from job.io.files import display_text
+
         finished = open_run(folder)
-        version = _printable(finished.record.get("version", "?"))
-        digest = _printable(finished.record.get("input", {}).get("sha256", "?"))
+        version = display_text(str(finished.record.get("version", "?")), 80)
+        digest = display_text(str(finished.record.get("input", {}).get("sha256", "?")), 80)
         _echo(f"ok: {len(finished.files)} files in {folder} match run.json (faceatlas {version}, input sha256 "
                    f"{digest})")
 
@@ -311,12 +313,6 @@ def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
         else:
             parts.append(f"{prefix}{key} {value}")
     return parts
-
-
-def _printable(value: object, limit: int = 80) -> str:
-    """A value read from a file, safe to print: no escape sequences or line breaks, at most ``limit`` characters."""
-    text = "".join(ch if ch.isprintable() else "?" for ch in str(value)[: limit + 1])
-    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _parse_ids(text: str) -> list[int]:

@@ -181,6 +181,7 @@ def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
 
     from job.errors import UsageError
     from job.io.memory import format_size, require
+    from job.store.outputs import existing_ancestor
 
     for target in (path, truth_path):
         if target.is_dir():
@@ -193,7 +194,7 @@ def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
     require(spec.n_identities * spec.dim * 4 * 2 + n_faces * 32, None,
             f"demo-db: planning {spec.n_identities:,} identities", "ask for fewer identities")
     need = n_faces * seed_dtype(spec.n_identities, spec.dim).itemsize
-    existing = next(p for p in (path.absolute().parent, *path.absolute().parents) if p.exists())
+    existing = existing_ancestor(path.absolute().parent)
     free = shutil.disk_usage(existing).free
     if need > free:
         raise UsageError(f"{path}: up to {format_size(need)} of faces, but {existing} has {format_size(free)} free; "

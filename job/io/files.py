@@ -116,5 +116,13 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def display_text(text: str, limit: int) -> str:
+    """``text`` as a figure or a terminal can show it: control characters and line breaks as spaces, lone
+    surrogates (from file names that are not UTF-8) as U+FFFD, at most ``limit`` characters."""
+    plain = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else " " if ch.isspace() or not ch.isprintable()
+                    else ch for ch in text[: limit + 1])
+    return plain if len(plain) <= limit else plain[: limit - 1] + "\u2026"
+
+
 def _reason(exc: OSError) -> str:
     return " ".join(str(exc.strerror or exc).split())

@@ -19,7 +19,7 @@ from job.config import InputConfig
 from job.io.database import load_database
 from job.errors import InputError, UsageError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
-from job.store.outputs import temporary_path
+from job.store.outputs import existing_ancestor, temporary_path
 from job.maps.placement import Placement, place
 from job.store.runs import FinishedRun, open_run
 
@@ -85,13 +85,7 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     ``out`` (Parquet): ``row``, ``id`` (when the input has ids), ``x``, ``y`` (``z``), ``nearest_id``,
     ``similarity``. ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
     """
-    if out.suffix.lower() != ".parquet":
-        raise UsageError(f"--out {out}: expected a .parquet file name; e.g. --out placed.parquet")
-    check_output_file(out)
-    if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'placed.parquet'}")
-    _outside(opened.run.folder, out)
-    _not_an_input(out, [new, _section(opened.run.record, "input").get("path")])
+    _check_out(opened, out, "placed.parquet", [new])
     run_id, run_embedding = opened.input_fields
     config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
                          drop_invalid=drop_invalid)
@@ -130,15 +124,21 @@ def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placem
 
 def check_vector_out(opened: OpenMap, out: Path | None) -> None:
     """``invert --out``: a ``.npy`` file name outside the run folder (checked before any work)."""
-    if out is None:
-        return
-    if out.suffix.lower() != ".npy":
-        raise UsageError(f"--out {out}: expected a .npy file name; e.g. --out point.npy")
+    if out is not None:
+        _check_out(opened, out, "point.npy")
+
+
+def _check_out(opened: OpenMap, out: Path, example: str, inputs: list[object] | None = None) -> None:
+    """An output file of a query, before any work: named like ``example``, writable, not a folder, outside the
+    run folder, and none of the files the command reads (``inputs`` and the run's own input)."""
+    suffix = Path(example).suffix
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"--out {out}: expected a {suffix} file name; e.g. --out {example}")
     check_output_file(out)
     if out.is_dir():
-        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / 'point.npy'}")
+        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / example}")
     _outside(opened.run.folder, out)
-    _not_an_input(out, [_section(opened.run.record, "input").get("path")])
+    _not_an_input(out, [*(inputs or []), _section(opened.run.record, "input").get("path")])
 
 
 def _not_an_input(out: Path, inputs: list[object]) -> None:
@@ -162,7 +162,7 @@ def check_output_file(out: Path) -> None:
         raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than file systems hold "
                          "(255, with faceatlas's temporary suffix); pick a shorter name")
     parent = Path(os.path.abspath(out)).parent
-    existing = next(p for p in (parent, *parent.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(parent)
     if not existing.is_dir():
         raise UsageError(f"--out {out}: {existing} is not a folder; pick another path")
     if not os.access(existing, os.W_OK | os.X_OK):

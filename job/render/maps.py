@@ -343,14 +343,6 @@ def emptiest_corner(image: np.ndarray) -> str:
     return min(corners, key=lambda name: int(corners[name].sum()))
 
 
-def display_text(text: str, limit: int) -> str:
-    """``text`` as a figure can show it: control characters as spaces, lone surrogates (from file names that
-    are not UTF-8) as U+FFFD, at most ``limit`` characters."""
-    shown = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else " " if ch.isspace() or not ch.isprintable()
-                    else ch for ch in text)
-    return shown if len(shown) <= limit else shown[: limit - 1] + "\u2026"
-
-
 def require_render_memory(config: RenderConfig, max_memory: int | None) -> None:
     """Refuse an image size whose rendering would not fit in memory (it grows with the pixels, not the faces)."""
     from job.io.memory import require
@@ -373,6 +365,8 @@ def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str
 
     left, _, top, bottom = _MARGINS
     logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+    from job.io.files import display_text
+
     title = "\n".join(display_text(line, 160) for line in title.split("\n"))
     legend = [(colour, display_text(text, 80)) for colour, text in legend] if legend else None
     # parse_math off: a "$" in a file or identity name is text, not a mathtext formula that fails to parse

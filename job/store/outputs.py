@@ -60,6 +60,11 @@ def temporary_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
+def existing_ancestor(path: Path) -> Path:
+    """``path`` itself if it exists, else its nearest parent that does (where it would be created)."""
+    return next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+
+
 def check_output_folder(out_dir: Path) -> None:
     """Refuse, before any heavy work, an output folder that cannot be written or holds foreign files.
 
@@ -76,7 +81,7 @@ def check_output_folder(out_dir: Path) -> None:
                          "a shorter name") from None
     if out_dir == out_dir.parent:
         raise UsageError(f"--out {out_dir}: the root folder cannot be an output folder; pick a folder below it")
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(out_dir)
     if not existing.is_dir():
         raise UsageError(f"--out {out_dir}: {existing} is not a folder; pick another output folder")
     if not os.access(existing, os.W_OK | os.X_OK):
@@ -105,7 +110,7 @@ def _resolved(out_dir: Path) -> Path:
 
 def _check_name_lengths(out_dir: Path) -> None:
     """Refuse a folder name the file system cannot hold once faceatlas adds its staging suffix."""
-    existing = next(p for p in (out_dir, *out_dir.parents) if p.exists() or p == p.parent)
+    existing = existing_ancestor(out_dir)
     try:
         name_max = os.pathconf(existing, "PC_NAME_MAX")
         path_max = os.pathconf(existing, "PC_PATH_MAX")
