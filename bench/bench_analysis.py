@@ -1,17 +1,21 @@
 """Map analysis against baselines, side by side on the same faces in one run.
 
-1. Misfiled faces, on the standard and the hard demo: faceatlas's centroid margin vs kNN-classifier
-   label-issue baselines (the cleanlab approach: an out-of-sample k=10 neighbour vote as predicted
-   probabilities): (a) an issue when the vote's top label is not the given label, (b) cleanlab's own
-   ``find_label_issues`` on those probabilities, when cleanlab is installed. Precision/recall.
-2. Look-alikes: recall of the planted pairs in the top 2x-planted pairs.
+1. Misfiled faces, on the standard, hard and wild demo shapes and several seeds: faceatlas's verdicts vs
+   (a) the leave-one-out centroid margin (other - own > 0, every identity compared), (b) faceatlas 0.4's rule
+   (the same margin over the run's candidates, with the majority rule), (c) kNN-classifier label-issue
+   baselines (the cleanlab approach: an out-of-sample k=10 neighbour vote as predicted probabilities): an
+   issue when the vote's top label is not the given label, and cleanlab's own ``find_label_issues`` when
+   cleanlab is installed. Precision/recall (low-quality faces called misfiled count as false alarms, and are
+   also counted apart), precision in the top 10/50/100 by each method's own ranking, recall of misfiles
+   between near-twins; faceatlas's low-quality and duplicate verdicts against the planted ones.
+2. Look-alikes: recall of the planted pairs in the top 2x-planted pairs, and of near-twins in the top 2x-twins.
 3. New faces and map points, on held-out faces of the standard demo (2% left out of the fit): faceatlas's
    transform/invert vs umap-learn's ``transform``/``inverse_transform`` on the same fitted faces.
    transform id_at_1: the nearest fitted face on the map has the face's id. inverse: cosine between the
    face and the inverse of its map position (each method's own placement, and umap-learn's inverse at our
    placement), id_at_1: the most similar identity centroid of the inverted vector is the face's id.
 4. Cost: analysis vs UMAP time in whole runs on the standard demo (run.json timings), and analysis time
-   (kNN graph + suspects + look-alikes, NN-descent forced) at 4x and 16x the faces, to show it grows
+   (kNN graph + verdicts + look-alikes, an approximate index forced) at 4x and 16x the faces, to show it grows
    ~linearly, not quadratically.
 
     python bench/bench_analysis.py [--repeats 3] [--sections suspects,pipeline,placement,scaling]
@@ -23,18 +27,28 @@ import argparse
 import statistics
 import time
 import warnings
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
-from job.analysis.quality import model_from_fit, pick_holdout
-from job.config import UmapConfig
-from job.io.demo import HARD, DemoSpec, make_demo
-from job.analysis.identities import identity_table, top_similar
-from job.knn.exact import neighbours, normalise
+from job.analysis.candidates import find_candidates
+from job.analysis.identities import IdentityTable, identity_table, rowwise_dot, top_similar
 from job.analysis.lookalikes import find_lookalikes
+from job.analysis.quality import model_from_map, top_pair_recall
+from job.analysis.suspects import DUPLICATE, LOW_QUALITY, judge_faces, leave_one_out, score_faces
+from job.config import UmapConfig
+from job.io.database import check_arrays, face_quality
+from job.io.demo import HARD, WILD, DemoSpec, DemoTruth, make_demo
+from job.knn.exact import exact_knn
+from job.knn.graph import normalise
+from job.knn.index import face_graph
 from job.maps.placement import invert, place
-from job.analysis.suspects import score_faces
+from job.reduce.sample import pick_holdout
+
+SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD), ("hard s1", replace(HARD, seed=1)),
+          ("wild", WILD), ("wild s1", replace(WILD, seed=1)), ("wild s2", replace(WILD, seed=2)),
+          ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3))]
+TOPS = (10, 50, 100)
 
 
 def knn_vote_issues(ids: np.ndarray, graph: np.ndarray, k: int = 10) -> np.ndarray:
@@ -62,35 +76,121 @@ def cleanlab_issues(ids: np.ndarray, graph: np.ndarray, k: int = 10) -> np.ndarr
         return np.asarray(find_label_issues(codes, probs, n_jobs=1), dtype=bool)
 
 
+def centroid_margin(unit: np.ndarray, table: IdentityTable, candidates: np.ndarray | None, majority: bool
+                    ) -> tuple[np.ndarray, np.ndarray]:
+    """Flags and scores of other - own > 0: own the cosine to the leave-one-out centroid, other the best cosine
+    to another identity's centroid (every identity when ``candidates`` is None; faceatlas 0.4 used the run's
+    candidates and the majority rule: when more than half an identity's faces pass, none is flagged)."""
+    own, lone = leave_one_out(unit, table)
+    codes = table.codes
+    if candidates is None:
+        sims = unit @ table.centroids.T
+        sims[np.arange(len(codes)), codes] = -np.inf
+        other = sims.max(axis=1)
+    else:
+        other = np.full(len(codes), -np.inf)
+        for column in candidates.T:
+            sims = rowwise_dot(unit, table.centroids, np.maximum(column, 0))
+            other = np.where((column >= 0) & (column != codes), np.maximum(other, sims), other)
+    score = np.where(lone, -np.inf, other - own)
+    flagged = score > 0
+    if majority:
+        count = np.bincount(codes[flagged], minlength=len(table.ids))
+        flagged &= count[codes] * 2 <= table.counts[codes]
+    return flagged, score
+
+
+@dataclass
+class Case:
+    """One demo database, judged as a run judges it."""
+
+    ids: np.ndarray
+    unit: np.ndarray
+    truth: DemoTruth
+    table: IdentityTable
+    graph: np.ndarray
+    candidates: np.ndarray
+    faceatlas: object
+    original: np.ndarray
+    seconds: float
+    pairs: object
+
+
+def judge_case(spec: DemoSpec) -> Case:
+    """The run's verdict path on ``spec``'s database (loader checks, one graph, candidates, verdicts, pairs)."""
+    records, truth = make_demo(spec)
+    checked = check_arrays(records["id"], records["embedding"], "demo")
+    ids, unit = checked.ids, np.asarray(checked.unit, dtype=np.float32)
+    start = time.perf_counter()
+    table = identity_table(unit, ids)
+    graph = face_graph(unit, np.arange(len(ids)), 11, "auto", 50_000, seed=0)
+    found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 50_000, seed=0)
+    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows,
+                                   face_quality(checked.log_norms, len(ids)))
+    left_out = scores.suspect | (scores.verdict == DUPLICATE)
+    pairs = find_lookalikes(table.without(unit, np.flatnonzero(left_out)), found.lookalike)
+    seconds = time.perf_counter() - start
+    candidates = np.concatenate([found.nearby, found.similar[table.codes]], axis=1)
+    return Case(ids, unit, truth, table, graph.indices, candidates, scores, original, seconds, pairs)
+
+
+def _line(name: str, label: str, flagged: np.ndarray, order: np.ndarray | None, case: Case) -> str:
+    planted = np.zeros(len(case.ids), dtype=bool)
+    planted[case.truth.misfiled_rows] = True
+    low = np.zeros(len(case.ids), dtype=bool)
+    low[case.truth.low_quality_rows] = True
+    twins = {frozenset(pair) for pair in case.truth.twin_pairs}
+    twin_rows = [row for row, true in zip(case.truth.misfiled_rows, case.truth.misfiled_true_ids, strict=True)
+                 if frozenset((int(case.ids[row]), true)) in twins]
+    hits = int((flagged & planted).sum())
+    tops = ""
+    if order is not None:
+        ranked = order[flagged[order]]
+        tops = " ".join(f"@{top} {planted[ranked[:top]].mean():.2f}" if len(ranked) >= top else f"@{top} -"
+                        for top in TOPS)
+    twin = f"twin misfiles {int(flagged[twin_rows].sum())}/{len(twin_rows)}" if twin_rows else ""
+    return (f"{name:<16} {label:<28} P {hits / max(flagged.sum(), 1):.3f} R {hits / max(planted.sum(), 1):.3f} "
+            f"({int(flagged.sum())} flagged, {int(planted.sum())} planted, {int((flagged & low).sum())} low-quality "
+            f"called misfiled) {tops} {twin}")
+
+
 def suspects_section(repeats: int) -> None:
-    print("== misfiled faces: precision / recall (faceatlas vs kNN-classifier label-issue baselines) ==")
-    for name, spec in [("standard", DemoSpec()), ("hard", HARD), ("hard seed 1", replace(HARD, seed=1))]:
-        records, truth = make_demo(spec)
-        ids, unit = records["id"].astype(np.int64), normalise(records["embedding"].astype(np.float32))
-        planted = np.zeros(len(ids), dtype=bool)
-        planted[truth.misfiled_rows] = True
-        times = []
-        for _ in range(repeats):
-            start = time.perf_counter()
-            graph = neighbours(unit, 11)
-            table = identity_table(unit, ids)
-            scores = score_faces(unit, table, table.codes[graph.indices[:, 1:]])
-            pairs = find_lookalikes(identity_table(unit, ids, ~scores.suspect))
-            times.append(time.perf_counter() - start)
-        baselines = {"kNN vote, top label != given": knn_vote_issues(ids, graph.indices),
-                     "cleanlab find_label_issues": cleanlab_issues(ids, graph.indices)}
-        if baselines["cleanlab find_label_issues"] is None:
-            print("(cleanlab not installed: pip install cleanlab to add its find_label_issues as a baseline)")
-        for label, flagged in (("faceatlas", scores.suspect), *baselines.items()):
-            if flagged is None:
-                continue
-            hits = int((flagged & planted).sum())
-            print(f"{name:<12} {label:<30} precision {hits / max(flagged.sum(), 1):.3f}  recall "
-                  f"{hits / planted.sum():.3f}  ({int(flagged.sum())} flagged, {int(planted.sum())} planted)")
-        wanted = {tuple(p) for p in truth.lookalike_pairs}
-        top = set(zip(pairs.id_a[: 2 * len(wanted)].tolist(), pairs.id_b[: 2 * len(wanted)].tolist(), strict=True))
-        print(f"{name:<12} look-alike recall at top {2 * len(wanted)}: {len(top & wanted) / len(wanted):.3f}; "
-              f"kNN graph + suspects + look-alikes median {statistics.median(times):.2f} s over {len(ids):,} faces")
+    print("== misfiled faces: precision / recall, precision at top 10/50/100 (faceatlas vs baselines) ==")
+    for name, spec in SHAPES:
+        case = judge_case(spec)
+        times = [case.seconds] + [judge_case(spec).seconds for _ in range(repeats - 1)]
+        scores = case.faceatlas
+        margin_flags, margin_score = centroid_margin(case.unit, case.table, None, majority=False)
+        old_flags, old_score = centroid_margin(case.unit, case.table, case.candidates, majority=True)
+        rows = [("faceatlas", scores.suspect, np.argsort(-scores.score, kind="stable")),
+                ("leave-one-out margin", margin_flags, np.argsort(-margin_score, kind="stable")),
+                ("faceatlas 0.4 rule", old_flags, np.argsort(-old_score, kind="stable")),
+                ("kNN vote != given", knn_vote_issues(case.ids, case.graph), None),
+                ("cleanlab find_label_issues", cleanlab_issues(case.ids, case.graph), None)]
+        for label, flagged, order in rows:
+            if flagged is not None:
+                print(_line(name, label, flagged, order, case))
+        _other_verdicts(name, case, statistics.median(times))
+    if cleanlab_issues(np.zeros(2, dtype=np.int64), np.zeros((2, 11), dtype=np.int64)) is None:
+        print("(cleanlab not installed: pip install cleanlab to add its find_label_issues as a baseline)")
+
+
+def _other_verdicts(name: str, case: Case, seconds: float) -> None:
+    scores, truth = case.faceatlas, case.truth
+    low = set(np.flatnonzero(scores.verdict == LOW_QUALITY).tolist())
+    dup = set(np.flatnonzero(scores.verdict == DUPLICATE).tolist())
+    parts = []
+    for label, found, planted in (("low quality", low, set(truth.low_quality_rows)),
+                                  ("duplicate", dup, set(truth.duplicate_rows))):
+        if planted:
+            hits = len(found & planted)
+            parts.append(f"{label} P {hits / max(len(found), 1):.3f} R {hits / len(planted):.3f}")
+    every = {tuple(pair) for pair in truth.lookalike_pairs} | {tuple(pair) for pair in truth.twin_pairs}
+    parts.append(f"look-alikes in top 2x {top_pair_recall(case.pairs, every):.3f}")
+    if truth.twin_pairs:
+        parts.append(f"near-twins in top 2x {top_pair_recall(case.pairs, {tuple(p) for p in truth.twin_pairs}):.3f}")
+    print(f"{name:<16} {'; '.join(parts)}; graph + verdicts + look-alikes median {seconds:.2f} s over "
+          f"{len(case.ids):,} faces")
 
 
 def placement_section() -> None:
@@ -104,7 +204,7 @@ def placement_section() -> None:
     held = pick_holdout(ids, 0.02, 1000, 0)
     fitted, rows = np.flatnonzero(~held), np.flatnonzero(held)
     table = identity_table(unit, ids)
-    graph = neighbours(unit[fitted], 16)
+    graph = exact_knn(unit[fitted], 16)
     nearby = np.empty((len(ids), 10), dtype=np.int64)
     nearby[fitted] = table.codes[fitted[graph.indices[:, 1:11]]]
     nearby[rows] = top_similar(unit[rows], table.centroids, 10)[0]
@@ -116,7 +216,7 @@ def placement_section() -> None:
     model_umap = umap.UMAP(**umap_params(params, 0)).fit(unit[fitted])
     fit_s = time.perf_counter() - start
     coords = np.asarray(model_umap.embedding_, dtype=np.float32)
-    model, _ = model_from_fit(unit, table, scores, fitted, coords)
+    model = model_from_map(unit, table, scores, fitted, coords)
     tree = cKDTree(coords)
 
     def map_id_at_1(points: np.ndarray) -> float:
@@ -148,18 +248,20 @@ def placement_section() -> None:
 
 
 def scaling_section(repeats: int) -> None:
-    print("== analysis cost vs faces (NN-descent forced; 4x the faces each step) ==")
+    print("== analysis cost vs faces (approximate index forced; 4x the faces each step) ==")
     previous = None
     for n_identities in (2_000, 8_000, 32_000):
         records, _ = make_demo(DemoSpec(n_identities=n_identities, seed=2))
         ids, unit = records["id"].astype(np.int64), normalise(records["embedding"].astype(np.float32))
+        rows = np.arange(len(ids))
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            graph = neighbours(unit, 11, exact_max=0, seed=None)
+            graph = face_graph(unit, rows, 11, "auto", 0, seed=None)
             table = identity_table(unit, ids)
-            scores = score_faces(unit, table, table.codes[graph.indices[:, 1:]], exact_max=0)
-            find_lookalikes(identity_table(unit, ids, ~scores.suspect), exact_max=0)
+            found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 0)
+            scores, _ = judge_faces(unit, table, graph, found.nearby, found.similar, rows)
+            find_lookalikes(table.without(unit, np.flatnonzero(scores.suspect)), found.lookalike)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         growth = f"  x{median / previous:.2f} for 4x the faces" if previous else ""

@@ -254,17 +254,23 @@ def demo_db(
     hard: Annotated[bool, typer.Option("--hard", help="The harder setting: looser identities, 1-30 faces each "
                                        "(--faces-per-identity is then the mean), misfiled faces from look-alikes.")]
     = False,
+    shape: Annotated[str, typer.Option(help="standard, hard (as --hard) or wild: raw norms that track face "
+                                       "quality, low-quality faces, near-twins, misfiles from twins, re-enrolled "
+                                       "photos, 1-30 faces each.")] = "standard",
 ) -> None:
     """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers."""
     with _errors_to_exit_codes():
         from dataclasses import replace
 
-        from job.io.demo import HARD, DemoSpec, check_demo_request, seed_dtype, write_demo
+        from job.io.demo import DEMO_SHAPES, check_demo_request, seed_dtype, write_demo
         from job.store.outputs import write_json
 
-        spec = replace(HARD if hard else DemoSpec(), n_identities=identities, seed=seed)
-        spec = replace(spec, faces_per_identity=faces_per_identity if not hard or faces_per_identity != 5
-                       else HARD.faces_per_identity)
+        if shape not in DEMO_SHAPES:
+            raise UsageError(f"--shape {shape!r}: expected one of {', '.join(DEMO_SHAPES)}")
+        base = DEMO_SHAPES["hard" if hard else shape]
+        spec = replace(base, n_identities=identities, seed=seed)
+        spec = replace(spec, faces_per_identity=faces_per_identity if base.uneven_fraction < 1 or faces_per_identity != 5
+                       else base.faces_per_identity)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
         check_demo_request(spec, out, truth_path)
         try:
@@ -276,7 +282,8 @@ def demo_db(
         _echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
                    f"{seed_dtype(identities, spec.dim)})")
         _echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
-                   f"{len(truth.lookalike_pairs)} look-alike pairs)")
+                   f"{len(truth.lookalike_pairs)} look-alike pairs, {len(truth.twin_pairs)} near-twin pairs, "
+                   f"{len(truth.low_quality_rows)} low-quality faces)")
 
 
 @app.command()

@@ -49,8 +49,9 @@ class InputConfig(_Section):
     allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
     url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
     url_max_bytes: int = Field(64 * 2**30, ge=1, le=COUNT_MAX, description="largest download accepted, in bytes")
-    demo: Literal["standard", "hard"] = Field("standard", description='built-in demo when path is "": '
-                                              '"hard" = looser identities, 1-30 faces, look-alike misfiles')
+    demo: Literal["standard", "hard", "wild"] = Field(
+        "standard", description='built-in demo when path is "": "hard" = looser identities, 1-30 faces, look-alike '
+        'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins')
 
 
     @field_validator("path", "names")
@@ -145,8 +146,10 @@ class AnalysisConfig(_Section):
     """Misfiled faces, look-alikes, clusters and the held-out check of transform/invert (all in 512-D)."""
 
     neighbours: int = Field(10, ge=1, le=100, description="nearest faces whose identities are suspect candidates")
-    suspect_margin: float = Field(0.0, ge=0.0, le=2.0, description="suspect when (best other identity cosine) - "
-                                  "(own identity cosine) exceeds this")
+    suspect_margin: float = Field(0.0, ge=0.0, le=2.0, description="misfiled needs the face's mean cosine to the "
+                                  "other identity, over sqrt(that identity's own), to beat its own by this much")
+    misfiled_score: float = Field(3.0, ge=0.0, le=100.0, description="misfiled when the log odds of the other "
+                                  "identity over the filed one exceed this (3 = about 20 to 1)")
     lookalike_k: int = Field(10, ge=1, le=100, description="nearest identities checked per identity")
     lookalike_top: int = Field(100, ge=0, le=COUNT_MAX, description="pairs always listed in lookalikes.csv")
     lookalike_threshold: float = Field(0.6, ge=-1.0, le=10.0, description="also list every pair above this")

@@ -28,7 +28,7 @@ def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsiz
     tables = 2 * n_identities * dim * 4
     stages = {
         "kNN graph": fitted * dim * 2 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 48),
-        "verdicts": n_faces * (2 * config.analysis.neighbours + 5) * 8 + n_identities * dim * 8 // 64,
+        "verdicts": n_faces * (2 * config.analysis.neighbours + 24) * 8 + n_identities * dim * 8 // 64,
         "UMAP": fitted * dim * 4 + fitted * k * 64 + fitted * components * 16,
         "analysis": n_faces * (components * 4 + 8) * 3 + n_faces * 6 * 16,
         "tables": n_faces * 120,

@@ -28,7 +28,7 @@ from job.analysis.quality import (
     model_from_map,
     supervised_disagreement,
 )
-from job.analysis.suspects import SuspectScores, leave_one_out, score_faces
+from job.analysis.suspects import DUPLICATE, LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.config import Config, UmapConfig
 from job.errors import UsageError
@@ -47,7 +47,8 @@ from job.render.maps import render_analysis_maps, render_maps, require_render_me
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
-from job.store.reports import LOOKALIKES_FILE, SUSPECTS_FILE, write_lookalikes, write_suspects
+from job.store.reports import LOOKALIKES_FILE, LOW_QUALITY_FILE, SUSPECTS_FILE, write_lookalikes, \
+    write_low_quality, write_suspects
 
 Log = Callable[[str], None]
 N_DEFAULT_HIGHLIGHT = 5
@@ -79,10 +80,17 @@ class FitPlan:
 
 @dataclass(frozen=True)
 class Verdicts:
-    """The embedding-space answers: misfiled-face scores, and each identity's look-alike candidates."""
+    """The embedding-space answers: per-face verdicts, each identity's look-alike candidates, and for each
+    re-enrolled face the face it repeats (n_faces,) int64 (-1: none)."""
 
     scores: SuspectScores
     lookalike: IdArray
+    original: IdArray
+
+    @property
+    def left_out(self) -> BoolArray:
+        """Faces that must not vouch for an identity: misfiled ones and re-enrolments (n_faces,) bool."""
+        return self.scores.suspect | (self.scores.verdict == DUPLICATE)
 
 
 @dataclass(frozen=True)
@@ -171,14 +179,16 @@ def shared_graph(config: Config, database: FaceDatabase, plan: FitPlan, progress
 
 
 def judge(config: Config, database: FaceDatabase, plan: FitPlan, graph: FaceGraph) -> Verdicts:
-    """Misfiled-face scores from the graph's neighbours and similar identities; look-alike candidates."""
+    """Per-face verdicts from the graph's neighbours and similar identities (re-enrolled photos found in the
+    graph and left out of the identities first); look-alike candidates."""
     settings = config.analysis
     candidates = find_candidates(graph, plan.table.codes, plan.table.centroids, settings.neighbours,
                                  SIMILAR_IDENTITIES, settings.lookalike_k, config.knn.method,
                                  config.knn.exact_max_faces, config.seed)
-    scores = score_faces(database.unit, plan.table, candidates.nearby, candidates.similar, settings.suspect_margin,
-                         own=plan.own)
-    return Verdicts(scores, candidates.lookalike)
+    scores, original = judge_faces(database.unit, plan.table, graph, candidates.nearby, candidates.similar,
+                                   database.input_rows, database.quality, settings.suspect_margin,
+                                   settings.misfiled_score)
+    return Verdicts(scores, candidates.lookalike, original)
 
 
 def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, database: FaceDatabase
@@ -219,11 +229,11 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes."""
     settings, ids, scores = config.analysis, database.ids, verdicts.scores
     # one derived identity table at a time (each is n_identities x dim): the look-alikes' first, then freed
-    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(scores.suspect)), verdicts.lookalike,
+    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(verdicts.left_out)), verdicts.lookalike,
                             settings.lookalike_top, settings.lookalike_threshold)
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
-    clean = plan.table.without(database.unit, np.flatnonzero(scores.suspect | held))
+    clean = plan.table.without(database.unit, np.flatnonzero(verdicts.left_out | held))
     model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
     coords = mapped.coords
     if len(plan.held):
@@ -246,10 +256,17 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
                                                                      settings.disagreement_k)
         metrics["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())
     columns["fitted"] = fitted  # added in 0.4: the face is in the UMAP fit (else placed on the fitted map)
+    # added in 0.5: the verdict of every face, its quality and fit, and the row a re-enrolment repeats
+    columns.update(verdict=scores.verdict_names(), quality=database.quality, fit=scores.own,
+                   duplicate_of=np.where(verdicts.original >= 0, database.input_rows[np.maximum(verdicts.original, 0)],
+                                         -1).astype(np.int64))
+    metrics["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
     if database.truth is not None:
         truth = against_truth(database.truth, database.input_rows, scores, pairs)
         metrics.update(suspect_precision=truth.suspect_precision, suspect_recall=truth.suspect_recall,
-                       lookalike_recall=truth.lookalike_recall)
+                       lookalike_recall=truth.lookalike_recall, twin_recall=truth.twin_recall,
+                       low_quality_precision=truth.low_quality_precision,
+                       low_quality_recall=truth.low_quality_recall)
     return Analysis(columns, model, pairs, clusters, metrics)
 
 
@@ -274,7 +291,8 @@ def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: lis
     suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
     filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
     files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,
-                                      analysis.clusters, config.render, staging, title))
+                                      analysis.clusters, config.render, staging, title,
+                                      scores.verdict == LOW_QUALITY))
     return files
 
 
@@ -285,7 +303,9 @@ def write_tables(database: FaceDatabase, verdicts: Verdicts, mapped: MapResult, 
         "projection": write_projection(staging / PROJECTION_FILE, database.ids, mapped.coords, database.input_rows,
                                        analysis.columns),
         "suspects": write_suspects(staging / SUSPECTS_FILE, database.input_rows, database.ids, verdicts.scores,
-                                   database.names),
+                                   database.names, database.quality, analysis.lookalikes.same_person_keys()),
+        "low_quality": write_low_quality(staging / LOW_QUALITY_FILE, database.input_rows, database.ids,
+                                         verdicts.scores, database.quality, database.names),
         "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names),
         "model": save_model(analysis.model, staging / MODEL_FILE),
     }

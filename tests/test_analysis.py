@@ -11,35 +11,41 @@ from job.analysis.candidates import find_candidates
 from job.analysis.clusters import agreement, cluster_map
 from job.analysis.identities import identity_table, top_similar
 from job.analysis.lookalikes import PRIOR_PAIRS, find_lookalikes
-from job.analysis.suspects import score_faces
-from job.io.demo import HARD, DemoSpec, make_demo
+from job.analysis.suspects import LOW_QUALITY, judge_faces, score_faces
+from job.io.database import check_arrays, face_quality
+from job.io.demo import HARD, WILD, DemoSpec, make_demo
 from job.knn.exact import exact_knn
 from job.knn.graph import normalise, top_k
 from job.knn.index import face_graph
 from job.reduce.sample import pick_holdout
 
 SETTINGS = {"standard": DemoSpec(), "hard": HARD, "standard-seed3": DemoSpec(seed=3),
-            "hard-seed1": replace(HARD, seed=1, n_identities=500)}
+            "hard-seed1": replace(HARD, seed=1, n_identities=500), "wild": WILD,
+            "wild-seed1": replace(WILD, seed=1, n_identities=600)}
 
 
 def _judge(spec: DemoSpec, method: str = "auto"):
-    """The run's verdict path on a demo database: one graph over every face, candidates, scores."""
+    """The run's verdict path on a demo database: loader checks (unit vectors, norms), one graph over every
+    face, candidates, verdicts."""
     records, truth = make_demo(spec)
-    ids, unit = records["id"].astype(np.int64), normalise(records["embedding"].astype(np.float32))
+    checked = check_arrays(records["id"], records["embedding"], "demo")
+    ids, unit = checked.ids, np.asarray(checked.unit, dtype=np.float32)
     table = identity_table(unit, ids)
     graph = face_graph(unit, np.arange(len(ids)), 11, method, 50_000, seed=0)
     candidates = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, method, 50_000, seed=0)
-    scores = score_faces(unit, table, candidates.nearby, candidates.similar)
+    scores, _ = judge_faces(unit, table, graph, candidates.nearby, candidates.similar, checked.rows,
+                            face_quality(checked.log_norms, len(ids)))
     return ids, unit, table, scores, truth, candidates
 
 
 @pytest.mark.parametrize("name", SETTINGS)
-def test_misfiled_faces_are_found_with_precision_and_recall_095(name: str) -> None:
+def test_misfiled_faces_are_found_with_precision_and_recall_097(name: str) -> None:
     ids, unit, _, scores, truth, _ = _judge(SETTINGS[name])
     flagged = set(np.flatnonzero(scores.suspect).tolist())
     planted = set(truth.misfiled_rows)
     hits = len(flagged & planted)
-    assert hits / len(flagged) >= 0.95 and hits / len(planted) >= 0.95, (hits, len(flagged), len(planted))
+    assert hits / len(flagged) >= 0.97 and hits / len(planted) >= 0.97, (hits, len(flagged), len(planted))
+    # a low-quality face called misfiled counts against precision above, as any false alarm does
     # the suggestion names the identity the face was really drawn from
     right = [scores.suggested_id[row] == true_id for row, true_id in zip(truth.misfiled_rows,
                                                                           truth.misfiled_true_ids, strict=True)]
@@ -55,7 +61,7 @@ def test_suspects_with_approximate_neighbours_match_exact_ones() -> None:
     assert (exact.suspect == approximate.suspect).mean() >= 0.995
 
 
-def test_lone_faces_get_a_score_but_are_never_suspects() -> None:
+def test_lone_faces_are_never_suspects_but_say_whom_they_resemble() -> None:
     rng = np.random.default_rng(0)
     centre = rng.standard_normal((2, 64)).astype(np.float32)
     # identity 0: 4 faces near centre 0; identity 1: a single face that is a near copy of identity 0
@@ -66,8 +72,9 @@ def test_lone_faces_get_a_score_but_are_never_suspects() -> None:
     table = identity_table(unit, ids)
     scores = score_faces(unit, table, table.codes[exact_knn(unit, 4).indices[:, 1:]])
     assert scores.lone[4] and not scores.lone[0]
-    assert scores.score[4] > 0 and not scores.suspect[4]  # looks like identity 0, but one face cannot be outvoted
-    assert scores.suggested_id[4] == 0
+    assert not scores.suspect[4] and scores.verdict_names()[4] == "lone"  # one face cannot be outvoted
+    assert scores.suggested_id[4] == 0  # ... but it looks like identity 0: a double enrolment, perhaps
+    assert scores.score[4] < scores.score[:4].min()
     assert not scores.suspect.any()
 
 

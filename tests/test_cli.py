@@ -49,14 +49,16 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
                                  "--set", "umap.n_neighbors=12"])
     assert result.exit_code == 0, result.output
     for name in ("projection.parquet", "map_identities.png", "map_highlight.png", "map_density.png", "run.json",
-                 "map_suspects.png", "map_clusters.png", "suspects.csv", "lookalikes.csv", "map_model.npz"):
+                 "map_suspects.png", "map_clusters.png", "suspects.csv", "lookalikes.csv", "map_model.npz",
+                 "low_quality.csv"):
         assert (out / name).is_file()
         assert str((out / name).resolve()) in result.stdout  # says where each file is
     table = pq.read_table(out / "projection.parquet")
     assert table.column_names == ["row", "id", "x", "y", "outlier_score", "suspect", "suggested_id", "cluster",
-                                  "held_out", "fitted"]
+                                  "held_out", "fitted", "verdict", "quality", "fit", "duplicate_of"]
     assert [str(t) for t in table.schema.types] == ["int64", "int64", "float", "float", "float", "bool", "int64",
-                                                    "int64", "bool", "bool"]
+                                                    "int64", "bool", "bool", "dictionary<values=string, indices=int32, "
+                                                    "ordered=0>", "float", "float", "int64"]
     assert (table.column("fitted").to_numpy() != table.column("held_out").to_numpy()).all()  # small: all fitted
     records = np.load(small_db)
     assert table.column("row").to_pylist() == list(range(len(records)))
@@ -67,7 +69,8 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     assert record["config"]["umap"]["n_neighbors"] == 12 and record["config"]["seed"] == 7
     assert record["config"]["render"]["highlight"] == [3, 5, 8] and record["highlight"] == [3, 5, 8]
     assert set(record["input"]) == {"path", "n_faces", "n_identities", "dim", "dtype", "sha256", "dropped",
-                                    "duplicates"}
+                                    "duplicates", "unit_length"}
+    assert record["input"]["unit_length"] is True  # the demo format stores unit vectors
     assert record["input"]["dropped"] == {"nan_or_inf": 0, "zero": 0}
     assert record["file_sha256"].keys() == {p.name for p in out.iterdir()} - {"run.json"}
     assert record["input"]["n_faces"] == len(records) and record["input"]["dtype"] == "float16"
@@ -83,7 +86,7 @@ def test_three_dimensional_supervised_run(small_db: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert pq.read_table(out / "projection.parquet").column_names == [
         "row", "id", "x", "y", "z", "outlier_score", "suspect", "suggested_id", "cluster", "held_out",
-        "supervised_disagreement", "fitted"]
+        "supervised_disagreement", "fitted", "verdict", "quality", "fit", "duplicate_of"]
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["umap"]["supervised"] is True
     assert record["metrics"]["same_id_knn"] > 0.9  # labels pull identities together

@@ -65,7 +65,8 @@ def test_run_writes_the_analysis_contract(run_dir: Path, projection) -> None:
     assert (flagged["suggested_id"] != flagged["id"]).all() and (flagged["suggested_id"] >= 0).all()
     with (run_dir / "suspects.csv").open() as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["row", "id", "suggested_id", "score"]
+    assert list(rows[0]) == ["row", "id", "suggested_id", "score", "fit", "suggested_fit", "quality",
+                             "same_person_pair"]
     assert len(rows) == metrics["suspects"]
     scores = [float(r["score"]) for r in rows]
     assert scores == sorted(scores, reverse=True) and min(scores) > 0
@@ -74,7 +75,7 @@ def test_run_writes_the_analysis_contract(run_dir: Path, projection) -> None:
     assert metrics["suspect_precision"] >= 0.9 and metrics["suspect_recall"] >= 0.9  # small.truth.json beside it
     with (run_dir / "lookalikes.csv").open() as handle:
         pairs = list(csv.DictReader(handle))
-    assert list(pairs[0]) == ["id_a", "id_b", "similarity"] and len(pairs) >= 100
+    assert list(pairs[0]) == ["id_a", "id_b", "similarity", "possible_same_person"] and len(pairs) >= 100
     assert {"map_model.npz", "suspects.csv", "lookalikes.csv", "map_suspects.png",
             "map_clusters.png"} <= set(record["file_sha256"])
 
@@ -280,6 +281,6 @@ def test_one_identity_and_no_holdout_still_write_every_key(tmp_path: Path) -> No
     assert metrics["inverse"]["map_mean_cos"] > 0.5  # the map's own leave-one-out inverse still measured
     table = pq.read_table(out / "projection.parquet").to_pandas()
     assert (table["suggested_id"] == 0).all() and not table["suspect"].any()
-    assert list(csv.reader((out / "lookalikes.csv").open())) == [["id_a", "id_b", "similarity"]]
+    assert list(csv.reader((out / "lookalikes.csv").open())) == [["id_a", "id_b", "similarity", "possible_same_person"]]
     answers = json.loads(_invoke("nearest", out, "--x", table["x"][0], "--y", table["y"][0], "--json").stdout)
     assert [a["id"] for a in answers] == [0]

@@ -11,6 +11,11 @@ n_identities x k, not all pairs — and a pair above the threshold whose faces a
 nearest neighbours is not listed.
 Faces flagged as misfiled should be left out of the table first, or one misfiled face makes its two
 identities look alike.
+
+A pair at ``SAME_PERSON`` or above is flagged ``possible_same_person``: their faces are nearly as alike
+across the pair as within each identity, as for near-twins or one person enrolled under two ids. Such pairs
+come first in the list (the most certain answer to "who looks like whom"), and a face between them has been
+judged against the pair (:mod:`job.analysis.suspects`).
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ from job.analysis.identities import IdentityTable
 
 ALL_PAIRS_MAX = 2000
 PRIOR_PAIRS = 3.0  # the typical within-identity cosine counts as this many face pairs of evidence
+SAME_PERSON = 0.9  # similarity at which two identities' faces are about as alike as one identity's
 
 
 @dataclass(frozen=True)
@@ -33,6 +39,16 @@ class Lookalikes:
     id_a: IdArray
     id_b: IdArray
     similarity: FloatArray
+
+    @property
+    def same_person(self) -> np.ndarray:
+        """Pairs whose faces are about as alike as one person's (near-twins, double enrolments): (n_pairs,) bool."""
+        return self.similarity >= SAME_PERSON
+
+    def same_person_keys(self) -> set[tuple[int, int]]:
+        """The ``possible_same_person`` pairs as ``(id_a, id_b)`` with ``id_a < id_b``."""
+        chosen = self.same_person
+        return set(zip(self.id_a[chosen].tolist(), self.id_b[chosen].tolist(), strict=True))
 
 
 def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6

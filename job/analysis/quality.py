@@ -16,7 +16,7 @@ import numpy as np
 
 from job.analysis.identities import IdentityTable, top_similar
 from job.analysis.lookalikes import Lookalikes
-from job.analysis.suspects import SuspectScores
+from job.analysis.suspects import DUPLICATE, LOW_QUALITY, SuspectScores
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.io.demo import DemoTruth
 from job.knn.graph import FaceGraph
@@ -35,7 +35,7 @@ def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores
                         np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
     keep = np.zeros(len(clean.codes), dtype=bool)
     keep[on_map] = True
-    keep &= ~scores.suspect
+    keep &= ~scores.suspect & (scores.verdict != DUPLICATE)  # as in ``clean``: neither vouches for an identity
     return build_model(clean.ids, clean.centroids, clean.counts, clean.cohesion(unit, keep), coords,
                        resolved[on_map])
 
@@ -120,16 +120,31 @@ class TruthScores:
     suspect_precision: float
     suspect_recall: float
     lookalike_recall: float
+    twin_recall: float
+    low_quality_precision: float
+    low_quality_recall: float
 
 
 def against_truth(truth: DemoTruth, rows: IdArray, scores: SuspectScores, lookalikes: Lookalikes) -> TruthScores:
-    """Precision/recall of suspects, and the share of planted look-alike pairs among the top 2x-planted pairs."""
-    flagged = set(rows[scores.suspect].tolist())
-    planted = set(truth.misfiled_rows)
+    """Precision/recall of the misfiled and low-quality verdicts; the share of planted pairs (look-alikes and
+    near-twins) among the top 2x-planted pairs, and of planted near-twins among the top 2x-twins pairs."""
+    suspect_precision, suspect_recall = _precision_recall(set(rows[scores.suspect].tolist()),
+                                                          set(truth.misfiled_rows))
+    low_precision, low_recall = _precision_recall(set(rows[scores.verdict == LOW_QUALITY].tolist()),
+                                                  set(truth.low_quality_rows))
+    twins = {tuple(pair) for pair in truth.twin_pairs}
+    return TruthScores(suspect_precision, suspect_recall,
+                       top_pair_recall(lookalikes, {tuple(pair) for pair in truth.lookalike_pairs} | twins),
+                       top_pair_recall(lookalikes, twins), low_precision, low_recall)
+
+
+def top_pair_recall(lookalikes: Lookalikes, planted: set[tuple[int, int]]) -> float:
+    """The share of ``planted`` pairs among the first 2 x len(planted) listed pairs (1.0 with none planted)."""
+    top = 2 * len(planted)
+    listed = set(zip(lookalikes.id_a[:top].tolist(), lookalikes.id_b[:top].tolist(), strict=True))
+    return len(listed & planted) / len(planted) if planted else 1.0
+
+
+def _precision_recall(flagged: set[int], planted: set[int]) -> tuple[float, float]:
     hits = len(flagged & planted)
-    pairs = {tuple(pair) for pair in truth.lookalike_pairs}
-    top = set(zip(lookalikes.id_a[: 2 * len(pairs)].tolist(), lookalikes.id_b[: 2 * len(pairs)].tolist(),
-                  strict=True))
-    return TruthScores(hits / len(flagged) if flagged else float(not planted),
-                       hits / len(planted) if planted else 1.0,
-                       len(top & pairs) / len(pairs) if pairs else 1.0)
+    return (hits / len(flagged) if flagged else float(not planted)), (hits / len(planted) if planted else 1.0)

@@ -1,19 +1,33 @@
-"""Misfiled faces: faces that look more like another identity than like the one they are filed under.
+"""Per-face verdicts: ``ok``, ``misfiled``, ``low_quality``, ``lone`` or ``duplicate``.
 
-Decided in the embedding space, never on the map. For face i filed under identity c:
+Decided in the embedding space, never on the map, for face f filed under identity c and its best candidate d
+(among the identities of f's nearest faces in the run's kNN graph and the identities most like c,
+:mod:`job.analysis.candidates`; so the cost is n_faces x (k + m) x dim, never all pairs).
 
-* ``own`` = cosine of i to the centroid of c's *other* faces (leave-one-out, so a face does not vouch for
-  itself). An identity with a single face has no other faces: its ``own`` is the database's median
-  ``own`` ("as alike as a typical face is to its own identity"), so a lone face gets an honest score — but
-  it is never a suspect, by the majority rule below: one face cannot be outvoted by its own identity.
-* ``other`` = best cosine of i to another identity's centroid, among candidate identities: those of i's
-  ``k`` nearest faces in the run's kNN graph, and the ``m`` identities whose centroids are most like c's
-  (:mod:`job.analysis.candidates`). So the cost is n_faces x (k + m) x dim on top of the one
-  shared graph, never all pairs.
-* ``score`` = ``other - own``; a face is a suspect when the score exceeds ``margin`` (>= 0; 0: more like
-  another identity than like its own). ``suggested_id`` is the most similar identity of all, its own included.
-* When more than half of an identity's faces pass the margin, none of them is a suspect: the identity as a
-  whole resembles another (a look-alike, or one person filed under two ids), which ``lookalikes`` reports.
+*Fit.* The mean cosine of f to the faces of an identity X, divided by X's own mean face-to-face cosine mu_X
+(:func:`within_similarity`; leave-one-out for f's own identity, so a face does not vouch for itself). 1 means
+"as alike as X's faces are to each other", whatever X's number of faces: a cosine to a centroid would not do,
+because the centroid of 2 faces is one noisy face and that of 30 faces is nearly the identity's centre.
+
+*Evidence.* A face of c of quality g is expected at (own, other) = g sqrt(mu_c) (1, rho) in the plane of
+``mean cosine / sqrt(mu)`` to c and to d, and a face of d at g sqrt(mu_d) (rho, 1), where rho is how alike the
+two identities' faces are (their mean cross cosine over sqrt(mu_c mu_d); near 1 for twins). The noise of each
+coordinate shrinks with the number of faces behind it: its covariance is the two identities' scaled sums'
+Gram matrix, so a 2-face identity is judged on the evidence one other face gives, a 30-face one on thirty.
+The score is the log-likelihood ratio of "belongs to d" over "belongs to c", each with its best quality g >= 0
+(so a blurred face is not called misfiled for being unlike everyone), with the noise scale calibrated on the
+database itself (:func:`_noise`). Between near-twins, the two
+lines are close and the test is between them, along the pair; when rho is within twice its error of 1, the
+faces cannot tell the two identities apart and no face is called misfiled between them.
+
+*Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1) and the fit to d beats the fit
+to c by more than ``margin``, unless more than half of c's faces say so (then c as a whole resembles d: a
+look-alike or one person filed twice, which :mod:`job.analysis.lookalikes` reports). ``low_quality``: not
+misfiled, weakly like every identity (both fits below ``LOW_FIT``) and a low ``quality`` (the face's raw norm
+relative to the database's; when the input was unit-length, so that the norm says nothing, a fit below
+``LOW_FIT_UNRATED`` alone). ``lone``: the only face of its identity, nothing to compare with (its score is ``NO_SCORE``; its suggested id
+is the identity it fits as well as that identity's own faces do, else its own). ``duplicate``:
+a re-enrolment of an earlier face (found by the caller, :func:`near_duplicates`).
 """
 
 from __future__ import annotations
@@ -24,15 +38,34 @@ import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.analysis.identities import ROW_BLOCK, IdentityTable, rowwise_dot
+from job.knn.graph import FaceGraph
+
+VERDICTS = ("ok", "misfiled", "low_quality", "lone", "duplicate")
+OK, MISFILED, LOW_QUALITY, LONE, DUPLICATE = range(len(VERDICTS))
+MIN_SCORE = 3.0  # log odds that the face belongs to the suggested identity rather than the one it is filed under
+LOW_FIT = 0.8  # below this fit to every identity, a face of low quality is "low_quality"
+QUALITY_LOW = 0.8  # quality (raw norm / the database's median norm) below this is low
+UNLIKE_OWN = 0.5  # a face this unlike its own identity's faces is plainly not one of them
+LOW_FIT_UNRATED = 0.75  # without norms, a fit this low to every identity is taken as a low-quality face
+DUPLICATE_COS = 0.99  # a face this close to an earlier face is a re-enrolment of the same photo
+DUPLICATE_COLUMNS = 3  # a re-enrolled photo is among a face's first few neighbours
+CALIBRATION_RHO = 0.5  # faces whose best other identity is this alike measure the noise (see _noise)
+CALIBRATION_MIN = 20
+SPREAD_MIN_FACES = 5  # identities of this many faces or more measure how tightness varies
+NO_SCORE = np.float32(-1000.0)  # outlier_score of a face with nothing to compare with
+_CHI2_1_MEDIAN = 0.4549364
 
 
 @dataclass(frozen=True)
 class SuspectScores:
     """Per-face verdicts, each of shape (n_faces,).
 
-    ``score`` float32 (higher = more likely misfiled), ``suspect`` bool, ``suggested_id`` int64 (-1: no
-    identity to compare with), ``own`` and ``other`` float32 cosines the score is made of, ``lone`` bool
-    (the face is its identity's only face, scored against the median ``own``).
+    ``score`` float32 (log odds of the suggested identity over the filed one; higher = more likely misfiled,
+    ``NO_SCORE`` with nothing to compare), ``suspect`` bool (verdict misfiled), ``suggested_id`` int64 (-1: no
+    identity to compare with), ``own`` and ``other`` float32 fits to the filed and the best other identity
+    (1 = as alike as that identity's faces are to each other; NaN: none), ``lone`` bool (its identity's only
+    face), ``verdict`` int8 index into :data:`VERDICTS`, ``pair`` float32 rho of the filed and the best other
+    identity (1 = their faces are as alike across as within).
     """
 
     score: FloatArray
@@ -41,32 +74,89 @@ class SuspectScores:
     own: FloatArray
     other: FloatArray
     lone: BoolArray
+    verdict: np.ndarray
+    pair: FloatArray
+
+    def verdict_names(self) -> np.ndarray:
+        """The verdict of each face as text, (n_faces,) object."""
+        return np.asarray(VERDICTS, dtype=object)[self.verdict]
 
 
-def best_other(unit: np.ndarray, centroids: FloatArray, candidates: IdArray, codes: IdArray
-               ) -> tuple[FloatArray, IdArray]:
-    """Best cosine of each face to a candidate identity other than its own, and that identity (-1: none).
+@dataclass(frozen=True)
+class Tightness:
+    """How alike an identity's faces are (mu, the mean cosine between two of its faces), as one database-wide
+    model: identities' mu spread around ``typical`` with variance ``spread``; one face pair's cosine has
+    variance ``pair_noise`` around its identity's mu. An identity's estimate is its raw mean over its pairs,
+    shrunk towards ``typical`` by how many pairs it has (empirical Bayes)."""
+
+    typical: float
+    spread: float
+    pair_noise: float
+
+    def shrunk(self, squared: np.ndarray, counts: np.ndarray) -> np.ndarray:
+        """mu of identities whose faces sum to a vector of squared length ``squared`` over ``counts`` faces
+        (from the sum s of n unit faces, the mean over the n(n-1) ordered pairs is (|s|^2 - n) / (n(n-1)))."""
+        pairs = counts * (counts - 1) / 2
+        raw = np.where(pairs > 0, (squared - counts) / np.where(pairs > 0, 2 * pairs, 1), self.typical)
+        return np.clip(self.typical + self._weight(pairs) * (raw - self.typical), 0.05, None)
+
+    def variance(self, counts: np.ndarray) -> np.ndarray:
+        """How unsure the shrunk mu of an identity of ``counts`` faces is (its posterior variance)."""
+        pairs = counts * (counts - 1) / 2
+        return self.spread * (1.0 - self._weight(pairs))
+
+    def _weight(self, pairs: np.ndarray) -> np.ndarray:
+        return self.spread / (self.spread + self.pair_noise / np.maximum(pairs, 1e-9))
+
+
+def within_similarity(table: IdentityTable, dim: int) -> tuple[np.ndarray, Tightness]:
+    """Each identity's shrunk mu (n_identities,) float64 (an identity of one face gets the typical value),
+    and the model it comes from (:class:`Tightness`), fitted on the identities of two or more faces: the
+    squared deviation of their raw mu from the median is spread + pair_noise / pairs (least squares, the
+    2% largest left out as misfiled-face outliers; pair_noise at least isotropic, (1 - typical^2) / dim)."""
+    counts = table.counts.astype(np.float64)
+    pairs = counts * (counts - 1) / 2
+    measured = pairs > 0
+    raw = (table.norms[measured] ** 2 - counts[measured]) / (2 * pairs[measured])
+    typical = float(np.median(raw)) if len(raw) else 1.0
+    floor = max(1.0 - typical**2, 1e-3) / dim
+    spread, pair_noise = 1e-6, floor
+    if len(raw) >= 10:
+        deviation, inverse = (raw - typical) ** 2, 1.0 / pairs[measured]
+        kept = deviation <= np.quantile(deviation, 0.98)
+        design = np.stack([np.ones(int(kept.sum())), inverse[kept]], axis=1)
+        (spread, pair_noise), *_ = np.linalg.lstsq(design, deviation[kept], rcond=None)
+        spread, pair_noise = max(float(spread), 1e-6), max(float(pair_noise), floor)
+    model = Tightness(typical, spread, pair_noise)
+    return model.shrunk(table.norms**2, counts), model
+
+
+def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, candidates: IdArray, codes: IdArray
+                   ) -> tuple[np.ndarray, IdArray]:
+    """Each face's highest ``unit . centroids[d] * scale[d]`` over its candidate identities other than its own
+    (n_faces,) float64, and that identity d (-1: none).
 
     ``candidates`` (n_faces, m) identity codes, -1 = none. Faces are converted once per block of rows, then
     each candidate column is one gathered dot product.
     """
     n_faces = len(codes)
-    other = np.full(n_faces, -np.inf, dtype=np.float32)
+    best_value = np.full(n_faces, -np.inf)
     best = np.full(n_faces, -1, dtype=np.int64)
     for first in range(0, n_faces, ROW_BLOCK):
         rows = slice(first, first + ROW_BLOCK)
         faces = np.asarray(unit[rows], dtype=np.float32)
-        own, top, top_sim = codes[rows], best[rows], other[rows]
+        own, top, top_value = codes[rows], best[rows], best_value[rows]
         for candidate in candidates[rows].T:
-            sims = np.einsum("ij,ij->i", faces, centroids[np.maximum(candidate, 0)])
-            better = (candidate >= 0) & (candidate != own) & (sims > top_sim)
-            top_sim[better], top[better] = sims[better], candidate[better]
-    return other, best
+            safe = np.maximum(candidate, 0)
+            value = np.einsum("ij,ij->i", faces, centroids[safe], dtype=np.float64) * scale[safe]
+            better = (candidate >= 0) & (candidate != own) & (value > top_value)
+            top_value[better], top[better] = value[better], candidate[better]
+    return best_value, best
 
 
 def leave_one_out(unit: np.ndarray, table: IdentityTable) -> tuple[FloatArray, BoolArray]:
     """Each face's cosine to the mean of its identity's *other* faces (n_faces,) float32, and which faces are
-    their identity's only face (whose value is then the database's median, see the module docstring)."""
+    their identity's only face (whose value is then the database's median). Used to draw the fit sample."""
     codes, counts = table.codes, table.counts
     # |s - u|^2 = |s|^2 - 2 u.s + 1 for a unit u, with s = norm * centroid
     dot = rowwise_dot(unit, table.centroids, codes) * table.norms[codes]
@@ -78,27 +168,227 @@ def leave_one_out(unit: np.ndarray, table: IdentityTable) -> tuple[FloatArray, B
     return np.where(np.isfinite(own), own, typical).astype(np.float32), lone
 
 
+@dataclass(frozen=True)
+class _Fits:
+    """Per face: the (own, other) coordinates, mean cosine / sqrt(mu), with their noise covariance
+    (``var_own``, ``var_other``, ``covar``, up to one scale), rho of the pair, and mu of each side."""
+
+    own: np.ndarray
+    other: np.ndarray
+    var_own: np.ndarray
+    var_other: np.ndarray
+    covar: np.ndarray
+    rho: np.ndarray
+    mu_own: np.ndarray
+    mu_other: np.ndarray
+
+
+def _fits(unit: np.ndarray, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
+          mu: np.ndarray, model: Tightness) -> _Fits:
+    """The coordinates of every face against its own identity (leave-one-out) and ``best`` (-1 rows: NaN)."""
+    counts, norms, centroids = table.counts.astype(np.float64), table.norms, table.centroids
+    other_id = np.maximum(best, 0)
+    f_own = rowwise_dot(unit, centroids, codes) * norms[codes]  # f . S_c
+    f_other = rowwise_dot(unit, centroids, other_id) * norms[other_id]  # f . S_d
+    inside = counted.astype(np.float64)  # a face left out of the sums (a duplicate) is not taken out again
+    rest = counts[codes] - inside  # faces of c besides f
+    rest_squared = norms[codes] ** 2 - inside * (2.0 * f_own - 1.0)  # |S_c - f|^2
+    mu_own = model.shrunk(rest_squared, rest)
+    mu_other = mu[other_id]
+    cross = np.einsum("ij,ij->i", centroids[codes], centroids[other_id], dtype=np.float64) * norms[codes] * \
+        norms[other_id] - inside * f_other  # (S_c - f) . S_d
+    n_other = np.maximum(counts[other_id], 1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        own = (f_own - inside) / rest / np.sqrt(mu_own)
+        other = np.where(best >= 0, f_other / n_other / np.sqrt(mu_other), np.nan)
+        scale_own, scale_other = rest * np.sqrt(mu_own), n_other * np.sqrt(mu_other)
+        # the face is left out of how alike the two identities are: a misfiled twin's face would make them alike
+        rho = np.clip(cross / (rest * n_other) / np.sqrt(mu_own * mu_other), -1.0, 1.0)
+        return _Fits(own, other, rest_squared / scale_own**2, norms[other_id] ** 2 / scale_other**2,
+                     cross / (scale_own * scale_other), rho, mu_own, mu_other)
+
+
+def _distances(fits: _Fits, extra_own: np.ndarray | float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """Squared Mahalanobis distance of each face's (own, other) point to its own identity's line (1, rho) and to
+    the other identity's line (rho, 1), each at its best quality g >= 0, in units of the noise scale that
+    ``extra_own`` (variance added to the own coordinate) is given in."""
+    a, b, d = fits.var_own + extra_own, fits.covar, fits.var_other
+    with np.errstate(invalid="ignore"):
+        det = np.maximum(a * d - b * b, 1e-9 * a * d)
+
+    def quad(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
+        return (x1 * (d * y1 - b * y2) + x2 * (a * y2 - b * y1)) / det
+
+    x, y = fits.own, fits.other
+    one = np.ones_like(x)
+    found = []
+    with np.errstate(invalid="ignore", divide="ignore"):  # rows without a candidate are NaN, left to the caller
+        point = quad(x, y, x, y)
+        for r1, r2 in ((one, fits.rho), (fits.rho, one)):
+            along, length = quad(r1, r2, x, y), quad(r1, r2, r1, r2)
+            found.append(np.where(along > 0, point - along * along / length, point))
+    return found[0], found[1]
+
+
 def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar: IdArray | None = None,
-                margin: float = 0.0, own: tuple[FloatArray, BoolArray] | None = None) -> SuspectScores:
-    """Score every face of ``unit`` (n_faces, dim) filed as ``table.codes``.
+                margin: float = 0.0, min_score: float = MIN_SCORE, quality: FloatArray | None = None,
+                duplicate: BoolArray | None = None) -> SuspectScores:
+    """Verdicts for every face of ``unit`` (n_faces, dim) filed as ``table.codes`` (see the module docstring).
 
     ``nearby`` (n_faces, k): identity codes of each face's nearest other faces (-1: none); ``similar``
-    (n_identities, m): each identity's most similar identities (-1: none; see :mod:`job.analysis.candidates`);
-    ``own``: what :func:`leave_one_out` returns, when the caller has it already.
+    (n_identities, m): each identity's most similar identities (-1: none; :mod:`job.analysis.candidates`);
+    ``quality`` (n_faces,): raw norm over the database's median (NaN: unknown); ``duplicate`` (n_faces,):
+    re-enrolled faces, which ``table`` should have left out of its sums.
     """
-    codes = table.codes
-    n_faces, n_ids = len(unit), len(table.ids)
-    own_cos, lone = own if own is not None else leave_one_out(unit, table)
-    counts = table.counts
+    codes, n_ids = table.codes, len(table.ids)
+    n_faces = len(codes)
+    duplicate = np.zeros(n_faces, dtype=bool) if duplicate is None else duplicate
+    quality = np.full(n_faces, np.nan, dtype=np.float32) if quality is None else quality
     candidates = nearby if similar is None else np.concatenate([nearby, similar[codes]], axis=1)
-    other, best = best_other(unit, table.centroids, candidates, codes)
-    found = best >= 0
-    score = np.where(found, other - own_cos, -np.inf).astype(np.float32)
-    suspect = found & (score > margin)
-    # most of an identity looking like someone else is a look-alike (or twice-filed) identity, not misfiled faces
+    counted = ~duplicate  # the caller's table holds every face but the duplicates
+    lone = (table.counts[codes] - counted) < 1
+    evidence = _evidence(unit, table, candidates, counted, lone)
+    # the surest misfiled face of each identity of 3+ faces leaves its identity, and every face is judged
+    # again: inside, it made the other faces of a small identity look unlike their own (and outvote it)
+    surest = _surest(evidence.score, codes, min_score, table.counts[codes] - counted >= 3)
+    if len(surest):
+        counted = counted.copy()
+        counted[surest] = False
+        evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone)
+    fits, best, found, score = evidence.fits, evidence.best, evidence.found, evidence.score
+    with np.errstate(invalid="ignore"):
+        fit_own = np.where(lone, np.nan, fits.own / np.sqrt(fits.mu_own))
+        fit_other = np.where(best >= 0, fits.other / np.sqrt(fits.mu_other), np.nan)
+        # misfiled needs plain evidence besides the odds: the face fits the other identity about as well as that
+        # identity's own faces do, or is plainly unlike its own identity's faces
+        plain = (fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN)
+        suspect = found & (score > min_score) & (fits.other - fits.own > margin) & plain & ~duplicate
     flagged = np.bincount(codes[suspect], minlength=n_ids)
-    suspect &= flagged[codes] * 2 <= counts[codes]
-    suggested = np.where(found & (other > own_cos), table.ids[np.maximum(best, 0)], table.ids[codes])
-    suggested = np.where(found | ~lone, suggested, -1).astype(np.int64)
-    return SuspectScores(np.where(found, score, np.float32(-2.0)).astype(np.float32), suspect, suggested, own_cos,
-                         np.where(found, other, np.nan).astype(np.float32), lone)
+    suspect &= flagged[codes] * 2 <= table.counts[codes]
+    verdict = _verdicts(suspect, lone, duplicate, fit_own, fit_other, quality)
+    # a lone face has no own fit: it is suggested as the identity it fits as well as that identity's own faces
+    resembles = np.where(lone, fit_other >= LOW_FIT, found & (fits.other > fits.own))
+    suggested = np.where(suspect | resembles, table.ids[np.maximum(best, 0)], table.ids[codes])
+    suggested = np.where((best >= 0) | ~lone, suggested, -1).astype(np.int64)
+    return SuspectScores(np.nan_to_num(score, nan=NO_SCORE).astype(np.float32), suspect, suggested,
+                         fit_own.astype(np.float32), fit_other.astype(np.float32), lone, verdict,
+                         np.where(found, fits.rho, np.nan).astype(np.float32))
+
+
+def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> float:
+    """The noise scale of the (own, other) plane, measured on the database: the median squared distance of
+    faces to their own identity's line is the chi-square(1) median. Only faces whose best other identity is a
+    real look-alike count: for the rest, that identity is the best of many unrelated ones, picked for its
+    noise, which would inflate the scale and hide near-twin misfiles. Never below isotropic noise (a face's
+    share 1 - mu off its identity's direction, spread over the dimensions), nor measured on under
+    ``CALIBRATION_MIN`` faces."""
+    isotropic = max(1.0 - typical, 1e-3) / dim
+    if usable.sum() < CALIBRATION_MIN:
+        return isotropic
+    return max(float(np.median(to_own[usable])) / _CHI2_1_MEDIAN, isotropic)
+
+
+def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
+               model: Tightness) -> BoolArray:
+    """Whether the faces tell the filed and the best other identity apart: rho below 1 by more than twice its
+    standard error. Between two identities the faces cannot separate (one person under two ids, or twins
+    with too few faces) no face is called misfiled; the pair is a look-alike (``possible_same_person``).
+
+    rho is a mean cross cosine over n_c x n_d face pairs (each as noisy as a within pair, ``pair_noise``)
+    divided by sqrt(mu_c mu_d), each mu as unsure as its identity's pairs leave it.
+    """
+    counts = table.counts.astype(np.float64)
+    n_own, n_other = counts[codes] - counted, counts[np.maximum(best, 0)]  # the face itself left out, as in rho
+    cross = model.pair_noise / np.maximum(n_own * n_other, 1) / (fits.mu_own * fits.mu_other)
+    unsure = sum(model.variance(n) / mu**2 for n, mu in ((n_own, fits.mu_own), (n_other, fits.mu_other)))
+    with np.errstate(invalid="ignore"):
+        return (1.0 - fits.rho) > 2.0 * np.sqrt(cross + fits.rho**2 / 4 * unsure)
+
+
+@dataclass(frozen=True)
+class _Evidence:
+    """One pass of scoring: each face's best other identity (-1: none), its fits, whether it could be judged,
+    and its score (log odds of the other identity over its own)."""
+
+    best: IdArray
+    fits: _Fits
+    found: BoolArray
+    score: np.ndarray
+
+
+def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, counted: BoolArray, lone: BoolArray
+              ) -> _Evidence:
+    """Score every face against ``table`` (whose sums hold the faces ``counted``)."""
+    codes = table.codes
+    mu, model = within_similarity(table, unit.shape[1])
+    scale = table.norms / np.maximum(table.counts, 1) / np.sqrt(mu)
+    _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
+    fits = _fits(unit, table, codes, best, counted, mu, model)
+    found = (best >= 0) & ~lone & np.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
+    to_own, _ = _distances(fits)
+    noise = _noise(to_own, found & (table.counts[codes] >= 3) & (fits.rho > CALIBRATION_RHO), model.typical,
+                   unit.shape[1])
+    # an identity of few faces has an uncertain mu of its own, which widens its own coordinate (with two
+    # faces, the one pair is all it knows of how tight it is)
+    unsure = model.variance((table.counts[codes] - counted).astype(np.float64)) / fits.mu_own
+    to_own, to_other = _distances(fits, unsure / max(noise, 1e-12))
+    separable = _separable(fits, table, codes, best, counted, model)
+    with np.errstate(invalid="ignore"):
+        score = np.where(found, (to_own - to_other) / (2.0 * max(noise, 1e-12)), NO_SCORE)
+        score = np.where(found & ~separable, np.minimum(score, 0.0), score)
+    return _Evidence(best, fits, found, np.nan_to_num(score, nan=NO_SCORE))
+
+
+def _surest(score: np.ndarray, codes: IdArray, min_score: float, eligible: BoolArray) -> IdArray:
+    """The highest-scoring face of each identity among ``eligible`` faces scoring above ``min_score``."""
+    chosen = np.flatnonzero((score > min_score) & eligible)
+    chosen = chosen[np.lexsort((-score[chosen], codes[chosen]))]
+    return chosen[np.r_[True, codes[chosen][1:] != codes[chosen][:-1]]] if len(chosen) else chosen
+
+
+def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own: np.ndarray,
+              fit_other: np.ndarray, quality: FloatArray) -> np.ndarray:
+    """The verdict codes, by precedence: duplicate, misfiled, low_quality, lone, ok."""
+    with np.errstate(invalid="ignore"):
+        weakest = np.fmax(fit_own, fit_other)  # the face's best fit to any identity
+        rated = np.isfinite(quality)
+        low = np.where(rated, (quality < QUALITY_LOW) & (weakest < LOW_FIT), weakest < LOW_FIT_UNRATED)
+    verdict = np.full(len(suspect), OK, dtype=np.int8)
+    verdict[lone] = LONE
+    verdict[low & ~lone] = LOW_QUALITY
+    verdict[suspect] = MISFILED
+    verdict[duplicate] = DUPLICATE
+    return verdict
+
+
+def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby: IdArray, similar: IdArray | None,
+                rows: IdArray, quality: FloatArray | None = None, margin: float = 0.0,
+                min_score: float = MIN_SCORE) -> tuple[SuspectScores, IdArray]:
+    """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
+    ``DUPLICATE_COLUMNS`` neighbours) and left out of the identities, then :func:`score_faces`. Returns the
+    scores and, per face, the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
+    columns = slice(0, min(DUPLICATE_COLUMNS, graph.k))
+    duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,
+                                          graph.reference)
+    judged = table.without(unit, np.flatnonzero(duplicate))
+    return score_faces(unit, judged, nearby, similar, margin, min_score, quality, duplicate), original
+
+
+def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, reference: IdArray,
+                    cos: float = DUPLICATE_COS) -> tuple[BoolArray, IdArray]:
+    """Faces that re-enrol another face: (n_faces,) bool, and the face each copies (-1: none).
+
+    ``neighbours``/``distances`` (n_faces, k): each face's nearest reference faces (face positions, -1: none)
+    and cosine distances; ``rows`` (n_faces,) input rows; ``reference`` the positions of the reference faces.
+    Of two copies the later row is the duplicate; a face outside the reference, which no face can find, is
+    the duplicate of the reference face it finds.
+    """
+    n_faces = len(neighbours)
+    in_reference = np.zeros(n_faces, dtype=bool)
+    in_reference[reference] = True
+    found = np.maximum(neighbours, 0)
+    close = (neighbours >= 0) & (neighbours != np.arange(n_faces)[:, None]) & (1.0 - distances >= cos)
+    close &= (rows[found] < rows[:, None]) | ~in_reference[:, None]
+    duplicate = close.any(axis=1)
+    original = np.where(duplicate, found[np.arange(n_faces), np.argmax(close, axis=1)], -1).astype(np.int64)
+    return duplicate, original

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from job.arrays import BoolArray, IdArray
+from job.arrays import BoolArray, FloatArray, IdArray
 from job.config import InputConfig
-from job.io.demo import HARD, DemoSpec, DemoTruth, make_demo, truth_from_json
+from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.errors import InputError, UsageError
 from job.io.formats import file_sha256, read_arrays, sniff_format
 from job.io.memory import format_size, require
@@ -28,6 +28,7 @@ Working = Callable[[int, int, int, int], int]
 """``working(n_faces, n_identities, dim, itemsize)`` -> bytes a run needs beyond the unit vectors."""
 _BLOCK = 1 << 14  # rows converted at a time: float64 temporaries of 64 MiB at 512-D
 _HASHED_WORDS = 128  # bytes of each row hashed to find duplicate candidates
+UNIT_LENGTH_TOLERANCE = 0.01  # |log norm| below this for every face: the input was unit-length (float16 too)
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class FaceDatabase:
     dropped : reason -> number of input rows left out by ``--drop-invalid`` ("nan_or_inf", "zero")
     duplicates : faces whose embedding equals an earlier face's, and how many of those carry another id
     has_ids : False when the file had no ids (allowed for faces to place on a map); ``ids`` are then all -1
+    log_norms : ndarray of shape (n_faces,), float32 — natural log of each embedding's length as given, or None
     """
 
     ids: IdArray
@@ -62,6 +64,7 @@ class FaceDatabase:
     dropped: dict[str, int] = field(default_factory=dict)
     duplicates: dict[str, int] = field(default_factory=dict)
     has_ids: bool = True
+    log_norms: np.ndarray | None = None
 
     @property
     def n_faces(self) -> int:
@@ -76,6 +79,18 @@ class FaceDatabase:
         """Sorted unique identity ids (computed once)."""
         return np.unique(self.ids)
 
+    @cached_property
+    def unit_length(self) -> bool:
+        """The embeddings were given unit length (within float16 rounding), so their norms say nothing."""
+        return self.log_norms is None or bool(np.all(np.abs(self.log_norms) < UNIT_LENGTH_TOLERANCE))
+
+    @cached_property
+    def quality(self) -> FloatArray:
+        """Each face's raw length over the database's median length (n_faces,) float32: 1 is typical, lower is
+        a face the recogniser was less sure of (ArcFace-family norms track face quality); NaN for every face
+        when the input was unit-length."""
+        return face_quality(self.log_norms, self.n_faces)
+
     @property
     def input_rows(self) -> IdArray:
         """Each face's row number in the input file."""
@@ -85,6 +100,14 @@ class FaceDatabase:
         """``"id 7"``, or ``"id 7 Ada"`` when a name is known."""
         name = (self.names or {}).get(int(identity))
         return f"id {identity} {name}" if name else f"id {identity}"
+
+
+def face_quality(log_norms: np.ndarray | None, n_faces: int) -> FloatArray:
+    """Raw length over the median length (n_faces,) float32, from the lengths' logs (so 1e-300 and 1e300
+    inputs give the same answer); NaN for every face when the input was unit-length or ``log_norms`` is None."""
+    if log_norms is None or bool(np.all(np.abs(log_norms) < UNIT_LENGTH_TOLERANCE)):
+        return np.full(n_faces, np.nan, dtype=np.float32)
+    return np.exp(log_norms - np.median(log_norms)).astype(np.float32)
 
 
 @dataclass(frozen=True)
@@ -97,6 +120,7 @@ class CheckedArrays:
     rows: IdArray
     dropped: dict[str, int]
     duplicates: dict[str, int]
+    log_norms: np.ndarray
 
 
 def load_database(config: InputConfig, max_memory: int | None = None,
@@ -113,7 +137,7 @@ def load_database(config: InputConfig, max_memory: int | None = None,
         if config.sha256:
             raise UsageError("--sha256 checks an --input file or URL, and none was given; add --input or "
                              "drop --sha256")
-        database = demo_database(HARD if config.demo == "hard" else DemoSpec())
+        database = demo_database(DEMO_SHAPES[config.demo])
     else:
         source, path = redact(config.path), Path(config.path)
         if is_url(config.path):
@@ -140,7 +164,8 @@ def load_database(config: InputConfig, max_memory: int | None = None,
         # new faces for a map (ids optional) carry no planted truth of their own
         truth = None if is_url(config.path) or ids_optional else read_truth(path, len(ids))
         database = FaceDatabase(checked.ids, checked.unit, source, dtype, digest, truth=truth, rows=checked.rows,
-                                dropped=checked.dropped, duplicates=checked.duplicates, has_ids=has_ids)
+                                dropped=checked.dropped, duplicates=checked.duplicates, has_ids=has_ids,
+                                log_norms=checked.log_norms)
     if not config.names:
         return database
     return replace(database, names=read_names(Path(config.names), database.identities))
@@ -177,7 +202,7 @@ def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
     digest = hashlib.sha256(records.tobytes()).hexdigest()
     checked = check_arrays(records["id"], records["embedding"], DEMO_SOURCE)
     return FaceDatabase(checked.ids, checked.unit, DEMO_SOURCE, "float16", digest, None, truth,
-                        duplicates=checked.duplicates)
+                        duplicates=checked.duplicates, log_norms=checked.log_norms)
 
 
 def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_invalid: bool = False,
@@ -216,6 +241,7 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
                 "raise max_memory if the machine has more, or map fewer faces")
     unit = np.empty((n_faces, dim), dtype=dtype)
     bad = np.zeros(n_faces, dtype=np.int8)  # 1: NaN/inf or beyond float32, 2: all zeros
+    log_norms = np.zeros(n_faces, dtype=np.float32)
     keys = np.empty(n_faces, dtype=np.uint64)
     for start in range(0, n_faces, _BLOCK):
         block = np.asarray(embeddings[start:start + _BLOCK])
@@ -230,6 +256,9 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
             wide[~usable] = 0.0
             norms = np.linalg.norm(wide, axis=1)
         bad[start:start + len(block)] = np.where(~finite, 1, np.where(usable, 0, 2))
+        with np.errstate(divide="ignore"):  # log of the length as given, from the scaled row: no overflow
+            log_norms[start:start + len(block)] = np.where(usable, np.log(np.where(usable, peak, 1.0)) +
+                                                           np.log(np.where(usable, norms, 1.0)), 0.0)
         unit[start:start + len(block)] = wide / np.where(usable, norms, 1.0)[:, None]
         release(start, start + len(block))
     nonfinite, zero = bad == 1, bad == 2
@@ -244,10 +273,10 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         _refuse_negative(int_ids, source)
     rows = np.flatnonzero(keep).astype(np.int64)
     if not keep.all():
-        int_ids, keys = int_ids[keep], keys[keep]
+        int_ids, keys, log_norms = int_ids[keep], keys[keep], log_norms[keep]
         unit = _compact(unit, rows)
     duplicates = count_duplicates(keys, int_ids, lambda chosen: np.asarray(embeddings[rows[chosen]]))
-    return CheckedArrays(int_ids, unit, rows, dropped, duplicates)
+    return CheckedArrays(int_ids, unit, rows, dropped, duplicates, log_norms)
 
 
 def _compact(unit: np.ndarray, rows: IdArray) -> np.ndarray:

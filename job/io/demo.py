@@ -58,6 +58,15 @@ class DemoSpec:
     lookalike_weight: tuple[float, float] = (0.65, 0.8)
     misfiled_fraction: float = 0.02
     misfiled_from: str = "any"
+    raw_norms: bool = False
+    norm_scale: float = 28.0
+    face_quality: tuple[float, float] = (1.0, 1.0)
+    low_quality_fraction: float = 0.0
+    low_quality: tuple[float, float] = (0.15, 0.45)
+    n_twin_pairs: int = 0
+    twin_weight: tuple[float, float] = (0.8, 0.9)
+    twin_misfiled: float = 0.0
+    duplicate_fraction: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -69,6 +78,9 @@ class DemoTruth:
     misfiled_true_ids: list[int]
     lookalike_pairs: list[tuple[int, int]]
     families: list[list[int]] = field(default_factory=list)
+    twin_pairs: list[tuple[int, int]] = field(default_factory=list)
+    low_quality_rows: list[int] = field(default_factory=list)
+    duplicate_rows: list[int] = field(default_factory=list)
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``misfiled`` rows with the id filed and the true id, pairs, families."""
@@ -81,12 +93,26 @@ class DemoTruth:
             ],
             "lookalike_pairs": [list(pair) for pair in self.lookalike_pairs],
             "families": self.families,
+            "twin_pairs": [list(pair) for pair in self.twin_pairs],
+            "low_quality_rows": self.low_quality_rows,
+            "duplicate_rows": self.duplicate_rows,
         }
 
 
 HARD = DemoSpec(same_identity_cos=(0.35, 0.55), faces_per_identity=15, uneven_fraction=1.0, uneven_min_faces=1,
                 misfiled_from="lookalike")
 """The harder demo setting: looser identities, 1-30 faces each, misfiled faces from look-alike identities."""
+
+WILD = DemoSpec(same_identity_cos=(0.4, 0.65), faces_per_identity=15, uneven_fraction=1.0, uneven_min_faces=1,
+                misfiled_from="mixed", raw_norms=True, face_quality=(0.7, 1.0), low_quality_fraction=0.04,
+                n_twin_pairs=15, twin_misfiled=0.6, duplicate_fraction=0.005)
+"""The second demo shape, as a recogniser's raw output: faces not unit length (their length tracks quality),
+1-30 faces per identity, per-face noise that varies, 4% low-quality faces, near-twin identities, misfiled
+faces from look-alikes, from twins and at random, and a few re-enrolled photos."""
+
+
+DEMO_SHAPES = {"standard": DemoSpec(), "hard": HARD, "wild": WILD}
+"""The built-in demo shapes by name (``input.demo``, ``demo-db --shape``)."""
 
 
 def truth_from_json(payload: Any) -> DemoTruth:
@@ -100,7 +126,10 @@ def truth_from_json(payload: Any) -> DemoTruth:
     true_ids = [int(item["true_id"]) for item in misfiled]
     pairs = [(int(a), int(b)) for a, b in payload["lookalike_pairs"]]
     families = [[int(i) for i in family] for family in payload.get("families", [])]
-    return DemoTruth(DemoSpec(**spec_fields), rows, true_ids, pairs, families)
+    twins = [(int(a), int(b)) for a, b in payload.get("twin_pairs", [])]
+    low = [int(row) for row in payload.get("low_quality_rows", [])]
+    duplicates = [int(row) for row in payload.get("duplicate_rows", [])]
+    return DemoTruth(DemoSpec(**spec_fields), rows, true_ids, pairs, families, twins, low, duplicates)
 
 
 def seed_dtype(n_identities: int, dim: int) -> np.dtype:
@@ -126,7 +155,9 @@ def make_demo(spec: DemoSpec = DemoSpec()) -> tuple[np.ndarray, DemoTruth]:
 @dataclass
 class DemoPlan:
     """Everything about a demo database but its faces: per identity centres and tightness, per face ids and
-    source identities, the planted truth, and the generator whose next draws are the faces' noise."""
+    source identities, the planted truth, and the generator whose next draws are the faces' noise.
+    ``quality`` (per face, scales its tightness) and ``norms`` (per face raw length) are None for unit faces
+    of even quality; ``copies`` (per face) is the row a face re-enrols (-1: none)."""
 
     spec: DemoSpec
     centres: FloatArray
@@ -135,24 +166,51 @@ class DemoPlan:
     source: IdArray
     truth: DemoTruth
     rng: np.random.Generator
+    quality: np.ndarray | None = None
+    norms: np.ndarray | None = None
+    copies: IdArray | None = None
 
 
 def plan_demo(spec: DemoSpec) -> DemoPlan:
-    """Draw the identities and the planted answers; memory n_identities x dim, not n_faces x dim."""
+    """Draw the identities and the planted answers; memory n_identities x dim, not n_faces x dim.
+
+    Features off by default (raw norms, face quality, twins, duplicates) draw nothing, so the standard and
+    hard demos are the same numbers with or without them.
+    """
     rng = np.random.default_rng(spec.seed)
     centres, families = _family_centres(rng, spec)
     centres, pairs = _plant_lookalikes(rng, centres, spec, taken={i for f in families for i in f})
+    twins: list[tuple[int, int]] = []
+    if spec.n_twin_pairs:
+        taken = {i for f in families for i in f} | {i for p in pairs for i in p}
+        centres, twins = _plant_twins(rng, centres, spec, taken)
     ids = _face_ids(rng, spec)
     tightness = rng.uniform(*spec.same_identity_cos, size=spec.n_identities)
     source = ids.copy()
     misfiled = _pick_misfiled(rng, ids, spec)
     if spec.misfiled_from == "lookalike":
         source[misfiled] = _most_alike(centres, ids[misfiled])
+    elif spec.misfiled_from == "mixed":  # half from the most alike identity, half from anyone
+        alike = rng.random(len(misfiled)) < 0.5
+        source[misfiled[alike]] = _most_alike(centres, ids[misfiled[alike]])
+        source[misfiled[~alike]] = _other_identities(rng, ids[misfiled[~alike]], spec.n_identities)
     else:
         source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
+    if twins and spec.twin_misfiled:
+        misfiled = _misfile_twins(rng, ids, source, misfiled, twins, spec.twin_misfiled)
+    quality = norms = copies = None
+    low: IdArray = np.zeros(0, dtype=np.int64)
+    duplicate: IdArray = np.zeros(0, dtype=np.int64)
+    if spec.raw_norms or spec.low_quality_fraction or spec.face_quality != (1.0, 1.0):
+        quality, low = _face_quality(rng, len(ids), misfiled, spec)
+        if spec.raw_norms:  # ArcFace-like: a face's length grows with its quality, loosely
+            norms = (spec.norm_scale * (0.35 + 0.65 * quality) * np.exp(rng.normal(0, 0.12, len(ids))))
+    if spec.duplicate_fraction:
+        copies, duplicate = _plant_duplicates(rng, ids, np.union1d(misfiled, low), spec.duplicate_fraction)
     truth = DemoTruth(spec=spec, misfiled_rows=misfiled.tolist(), misfiled_true_ids=source[misfiled].tolist(),
-                      lookalike_pairs=pairs, families=families)
-    return DemoPlan(spec, centres, tightness, ids, source, truth, rng)
+                      lookalike_pairs=pairs, families=families, twin_pairs=twins, low_quality_rows=low.tolist(),
+                      duplicate_rows=duplicate.tolist())
+    return DemoPlan(spec, centres, tightness, ids, source, truth, rng, quality, norms, copies)
 
 
 def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]:
@@ -162,11 +220,23 @@ def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]
     draw of all of it: the chunks concatenated are exactly :func:`make_demo`'s records.
     """
     dtype = seed_dtype(plan.spec.n_identities, plan.spec.dim)
+    previous = np.zeros(plan.spec.dim, dtype=np.float32)
     for start in range(0, len(plan.ids), rows):
-        source = plan.source[start:start + rows]
+        chunk = slice(start, start + rows)
+        source = plan.source[chunk]
         records = np.empty(len(source), dtype=dtype)
-        records["id"] = plan.ids[start:start + rows]
-        records["embedding"] = _faces(plan.rng, plan.centres[source], plan.tightness[source]).astype(np.float16)
+        records["id"] = plan.ids[chunk]
+        tightness = plan.tightness[source] * (1.0 if plan.quality is None else plan.quality[chunk])
+        faces = _faces(plan.rng, plan.centres[source], tightness)
+        if plan.copies is not None:  # a re-enrolled photo: the earlier face again, re-encoded (cosine ~0.999)
+            for at in np.flatnonzero(plan.copies[chunk] >= 0).tolist():
+                earlier = faces[at - 1] if at else previous
+                jitter = _unit(plan.rng, 1, plan.spec.dim)[0]
+                faces[at] = (earlier + 0.05 * jitter) / np.linalg.norm(earlier + 0.05 * jitter)
+            previous = faces[-1].copy()
+        if plan.norms is not None:
+            faces *= plan.norms[chunk, None].astype(np.float32)
+        records["embedding"] = faces.astype(np.float16)
         yield records
 
 
@@ -268,6 +338,58 @@ def _plant_lookalikes(
     weight = rng.uniform(*spec.lookalike_weight, size=n_pairs)
     centres[b] = _mix(centres[a], centres[b], weight)
     return centres, sorted((int(min(x, y)), int(max(x, y))) for x, y in zip(a, b, strict=True))
+
+
+def _plant_twins(rng: np.random.Generator, centres: FloatArray, spec: DemoSpec, taken: set[int]
+                 ) -> tuple[FloatArray, list[tuple[int, int]]]:
+    # near-twins: centre cosine ~sqrt(weight), 0.89-0.95 by default, above the look-alike pairs' 0.8-0.9
+    free = np.array([i for i in rng.permutation(spec.n_identities).tolist() if i not in taken], dtype=np.int64)
+    n_pairs = min(spec.n_twin_pairs, len(free) // 2)
+    a, b = free[:n_pairs], free[n_pairs : 2 * n_pairs]
+    centres[b] = _mix(centres[a], centres[b], rng.uniform(*spec.twin_weight, size=n_pairs))
+    return centres, sorted((int(min(x, y)), int(max(x, y))) for x, y in zip(a, b, strict=True))
+
+
+def _misfile_twins(rng: np.random.Generator, ids: IdArray, source: IdArray, misfiled: IdArray,
+                   twins: list[tuple[int, int]], share: float) -> IdArray:
+    """File one face of a twin under the other twin, in ``share`` of the twin pairs (identities of 3+ faces
+    with no misfiled face yet); returns all misfiled rows, sorted."""
+    counts = np.bincount(ids)
+    starts = np.searchsorted(ids, np.arange(len(counts)))
+    busy = set(ids[misfiled].tolist())
+    chosen = []
+    for a, b in twins:
+        filed, true = (a, b) if rng.random() < 0.5 else (b, a)
+        if rng.random() >= share or counts[filed] < 3 or filed in busy:
+            continue
+        row = int(starts[filed] + rng.integers(counts[filed]))
+        source[row] = true
+        chosen.append(row)
+    return np.sort(np.concatenate([misfiled, np.array(chosen, dtype=np.int64)]))
+
+
+def _face_quality(rng: np.random.Generator, n_faces: int, misfiled: IdArray, spec: DemoSpec
+                  ) -> tuple[np.ndarray, IdArray]:
+    """Per-face quality (the share of its identity's tightness it keeps) and the low-quality rows (blurred or
+    occluded: weakly like everyone, their own identity included), never a misfiled face."""
+    quality = rng.uniform(*spec.face_quality, size=n_faces)
+    eligible = np.setdiff1d(np.arange(n_faces), misfiled)
+    n_low = min(int(round(spec.low_quality_fraction * n_faces)), len(eligible))
+    low = np.sort(rng.choice(eligible, size=n_low, replace=False))
+    quality[low] = rng.uniform(*spec.low_quality, size=n_low)
+    return quality, low
+
+
+def _plant_duplicates(rng: np.random.Generator, ids: IdArray, busy: IdArray, share: float
+                      ) -> tuple[IdArray, IdArray]:
+    """Faces that re-enrol the face before them (same identity, neither misfiled nor low quality)."""
+    rows = np.arange(1, len(ids))
+    eligible = rows[(ids[rows] == ids[rows - 1]) & ~np.isin(rows, busy) & ~np.isin(rows - 1, busy)]
+    chosen = rng.choice(eligible, size=min(int(round(share * len(ids))), len(eligible)), replace=False)
+    chosen = np.sort(chosen[~np.isin(chosen - 1, chosen)])  # a copy of a copy would name the wrong original
+    copies = np.full(len(ids), -1, dtype=np.int64)
+    copies[chosen] = chosen - 1
+    return copies, chosen
 
 
 def _face_ids(rng: np.random.Generator, spec: DemoSpec) -> IdArray:

@@ -23,6 +23,7 @@ from job.config import RenderConfig
 MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png",
              "suspect_map": "map_suspects.png", "cluster_map": "map_clusters.png"}
 SUSPECT_COLOUR, LINK_COLOUR, FILED_COLOUR = "#d7191c", "#f07f00", "#4a90d9"
+LOW_QUALITY_COLOUR = "#8e44ad"  # purple: apart from the suspects' red and the lines' orange and blue
 NOISE_RGB = (0.8, 0.8, 0.8)
 HIGHLIGHT_COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a65628", "#f781bf", "#17becf",
                      "#bcbd22", "#1a1a1a"]
@@ -150,6 +151,7 @@ def render_analysis_maps(
     config: RenderConfig,
     out_dir: Path,
     title: str,
+    low_quality: np.ndarray | None = None,
 ) -> dict[str, Path]:
     """Draw ``map_suspects.png`` and ``map_clusters.png`` into ``out_dir``.
 
@@ -162,6 +164,8 @@ def render_analysis_maps(
     filed : ndarray of shape (n_suspects, 2 or 3), float32 — where the identity it is filed under sits (a
         thin blue line: on an unsupervised map a misfiled face sits with its real identity, far from this)
     clusters : ndarray of shape (n_faces,), int64 — HDBSCAN labels, -1 = noise (light grey)
+    low_quality : ndarray of shape (n_faces,), bool — faces of low quality, drawn under the suspects in their
+        own colour (filed under the right person, but too weak to say much)
     """
     import datashader as ds
     import datashader.transfer_functions as tf
@@ -181,14 +185,17 @@ def render_analysis_maps(
         if linked.any():  # in numpy: datashader's line glyph compiles for ~6 s on every start
             mask = segment_mask(frame, flagged[linked, :2], ends[linked, :2])
             image[mask] = ((1 - weight) * image[mask] + weight * np.array(_rgb(colour))).round().astype(np.uint8)
-    if len(flagged):
-        dots = canvas.points(pd.DataFrame({"x": flagged[:, 0], "y": flagged[:, 1]}), "x", "y", agg=ds.count())
-        size = max(radius + 1, 3)
-        image = over(tf.shade(spread(dots, size + 1), cmap=["#202020", "#202020"], min_alpha=255), image)
-        image = over(tf.shade(spread(dots, size), cmap=[SUSPECT_COLOUR, SUSPECT_COLOUR], min_alpha=255), image)
+    weak = coords[low_quality] if low_quality is not None else coords[:0]
+    size = max(radius + 1, 3)
+    for points, colour in ((weak, LOW_QUALITY_COLOUR), (flagged, SUSPECT_COLOUR)):  # suspects on top
+        if len(points):
+            dots = canvas.points(pd.DataFrame({"x": points[:, 0], "y": points[:, 1]}), "x", "y", agg=ds.count())
+            image = over(tf.shade(spread(dots, size + 1), cmap=["#202020", "#202020"], min_alpha=255), image)
+            image = over(tf.shade(spread(dots, size), cmap=[colour, colour], min_alpha=255), image)
     legend = [(SUSPECT_COLOUR, f"suspect: filed under the wrong identity? ({len(flagged):,})"),
               (LINK_COLOUR, "orange line: to where its suggested identity sits"),
               (FILED_COLOUR, "blue line: to where the identity it is filed under sits"),
+              (LOW_QUALITY_COLOUR, f"low quality: weak face, filed right as far as it shows ({len(weak):,})"),
               ("#a0a0a0", "all other faces")]
     paths = {"suspect_map": _compose(image, frame, f"{title}: {len(flagged):,} suspected misfiled faces\n"
                                   f"{len(coords):,} faces", legend, out_dir / MAP_FILES["suspect_map"])}

@@ -184,7 +184,7 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
 def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None,
                      extra: dict[str, np.ndarray] | None = None) -> Path:
     """``projection.parquet``: ``row`` (int64), ``id`` (int64), ``x``, ``y`` (float32), ``z`` for 3-D, then
-    the ``extra`` columns in order (analysis verdicts)."""
+    the ``extra`` columns in order (analysis verdicts; object arrays are written as text)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -192,7 +192,8 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
     columns: dict[str, Any] = {"row": row, "id": ids.astype(np.int64)}
     for axis, name in enumerate("xyz"[: coords.shape[1]]):
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
-    columns.update(extra or {})
+    for name, values in (extra or {}).items():  # text columns (verdicts) as dictionary-encoded strings
+        columns[name] = pa.array(values).dictionary_encode() if values.dtype == object else values
     tmp = temporary_path(path)
     with tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
         pq.write_table(pa.table(columns), handle)

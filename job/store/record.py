@@ -39,6 +39,7 @@ def run_record(config: Config, database: FaceDatabase, backend: str, reason: str
             "sha256": database.sha256,
             "dropped": database.dropped,
             "duplicates": database.duplicates,
+            "unit_length": database.unit_length,  # the embeddings came unit-length: their norms say nothing
         },
         "highlight": highlight,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},

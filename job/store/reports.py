@@ -1,4 +1,5 @@
-"""The analysis tables: ``suspects.csv`` and ``lookalikes.csv`` (plain CSV, UTF-8, one header line)."""
+"""The analysis tables: ``suspects.csv``, ``low_quality.csv`` and ``lookalikes.csv`` (plain CSV, UTF-8, one
+header line). Columns added later go at the end, so readers by position keep working."""
 
 from __future__ import annotations
 
@@ -8,41 +9,83 @@ from pathlib import Path
 
 import numpy as np
 
-from job.arrays import IdArray
+from job.arrays import FloatArray, IdArray
 from job.analysis.lookalikes import Lookalikes
 from job.store.outputs import temporary_path
-from job.analysis.suspects import SuspectScores
+from job.analysis.suspects import LOW_QUALITY, SuspectScores
 
 SUSPECTS_FILE = "suspects.csv"
+LOW_QUALITY_FILE = "low_quality.csv"
 LOOKALIKES_FILE = "lookalikes.csv"
 
 
 def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores,
-                   names: dict[int, str] | None = None) -> Path:
-    """``row,id,suggested_id,score`` (+ ``name,suggested_name``) for suspects only, most suspicious first."""
+                   names: dict[int, str] | None = None, quality: FloatArray | None = None,
+                   same_person: set[tuple[int, int]] | None = None) -> Path:
+    """``row,id,suggested_id,score`` (+ ``name,suggested_name``), then ``fit,suggested_fit,quality,
+    same_person_pair`` for misfiled faces only, most certain first (highest score).
+
+    ``fit``/``suggested_fit``: the face's fit to its filed and its suggested identity (1 = as alike as that
+    identity's own faces); ``same_person_pair``: the two ids are a ``possible_same_person`` pair of
+    lookalikes.csv, so the face was judged between near-twins (or one person under two ids).
+    """
     chosen = np.flatnonzero(scores.suspect)
     chosen = chosen[np.argsort(-scores.score[chosen], kind="stable")]
     header = ["row", "id", "suggested_id", "score"] + (["name", "suggested_name"] if names is not None else [])
+    header += ["fit", "suggested_fit", "quality", "same_person_pair"]
+    pairs = same_person or set()
     lines = []
     for face in chosen.tolist():
-        line: list[object] = [int(rows[face]), int(ids[face]), int(scores.suggested_id[face]),
-                              f"{float(scores.score[face]):.4f}"]
+        filed, suggested = int(ids[face]), int(scores.suggested_id[face])
+        line: list[object] = [int(rows[face]), filed, suggested, f"{float(scores.score[face]):.4f}"]
         if names is not None:
-            line += [cell(names.get(int(ids[face]), "")), cell(names.get(int(scores.suggested_id[face]), ""))]
+            line += [cell(names.get(filed, "")), cell(names.get(suggested, ""))]
+        line += [_number(scores.own[face]), _number(scores.other[face]),
+                 _number(quality[face] if quality is not None else np.nan),
+                 _flag((min(filed, suggested), max(filed, suggested)) in pairs)]
+        lines.append(line)
+    return _write_csv(path, header, lines)
+
+
+def write_low_quality(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores, quality: FloatArray,
+                      names: dict[int, str] | None = None) -> Path:
+    """``row,id,quality,fit`` (+ ``name``) for the faces judged low quality, the weakest first (lowest quality,
+    then lowest fit; quality is empty when the input was unit-length)."""
+    chosen = np.flatnonzero(scores.verdict == LOW_QUALITY)
+    order = np.lexsort((scores.own[chosen], np.nan_to_num(quality[chosen], nan=np.inf)))
+    header = ["row", "id", "quality", "fit"] + (["name"] if names is not None else [])
+    lines = []
+    for face in chosen[order].tolist():
+        line: list[object] = [int(rows[face]), int(ids[face]), _number(quality[face]), _number(scores.own[face])]
+        if names is not None:
+            line.append(cell(names.get(int(ids[face]), "")))
         lines.append(line)
     return _write_csv(path, header, lines)
 
 
 def write_lookalikes(path: Path, pairs: Lookalikes, names: dict[int, str] | None = None) -> Path:
-    """``id_a,id_b,similarity`` (+ ``name_a,name_b``), most alike first."""
+    """``id_a,id_b,similarity`` (+ ``name_a,name_b``), then ``possible_same_person`` (true/false), most alike
+    first."""
     header = ["id_a", "id_b", "similarity"] + (["name_a", "name_b"] if names is not None else [])
+    header.append("possible_same_person")
     lines = []
-    for a, b, similarity in zip(pairs.id_a.tolist(), pairs.id_b.tolist(), pairs.similarity.tolist(), strict=True):
+    for a, b, similarity, same in zip(pairs.id_a.tolist(), pairs.id_b.tolist(), pairs.similarity.tolist(),
+                                      pairs.same_person.tolist(), strict=True):
         line: list[object] = [a, b, f"{similarity:.4f}"]
         if names is not None:
             line += [cell(names.get(a, "")), cell(names.get(b, ""))]
+        line.append(_flag(same))
         lines.append(line)
     return _write_csv(path, header, lines)
+
+
+def _number(value: float) -> str:
+    """A float cell: 4 decimals, empty for NaN (unknown)."""
+    return f"{float(value):.4f}" if np.isfinite(value) else ""
+
+
+def _flag(value: bool) -> str:
+    return "true" if value else "false"
 
 
 def cell(text: str) -> str:
