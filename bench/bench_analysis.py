@@ -45,8 +45,8 @@ from job.knn.index import face_graph
 from job.maps.placement import invert, place
 from job.reduce.sample import pick_holdout
 
-SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD), ("hard s1", replace(HARD, seed=1)),
-          ("wild", WILD), ("wild s1", replace(WILD, seed=1)), ("wild s2", replace(WILD, seed=2)),
+SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD),
+          ("hard s1", replace(HARD, seed=1)), ("wild", WILD), ("wild s1", replace(WILD, seed=1)), ("wild s2", replace(WILD, seed=2)),
           ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3))]
 TOPS = (10, 50, 100)
 

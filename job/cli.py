@@ -267,10 +267,13 @@ def demo_db(
 
         if shape not in DEMO_SHAPES:
             raise UsageError(f"--shape {shape!r}: expected one of {', '.join(DEMO_SHAPES)}")
+        if hard and shape not in ("standard", "hard"):
+            raise UsageError(f"--hard and --shape {shape}: pick one (--hard is --shape hard)")
         base = DEMO_SHAPES["hard" if hard else shape]
         spec = replace(base, n_identities=identities, seed=seed)
-        spec = replace(spec, faces_per_identity=faces_per_identity if base.uneven_fraction < 1 or faces_per_identity != 5
-                       else base.faces_per_identity)
+        # hard and wild draw 1..2x the typical faces per identity: their own typical unless one is asked for
+        uneven = base.uneven_fraction >= 1.0 and faces_per_identity == 5
+        spec = replace(spec, faces_per_identity=base.faces_per_identity if uneven else faces_per_identity)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
         check_demo_request(spec, out, truth_path)
         try:

@@ -72,7 +72,6 @@ class FitPlan:
     """Who is fitted, who is placed, who is held out: sorted face rows each; ``table`` groups all faces."""
 
     table: IdentityTable
-    own: tuple[FloatArray, BoolArray]
     fitted: IdArray
     placed: IdArray
     held: IdArray
@@ -168,7 +167,7 @@ def plan_fit(config: Config, database: FaceDatabase) -> FitPlan:
                         config.seed)
     on_map = ~held
     on_map[fitted] = False
-    return FitPlan(table, own, fitted, np.flatnonzero(on_map), np.flatnonzero(held))
+    return FitPlan(table, fitted, np.flatnonzero(on_map), np.flatnonzero(held))
 
 
 def shared_graph(config: Config, database: FaceDatabase, plan: FitPlan, progress: ProgressFactory) -> FaceGraph:
@@ -238,7 +237,8 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     coords = mapped.coords
     if len(plan.held):
         coords[plan.held] = place(model, database.unit[plan.held]).coords
-    judged = plan.held[~scores.suspect[plan.held]]  # a held-out face filed under the wrong id proves nothing
+    # a held-out face filed under the wrong id proves nothing, nor does a re-enrolment of a fitted photo
+    judged = plan.held[~verdicts.left_out[plan.held]]
     quality = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])
     quality["inverse"].update(map_inverse_quality(model, clean, database.unit, on_map, settings.holdout_max,
                                                   config.seed))

@@ -11,7 +11,7 @@ from job.analysis.candidates import find_candidates
 from job.analysis.clusters import agreement, cluster_map
 from job.analysis.identities import identity_table, top_similar
 from job.analysis.lookalikes import PRIOR_PAIRS, find_lookalikes
-from job.analysis.suspects import LOW_QUALITY, judge_faces, score_faces
+from job.analysis.suspects import judge_faces, score_faces
 from job.io.database import check_arrays, face_quality
 from job.io.demo import HARD, WILD, DemoSpec, make_demo
 from job.knn.exact import exact_knn

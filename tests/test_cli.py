@@ -69,8 +69,8 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     assert record["config"]["umap"]["n_neighbors"] == 12 and record["config"]["seed"] == 7
     assert record["config"]["render"]["highlight"] == [3, 5, 8] and record["highlight"] == [3, 5, 8]
     assert set(record["input"]) == {"path", "n_faces", "n_identities", "dim", "dtype", "sha256", "dropped",
-                                    "duplicates", "unit_length"}
-    assert record["input"]["unit_length"] is True  # the demo format stores unit vectors
+                                    "duplicates", "unit_length", "quality_known"}
+    assert record["input"]["unit_length"] is True and record["input"]["quality_known"] is False  # unit vectors
     assert record["input"]["dropped"] == {"nan_or_inf": 0, "zero": 0}
     assert record["file_sha256"].keys() == {p.name for p in out.iterdir()} - {"run.json"}
     assert record["input"]["n_faces"] == len(records) and record["input"]["dtype"] == "float16"
@@ -102,6 +102,21 @@ def test_demo_db_writes_the_seed_format_and_truth(tmp_path: Path) -> None:
     truth = json.loads((tmp_path / "actor.truth.json").read_text())
     assert {"misfiled", "lookalike_pairs", "spec"} <= set(truth)
     assert all(records["id"][m["row"]] != m["true_id"] for m in truth["misfiled"])
+
+
+def test_demo_db_writes_the_wild_shape(tmp_path: Path) -> None:
+    out = tmp_path / "wild.npy"
+    result = runner.invoke(app, ["demo-db", str(out), "--identities", "120", "--shape", "wild"])
+    assert result.exit_code == 0, result.output
+    records = np.load(out, allow_pickle=False)
+    assert np.median(np.linalg.norm(records["embedding"].astype(np.float32), axis=1)) > 15  # raw lengths
+    truth = json.loads((tmp_path / "wild.truth.json").read_text())
+    assert truth["twin_pairs"] and truth["low_quality_rows"] and truth["spec"]["raw_norms"] is True
+    assert "near-twin pairs" in result.stdout
+    refused = runner.invoke(app, ["demo-db", str(tmp_path / "x.npy"), "--hard", "--shape", "wild"])
+    assert refused.exit_code == 2 and "pick one" in refused.output
+    refused = runner.invoke(app, ["demo-db", str(tmp_path / "x.npy"), "--shape", "odd"])
+    assert refused.exit_code == 2 and "expected one of" in refused.output
 
 
 def test_backends_reports_json(monkeypatch: pytest.MonkeyPatch) -> None:

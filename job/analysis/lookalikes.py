@@ -53,7 +53,7 @@ class Lookalikes:
 
 def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6
                     ) -> Lookalikes:
-    """The ``top`` most alike pairs, plus every scored pair above ``threshold``.
+    """The ``top`` most alike pairs, plus every scored pair above ``threshold`` or at ``SAME_PERSON``.
 
     Only identities with at least one face in ``table`` take part. ``linked`` (n_identities, m): candidate
     partners of each identity (-1 padded), used above ``ALL_PAIRS_MAX`` identities.
@@ -84,7 +84,7 @@ def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: in
                                      dtype=np.float64)
         similarity = (cross * table.norms[a] * table.norms[b] / (scale[a] * scale[b])).astype(np.float32)
     order = np.argsort(-similarity, kind="stable")
-    keep = order[: max(top, int((similarity > threshold).sum()))]
+    keep = order[: max(top, int((similarity > min(threshold, SAME_PERSON)).sum()))]  # every same-person pair
     return Lookalikes(table.ids[a[keep]], table.ids[b[keep]], similarity[keep])
 
 

@@ -20,14 +20,17 @@ database itself (:func:`_noise`). Between near-twins, the two
 lines are close and the test is between them, along the pair; when rho is within twice its error of 1, the
 faces cannot tell the two identities apart and no face is called misfiled between them.
 
-*Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1) and the fit to d beats the fit
-to c by more than ``margin``, unless more than half of c's faces say so (then c as a whole resembles d: a
-look-alike or one person filed twice, which :mod:`job.analysis.lookalikes` reports). ``low_quality``: not
-misfiled, weakly like every identity (both fits below ``LOW_FIT``) and a low ``quality`` (the face's raw norm
-relative to the database's; when the input was unit-length, so that the norm says nothing, a fit below
-``LOW_FIT_UNRATED`` alone). ``lone``: the only face of its identity, nothing to compare with (its score is ``NO_SCORE``; its suggested id
-is the identity it fits as well as that identity's own faces do, else its own). ``duplicate``:
-a re-enrolment of an earlier face (found by the caller, :func:`near_duplicates`).
+*Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1), the face's mean cosine to d
+over sqrt(mu_d) beats that to c by more than ``margin``, and there is plain evidence besides the odds (a fit to
+d of ``LOW_FIT`` or more, or to c under ``UNLIKE_OWN``), unless more than half of c's faces say so (then c as
+a whole resembles d: a look-alike or one person filed twice, which :mod:`job.analysis.lookalikes` reports).
+The surest misfiled face of each identity of 3+ faces then leaves it, and every face is judged again.
+``low_quality``: not misfiled, weakly like every identity (both fits below ``LOW_FIT``) and a low ``quality``
+(the face's raw norm relative to the database's; when the lengths say nothing, a fit below
+``LOW_FIT_UNRATED`` alone). ``lone``: the only face of its identity, nothing to compare with (its score is
+``NO_SCORE``; its suggested id is the identity it fits as well as that identity's own faces do, else its
+own). ``duplicate``: a re-enrolment of an earlier face of the same identity (:func:`near_duplicates`, from
+:func:`judge_faces`). Precedence: duplicate, misfiled, lone, low_quality, ok.
 """
 
 from __future__ import annotations
@@ -51,7 +54,6 @@ DUPLICATE_COS = 0.99  # a face this close to an earlier face is a re-enrolment o
 DUPLICATE_COLUMNS = 3  # a re-enrolled photo is among a face's first few neighbours
 CALIBRATION_RHO = 0.5  # faces whose best other identity is this alike measure the noise (see _noise)
 CALIBRATION_MIN = 20
-SPREAD_MIN_FACES = 5  # identities of this many faces or more measure how tightness varies
 NO_SCORE = np.float32(-1000.0)  # outlier_score of a face with nothing to compare with
 _CHI2_1_MEDIAN = 0.4549364
 
@@ -64,8 +66,7 @@ class SuspectScores:
     ``NO_SCORE`` with nothing to compare), ``suspect`` bool (verdict misfiled), ``suggested_id`` int64 (-1: no
     identity to compare with), ``own`` and ``other`` float32 fits to the filed and the best other identity
     (1 = as alike as that identity's faces are to each other; NaN: none), ``lone`` bool (its identity's only
-    face), ``verdict`` int8 index into :data:`VERDICTS`, ``pair`` float32 rho of the filed and the best other
-    identity (1 = their faces are as alike across as within).
+    face), ``verdict`` int8 index into :data:`VERDICTS`.
     """
 
     score: FloatArray
@@ -75,7 +76,6 @@ class SuspectScores:
     other: FloatArray
     lone: BoolArray
     verdict: np.ndarray
-    pair: FloatArray
 
     def verdict_names(self) -> np.ndarray:
         """The verdict of each face as text, (n_faces,) object."""
@@ -195,8 +195,8 @@ def _fits(unit: np.ndarray, table: IdentityTable, codes: IdArray, best: IdArray,
     rest_squared = norms[codes] ** 2 - inside * (2.0 * f_own - 1.0)  # |S_c - f|^2
     mu_own = model.shrunk(rest_squared, rest)
     mu_other = mu[other_id]
-    cross = np.einsum("ij,ij->i", centroids[codes], centroids[other_id], dtype=np.float64) * norms[codes] * \
-        norms[other_id] - inside * f_other  # (S_c - f) . S_d
+    # (S_c - f) . S_d, the centroid products in row blocks (no n_faces x dim gathers)
+    cross = rowwise_dot(centroids, centroids, other_id, codes) * norms[codes] * norms[other_id] - inside * f_other
     n_other = np.maximum(counts[other_id], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
         own = (f_own - inside) / rest / np.sqrt(mu_own)
@@ -240,22 +240,27 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     ``quality`` (n_faces,): raw norm over the database's median (NaN: unknown); ``duplicate`` (n_faces,):
     re-enrolled faces, which ``table`` should have left out of its sums.
     """
-    codes, n_ids = table.codes, len(table.ids)
-    n_faces = len(codes)
+    n_faces = len(table.codes)
     duplicate = np.zeros(n_faces, dtype=bool) if duplicate is None else duplicate
     quality = np.full(n_faces, np.nan, dtype=np.float32) if quality is None else quality
-    candidates = nearby if similar is None else np.concatenate([nearby, similar[codes]], axis=1)
+    candidates = nearby if similar is None else np.concatenate([nearby, similar[table.codes]], axis=1)
     counted = ~duplicate  # the caller's table holds every face but the duplicates
-    lone = (table.counts[codes] - counted) < 1
+    lone = (table.counts[table.codes] - counted) < 1
     evidence = _evidence(unit, table, candidates, counted, lone)
     # the surest misfiled face of each identity of 3+ faces leaves its identity, and every face is judged
     # again: inside, it made the other faces of a small identity look unlike their own (and outvote it)
-    surest = _surest(evidence.score, codes, min_score, table.counts[codes] - counted >= 3)
+    surest = _surest(evidence.score, table.codes, min_score, table.counts[table.codes] - counted >= 2)
     if len(surest):
         counted = counted.copy()
         counted[surest] = False
         evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone)
-    fits, best, found, score = evidence.fits, evidence.best, evidence.found, evidence.score
+    return _decide(evidence, table, lone, duplicate, quality, margin, min_score)
+
+
+def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicate: BoolArray, quality: FloatArray,
+            margin: float, min_score: float) -> SuspectScores:
+    """The verdicts and suggestions from the last pass's evidence."""
+    codes, fits, best, found, score = table.codes, evidence.fits, evidence.best, evidence.found, evidence.score
     with np.errstate(invalid="ignore"):
         fit_own = np.where(lone, np.nan, fits.own / np.sqrt(fits.mu_own))
         fit_other = np.where(best >= 0, fits.other / np.sqrt(fits.mu_other), np.nan)
@@ -263,16 +268,15 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
         # identity's own faces do, or is plainly unlike its own identity's faces
         plain = (fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN)
         suspect = found & (score > min_score) & (fits.other - fits.own > margin) & plain & ~duplicate
-    flagged = np.bincount(codes[suspect], minlength=n_ids)
+    flagged = np.bincount(codes[suspect], minlength=len(table.ids))
     suspect &= flagged[codes] * 2 <= table.counts[codes]
     verdict = _verdicts(suspect, lone, duplicate, fit_own, fit_other, quality)
     # a lone face has no own fit: it is suggested as the identity it fits as well as that identity's own faces
     resembles = np.where(lone, fit_other >= LOW_FIT, found & (fits.other > fits.own))
     suggested = np.where(suspect | resembles, table.ids[np.maximum(best, 0)], table.ids[codes])
     suggested = np.where((best >= 0) | ~lone, suggested, -1).astype(np.int64)
-    return SuspectScores(np.nan_to_num(score, nan=NO_SCORE).astype(np.float32), suspect, suggested,
-                         fit_own.astype(np.float32), fit_other.astype(np.float32), lone, verdict,
-                         np.where(found, fits.rho, np.nan).astype(np.float32))
+    return SuspectScores(score.astype(np.float32), suspect, suggested, fit_own.astype(np.float32),
+                         fit_other.astype(np.float32), lone, verdict)
 
 
 def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> float:
@@ -321,7 +325,8 @@ def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, count
     """Score every face against ``table`` (whose sums hold the faces ``counted``)."""
     codes = table.codes
     mu, model = within_similarity(table, unit.shape[1])
-    scale = table.norms / np.maximum(table.counts, 1) / np.sqrt(mu)
+    # an identity with no face left in the sums is no candidate (NaN never compares as better)
+    scale = np.where(table.counts > 0, table.norms / np.maximum(table.counts, 1) / np.sqrt(mu), np.nan)
     _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
     fits = _fits(unit, table, codes, best, counted, mu, model)
     found = (best >= 0) & ~lone & np.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
@@ -336,7 +341,7 @@ def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, count
     with np.errstate(invalid="ignore"):
         score = np.where(found, (to_own - to_other) / (2.0 * max(noise, 1e-12)), NO_SCORE)
         score = np.where(found & ~separable, np.minimum(score, 0.0), score)
-    return _Evidence(best, fits, found, np.nan_to_num(score, nan=NO_SCORE))
+    return _Evidence(best, fits, found, np.nan_to_num(score, nan=NO_SCORE, posinf=-NO_SCORE, neginf=NO_SCORE))
 
 
 def _surest(score: np.ndarray, codes: IdArray, min_score: float, eligible: BoolArray) -> IdArray:
@@ -348,11 +353,12 @@ def _surest(score: np.ndarray, codes: IdArray, min_score: float, eligible: BoolA
 
 def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own: np.ndarray,
               fit_other: np.ndarray, quality: FloatArray) -> np.ndarray:
-    """The verdict codes, by precedence: duplicate, misfiled, low_quality, lone, ok."""
+    """The verdict codes, by precedence: duplicate, misfiled, lone, low_quality, ok (a lone face has no fit
+    of its own to call weak)."""
     with np.errstate(invalid="ignore"):
-        weakest = np.fmax(fit_own, fit_other)  # the face's best fit to any identity
+        best_fit = np.fmax(fit_own, fit_other)  # the face's best fit to any identity
         rated = np.isfinite(quality)
-        low = np.where(rated, (quality < QUALITY_LOW) & (weakest < LOW_FIT), weakest < LOW_FIT_UNRATED)
+        low = np.where(rated, (quality < QUALITY_LOW) & (best_fit < LOW_FIT), best_fit < LOW_FIT_UNRATED)
     verdict = np.full(len(suspect), OK, dtype=np.int8)
     verdict[lone] = LONE
     verdict[low & ~lone] = LOW_QUALITY
@@ -367,28 +373,35 @@ def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby
     """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
     ``DUPLICATE_COLUMNS`` neighbours) and left out of the identities, then :func:`score_faces`. Returns the
     scores and, per face, the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
-    columns = slice(0, min(DUPLICATE_COLUMNS, graph.k))
+    columns = slice(0, min(DUPLICATE_COLUMNS + 1, graph.k))  # a reference face is its own first neighbour
     duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,
-                                          graph.reference)
+                                          graph.reference, table.ids[table.codes])
     judged = table.without(unit, np.flatnonzero(duplicate))
     return score_faces(unit, judged, nearby, similar, margin, min_score, quality, duplicate), original
 
 
-def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, reference: IdArray,
+def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, reference: IdArray, ids: IdArray,
                     cos: float = DUPLICATE_COS) -> tuple[BoolArray, IdArray]:
-    """Faces that re-enrol another face: (n_faces,) bool, and the face each copies (-1: none).
+    """Faces that re-enrol another face of the same identity: (n_faces,) bool, and the first face of each chain
+    of copies (-1: none).
 
     ``neighbours``/``distances`` (n_faces, k): each face's nearest reference faces (face positions, -1: none)
-    and cosine distances; ``rows`` (n_faces,) input rows; ``reference`` the positions of the reference faces.
-    Of two copies the later row is the duplicate; a face outside the reference, which no face can find, is
-    the duplicate of the reference face it finds.
+    and cosine distances; ``rows`` (n_faces,) input rows; ``reference`` the positions of the reference faces;
+    ``ids`` each face's identity. Of two copies the later row is the duplicate; a face outside the reference,
+    which no face can find, is the duplicate of the reference face it finds. The same photo under two ids is
+    not a duplicate: it is judged, as the filing error it most likely is.
     """
     n_faces = len(neighbours)
     in_reference = np.zeros(n_faces, dtype=bool)
     in_reference[reference] = True
     found = np.maximum(neighbours, 0)
     close = (neighbours >= 0) & (neighbours != np.arange(n_faces)[:, None]) & (1.0 - distances >= cos)
-    close &= (rows[found] < rows[:, None]) | ~in_reference[:, None]
+    close &= (ids[found] == ids[:, None]) & ((rows[found] < rows[:, None]) | ~in_reference[:, None])
     duplicate = close.any(axis=1)
     original = np.where(duplicate, found[np.arange(n_faces), np.argmax(close, axis=1)], -1).astype(np.int64)
+    for _ in range(64):  # a copy of a copy: follow the chain to its first face
+        further = (original >= 0) & (original[np.maximum(original, 0)] >= 0)
+        if not further.any():
+            break
+        original[further] = original[original[further]]
     return duplicate, original

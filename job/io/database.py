@@ -85,10 +85,15 @@ class FaceDatabase:
         return self.log_norms is None or bool(np.all(np.abs(self.log_norms) < UNIT_LENGTH_TOLERANCE))
 
     @cached_property
+    def quality_known(self) -> bool:
+        """The embeddings' lengths vary, so they can say how sure the recogniser was of each face."""
+        return not lengths_constant(self.log_norms)
+
+    @cached_property
     def quality(self) -> FloatArray:
         """Each face's raw length over the database's median length (n_faces,) float32: 1 is typical, lower is
         a face the recogniser was less sure of (ArcFace-family norms track face quality); NaN for every face
-        when the input was unit-length."""
+        when the input was unit-length, or of one length for every face."""
         return face_quality(self.log_norms, self.n_faces)
 
     @property
@@ -102,10 +107,16 @@ class FaceDatabase:
         return f"id {identity} {name}" if name else f"id {identity}"
 
 
+def lengths_constant(log_norms: np.ndarray | None) -> bool:
+    """Every face has the same length within 1% (unit length, or one scale for all): lengths say nothing."""
+    return log_norms is None or not len(log_norms) or float(np.ptp(log_norms)) < 2 * UNIT_LENGTH_TOLERANCE
+
+
 def face_quality(log_norms: np.ndarray | None, n_faces: int) -> FloatArray:
     """Raw length over the median length (n_faces,) float32, from the lengths' logs (so 1e-300 and 1e300
-    inputs give the same answer); NaN for every face when the input was unit-length or ``log_norms`` is None."""
-    if log_norms is None or bool(np.all(np.abs(log_norms) < UNIT_LENGTH_TOLERANCE)):
+    inputs give the same answer); NaN for every face when the lengths are all the same
+    (:func:`lengths_constant`) or ``log_norms`` is None."""
+    if lengths_constant(log_norms):
         return np.full(n_faces, np.nan, dtype=np.float32)
     return np.exp(log_norms - np.median(log_norms)).astype(np.float32)
 

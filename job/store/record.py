@@ -40,6 +40,7 @@ def run_record(config: Config, database: FaceDatabase, backend: str, reason: str
             "dropped": database.dropped,
             "duplicates": database.duplicates,
             "unit_length": database.unit_length,  # the embeddings came unit-length: their norms say nothing
+            "quality_known": database.quality_known,  # their lengths vary, so projection's quality is set
         },
         "highlight": highlight,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
