@@ -120,22 +120,25 @@ class TruthScores:
     suspect_precision: float
     suspect_recall: float
     lookalike_recall: float
-    twin_recall: float
-    low_quality_precision: float
-    low_quality_recall: float
+    twin_recall: float | None
+    low_quality_precision: float | None
+    low_quality_recall: float | None
 
 
 def against_truth(truth: DemoTruth, rows: IdArray, scores: SuspectScores, lookalikes: Lookalikes) -> TruthScores:
     """Precision/recall of the misfiled and low-quality verdicts; the share of planted pairs (look-alikes and
-    near-twins) among the top 2x-planted pairs, and of planted near-twins among the top 2x-twins pairs."""
+    near-twins) among the top 2x-planted pairs, and of planted near-twins among the top 2x-twins pairs (None
+    where the demo shape plants no low-quality faces or no twins)."""
     suspect_precision, suspect_recall = _precision_recall(set(rows[scores.suspect].tolist()),
                                                           set(truth.misfiled_rows))
     low_precision, low_recall = _precision_recall(set(rows[scores.verdict == LOW_QUALITY].tolist()),
                                                   set(truth.low_quality_rows))
     twins = {tuple(pair) for pair in truth.twin_pairs}
+    if not truth.spec.low_quality_fraction:  # a shape without low-quality faces: nothing to measure against
+        low_precision = low_recall = None
     return TruthScores(suspect_precision, suspect_recall,
                        top_pair_recall(lookalikes, {tuple(pair) for pair in truth.lookalike_pairs} | twins),
-                       top_pair_recall(lookalikes, twins), low_precision, low_recall)
+                       top_pair_recall(lookalikes, twins) if twins else None, low_precision, low_recall)
 
 
 def top_pair_recall(lookalikes: Lookalikes, planted: set[tuple[int, int]]) -> float:

@@ -148,7 +148,7 @@ def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, c
         own, top, top_value = codes[rows], best[rows], best_value[rows]
         for candidate in candidates[rows].T:
             safe = np.maximum(candidate, 0)
-            value = np.einsum("ij,ij->i", faces, centroids[safe], dtype=np.float64) * scale[safe]
+            value = np.einsum("ij,ij->i", faces, centroids[safe]) * scale[safe]  # float32: only compared
             better = (candidate >= 0) & (candidate != own) & (value > top_value)
             top_value[better], top[better] = value[better], candidate[better]
     return best_value, best
@@ -253,7 +253,8 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     if len(surest):
         counted = counted.copy()
         counted[surest] = False
-        evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone)
+        # each face's best other identity stays: a face leaving one identity barely moves its centroid
+        evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone, evidence.best)
     return _decide(evidence, table, lone, duplicate, quality, margin, min_score)
 
 
@@ -320,14 +321,16 @@ class _Evidence:
     score: np.ndarray
 
 
-def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, counted: BoolArray, lone: BoolArray
-              ) -> _Evidence:
-    """Score every face against ``table`` (whose sums hold the faces ``counted``)."""
+def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, counted: BoolArray, lone: BoolArray,
+              best: IdArray | None = None) -> _Evidence:
+    """Score every face against ``table`` (whose sums hold the faces ``counted``) and its best candidate
+    (found here unless ``best`` is given)."""
     codes = table.codes
     mu, model = within_similarity(table, unit.shape[1])
-    # an identity with no face left in the sums is no candidate (NaN never compares as better)
-    scale = np.where(table.counts > 0, table.norms / np.maximum(table.counts, 1) / np.sqrt(mu), np.nan)
-    _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
+    if best is None:
+        # an identity with no face left in the sums is no candidate (NaN never compares as better)
+        scale = np.where(table.counts > 0, table.norms / np.maximum(table.counts, 1) / np.sqrt(mu), np.nan)
+        _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
     fits = _fits(unit, table, codes, best, counted, mu, model)
     found = (best >= 0) & ~lone & np.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
     to_own, _ = _distances(fits)
