@@ -46,8 +46,8 @@ from job.maps.placement import invert, place
 from job.reduce.sample import pick_holdout
 
 SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD),
-          ("hard s1", replace(HARD, seed=1)), ("wild", WILD), ("wild s1", replace(WILD, seed=1)), ("wild s2", replace(WILD, seed=2)),
-          ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3))]
+          ("hard s1", replace(HARD, seed=1)), ("wild", WILD), ("wild s1", replace(WILD, seed=1)),
+          ("wild s2", replace(WILD, seed=2)), ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3))]
 TOPS = (10, 50, 100)
 
 
@@ -127,8 +127,7 @@ def judge_case(spec: DemoSpec) -> Case:
     found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 50_000, seed=0)
     scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows,
                                    face_quality(checked.log_norms, len(ids)))
-    left_out = scores.suspect | (scores.verdict == DUPLICATE)
-    pairs = find_lookalikes(table.without(unit, np.flatnonzero(left_out)), found.lookalike)
+    pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike)
     seconds = time.perf_counter() - start
     candidates = np.concatenate([found.nearby, found.similar[table.codes]], axis=1)
     return Case(ids, unit, truth, table, graph.indices, candidates, scores, original, seconds, pairs)

@@ -28,7 +28,7 @@ from job.analysis.quality import (
     model_from_map,
     supervised_disagreement,
 )
-from job.analysis.suspects import DUPLICATE, LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
+from job.analysis.suspects import LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.config import Config, UmapConfig
 from job.errors import UsageError
@@ -85,11 +85,6 @@ class Verdicts:
     scores: SuspectScores
     lookalike: IdArray
     original: IdArray
-
-    @property
-    def left_out(self) -> BoolArray:
-        """Faces that must not vouch for an identity: misfiled ones and re-enrolments (n_faces,) bool."""
-        return self.scores.suspect | (self.scores.verdict == DUPLICATE)
 
 
 @dataclass(frozen=True)
@@ -227,18 +222,19 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
             mapped: MapResult, backend: str) -> Analysis:
     """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes."""
     settings, ids, scores = config.analysis, database.ids, verdicts.scores
+    left_out = scores.left_out
     # one derived identity table at a time (each is n_identities x dim): the look-alikes' first, then freed
-    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(verdicts.left_out)), verdicts.lookalike,
+    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(left_out)), verdicts.lookalike,
                             settings.lookalike_top, settings.lookalike_threshold)
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
-    clean = plan.table.without(database.unit, np.flatnonzero(verdicts.left_out | held))
+    clean = plan.table.without(database.unit, np.flatnonzero(left_out | held))
     model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
     coords = mapped.coords
     if len(plan.held):
         coords[plan.held] = place(model, database.unit[plan.held]).coords
     # a held-out face filed under the wrong id proves nothing, nor does a re-enrolment of a fitted photo
-    judged = plan.held[~verdicts.left_out[plan.held]]
+    judged = plan.held[~left_out[plan.held]]
     quality = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])
     quality["inverse"].update(map_inverse_quality(model, clean, database.unit, on_map, settings.holdout_max,
                                                   config.seed))

@@ -16,7 +16,7 @@ import numpy as np
 
 from job.analysis.identities import IdentityTable, top_similar
 from job.analysis.lookalikes import Lookalikes
-from job.analysis.suspects import DUPLICATE, LOW_QUALITY, SuspectScores
+from job.analysis.suspects import LOW_QUALITY, SuspectScores
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.io.demo import DemoTruth
 from job.knn.graph import FaceGraph
@@ -35,7 +35,7 @@ def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores
                         np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
     keep = np.zeros(len(clean.codes), dtype=bool)
     keep[on_map] = True
-    keep &= ~scores.suspect & (scores.verdict != DUPLICATE)  # as in ``clean``: neither vouches for an identity
+    keep &= ~scores.left_out  # as in ``clean``: neither vouches for an identity
     return build_model(clean.ids, clean.centroids, clean.counts, clean.cohesion(unit, keep), coords,
                        resolved[on_map])
 

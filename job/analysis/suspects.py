@@ -77,6 +77,11 @@ class SuspectScores:
     lone: BoolArray
     verdict: np.ndarray
 
+    @property
+    def left_out(self) -> BoolArray:
+        """Faces that must not vouch for an identity: misfiled ones and re-enrolments (n_faces,) bool."""
+        return self.suspect | (self.verdict == DUPLICATE)
+
     def verdict_names(self) -> np.ndarray:
         """The verdict of each face as text, (n_faces,) object."""
         return np.asarray(VERDICTS, dtype=object)[self.verdict]
