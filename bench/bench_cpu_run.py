@@ -1,41 +1,142 @@
-"""CPU wall time of one map of the demo database: the seed's code path vs ``faceatlas run``, side by side.
+"""The everyday run, told truthfully: the seed's code vs ``faceatlas run`` on the 5k demo, cold and warm.
 
-Each repetition runs in a fresh process, as a batch job does. Baseline = what the blog post ran:
-``umap.UMAP(n_components=2, metric="cosine").fit_transform(embedding)`` (load + fit only, no drawing).
-faceatlas = the whole job (load, exact kNN, UMAP, metrics, three maps, files). Prints medians and the ratio.
+Each run is a fresh process, the two interleaved, ``--repeats`` times:
 
-    python bench/bench_cpu_run.py [--repeats 3]
+* seed's code = the blog post's path: ``umap.UMAP(n_components=2, metric="cosine").fit_transform(embedding)``
+  on the loaded ``actor.npy``, then a scatter PNG of the faces coloured by id (matplotlib, ``+`` markers);
+* faceatlas = ``faceatlas run --input actor.npy`` (every output: five maps, tables, analysis, model);
+* cold = empty numba and user caches (``NUMBA_CACHE_DIR`` and ``XDG_CACHE_HOME`` fresh per run), as on a
+  fresh machine; warm = a second run on the machine (caches filled by a run before the timed ones).
+
+Prints per mode the median wall time of each, the ratio, peak RSS, map quality of both maps
+(trustworthiness k=15 cosine, same-id share of 4 map neighbours, computed alike from the coordinates each
+wrote), faceatlas's per-stage medians from ``run.json`` ``timings``, and ``faceatlas --help``'s wall time.
+
+    python bench/bench_cpu_run.py [--repeats 3] [--skip-cold] [-- extra faceatlas run arguments]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from _timing import interleaved, report  # bench/ is on sys.path when a bench runs as a script
-
-BASELINE = """
-import numpy as np, umap
-records = np.load({path!r}, allow_pickle=False)
-umap.UMAP(n_components=2, metric="cosine").fit_transform(records["embedding"])
+SEED_CODE = """
+import sys
+import numpy as np
+import umap
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+records = np.load(sys.argv[1], allow_pickle=False)
+embedding = umap.UMAP(n_components=2, metric="cosine").fit_transform(records["embedding"])
+plt.figure(figsize=(10, 10))
+plt.scatter(embedding[:, 0], embedding[:, 1], c=records["id"], cmap="hsv", marker="+", s=10)
+plt.savefig(sys.argv[2])
+np.save(sys.argv[3], embedding.astype(np.float32))
 """
+
+
+def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of ``command`` in a fresh process; raises if it fails."""
+    start = time.perf_counter()
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    _, status, usage = os.wait4(process.pid, 0)
+    seconds = time.perf_counter() - start
+    if os.waitstatus_to_exitcode(status):
+        raise RuntimeError(f"{command[:3]} failed: {process.stderr.read().decode()[-2000:]}")
+    return seconds, usage.ru_maxrss / 1024
+
+
+def quality(db: Path, coords: Path) -> tuple[float, float]:
+    """Trustworthiness (k=15, cosine in 512-D, 5,000 faces) and same-id share of 4 map neighbours."""
+    import numpy as np
+
+    from job.analysis.metrics import same_id_knn, trustworthiness
+
+    records = np.load(db, allow_pickle=False)
+    unit = records["embedding"].astype(np.float32)
+    unit /= np.linalg.norm(unit, axis=1, keepdims=True)
+    xy = np.load(coords, allow_pickle=False)
+    return trustworthiness(unit, xy, 15, 5000, 0), same_id_knn(xy, records["id"].astype(np.int64), 4)
+
+
+def projection_coords(out: Path, coords: Path) -> None:
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(out / "projection.parquet", columns=["row", "x", "y"]).to_pydict()
+    order = np.argsort(table["row"])
+    np.save(coords, np.column_stack([np.asarray(table["x"])[order], np.asarray(table["y"])[order]]))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--skip-cold", action="store_true", help="warm runs only (a cold seed run takes ~35 s)")
+    parser.add_argument("extra", nargs="*", help="more faceatlas run arguments, after --")
     args = parser.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
-        db = Path(tmp) / "actor.npy"
+    work = Path(tempfile.mkdtemp(prefix="bench_cpu_run_"))
+    try:
+        db = work / "actor.npy"
         subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
-        ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(Path(tmp) / "out")]
-        base = [sys.executable, "-c", BASELINE.format(path=str(db))]
-        times = interleaved({"baseline (seed's umap-learn call)": base, "faceatlas run (whole job)": ours},
-                            args.repeats)
-    report(times, "faceatlas / baseline")
+        seed = [sys.executable, "-c", SEED_CODE, str(db), str(work / "seed.png"), str(work / "seed_coords.npy")]
+        ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(work / "out"), *args.extra]
+        modes = [("warm", False)] if args.skip_cold else [("cold", True), ("warm", False)]
+        warm_env = {**os.environ, "NUMBA_CACHE_DIR": str(work / "warm" / "numba"), "XDG_CACHE_HOME": str(work / "warm")}
+        for command in (seed, ours):  # fill the warm caches
+            timed(command, warm_env)
+        print(f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {args.repeats} runs each, interleaved")
+        for mode, cold in modes:
+            runs: dict[str, list[tuple[float, float]]] = {"seed": [], "faceatlas": []}
+            stages: list[dict[str, float]] = []
+            for repeat in range(args.repeats):
+                for name, command in (("seed", seed), ("faceatlas", ours)):
+                    env = warm_env
+                    if cold:
+                        fresh = work / f"cold{repeat}{name}"
+                        env = {**os.environ, "NUMBA_CACHE_DIR": str(fresh / "numba"), "XDG_CACHE_HOME": str(fresh)}
+                    runs[name].append(timed(command, env))
+                    if name == "faceatlas":
+                        stages.append(json.loads((work / "out" / "run.json").read_text())["timings"])
+            _report(mode, runs, stages)
+        projection_coords(work / "out", work / "ours_coords.npy")
+        seed_q, ours_q = quality(db, work / "seed_coords.npy"), quality(db, work / "ours_coords.npy")
+        print(f"map quality (last run): trustworthiness seed {seed_q[0]:.4f}  faceatlas {ours_q[0]:.4f}  "
+              f"(diff {ours_q[0] - seed_q[0]:+.4f}); same-id share seed {seed_q[1]:.4f}  faceatlas {ours_q[1]:.4f}  "
+              f"(diff {ours_q[1] - seed_q[1]:+.4f})")
+        recorded = json.loads((work / "out" / "run.json").read_text())["metrics"]
+        print("faceatlas analysis (last run): " + ", ".join(
+            f"{key} {recorded[key]}" for key in ("suspect_precision", "suspect_recall", "lookalike_recall")
+            if key in recorded) + f", clusters ari {recorded['clusters']['ari']}")
+        helps = sorted(timed([sys.executable, "-m", "job", "--help"], warm_env)[0] for _ in range(5))
+        print(f"faceatlas --help: median {statistics.median(helps):.2f} s (of 5)")
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _report(mode: str, runs: dict[str, list[tuple[float, float]]], stages: list[dict[str, float]]) -> None:
+    wall = {name: statistics.median(t for t, _ in values) for name, values in runs.items()}
+    rss = {name: statistics.median(r for _, r in values) for name, values in runs.items()}
+    print(f"{mode}:")
+    for name, values in runs.items():
+        print(f"  {name:<10} median {wall[name]:6.2f} s  peak RSS {rss[name]:6.0f} MiB  runs "
+              + ", ".join(f"{t:.2f}" for t, _ in values))
+    print(f"  seed / faceatlas: {wall['seed'] / wall['faceatlas']:.2f}x faster")
+    medians = {stage: statistics.median(s.get(stage, 0.0) for s in stages) for stage in stages[0]}
+    print("  faceatlas stages (median s): " + ", ".join(f"{stage} {value:.2f}" for stage, value in medians.items())
+          + f"; outside the stages {wall['faceatlas'] - sum(medians.values()):.2f}")
+
+
+def _memory_gib() -> float:
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
 
 
 if __name__ == "__main__":

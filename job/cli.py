@@ -335,7 +335,7 @@ def _parse_ids(text: str) -> list[int]:
 
 def main() -> None:
     """Console-script entry point."""
-    from job.reduce.backends import default_numba_cache
+    from job.caches import default_numba_cache
 
     default_numba_cache()
     signal.signal(signal.SIGTERM, _stop)  # `docker stop`, batch schedulers: unwind like Ctrl-C

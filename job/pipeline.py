@@ -43,7 +43,7 @@ from job.reduce.backends import Backend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
-from job.render.maps import render_analysis_maps, render_maps, require_render_memory
+from job.render.maps import Framer, map_grid, render_analysis_maps, render_maps, require_render_memory
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
@@ -132,10 +132,11 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         verdicts = judge(config, database, plan, graph)
     log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
     with _timed(timings, "umap"):
-        fitted, params = fit_map(config, backend, plan, graph, database)
+        fitted, params, engine = fit_map(config, backend, plan, graph, database)
     log(f"UMAP done in {timings['umap']:.1f} s")
     with _timed(timings, "place"):
         mapped = place_faces(config, plan, graph, fitted, params, progress)
+        mapped.placement["engine"] = engine
     with _timed(timings, "analysis"):
         analysis = analyse(config, database, plan, verdicts, graph, mapped, backend.name)
     with _timed(timings, "metrics"):
@@ -186,8 +187,9 @@ def judge(config: Config, database: FaceDatabase, plan: FitPlan, graph: FaceGrap
 
 
 def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, database: FaceDatabase
-            ) -> tuple[FloatArray, UmapConfig]:
-    """UMAP coordinates of the fitted faces, (len(plan.fitted), n_components) float32, and the settings used."""
+            ) -> tuple[FloatArray, UmapConfig, str]:
+    """UMAP coordinates of the fitted faces, (len(plan.fitted), n_components) float32, the settings used and
+    what ran the fit."""
     params = fit_params(config.umap, sampled=len(plan.placed) > 0, n_fitted=len(plan.fitted))
     # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
     labels = plan.table.codes[plan.fitted].astype(np.int32) if params.supervised else None
@@ -195,7 +197,7 @@ def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, d
                                       config.seed,
                                       graph.among_reference(params.n_neighbors))
     _check_coords(reduction.coords, config)
-    return reduction.coords, params
+    return reduction.coords, params, reduction.engine
 
 
 def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatArray, params: UmapConfig,
@@ -282,13 +284,15 @@ def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: lis
     require_render_memory(config.render, config.max_memory_bytes)
     labels_text = {int(i): database.label(i) for i in highlight}
     title = Path(database.source).name
-    files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title,
-                        codes=plan.table.codes)
+    grid = map_grid(mapped.coords, config.render)  # one frame, count grid and figure for all five maps
     suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
     filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
-    files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,
-                                      analysis.clusters, config.render, staging, title,
-                                      scores.verdict == LOW_QUALITY))
+    with Framer(grid.frame) as framer:
+        files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title,
+                            codes=plan.table.codes, grid=grid, framer=framer)
+        files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,
+                                          analysis.clusters, config.render, staging, title,
+                                          scores.verdict == LOW_QUALITY, grid=grid, framer=framer))
     return files
 
 

@@ -284,3 +284,31 @@ def test_one_identity_and_no_holdout_still_write_every_key(tmp_path: Path) -> No
     assert list(csv.reader((out / "lookalikes.csv").open())) == [["id_a", "id_b", "similarity", "possible_same_person"]]
     answers = json.loads(_invoke("nearest", out, "--x", table["x"][0], "--y", table["y"][0], "--json").stdout)
     assert [a["id"] for a in answers] == [0]
+
+
+def test_batched_invert_gives_the_per_point_values(smoke_run: RunResult) -> None:
+    """``invert_points`` (one k-d tree query for all points, as the held-out and map-inverse checks use it)
+    equals ``invert`` called point by point, with and without a left-out face and its own centroid."""
+    from job.errors import UsageError
+    from job.maps.mapmodel import MODEL_FILE, load_model
+    from job.maps.placement import invert, invert_points
+
+    model = load_model(smoke_run.out_dir / MODEL_FILE)
+    rng = np.random.default_rng(0)
+    faces = rng.choice(len(model.coords), 40, replace=False)
+    points = np.vstack([model.coords[faces] + rng.normal(0, 0.2, (40, model.n_components)),
+                        model.coords.max(axis=0) + 1e3])  # the last one is off the map
+    leave_out = np.append(faces, -1)
+    codes = rng.integers(0, len(model.identity), len(points))
+    own = rng.normal(size=(len(points), model.dim)).astype(np.float32)
+    own /= np.linalg.norm(own, axis=1, keepdims=True)
+    for args in ((None, None), (leave_out, None), (leave_out, (codes, own))):
+        batch = invert_points(model, points, *args)
+        assert batch.on_map[:-1].all() and not batch.on_map[-1]
+        for i, point in enumerate(points[:-1]):
+            one = invert(model, point, -1 if args[0] is None else int(args[0][i]),
+                         None if args[1] is None else (int(codes[i]), own[i]))
+            np.testing.assert_allclose(batch.vectors[i], one.vector, rtol=1e-6, atol=1e-7)
+            assert batch.fidelity[i] == pytest.approx(one.fidelity) and batch.distance[i] == pytest.approx(one.distance)
+        with pytest.raises(UsageError):
+            invert(model, points[-1])

@@ -100,3 +100,32 @@ def test_palette_follows_the_seed_recipe() -> None:
     assert hsv[:, 1].min() >= 0.4 - 1e-6 and hsv[:, 1].max() < 1.0
     assert hsv[:, 2].min() >= 0.3 - 1e-6 and hsv[:, 2].max() < 0.9 + 1e-6
     assert np.array_equal(palette, identity_palette(1000, seed=0))
+
+
+@pytest.mark.parametrize("radius", [0, 1, 3])
+def test_face_pixels_and_sums_are_datashaders(radius: int) -> None:
+    """The one rasterisation all maps share gives datashader's count and sum aggregates, spread over a disc."""
+    import datashader as ds
+    import pandas as pd
+    from scipy.ndimage import convolve
+
+    from job.render.raster import disc, rasterise
+
+    rng = np.random.default_rng(radius)
+    coords = rng.normal(0, 3, (20_000, 2)).astype(np.float32)
+    coords[:5] = [[np.nan, 0.0], [0.0, np.nan], [100.0, 0.0], [0.0, -100.0], [0.0, 0.0]]  # dropped, off, edge
+    frame = make_frame(coords[5:], RenderConfig(width=300, height=260))
+    coords[4] = [frame.x_range[1], frame.y_range[1]]  # the far corner: datashader's last pixel
+    weight = rng.uniform(0, 1, len(coords)).astype(np.float32)
+    canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height, x_range=frame.x_range,
+                       y_range=frame.y_range)
+    faces = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1], "w": weight})
+    kernel = np.zeros((2 * radius + 1, 2 * radius + 1))
+    for dy, dx in disc(radius):
+        kernel[dy + radius, dx + radius] = 1
+    raster = rasterise(coords, frame)
+    for ours, agg in ((raster.paint(radius), ds.count()), (raster.paint(radius, weight), ds.sum("w"))):
+        theirs = convolve(np.nan_to_num(canvas.points(faces, "x", "y", agg=agg).data.astype(np.float64)), kernel,
+                          mode="constant")
+        np.testing.assert_allclose(np.nan_to_num(ours), theirs, rtol=1e-9, atol=1e-9)
+    assert np.isnan(raster.paint(radius)).any() and not np.isnan(raster.paint(radius)).all()

@@ -1,6 +1,7 @@
-"""Clusters on the map: HDBSCAN (scikit-learn on CPU, cuML on a GPU), scored against the identity ids.
+"""Clusters on the map: HDBSCAN (scikit-learn's, as ported in :mod:`job.analysis.hdbscan`, on CPU; cuML on a
+GPU), scored against the identity ids.
 
-scikit-learn's HDBSCAN builds its minimum spanning tree with Prim's method, which compares every pair of
+HDBSCAN builds its minimum spanning tree with Prim's method, which compares every pair of
 points (16k points ~1.8 s, 4x per doubling). On CPU it therefore clusters a random sample of at most
 ``sample`` faces; every other face takes the cluster of its nearest sampled face on the map (a k-d tree,
 n log n), or noise when that face is noise.
@@ -10,7 +11,10 @@ from __future__ import annotations
 
 import numpy as np
 
+from job.analysis.hdbscan import agreement, hdbscan_labels
 from job.arrays import FloatArray, IdArray
+
+__all__ = ["agreement", "cluster_map"]
 
 
 def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False, sample: int = 20_000,
@@ -24,28 +28,12 @@ def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False, sample
 
         labels = GpuHDBSCAN(min_cluster_size=min_size, output_type="numpy").fit_predict(coords)
         return np.asarray(labels, dtype=np.int64)
-    from sklearn.cluster import HDBSCAN
-
     if n_faces <= sample:
-        return HDBSCAN(min_cluster_size=min_size, algorithm="kd_tree", copy=True).fit_predict(coords).astype(np.int64)
+        return hdbscan_labels(coords, min_size)
     from scipy.spatial import cKDTree
 
     rng = np.random.default_rng(0 if seed is None else seed)
     chosen = np.sort(rng.choice(n_faces, size=max(sample, min_size), replace=False))
-    labels = HDBSCAN(min_cluster_size=min_size, algorithm="kd_tree", copy=True).fit_predict(coords[chosen])
+    labels = hdbscan_labels(coords[chosen], min_size)
     _, nearest = cKDTree(coords[chosen]).query(coords, k=1, workers=-1)
     return labels[nearest].astype(np.int64)
-
-
-def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:
-    """``n`` clusters found, and their adjusted Rand index / normalised mutual information with ``ids``.
-
-    Noise points (-1) count as one cluster, so calling everything noise scores 0 on both. (Counting each noise
-    point as a cluster of its own would score an all-noise answer highly: singletons share much information
-    with identities of a few faces each.)
-    """
-    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
-
-    solo = labels < 0
-    return {"n": int(len(np.unique(labels[~solo]))), "ari": float(adjusted_rand_score(ids, labels)),
-            "nmi": float(normalized_mutual_info_score(ids, labels)), "noise": float(solo.mean())}

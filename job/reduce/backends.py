@@ -10,14 +10,13 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import warnings
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.caches import default_numba_cache
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
 from job.knn.graph import Neighbors
@@ -63,6 +62,7 @@ class Reduction:
 
     coords: FloatArray
     knn_method: str
+    engine: str = ""
 
 
 def umap_params(params: UmapConfig, seed: int | None) -> dict[str, Any]:
@@ -82,9 +82,13 @@ def umap_params(params: UmapConfig, seed: int | None) -> dict[str, Any]:
 
 
 class UmapLearnBackend:
-    """umap-learn on CPU, given the run's kNN graph as ``precomputed_knn`` (so it builds none of its own)."""
+    """UMAP on CPU, umap-learn's algorithm on the run's kNN graph: its fuzzy set and layout as ported in
+    :mod:`job.reduce.layout` (tested equal to umap-learn's), so the run imports neither umap-learn nor
+    pynndescent and compiles nothing once numba's cache holds the layout kernel. ``init="spectral"`` calls
+    umap-learn's own spectral layout on the same graph."""
 
     name: ClassVar[str] = "umap-learn"
+    engine: ClassVar[str] = "umap-learn 0.5 algorithm (job/reduce/layout.py: numpy fuzzy set, cached numba SGD)"
 
     @classmethod
     def probe(cls) -> Probe:
@@ -96,8 +100,8 @@ class UmapLearnBackend:
         self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
         graph: Neighbors | None = None,
     ) -> Reduction:
-        umap = import_umap()
-        kwargs = umap_params(params, seed)
+        from job.reduce import layout
+
         if graph is None or graph.indices.shape[1] < params.n_neighbors:
             from job.knn.index import face_graph
 
@@ -106,17 +110,33 @@ class UmapLearnBackend:
         distances = graph.distances[:, : params.n_neighbors]
         if params.metric == "euclidean":  # the graph is cosine; on unit vectors euclidean = sqrt(2 cosine)
             distances = np.sqrt(2.0 * np.maximum(distances, 0.0)).astype(np.float32)
-        kwargs["precomputed_knn"] = (np.ascontiguousarray(graph.indices[:, : params.n_neighbors]),
-                                     np.ascontiguousarray(distances))
-        with warnings.catch_warnings():
-            # both are expected here: we pass no search index, and a seed means one thread
-            warnings.filterwarnings("ignore", message=".*knn_search_index.*")
-            warnings.filterwarnings("ignore", message=".*overridden to 1 by setting random_state.*")
-            data = np.asarray(unit, dtype=np.float32)  # the caller's float32 rows: no copy
-            if kwargs["init"] == "pca":  # the same start as umap-learn's, without scikit-learn's centred copy
-                kwargs["init"] = pca_start(data, params.n_components, seed)
-            coords = umap.UMAP(**kwargs).fit_transform(data, y=labels)
-        return Reduction(np.asarray(coords, dtype=np.float32), graph.method)
+        n_epochs = int(params.n_epochs)  # resolved by fit_params
+        fuzzy = layout.fuzzy_graph(graph.indices[:, : params.n_neighbors], distances, labels, params.target_weight)
+        fuzzy = layout.prune(fuzzy, n_epochs)
+        rng = np.random.default_rng(seed)
+        start = layout.scale_start(_start(unit, fuzzy, params, seed, rng))
+        a, b = layout.ab_params(params.spread, float(params.min_dist))
+        state = rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3).astype(np.int64)
+        coords = layout.optimize_layout(start, start, fuzzy, n_epochs, a, b, state, float(params.repulsion_strength),
+                                        parallel=seed is None)
+        return Reduction(coords, graph.method, self.engine)
+
+
+def _start(unit: FloatArray, fuzzy: Any, params: UmapConfig, seed: int | None, rng: np.random.Generator
+           ) -> FloatArray:
+    """Where the layout starts (before umap-learn's rescaling to [0, 10]): PCA, uniform random, or umap-learn's
+    spectral layout of the fuzzy graph."""
+    if params.init == "pca":  # the same start as umap-learn's, without scikit-learn's centred copy
+        return pca_start(np.asarray(unit, dtype=np.float32), params.n_components, seed)
+    if params.init == "random":
+        return rng.uniform(-10.0, 10.0, size=(len(unit), params.n_components)).astype(np.float32)
+    import scipy.sparse
+
+    umap = import_umap()
+    matrix = scipy.sparse.coo_matrix((fuzzy.weight, (fuzzy.head, fuzzy.tail)), shape=(fuzzy.n_vertices,) * 2)
+    state = np.random.RandomState(seed)  # umap-learn's spectral layout takes a RandomState
+    spectral = umap.spectral.spectral_layout(unit, matrix.tocsr(), params.n_components, state)
+    return umap.umap_.noisy_scale_coords(spectral, state, max_coord=10, noise=0.0001)
 
 
 class CumlBackend:
@@ -141,11 +161,12 @@ class CumlBackend:
         self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
         graph: Neighbors | None = None,
     ) -> Reduction:
+        import cuml
         from cuml.manifold import UMAP
 
         model = UMAP(**cuml_params(params, seed, knn.method), output_type="numpy")
         coords = model.fit_transform(unit, y=labels)
-        return Reduction(np.asarray(coords, dtype=np.float32), f"cuml:{knn.method}")
+        return Reduction(np.asarray(coords, dtype=np.float32), f"cuml:{knn.method}", f"cuML {cuml.__version__}")
 
 
 def cuml_params(params: UmapConfig, seed: int | None, knn_method: str = "auto") -> dict[str, Any]:
@@ -237,20 +258,6 @@ def import_umap() -> Any:
             if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
                 value.enable_caching()
     return umap
-
-
-def default_numba_cache() -> None:
-    """Point numba's on-disk cache at the user cache dir unless ``NUMBA_CACHE_DIR`` is set.
-
-    Numba reads the variable when it is first imported, so the CLI calls this before anything else.
-    """
-    os.environ.setdefault("NUMBA_CACHE_DIR", str(user_cache_dir() / "numba"))
-
-
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/faceatlas`` (default ``~/.cache/faceatlas``)."""
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "faceatlas"
 
 
 def _dist_version(name: str) -> str | None:

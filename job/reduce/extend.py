@@ -1,8 +1,9 @@
-"""Placing the faces that were not fitted onto the fitted UMAP map, chunk by chunk, with umap-learn's kernel.
+"""Placing the faces that were not fitted onto the fitted UMAP map, chunk by chunk, with UMAP's layout step.
 
 Each face has its ``k`` nearest fitted faces in the run's kNN graph. It starts at the mean of their map
 positions weighted by ``exp((cos - best) / INIT_TEMPERATURE)`` (so a face clearly of one person starts on
-that person), then moves under umap-learn's own layout step (``optimize_layout_euclidean``) against the
+that person), then moves under UMAP's layout step (umap-learn's ``optimize_layout_euclidean``, as ported in
+:mod:`job.reduce.layout`) against the
 fixed fitted map: pulled by its neighbours with UMAP's membership weights, pushed off random fitted faces.
 That is what ``UMAP.transform`` does, with two differences measured at 300k faces (README):
 
@@ -55,9 +56,10 @@ def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float
                 seed: int | None) -> Kernel:
     """The kernel for placing faces on the fitted map ``fitted`` (n_fitted, n_components)."""
     from scipy.spatial import cKDTree
-    from umap.umap_ import find_ab_params
 
-    a, b = find_ab_params(spread, min_dist)
+    from job.reduce.layout import ab_params
+
+    a, b = ab_params(spread, min_dist)
     gap, _ = cKDTree(fitted).query(fitted, k=2)
     typical = float(np.median(gap[:, 1])) if len(fitted) > 1 else 1.0
     rng = np.random.default_rng(seed)
@@ -90,8 +92,7 @@ def place_rest(fitted: FloatArray, indices: np.ndarray, distances: FloatArray, k
 def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel,
                 parallel: bool) -> FloatArray:
     """One chunk of :func:`place_rest`, in kernel units (``scaled`` = fitted map x ``kernel.scale``)."""
-    from umap.layouts import optimize_layout_euclidean
-    from umap.umap_ import make_epochs_per_sample, smooth_knn_dist
+    from job.reduce.layout import Graph, optimize_layout, smooth_distances
 
     n, k = indices.shape
     found = indices >= 0
@@ -101,7 +102,7 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
     if kernel.n_epochs <= 0 or not n:
         return start
     finite = np.where(found, dist, np.float32(dist[found].max() if found.any() else 1.0))
-    sigmas, rhos = smooth_knn_dist(finite, float(k), local_connectivity=1.0)
+    sigmas, rhos = smooth_distances(finite, float(k))
     weight = np.exp(-np.maximum(finite - rhos[:, None], 0.0) / sigmas[:, None]).astype(np.float32)
     weight[~found] = 0.0
     weight[weight < 1.0 / kernel.n_epochs] = 0.0  # as UMAP prunes: edges sampled less than once are dropped
@@ -110,11 +111,9 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
     edge = weight.ravel()[weight.ravel() > 0]
     if not len(edge):
         return start
-    return optimize_layout_euclidean(
-        start, scaled, head, tail, kernel.n_epochs, len(scaled), make_epochs_per_sample(edge, kernel.n_epochs),
-        kernel.a, kernel.b, kernel.rng_state.copy(), kernel.gamma, kernel.initial_alpha,
-        kernel.negative_sample_rate, parallel, move_other=False,
-    ).astype(np.float32)
+    return optimize_layout(start, scaled, Graph(head, tail, edge, len(scaled)), kernel.n_epochs, kernel.a, kernel.b,
+                           kernel.rng_state.copy(), kernel.gamma, kernel.initial_alpha, kernel.negative_sample_rate,
+                           parallel, move_other=False)
 
 
 def _start(scaled: FloatArray, position: np.ndarray, dist: FloatArray, found: np.ndarray) -> FloatArray:

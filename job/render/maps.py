@@ -1,24 +1,27 @@
-"""The PNG maps: datashader rasterises the faces, matplotlib adds axes, title and legend.
+"""The PNG maps: faces rasterised once (:mod:`job.render.raster`), shaded by datashader, framed by matplotlib.
 
 Every map aggregates into a fixed-size grid, so cost and memory depend on the image size, not on the
 number of faces: the same code draws 5k and 10M faces. Per-identity colour is *not* a categorical
 aggregate (W x H x n_identities would be ~2.5 GB at 800x800x1000, datashader #907); instead each face
 carries its identity's RGB and the grid keeps per-pixel sums, which gives the same count-weighted colour
-mix as datashader's categorical shading in W x H x 4.
+mix as datashader's categorical shading in W x H x 4. All five maps share one frame, one pixel per face
+and one count grid (:class:`MapGrid`), and one matplotlib figure frames them in turn.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.config import RenderConfig
+from job.render.raster import MARGINS, Frame, Raster, as_agg, make_frame, over, rasterise, solid
 
 MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png",
              "suspect_map": "map_suspects.png", "cluster_map": "map_clusters.png"}
@@ -29,20 +32,31 @@ HIGHLIGHT_COLOURS = ["#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#a6
                      "#bcbd22", "#1a1a1a"]
 _DPI = 100
 RENDER_BYTES_PER_PIXEL = 200
-_MARGINS = (70, 20, 50, 45)  # left, right, top, bottom, in pixels
+PNG_LEVEL = 3  # zlib level: measured on the 5k maps, 22 ms a map instead of 35 ms at 6, files ~15% larger
+_MARGINS = MARGINS
 _FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
+__all__ = ["Frame", "Framer", "MapGrid", "make_frame", "map_grid", "render_analysis_maps", "render_maps"]
 
 
 @dataclass(frozen=True)
-class Frame:
-    """Geometry shared by the maps: data ranges with equal units per pixel on both axes."""
+class MapGrid:
+    """What every map of one run shares: each face's pixel, the dot ``radius`` and the count of faces whose
+    dot covers each pixel, ``counts`` (plot_height, plot_width) float64, NaN where none."""
 
-    x_range: tuple[float, float]
-    y_range: tuple[float, float]
-    plot_width: int
-    plot_height: int
-    width: int
-    height: int
+    raster: Raster
+    radius: int
+    counts: np.ndarray
+
+    @property
+    def frame(self) -> Frame:
+        return self.raster.frame
+
+
+def map_grid(coords: FloatArray, config: RenderConfig) -> MapGrid:
+    """Frame the map, find each face's pixel and count the faces per pixel: once for all five maps."""
+    raster = rasterise(coords, make_frame(coords, config))
+    radius = point_radius(len(coords))
+    return MapGrid(raster, radius, raster.paint(radius))
 
 
 def identity_palette(n_identities: int, seed: int = 0) -> FloatArray:
@@ -58,41 +72,6 @@ def identity_palette(n_identities: int, seed: int = 0) -> FloatArray:
     return hsv_to_rgb(hsv).astype(np.float32)
 
 
-def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:
-    """Fit the map's x/y extent (2% padding) into the plot area without stretching either axis."""
-    left, right, top, bottom = _MARGINS
-    plot_w, plot_h = config.width - left - right, config.height - top - bottom
-    lo, hi = _extent(coords[:, 0]), _extent(coords[:, 1])
-    lo, hi = np.array([lo[0], hi[0]]), np.array([lo[1], hi[1]])
-    centre, span = (lo + hi) / 2, np.maximum(hi - lo, 1e-6) * 1.04
-    per_pixel = max(span[0] / plot_w, span[1] / plot_h)
-    half_w, half_h = per_pixel * plot_w / 2, per_pixel * plot_h / 2
-    return Frame((float(centre[0] - half_w), float(centre[0] + half_w)),
-                 (float(centre[1] - half_h), float(centre[1] + half_h)), plot_w, plot_h, config.width, config.height)
-
-
-def _extent(values: np.ndarray) -> tuple[float, float]:
-    """Min and max of one coordinate column, ignoring NaN (without nanmin's full-size copy when none)."""
-    lo, hi = float(values.min()), float(values.max())
-    if np.isnan(lo) or np.isnan(hi):
-        lo, hi = float(np.nanmin(values)), float(np.nanmax(values))
-    return lo, hi
-
-
-def face_frame(coords: FloatArray, palette: FloatArray | None = None, codes: IdArray | None = None) -> Any:
-    """A DataFrame of x, y (and r, g, b: ``palette`` (n_colours, 3) row ``codes[i]`` for face i) over one
-    (columns, n) float32 block, filled column by column, so pandas copies nothing more."""
-    import pandas as pd
-
-    names = ["x", "y"] + (["r", "g", "b"] if palette is not None else [])
-    block = np.empty((len(names), len(coords)), dtype=np.float32)
-    block[0], block[1] = coords[:, 0], coords[:, 1]
-    if palette is not None:
-        for channel in range(3):
-            np.take(np.ascontiguousarray(palette[:, channel], dtype=np.float32), codes, out=block[2 + channel])
-    return pd.DataFrame(block.T, columns=names, copy=False)
-
-
 def render_maps(
     coords: FloatArray,
     ids: IdArray,
@@ -102,6 +81,8 @@ def render_maps(
     out_dir: Path,
     title: str,
     codes: IdArray | None = None,
+    grid: MapGrid | None = None,
+    framer: Framer | None = None,
 ) -> dict[str, Path]:
     """Draw the three maps into ``out_dir`` and return {map name: path}.
 
@@ -114,32 +95,25 @@ def render_maps(
     title : shown above every map, e.g. the input's name
     codes : ndarray of shape (n_faces,), int64 — each face's index into the sorted unique ids, when the caller
         has it (saves sorting the ids again)
+    grid : the run's :func:`map_grid` of ``coords``, shared with :func:`render_analysis_maps`
+    framer : an open :class:`Framer` of ``grid.frame`` to reuse (one is opened for these maps otherwise)
     """
-    import datashader as ds
-
-    frame = make_frame(coords, config)
-    canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
-                       x_range=frame.x_range, y_range=frame.y_range)
+    grid = grid or map_grid(coords, config)
     if codes is None:
         _, codes = np.unique(ids, return_inverse=True)
     n_identities = int(codes.max()) + 1 if len(codes) else 0
-    faces = face_frame(coords, identity_palette(n_identities, config.palette_seed), codes)
-    radius = point_radius(len(ids))
-    sums = colour_sums(canvas, faces)
-    counts = spread(sums["n"], radius)
     subtitle = f"{len(ids):,} faces, {n_identities:,} identities"
     images = {
-        "identities": (_identity_image(sums, counts, radius),
-                       f"{title}: faces coloured by identity\n{subtitle}"),
-        "density": (_density_image(counts), f"{title}: face density (eq_hist)\n{subtitle}"),
-        "highlight": (_highlight_image(canvas, faces, ids, highlight, counts, radius),
-                      f"{title}: {len(highlight)} identities highlighted\n{subtitle}"),
+        "identities": (_colour_image(grid, identity_palette(n_identities, config.palette_seed), codes),
+                       f"{title}: faces coloured by identity\n{subtitle}", None),
+        "density": (_density_image(grid), f"{title}: face density (eq_hist)\n{subtitle}", None),
+        "highlight": (_highlight_image(grid, ids, highlight),
+                      f"{title}: {len(highlight)} identities highlighted\n{subtitle}",
+                      _highlight_legend(ids, highlight, labels)),
     }
-    paths: dict[str, Path] = {}
-    for name, (image, map_title) in images.items():
-        legend = _highlight_legend(ids, highlight, labels) if name == "highlight" else None
-        paths[name] = _compose(image, frame, map_title, legend, out_dir / MAP_FILES[name])
-    return paths
+    with _framing(grid, framer) as framed:
+        return {name: framed.save(image, map_title, legend, out_dir / MAP_FILES[name])
+                for name, (image, map_title, legend) in images.items()}
 
 
 def render_analysis_maps(
@@ -152,6 +126,8 @@ def render_analysis_maps(
     out_dir: Path,
     title: str,
     low_quality: np.ndarray | None = None,
+    grid: MapGrid | None = None,
+    framer: Framer | None = None,
 ) -> dict[str, Path]:
     """Draw ``map_suspects.png`` and ``map_clusters.png`` into ``out_dir``.
 
@@ -166,40 +142,27 @@ def render_analysis_maps(
     clusters : ndarray of shape (n_faces,), int64 — HDBSCAN labels, -1 = noise (light grey)
     low_quality : ndarray of shape (n_faces,), bool — faces of low quality, drawn under the suspects in their
         own colour (filed under the right person, but too weak to say much)
+    grid : the run's :func:`map_grid` of ``coords``
+    framer : an open :class:`Framer` of ``grid.frame`` to reuse
     """
-    import datashader as ds
-    import datashader.transfer_functions as tf
-    import pandas as pd
-
-    frame = make_frame(coords, config)
-    canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height,
-                       x_range=frame.x_range, y_range=frame.y_range)
-    radius = point_radius(len(coords))
-    counts = spread(canvas.points(face_frame(coords), "x", "y", agg=ds.count()), radius)
-    image = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
-                 _solid(counts.shape, (255, 255, 255)))
+    grid = grid or map_grid(coords, config)
+    frame = grid.frame
+    image = _grey(grid).copy()
     flagged = coords[suspect]
-    image = image.copy()
     for ends, colour, weight in ((filed, FILED_COLOUR, 0.5), (targets, LINK_COLOUR, 0.8)):
         linked = np.isfinite(ends[:, 0]) if len(ends) else np.zeros(0, dtype=bool)
         if linked.any():  # in numpy: datashader's line glyph compiles for ~6 s on every start
             mask = segment_mask(frame, flagged[linked, :2], ends[linked, :2])
             image[mask] = ((1 - weight) * image[mask] + weight * np.array(_rgb(colour))).round().astype(np.uint8)
-    weak = coords[low_quality] if low_quality is not None else coords[:0]
-    size = max(radius + 1, 3)
-    for points, colour in ((weak, LOW_QUALITY_COLOUR), (flagged, SUSPECT_COLOUR)):  # suspects on top
-        if len(points):
-            dots = canvas.points(pd.DataFrame({"x": points[:, 0], "y": points[:, 1]}), "x", "y", agg=ds.count())
-            image = over(tf.shade(spread(dots, size + 1), cmap=["#202020", "#202020"], min_alpha=255), image)
-            image = over(tf.shade(spread(dots, size), cmap=[colour, colour], min_alpha=255), image)
+    weak = low_quality if low_quality is not None else np.zeros(len(coords), dtype=bool)
+    for rows, colour in ((weak, LOW_QUALITY_COLOUR), (suspect, SUSPECT_COLOUR)):  # suspects on top
+        if rows.any():
+            image = _dots(grid, rows, colour, image)
     legend = [(SUSPECT_COLOUR, f"suspect: filed under the wrong identity? ({len(flagged):,})"),
               (LINK_COLOUR, "orange line: to where its suggested identity sits"),
               (FILED_COLOUR, "blue line: to where the identity it is filed under sits"),
-              (LOW_QUALITY_COLOUR, f"low quality: weak face, filed right as far as it shows ({len(weak):,})"),
+              (LOW_QUALITY_COLOUR, f"low quality: weak face, filed right as far as it shows ({int(weak.sum()):,})"),
               ("#a0a0a0", "all other faces")]
-    paths = {"suspect_map": _compose(image, frame, f"{title}: {len(flagged):,} suspected misfiled faces\n"
-                                  f"{len(coords):,} faces", legend, out_dir / MAP_FILES["suspect_map"])}
-
     labels_present = np.bincount(clusters + 1) > 0 if len(clusters) else np.zeros(0, dtype=bool)  # -1 = noise
     unique = np.flatnonzero(labels_present) - 1
     index = (np.cumsum(labels_present) - 1)[clusters + 1]  # the rank of each face's label: np.unique's inverse
@@ -208,11 +171,14 @@ def render_analysis_maps(
         palette[0] = NOISE_RGB
     n_clusters = int((unique >= 0).sum())
     noise = float((clusters < 0).mean()) if len(clusters) else 0.0
-    clustered = _identity_image(colour_sums(canvas, face_frame(coords, palette, index)), counts, radius)
-    paths["cluster_map"] = _compose(clustered, frame,
-                                 f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
-                                 f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"])
-    return paths
+    with _framing(grid, framer) as framed:
+        return {
+            "suspect_map": framed.save(image, f"{title}: {len(flagged):,} suspected misfiled faces\n"
+                                       f"{len(coords):,} faces", legend, out_dir / MAP_FILES["suspect_map"]),
+            "cluster_map": framed.save(_colour_image(grid, palette, index),
+                                       f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
+                                       f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"]),
+        }
 
 
 def segment_mask(frame: Frame, starts: FloatArray, ends: FloatArray) -> np.ndarray:
@@ -243,88 +209,76 @@ def point_radius(n_faces: int) -> int:
     return 3 if n_faces <= 20_000 else 2 if n_faces <= 200_000 else 1 if n_faces <= 2_000_000 else 0
 
 
-def spread(agg: Any, radius: int) -> Any:
-    """Sum an aggregate over a disc of ``radius`` pixels, so each face paints a small dot.
-
-    Spreading the aggregate (not the shaded image, as ``tf.spread`` does) keeps counts and colour sums
-    consistent and avoids compiling datashader's compositing kernels (~7 s on every start).
-    """
-    from scipy.ndimage import convolve
-
-    yy, xx = np.mgrid[-radius : radius + 1, -radius : radius + 1]
-    disc = (xx**2 + yy**2 <= radius**2 + radius).astype(np.float64)
-    data = convolve(np.nan_to_num(np.asarray(agg.data, dtype=np.float64)), disc, mode="constant")
-    return agg.copy(data=np.where(data > 0, data, np.nan))  # NaN marks empty pixels, as in datashader
+@contextmanager
+def _framing(grid: MapGrid, framer: Framer | None) -> Iterator[Framer]:
+    if framer is not None:
+        yield framer
+        return
+    with Framer(grid.frame) as opened:
+        yield opened
 
 
-def over(top: Any, background: np.ndarray) -> np.ndarray:
-    """Alpha-composite a shaded datashader image over an RGB (H, W, 3) uint8 background, in numpy."""
-    rgba = np.flipud(np.asarray(top.data, dtype=np.uint32).view(np.uint8).reshape(*top.shape, 4)).astype(np.float32)
-    alpha = rgba[..., 3:4] / 255.0
-    return (rgba[..., :3] * alpha + background.astype(np.float32) * (1 - alpha)).round().astype(np.uint8)
-
-
-def _solid(shape: tuple[int, ...], colour: tuple[int, int, int]) -> np.ndarray:
-    return np.broadcast_to(np.array(colour, dtype=np.uint8), (*shape, 3))
-
-
-def colour_sums(canvas: Any, faces: Any) -> Any:
-    """One datashader pass over ``faces`` (x, y, r, g, b): per-pixel face count ``n`` and colour sums."""
-    import datashader as ds
-
-    return canvas.points(faces, "x", "y", agg=ds.summary(n=ds.count(), r=ds.sum("r"), g=ds.sum("g"),
-                                                         b=ds.sum("b")))
-
-
-def _identity_image(sums: Any, counts: Any, radius: int) -> np.ndarray:
-    """``sums``: datashader's one-pass summary of the faces (count ``n`` and colour sums ``r``, ``g``, ``b``)."""
+def _grey(grid: MapGrid) -> np.ndarray:
+    """Every face in grey (darker where denser) on white: the ground of the highlight and suspect maps."""
     import datashader.transfer_functions as tf
 
-    n = np.nan_to_num(counts.data, nan=1.0)
-    channels = [spread(sums[c], radius).data / n * 255 for c in "rgb"]
-    channels = [np.clip(np.nan_to_num(c), 0, 255) for c in channels]
-    # opacity from the eq_hist-shaded count, as datashader does for categorical colour mixing
-    alpha = tf.shade(counts, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
+    shaded = tf.shade(as_agg(grid.counts, grid.frame), cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120)
+    return over(shaded.data, solid(grid.frame.shape, (255, 255, 255)))
+
+
+def _dots(grid: MapGrid, rows: np.ndarray, colour: str, image: np.ndarray) -> np.ndarray:
+    """The faces ``rows`` as solid dots of ``colour`` with a dark rim (at least 3 pixels: visible at any
+    scale), over ``image``."""
+    size = max(grid.radius + 1, 3)
+    rim = ~np.isnan(grid.raster.paint(size + 1, rows=rows))
+    dot = ~np.isnan(grid.raster.paint(size, rows=rows))
+    image = np.where(np.flipud(rim)[..., None], np.array(_rgb("#202020"), dtype=np.uint8), image)
+    return np.where(np.flipud(dot)[..., None], np.array(_rgb(colour), dtype=np.uint8), image)
+
+
+def _colour_image(grid: MapGrid, palette: FloatArray, codes: IdArray) -> np.ndarray:
+    """Each pixel in the mean colour of the faces covering it (face i in ``palette[codes[i]]``), opacity
+    from the eq_hist-shaded count, as datashader does for categorical colour mixing; on white."""
+    import datashader.transfer_functions as tf
+
+    n = np.nan_to_num(grid.counts, nan=1.0)
+    channels = []
+    for channel in range(3):
+        weights = np.take(np.ascontiguousarray(palette[:, channel], dtype=np.float64), codes)
+        channels.append(np.clip(np.nan_to_num(grid.raster.paint(grid.radius, weights) / n * 255), 0, 255))
+    alpha = tf.shade(as_agg(grid.counts, grid.frame), cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
     packed = sum(c.astype(np.uint32) << (8 * i) for i, c in enumerate(channels)) | alpha.astype(np.uint32) << 24
-    image = counts.copy(data=np.where(np.isnan(counts.data), 0, packed).astype(np.uint32))
-    return over(image, _solid(counts.shape, (255, 255, 255)))
+    image = np.where(np.isnan(grid.counts), 0, packed).astype(np.uint32)
+    return over(image, solid(grid.frame.shape, (255, 255, 255)))
 
 
-def _density_image(counts: Any) -> np.ndarray:
+def _density_image(grid: MapGrid) -> np.ndarray:
     import datashader.transfer_functions as tf
     from datashader.colors import inferno
 
-    image = tf.shade(counts, cmap=inferno[64:], how="eq_hist")  # the darkest blues vanish on black
-    return over(image, _solid(counts.shape, (0, 0, 0)))
+    image = tf.shade(as_agg(grid.counts, grid.frame), cmap=inferno[64:], how="eq_hist")  # darkest blues vanish
+    return over(image.data, solid(grid.frame.shape, (0, 0, 0)))
 
 
-def _highlight_image(
-    canvas: Any, faces: Any, ids: IdArray, highlight: list[int], counts: Any, radius: int
-) -> np.ndarray:
-    import datashader as ds
-    import datashader.transfer_functions as tf
-    import xarray as xr
-
-    grey = over(tf.shade(counts, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120),
-                _solid(counts.shape, (255, 255, 255)))
-    # highlighted faces stay visible at any scale: at least a 3-pixel disc with a dark rim
-    if not highlight:
+def _highlight_image(grid: MapGrid, ids: IdArray, highlight: list[int]) -> np.ndarray:
+    """The grey map with each highlighted identity's faces as dots in its colour (at least 3 pixels, dark
+    rim); where identities overlap, colours mix by face count, as datashader's categorical shading does."""
+    grey = _grey(grid)
+    chosen = np.flatnonzero(np.isin(ids, highlight)) if highlight else np.zeros(0, dtype=np.int64)
+    if not len(chosen) or not (grid.raster.pixel[chosen] >= 0).any():
         return grey
-    chosen = np.flatnonzero(np.isin(ids, highlight))  # one pass over all faces, then only the chosen ones
-    few, few_ids = faces.iloc[chosen], ids[chosen]
-    raw = [canvas.points(few[few_ids == identity], "x", "y", agg=ds.count()) for identity in highlight]
-    size = max(radius + 1, 3)
-    labels = [str(i) for i in highlight]
-    stacked = xr.concat([spread(layer, size) for layer in raw],
-                        dim=xr.DataArray(labels, dims="label", name="label")).transpose(..., "label").fillna(0)
-    present = (stacked.data > 0).any(axis=-1)
-    if not present.any():
-        return grey
-    rim = spread(sum(layer.fillna(0) for layer in raw), size + 1)
-    grey = over(tf.shade(rim, cmap=["#202020", "#202020"], min_alpha=255), grey)
-    key = {label: HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)] for i, label in enumerate(labels)}
-    shaded = tf.shade(stacked, color_key=key, how="eq_hist", min_alpha=255)
-    return over(shaded.copy(data=np.where(present, shaded.data, 0).astype(np.uint32)), grey)
+    size = max(grid.radius + 1, 3)
+    mixed = np.zeros((*grid.frame.shape, 3))
+    total = np.zeros(grid.frame.shape)
+    for i, identity in enumerate(highlight):
+        layer = np.nan_to_num(grid.raster.paint(size, rows=chosen[ids[chosen] == identity]))
+        mixed += layer[..., None] * np.array(_rgb(HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)]), dtype=np.float64)
+        total += layer
+    present = np.flipud(total > 0)
+    rim = np.flipud(~np.isnan(grid.raster.paint(size + 1, rows=chosen)))
+    image = np.where(rim[..., None], np.array(_rgb("#202020"), dtype=np.uint8), grey)
+    colours = np.flipud(mixed / np.maximum(total, 1)[..., None])
+    return np.where(present[..., None], colours.astype(np.uint8), image)
 
 
 def _highlight_legend(ids: IdArray, highlight: list[int], labels: dict[int, str]) -> list[tuple[str, str]]:
@@ -341,6 +295,7 @@ def emptiest_corner(image: np.ndarray) -> str:
     matplotlib's ``loc="best"`` cannot see inside an image, so the legend could hide the faces it names;
     coloured (highlighted) pixels weigh 100 times more than grey ones.
     """
+    image = image[::2, ::2]  # every other pixel each way tells the same, at a quarter of the cost
     height, width = image.shape[0] * 2 // 5, image.shape[1] * 2 // 5
     pixels = image.astype(np.int16)
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 40
@@ -364,33 +319,64 @@ def render_bytes(config: RenderConfig) -> int:
     return RENDER_BYTES_PER_PIXEL * config.width * config.height + (64 << 20)
 
 
-def _compose(image: np.ndarray, frame: Frame, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
-    from matplotlib import rc_context
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    from matplotlib.lines import Line2D
+class Framer:
+    """Frames each map with one matplotlib figure laid out and drawn once (axes, ticks, labels): per map the
+    image is pasted into the plot area pixel for pixel (the plot area is exactly the image's size), then only
+    the axes' edges, the title and the legend are drawn over it, and the pixels go to a PNG."""
 
-    left, _, top, bottom = _MARGINS
-    logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
-    from job.io.files import display_text
+    def __init__(self, frame: Frame) -> None:
+        self.frame = frame
 
-    title = "\n".join(display_text(line, 160) for line in title.split("\n"))
-    legend = [(colour, display_text(text, 80)) for colour, text in legend] if legend else None
-    # parse_math off: a "$" in a file or identity name is text, not a mathtext formula that fails to parse
-    with rc_context({"font.family": _FONTS, "font.size": 10, "text.parse_math": False}):
-        figure = Figure(figsize=(frame.width / _DPI, frame.height / _DPI), dpi=_DPI)
-        FigureCanvasAgg(figure)
-        axes = figure.add_axes((left / frame.width, bottom / frame.height,
-                                frame.plot_width / frame.width, frame.plot_height / frame.height))
-        axes.imshow(image, extent=(*frame.x_range, *frame.y_range), interpolation="nearest",
-                    aspect="auto")
-        axes.set(xlim=frame.x_range, ylim=frame.y_range, xlabel="UMAP 1", ylabel="UMAP 2")
-        small = frame.width < 800
-        axes.set_title(title, fontsize=8 if small else 11, loc="left")
+    def __enter__(self) -> Framer:
+        from matplotlib import rc_context
+        from matplotlib.backends.backend_agg import FigureCanvasAgg
+        from matplotlib.figure import Figure
+
+        logging.getLogger("matplotlib.font_manager").setLevel(logging.ERROR)
+        frame = self.frame
+        left, _, top, bottom = _MARGINS
+        # parse_math off: a "$" in a file or identity name is text, not a mathtext formula that fails to parse
+        self._style = rc_context({"font.family": _FONTS, "font.size": 10, "text.parse_math": False})
+        self._style.__enter__()
+        self.figure = Figure(figsize=(frame.width / _DPI, frame.height / _DPI), dpi=_DPI)
+        self.canvas = FigureCanvasAgg(self.figure)
+        self.axes = self.figure.add_axes((left / frame.width, bottom / frame.height,
+                                          frame.plot_width / frame.width, frame.plot_height / frame.height))
+        self.axes.set(xlim=frame.x_range, ylim=frame.y_range, xlabel="UMAP 1", ylabel="UMAP 2")
+        self.title = self.axes.set_title("", fontsize=8 if frame.width < 800 else 11, loc="left")
+        self.canvas.draw()
+        self.renderer = self.canvas.get_renderer()
+        self.background = np.array(self.canvas.buffer_rgba())
+        self.plot = (slice(top, top + frame.plot_height), slice(left, left + frame.plot_width))
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._style.__exit__(*exc)
+
+    def save(self, image: np.ndarray, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
+        """Write ``image`` (plot_height, plot_width, 3) uint8 framed, titled and with ``legend`` (colour, text)
+        entries to ``path`` as a PNG (written to a temporary name, then moved into place)."""
+        from matplotlib.lines import Line2D
+        from PIL import Image
+
+        from job.io.files import display_text
+
+        pixels = np.asarray(self.canvas.buffer_rgba())
+        pixels[...] = self.background
+        pixels[self.plot[0], self.plot[1], :3] = image
+        pixels[self.plot[0], self.plot[1], 3] = 255
+        for spine in self.axes.spines.values():
+            spine.draw(self.renderer)
+        self.title.set_text("\n".join(display_text(line, 160) for line in title.split("\n")))
+        self.title.draw(self.renderer)
         if legend:
-            handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=text) for colour, text in legend]
-            axes.legend(handles=handles, loc=emptiest_corner(image), fontsize=6 if small else 9, framealpha=0.9)
+            handles = [Line2D([], [], marker="o", linestyle="", color=colour, label=display_text(text, 80))
+                       for colour, text in legend]
+            drawn = self.axes.legend(handles=handles, loc=emptiest_corner(image),
+                                     fontsize=6 if self.frame.width < 800 else 9, framealpha=0.9)
+            drawn.draw(self.renderer)
+            drawn.remove()
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        figure.savefig(tmp, dpi=_DPI, format="png")
-    os.replace(tmp, path)
-    return path
+        Image.fromarray(np.ascontiguousarray(pixels[..., :3])).save(tmp, format="PNG", compress_level=PNG_LEVEL)
+        os.replace(tmp, path)
+        return path
