@@ -12,7 +12,10 @@ Prints per mode the median wall time of each, the ratio, peak RSS, map quality o
 (trustworthiness k=15 cosine, same-id share of 4 map neighbours, computed alike from the coordinates each
 wrote), faceatlas's per-stage medians from ``run.json`` ``timings``, and ``faceatlas --help``'s wall time.
 
-    python bench/bench_cpu_run.py [--repeats 3] [--skip-cold] [-- extra faceatlas run arguments]
+``--before TREE`` adds a third command, ``python -m job run`` in another checkout (e.g. a ``git worktree`` of
+an older commit), so a change's gain is measured side by side in the same runs.
+
+    python bench/bench_cpu_run.py [--repeats 3] [--skip-cold] [--before TREE] [-- extra faceatlas run arguments]
 """
 
 from __future__ import annotations
@@ -44,10 +47,10 @@ np.save(sys.argv[3], embedding.astype(np.float32))
 """
 
 
-def timed(command: list[str], env: dict[str, str]) -> tuple[float, float]:
+def timed(command: list[str], env: dict[str, str], cwd: Path | None = None) -> tuple[float, float]:
     """Wall seconds and peak RSS (MiB) of ``command`` in a fresh process; raises if it fails."""
     start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, cwd=cwd)
     _, status, usage = os.wait4(process.pid, 0)
     seconds = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
@@ -81,6 +84,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--skip-cold", action="store_true", help="warm runs only (a cold seed run takes ~35 s)")
+    parser.add_argument("--before", type=Path, help="a checkout of an earlier faceatlas to time side by side")
     parser.add_argument("extra", nargs="*", help="more faceatlas run arguments, after --")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="bench_cpu_run_"))
@@ -89,23 +93,30 @@ def main() -> None:
         subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
         seed = [sys.executable, "-c", SEED_CODE, str(db), str(work / "seed.png"), str(work / "seed_coords.npy")]
         ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(work / "out"), *args.extra]
+        commands: dict[str, tuple[list[str], Path | None]] = {"seed": (seed, None)}
+        if args.before:
+            before = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(work / "before"),
+                      *args.extra]
+            commands["before"] = (before, args.before.resolve())
+        commands["faceatlas"] = (ours, None)
         modes = [("warm", False)] if args.skip_cold else [("cold", True), ("warm", False)]
         warm_env = {**os.environ, "NUMBA_CACHE_DIR": str(work / "warm" / "numba"), "XDG_CACHE_HOME": str(work / "warm")}
-        for command in (seed, ours):  # fill the warm caches
-            timed(command, warm_env)
+        for command, cwd in commands.values():  # fill the warm caches
+            timed(command, warm_env, cwd)
         print(f"machine: {os.cpu_count()} cores, {_memory_gib():.0f} GiB; {args.repeats} runs each, interleaved")
         for mode, cold in modes:
-            runs: dict[str, list[tuple[float, float]]] = {"seed": [], "faceatlas": []}
-            stages: list[dict[str, float]] = []
+            runs: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
+            stages: dict[str, list[dict[str, float]]] = {name: [] for name in commands if name != "seed"}
             for repeat in range(args.repeats):
-                for name, command in (("seed", seed), ("faceatlas", ours)):
+                for name, (command, cwd) in commands.items():
                     env = warm_env
                     if cold:
                         fresh = work / f"cold{repeat}{name}"
                         env = {**os.environ, "NUMBA_CACHE_DIR": str(fresh / "numba"), "XDG_CACHE_HOME": str(fresh)}
-                    runs[name].append(timed(command, env))
-                    if name == "faceatlas":
-                        stages.append(json.loads((work / "out" / "run.json").read_text())["timings"])
+                    runs[name].append(timed(command, env, cwd))
+                    if name in stages:
+                        out = work / ("out" if name == "faceatlas" else "before")
+                        stages[name].append(json.loads((out / "run.json").read_text())["timings"])
             _report(mode, runs, stages)
         projection_coords(work / "out", work / "ours_coords.npy")
         seed_q, ours_q = quality(db, work / "seed_coords.npy"), quality(db, work / "ours_coords.npy")
@@ -116,23 +127,28 @@ def main() -> None:
         print("faceatlas analysis (last run): " + ", ".join(
             f"{key} {recorded[key]}" for key in ("suspect_precision", "suspect_recall", "lookalike_recall")
             if key in recorded) + f", clusters ari {recorded['clusters']['ari']}")
-        helps = sorted(timed([sys.executable, "-m", "job", "--help"], warm_env)[0] for _ in range(5))
-        print(f"faceatlas --help: median {statistics.median(helps):.2f} s (of 5)")
+        for name, cwd in (("faceatlas", None), ("before", args.before)):
+            if name == "faceatlas" or cwd:
+                helps = [timed([sys.executable, "-m", "job", "--help"], warm_env, cwd)[0] for _ in range(5)]
+                print(f"{name} --help: median {statistics.median(helps):.2f} s (of 5)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _report(mode: str, runs: dict[str, list[tuple[float, float]]], stages: list[dict[str, float]]) -> None:
+def _report(mode: str, runs: dict[str, list[tuple[float, float]]], stages: dict[str, list[dict[str, float]]]) -> None:
     wall = {name: statistics.median(t for t, _ in values) for name, values in runs.items()}
     rss = {name: statistics.median(r for _, r in values) for name, values in runs.items()}
     print(f"{mode}:")
     for name, values in runs.items():
         print(f"  {name:<10} median {wall[name]:6.2f} s  peak RSS {rss[name]:6.0f} MiB  runs "
               + ", ".join(f"{t:.2f}" for t, _ in values))
-    print(f"  seed / faceatlas: {wall['seed'] / wall['faceatlas']:.2f}x faster")
-    medians = {stage: statistics.median(s.get(stage, 0.0) for s in stages) for stage in stages[0]}
-    print("  faceatlas stages (median s): " + ", ".join(f"{stage} {value:.2f}" for stage, value in medians.items())
-          + f"; outside the stages {wall['faceatlas'] - sum(medians.values()):.2f}")
+    for name in wall:
+        if name != "faceatlas":
+            print(f"  {name} / faceatlas: {wall[name] / wall['faceatlas']:.2f}x")
+    for name, recorded in stages.items():
+        medians = {stage: statistics.median(s.get(stage, 0.0) for s in recorded) for stage in recorded[0]}
+        print(f"  {name} stages (median s): " + ", ".join(f"{stage} {value:.2f}" for stage, value in medians.items())
+              + f"; outside the stages {wall[name] - sum(medians.values()):.2f}")
 
 
 def _memory_gib() -> float:

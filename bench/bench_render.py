@@ -1,10 +1,11 @@
-"""Identity-map rendering: faceatlas's colour-sum aggregate vs datashader's one-category-per-identity default.
+"""Identity-map rendering: faceatlas's colour-sum grid vs datashader's one-category-per-identity default.
 
 Baseline = what datashader's docs suggest for coloured categories: ``ds.by("id", ds.count())`` then
-``tf.shade(color_key=...)``, which holds W x H x n_identities counts. faceatlas aggregates three colour
-sums and a count (W x H x 4) whatever the number of identities. Both draw the same synthetic map (clusters
-of 5 faces per identity) in one process; prints medians of wall time and peak traced memory, and ratios.
-Also times the whole ``render_maps`` (three finished PNGs) at growing sizes, up to 10M faces.
+``tf.shade(color_key=...)``, which holds W x H x n_identities counts. faceatlas finds each face's pixel once
+(``job/render/raster.py``) and sums three colours and a count per pixel (W x H x 4) whatever the number of
+identities. Both draw the same synthetic map (clusters of 5 faces per identity) in one process; prints
+medians of wall time and peak traced memory, and ratios. Also times the whole ``render_maps`` (three finished
+PNGs) at growing sizes, up to 10M faces.
 
     python bench/bench_render.py [--faces 1000000] [--identities 1000] [--big 10000000] [--repeats 3]
 """
@@ -55,16 +56,7 @@ def main() -> None:
     import pandas as pd
 
     from job.config import RenderConfig
-    from job.render.maps import (
-        _identity_image,
-        colour_sums,
-        face_frame,
-        identity_palette,
-        make_frame,
-        point_radius,
-        render_maps,
-        spread,
-    )
+    from job.render.maps import _colour_image, identity_palette, make_frame, map_grid, render_maps
 
     coords, ids = _synthetic(args.faces, args.identities)
     config = RenderConfig()
@@ -72,7 +64,6 @@ def main() -> None:
     canvas = ds.Canvas(plot_width=frame.plot_width, plot_height=frame.plot_height, x_range=frame.x_range,
                        y_range=frame.y_range)
     palette = identity_palette(args.identities)
-    faces = face_frame(coords, palette, ids)
     labelled = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
                              "id": pd.Categorical(ids, categories=range(args.identities))})
     key = {i: "#%02x%02x%02x" % tuple((palette[i] * 255).astype(int)) for i in range(args.identities)}
@@ -82,15 +73,14 @@ def main() -> None:
                         how="eq_hist")
 
     def ours() -> object:
-        sums = colour_sums(canvas, faces)
-        return _identity_image(sums, spread(sums["n"], point_radius(len(ids))), point_radius(len(ids)))
+        return _colour_image(map_grid(coords, config), palette, ids)
 
     base_s, base_mb = _measure(baseline, args.repeats)
     ours_s, ours_mb = _measure(ours, args.repeats)
     print(f"identity map, {args.faces:,} faces, {args.identities:,} identities, "
           f"{frame.plot_width}x{frame.plot_height} px, median of {args.repeats}")
     print(f"  baseline ds.by + shade      {base_s:6.2f} s  peak {base_mb:8.1f} MiB")
-    print(f"  faceatlas colour sums       {ours_s:6.2f} s  peak {ours_mb:8.1f} MiB")
+    print(f"  faceatlas colour grid       {ours_s:6.2f} s  peak {ours_mb:8.1f} MiB")
     print(f"  ratio faceatlas/baseline    time {ours_s / base_s:.2f}  memory {ours_mb / base_mb:.3f}")
 
     with tempfile.TemporaryDirectory() as tmp:

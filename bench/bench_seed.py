@@ -1,6 +1,6 @@
 """What ``--seed`` costs: wall time of ``faceatlas run`` on the demo database with and without a seed.
 
-A seed makes umap-learn reproducible (byte-identical projection.parquet) by running its optimiser on one
+A seed makes the CPU fit reproducible (byte-identical projection.parquet) by running its layout on one
 thread. Fresh process per run, interleaved, first runs discarded (numba cache). Prints medians and ratio.
 
     python bench/bench_seed.py [--repeats 3]

@@ -312,6 +312,17 @@ def backends(
         _echo(f"auto -> {chosen.name}")
 
 
+@app.command("warm-up")
+def warm_up() -> None:
+    """Compile the CPU layout kernels into numba's cache now (a machine's first run does it otherwise)."""
+    with _errors_to_exit_codes():
+        from job.reduce.layout import warm_kernels
+
+        seconds = warm_kernels()
+        _echo(f"layout kernels ready in {os.environ.get('NUMBA_CACHE_DIR', 'numba cache')} ({seconds:.1f} s); "
+              "runs on this machine now compile nothing")
+
+
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
     """``name value`` for every number in ``metrics``, nested names joined with dots."""
     parts: list[str] = []

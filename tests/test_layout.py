@@ -112,7 +112,7 @@ def test_map_is_as_good_as_umap_learns(demo_graph) -> None:
         assert metric(ours) >= metric(theirs) - 0.02
 
 
-def _compiles(cache: Path, db: Path, out: Path) -> dict[str, int]:
+def _compiles(cache: Path, db: Path, out: Path, *extra: str) -> dict[str, int]:
     """Run ``faceatlas run`` in a fresh process with numba's cache in ``cache``; count what numba compiled."""
     driver = textwrap.dedent(f"""
         import json, sys
@@ -123,7 +123,7 @@ def _compiles(cache: Path, db: Path, out: Path) -> dict[str, int]:
             def on_end(self, e): compiled.append(e.data["dispatcher"].py_func.__qualname__)
         event.register("numba:compile", Count())
         from job.cli import main
-        sys.argv = ["faceatlas", "run", "--input", {str(db)!r}, "--out", {str(out)!r}]
+        sys.argv = ["faceatlas", "run", "--input", {str(db)!r}, "--out", {str(out)!r}, *{list(extra)!r}]
         try:
             main()
         except SystemExit as stop:
@@ -142,3 +142,15 @@ def test_a_warm_second_process_compiles_nothing(small_db: Path, tmp_path: Path) 
     second = _compiles(cache, small_db, tmp_path / "out2")
     assert first["n"] > 0  # a fresh cache: the layout kernels compile (and are stored)
     assert second["n"] == 0, f"compiled again in a warm process: {second['names']}"
+
+
+def test_warm_up_installs_every_kernel_a_run_needs(small_db: Path, tmp_path: Path) -> None:
+    """``faceatlas warm-up`` (the container images run it at build time): after it, neither an unseeded run
+    (parallel layout) nor a seeded one (one thread) compiles anything."""
+    cache = tmp_path / "numba"
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(cache), "XDG_CACHE_HOME": str(tmp_path / "xdg")}
+    done = subprocess.run([sys.executable, "-m", "job", "warm-up"], capture_output=True, text=True, env=env,
+                          cwd=Path(__file__).parents[1])
+    assert done.returncode == 0 and "layout kernels ready" in done.stdout, done.stderr
+    assert _compiles(cache, small_db, tmp_path / "unseeded")["n"] == 0
+    assert _compiles(cache, small_db, tmp_path / "seeded", "--seed", "1")["n"] == 0

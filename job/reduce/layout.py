@@ -234,6 +234,20 @@ def optimize_layout(head_embedding: FloatArray, tail_embedding: FloatArray, grap
     return head_embedding
 
 
+def warm_kernels() -> float:
+    """Compile (or load from numba's cache) both layout kernels, one-thread and parallel, for the very types
+    a fit and a placement pass: ``faceatlas warm-up``, which container images run at build time. Returns the
+    seconds it took."""
+    import time
+
+    start = time.perf_counter()
+    graph = Graph(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.int32), np.ones(1, dtype=np.float32), 2)
+    for parallel in (False, True):
+        embedding = np.zeros((2, 2), dtype=np.float32)
+        optimize_layout(embedding, embedding, graph, 1, 1.0, 1.0, np.zeros(3, dtype=np.int64), parallel=parallel)
+    return time.perf_counter() - start
+
+
 def scale_start(start: FloatArray) -> FloatArray:
     """A start rescaled to [0, 10] on each axis (umap-learn does this to every start before its SGD)."""
     low, high = start.min(axis=0), start.max(axis=0)

@@ -41,7 +41,7 @@ __all__ = ["Frame", "Framer", "MapGrid", "make_frame", "map_grid", "render_analy
 @dataclass(frozen=True)
 class MapGrid:
     """What every map of one run shares: each face's pixel, the dot ``radius`` and the count of faces whose
-    dot covers each pixel, ``counts`` (plot_height, plot_width) float64, NaN where none."""
+    dot covers each pixel, ``counts`` (plot_height, plot_width) float64, NaN where none (datashader's empty)."""
 
     raster: Raster
     radius: int
@@ -56,7 +56,8 @@ def map_grid(coords: FloatArray, config: RenderConfig) -> MapGrid:
     """Frame the map, find each face's pixel and count the faces per pixel: once for all five maps."""
     raster = rasterise(coords, make_frame(coords, config))
     radius = point_radius(len(coords))
-    return MapGrid(raster, radius, raster.paint(radius))
+    counts = raster.paint(radius)
+    return MapGrid(raster, radius, np.where(counts > 0, counts, np.nan))
 
 
 def identity_palette(n_identities: int, seed: int = 0) -> FloatArray:
@@ -230,8 +231,8 @@ def _dots(grid: MapGrid, rows: np.ndarray, colour: str, image: np.ndarray) -> np
     """The faces ``rows`` as solid dots of ``colour`` with a dark rim (at least 3 pixels: visible at any
     scale), over ``image``."""
     size = max(grid.radius + 1, 3)
-    rim = ~np.isnan(grid.raster.paint(size + 1, rows=rows))
-    dot = ~np.isnan(grid.raster.paint(size, rows=rows))
+    rim = grid.raster.paint(size + 1, rows=rows) > 0
+    dot = grid.raster.paint(size, rows=rows) > 0
     image = np.where(np.flipud(rim)[..., None], np.array(_rgb("#202020"), dtype=np.uint8), image)
     return np.where(np.flipud(dot)[..., None], np.array(_rgb(colour), dtype=np.uint8), image)
 
@@ -245,7 +246,7 @@ def _colour_image(grid: MapGrid, palette: FloatArray, codes: IdArray) -> np.ndar
     channels = []
     for channel in range(3):
         weights = np.take(np.ascontiguousarray(palette[:, channel], dtype=np.float64), codes)
-        channels.append(np.clip(np.nan_to_num(grid.raster.paint(grid.radius, weights) / n * 255), 0, 255))
+        channels.append(np.clip(grid.raster.paint(grid.radius, weights) / n * 255, 0, 255))
     alpha = tf.shade(as_agg(grid.counts, grid.frame), cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
     packed = sum(c.astype(np.uint32) << (8 * i) for i, c in enumerate(channels)) | alpha.astype(np.uint32) << 24
     image = np.where(np.isnan(grid.counts), 0, packed).astype(np.uint32)
@@ -271,11 +272,11 @@ def _highlight_image(grid: MapGrid, ids: IdArray, highlight: list[int]) -> np.nd
     mixed = np.zeros((*grid.frame.shape, 3))
     total = np.zeros(grid.frame.shape)
     for i, identity in enumerate(highlight):
-        layer = np.nan_to_num(grid.raster.paint(size, rows=chosen[ids[chosen] == identity]))
+        layer = grid.raster.paint(size, rows=chosen[ids[chosen] == identity])
         mixed += layer[..., None] * np.array(_rgb(HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)]), dtype=np.float64)
         total += layer
     present = np.flipud(total > 0)
-    rim = np.flipud(~np.isnan(grid.raster.paint(size + 1, rows=chosen)))
+    rim = np.flipud(grid.raster.paint(size + 1, rows=chosen) > 0)
     image = np.where(rim[..., None], np.array(_rgb("#202020"), dtype=np.uint8), grey)
     colours = np.flipud(mixed / np.maximum(total, 1)[..., None])
     return np.where(present[..., None], colours.astype(np.uint8), image)

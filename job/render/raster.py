@@ -51,29 +51,43 @@ class Raster:
 
     def paint(self, radius: int, weights: FloatArray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Per pixel, the sum of ``weights`` (1 per face when None) of the faces (all, or ``rows``: a bool mask
-        or row numbers) whose disc of ``radius`` pixels covers it: (plot_height, plot_width) float64, NaN where
-        no face is. The same as datashader's count / sum aggregate convolved with the disc."""
+        or row numbers) whose disc of ``radius`` pixels covers it: (plot_height, plot_width) float64, 0 where
+        no face is. The same as datashader's count / sum aggregate convolved with the disc.
+
+        Few faces (fewer disc pixels than grid pixels): each face's disc is summed straight into the grid;
+        many: faces are summed per pixel first, then the grid is spread by shifted adds (the work then grows
+        with the pixels, not with the faces)."""
         pixel = self.pixel if rows is None else self.pixel[rows]
         values = None if weights is None else (weights if rows is None else weights[rows])
         height, width = self.frame.shape
+        offsets = disc(radius)
+        if len(pixel) * len(offsets) > height * width:
+            on = pixel >= 0
+            grid = np.bincount(pixel[on], None if values is None else np.asarray(values, np.float64)[on],
+                               minlength=height * width).astype(np.float64).reshape(height, width)
+            if radius == 0:
+                return grid
+            total = np.zeros((height, width))
+            for dy, dx in offsets:
+                total[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] += \
+                    grid[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+            return total
         total = np.zeros(height * width)
-        hits = np.zeros(height * width) if values is not None else total
-        offsets = np.array(disc(radius), dtype=np.int64)
+        shifts = np.array(offsets, dtype=np.int64)
         step = max(1, CHUNK // len(offsets))  # faces x offsets per block stays at CHUNK
         for start in range(0, len(pixel), step):
             block = pixel[start:start + step]
             on = block >= 0
-            row = (block[on] // width)[:, None] + offsets[:, 0]  # (faces, offsets): one bincount for the chunk
-            col = (block[on] % width)[:, None] + offsets[:, 1]
+            row = (block[on] // width)[:, None] + shifts[:, 0]  # (faces, offsets): one bincount for the block
+            col = (block[on] % width)[:, None] + shifts[:, 1]
             inside = (row >= 0) & (row < height) & (col >= 0) & (col < width)
             target = row[inside] * width + col[inside]
-            if values is None:
-                total += np.bincount(target, minlength=height * width)
-                continue
-            weight = np.broadcast_to(np.asarray(values[start:start + step], np.float64)[on][:, None], inside.shape)
-            total += np.bincount(target, weight[inside], minlength=height * width)
-            hits += np.bincount(target, minlength=height * width)
-        return np.where(hits > 0, total, np.nan).reshape(height, width)
+            weight = None
+            if values is not None:
+                weight = np.broadcast_to(np.asarray(values[start:start + step], np.float64)[on][:, None],
+                                         inside.shape)[inside]
+            total += np.bincount(target, weight, minlength=height * width)
+        return total.reshape(height, width)
 
 
 def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:
