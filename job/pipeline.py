@@ -135,8 +135,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         fitted, params, engine = fit_map(config, backend, plan, graph, database)
     log(f"UMAP done in {timings['umap']:.1f} s")
     with _timed(timings, "place"):
-        mapped = place_faces(config, plan, graph, fitted, params, progress)
-        mapped.placement["engine"] = engine
+        mapped = place_faces(config, plan, graph, fitted, params, engine, progress)
     with _timed(timings, "analysis"):
         analysis = analyse(config, database, plan, verdicts, graph, mapped, backend.name)
     with _timed(timings, "metrics"):
@@ -201,14 +200,16 @@ def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, d
 
 
 def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatArray, params: UmapConfig,
-                progress: ProgressFactory) -> MapResult:
-    """The whole map: fitted faces where UMAP put them, every other face placed on that map."""
+                engine: str, progress: ProgressFactory) -> MapResult:
+    """The whole map: fitted faces where UMAP put them (``engine``: what fitted them), every other face placed on
+    that map."""
     n_faces = len(plan.table.codes)
     coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
     coords[plan.fitted] = fitted
     placement: dict[str, Any] = {"fitted": int(len(plan.fitted)), "placed": int(len(plan.placed)),
                                  "held_out": int(len(plan.held)), "init": params.init, "min_dist": params.min_dist,
-                                 "repulsion_strength": params.repulsion_strength, "n_epochs": params.n_epochs}
+                                 "repulsion_strength": params.repulsion_strength, "n_epochs": params.n_epochs,
+                                 "engine": engine}
     if len(plan.placed):
         kernel = make_kernel(fitted, params.min_dist, params.spread, params.repulsion_strength,
                              params.place_epochs, config.seed)

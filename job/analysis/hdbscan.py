@@ -87,12 +87,11 @@ def single_linkage(source: np.ndarray, target: np.ndarray, weight: np.ndarray
     """Merge the tree's edges in order: each merge joins the clusters of its two points into a new one
     numbered n, n + 1, ...; returns (left, right, distance, size) per merge."""
     n = len(source) + 1
-    parent = np.full(2 * n - 1, -1, dtype=np.int64)
     sizes = np.zeros(2 * n - 1, dtype=np.int64)
     sizes[:n] = 1
     left, right = np.empty(n - 1, np.int64), np.empty(n - 1, np.int64)
     size = np.empty(n - 1, np.int64)
-    up = parent.tolist()
+    up = [-1] * (2 * n - 1)  # each cluster's parent merge, -1 for a root
     for i, (a, b) in enumerate(zip(source.tolist(), target.tolist())):
         ra, rb = _find(up, a), _find(up, b)
         left[i], right[i] = ra, rb
@@ -209,18 +208,20 @@ def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:
             "nmi": normalised_mutual_information(ids, labels), "noise": float(solo.mean()) if len(labels) else 0.0}
 
 
-def _contingency(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Counts of each (truth, found) pair that occurs, and the marginal counts of each truth / found label."""
+def _contingency(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The (truth, found) label pairs that occur, as cell numbers truth_code x n_found + found_code, their
+    counts, and the marginal counts of each truth and each found label."""
     _, t = np.unique(truth, return_inverse=True)
     _, f = np.unique(found, return_inverse=True)
-    pairs = np.unique(t.astype(np.int64) * (int(f.max()) + 1 if len(f) else 1) + f, return_counts=True)[1]
-    return pairs.astype(np.int64), np.bincount(t).astype(np.int64), np.bincount(f).astype(np.int64)
+    rows, cols = np.bincount(t).astype(np.int64), np.bincount(f).astype(np.int64)
+    cells, counts = np.unique(t.astype(np.int64) * max(len(cols), 1) + f, return_counts=True)
+    return cells, counts.astype(np.int64), rows, cols
 
 
 def adjusted_rand(truth: np.ndarray, found: np.ndarray) -> float:
     """The adjusted Rand index of two labelings (1: the same partition, ~0: chance)."""
     n = len(truth)
-    pairs, rows, cols = _contingency(truth, found)
+    _, pairs, rows, cols = _contingency(truth, found)
     same_both = float((pairs * (pairs - 1)).sum()) / 2
     same_truth, same_found = float((rows * (rows - 1)).sum()) / 2, float((cols * (cols - 1)).sum()) / 2
     total = n * (n - 1) / 2
@@ -233,15 +234,11 @@ def adjusted_rand(truth: np.ndarray, found: np.ndarray) -> float:
 
 def normalised_mutual_information(truth: np.ndarray, found: np.ndarray) -> float:
     """Mutual information of two labelings over the mean of their entropies (1: the same partition)."""
-    pairs, rows, cols = _contingency(truth, found)
+    cells, counts, rows, cols = _contingency(truth, found)
     if (len(rows) == len(cols) == 1) or (len(rows) == len(cols) == 0):
         return 1.0
     if len(rows) == 1 or len(cols) == 1:
         return 0.0
-    _, t = np.unique(truth, return_inverse=True)
-    _, f = np.unique(found, return_inverse=True)
-    key = t.astype(np.int64) * len(cols) + f
-    cells, counts = np.unique(key, return_counts=True)
     n = float(len(truth))
     outer = rows[cells // len(cols)].astype(np.float64) * cols[cells % len(cols)]
     share = counts / n

@@ -15,7 +15,9 @@ import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -50,6 +52,30 @@ class MapGrid:
     @property
     def frame(self) -> Frame:
         return self.raster.frame
+
+    @cached_property
+    def agg(self) -> Any:
+        """``counts`` as the xarray datashader's transfer functions take."""
+        return as_agg(self.counts, self.frame)
+
+    @cached_property
+    def grey(self) -> np.ndarray:
+        """Every face in grey (darker where denser) on white: the ground of the highlight and suspect maps,
+        (plot_height, plot_width, 3) uint8, read-only (copy before drawing on it)."""
+        import datashader.transfer_functions as tf
+
+        shaded = tf.shade(self.agg, cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120)
+        image = over(shaded.data, solid(self.frame.shape, (255, 255, 255)))
+        image.flags.writeable = False
+        return image
+
+    @cached_property
+    def opacity(self) -> np.ndarray:
+        """Each pixel's opacity 0..255 from the eq_hist-shaded count (uint32), as datashader gives categorical
+        colour mixes: shared by the identity and cluster maps."""
+        import datashader.transfer_functions as tf
+
+        return tf.shade(self.agg, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
 
 
 def map_grid(coords: FloatArray, config: RenderConfig) -> MapGrid:
@@ -148,7 +174,7 @@ def render_analysis_maps(
     """
     grid = grid or map_grid(coords, config)
     frame = grid.frame
-    image = _grey(grid).copy()
+    image = grid.grey.copy()
     flagged = coords[suspect]
     for ends, colour, weight in ((filed, FILED_COLOUR, 0.5), (targets, LINK_COLOUR, 0.8)):
         linked = np.isfinite(ends[:, 0]) if len(ends) else np.zeros(0, dtype=bool)
@@ -219,14 +245,6 @@ def _framing(grid: MapGrid, framer: Framer | None) -> Iterator[Framer]:
         yield opened
 
 
-def _grey(grid: MapGrid) -> np.ndarray:
-    """Every face in grey (darker where denser) on white: the ground of the highlight and suspect maps."""
-    import datashader.transfer_functions as tf
-
-    shaded = tf.shade(as_agg(grid.counts, grid.frame), cmap=["#d0d0d0", "#808080"], how="eq_hist", min_alpha=120)
-    return over(shaded.data, solid(grid.frame.shape, (255, 255, 255)))
-
-
 def _dots(grid: MapGrid, rows: np.ndarray, colour: str, image: np.ndarray) -> np.ndarray:
     """The faces ``rows`` as solid dots of ``colour`` with a dark rim (at least 3 pixels: visible at any
     scale), over ``image``."""
@@ -240,15 +258,12 @@ def _dots(grid: MapGrid, rows: np.ndarray, colour: str, image: np.ndarray) -> np
 def _colour_image(grid: MapGrid, palette: FloatArray, codes: IdArray) -> np.ndarray:
     """Each pixel in the mean colour of the faces covering it (face i in ``palette[codes[i]]``), opacity
     from the eq_hist-shaded count, as datashader does for categorical colour mixing; on white."""
-    import datashader.transfer_functions as tf
-
     n = np.nan_to_num(grid.counts, nan=1.0)
     channels = []
     for channel in range(3):
         weights = np.take(np.ascontiguousarray(palette[:, channel], dtype=np.float64), codes)
         channels.append(np.clip(grid.raster.paint(grid.radius, weights) / n * 255, 0, 255))
-    alpha = tf.shade(as_agg(grid.counts, grid.frame), cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
-    packed = sum(c.astype(np.uint32) << (8 * i) for i, c in enumerate(channels)) | alpha.astype(np.uint32) << 24
+    packed = sum(c.astype(np.uint32) << (8 * i) for i, c in enumerate(channels)) | grid.opacity.astype(np.uint32) << 24
     image = np.where(np.isnan(grid.counts), 0, packed).astype(np.uint32)
     return over(image, solid(grid.frame.shape, (255, 255, 255)))
 
@@ -257,14 +272,14 @@ def _density_image(grid: MapGrid) -> np.ndarray:
     import datashader.transfer_functions as tf
     from datashader.colors import inferno
 
-    image = tf.shade(as_agg(grid.counts, grid.frame), cmap=inferno[64:], how="eq_hist")  # darkest blues vanish
+    image = tf.shade(grid.agg, cmap=inferno[64:], how="eq_hist")  # the darkest blues would vanish on black
     return over(image.data, solid(grid.frame.shape, (0, 0, 0)))
 
 
 def _highlight_image(grid: MapGrid, ids: IdArray, highlight: list[int]) -> np.ndarray:
     """The grey map with each highlighted identity's faces as dots in its colour (at least 3 pixels, dark
     rim); where identities overlap, colours mix by face count, as datashader's categorical shading does."""
-    grey = _grey(grid)
+    grey = grid.grey
     chosen = np.flatnonzero(np.isin(ids, highlight)) if highlight else np.zeros(0, dtype=np.int64)
     if not len(chosen) or not (grid.raster.pixel[chosen] >= 0).any():
         return grey
