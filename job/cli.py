@@ -293,19 +293,22 @@ def demo_db(
 def backends(
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON.")] = False,
 ) -> None:
-    """Which UMAP backends can run here, and why not the others."""
+    """Which UMAP backends can run here, and why not the others; the GPU, if any (name, memory, driver's CUDA,
+    compute capability)."""
     with _errors_to_exit_codes():
         from dataclasses import asdict
 
         from job.reduce.backends import probe_all, probe_gpu, resolve
 
+        gpu = probe_gpu()
         probes = probe_all()
         chosen, reason = resolve("auto")
         if as_json:
-            payload = {"auto": chosen.name, "auto_reason": reason, "gpu": asdict(probe_gpu()),
+            payload = {"auto": chosen.name, "auto_reason": reason, "gpu": asdict(gpu),
                        "backends": [asdict(p) for p in probes]}
             _echo(json.dumps(payload, indent=2))
             return
+        _echo(f"gpu  {gpu.describe()}")
         for probe in probes:
             mark = "yes" if probe.available else "no "
             _echo(f"{mark}  {probe.name:<11} {probe.reason}")

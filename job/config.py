@@ -124,6 +124,30 @@ class KnnConfig(_Section):
     exact_max_faces: int = Field(50_000, ge=0, le=COUNT_MAX, description="auto: exact search up to this many reference faces")
 
 
+class GpuConfig(_Section):
+    """The GPU backend (cuML UMAP, cuVS kNN, CuPy analysis): its memory and its kNN graph."""
+
+    memory: Literal["pool", "managed", "default"] = Field(
+        "pool", description='"pool": one RMM/CuPy memory pool for the run; "managed": CUDA managed memory, which can '
+        'exceed the GPU (slower; for databases larger than GPU memory); "default": the libraries\' own allocators')
+    exact_max_faces: int = Field(1_000_000, ge=0, le=COUNT_MAX, description="auto on the GPU: exact kNN (cuVS brute "
+                                 "force, reproducible) up to this many reference faces, NN-descent above")
+    knn_n_clusters: int = Field(0, ge=0, le=4096, description="NN-descent batches (cuVS all_neighbors n_clusters; "
+                                "each face in knn_overlap_factor of them); 0 = auto: 1 when the reference faces fit "
+                                "in GPU memory, else enough to fit")
+    knn_overlap_factor: int = Field(2, ge=1, le=64, description="batches each face joins in a batched NN-descent")
+    device_ids: list[Annotated[int, Field(ge=0, le=1023)]] = Field(
+        default_factory=list, max_length=64, description="GPUs a batched NN-descent build spreads over; [] = the "
+        "current GPU")
+
+    @model_validator(mode="after")
+    def _overlap_below_clusters(self) -> GpuConfig:
+        if self.knn_n_clusters > 1 and self.knn_overlap_factor >= self.knn_n_clusters:
+            raise ValueError(f"knn_overlap_factor ({self.knn_overlap_factor}) must be below knn_n_clusters "
+                             f"({self.knn_n_clusters}) (cuVS all_neighbors)")
+        return self
+
+
 class RenderConfig(_Section):
     """The PNG maps."""
 
@@ -172,6 +196,7 @@ class Config(_Section):
     input: InputConfig = InputConfig()
     umap: UmapConfig = UmapConfig()
     knn: KnnConfig = KnnConfig()
+    gpu: GpuConfig = GpuConfig()
     render: RenderConfig = RenderConfig()
     metrics: MetricsConfig = MetricsConfig()
     analysis: AnalysisConfig = AnalysisConfig()

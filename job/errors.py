@@ -6,7 +6,8 @@ Tree::
     ├── UsageError              exit 2   bad command line or config (unknown key, wrong type, out of range)
     ├── InputError              exit 3   an input file is missing, unreadable or malformed
     ├── BackendUnavailable      exit 4   the asked-for backend cannot run on this machine
-    ├── OutOfMemoryError        exit 5   the job ran out of host or GPU memory
+    ├── OutOfMemoryError        exit 5   the job ran out of host memory
+    │   └── GpuOutOfMemoryError exit 6   ... of GPU memory (the fix: batches, managed memory, or the CPU)
     └── InternalError           exit 70  a bug in faceatlas: please report it
 
 Messages are one line: what was expected, what was found, and the fix.
@@ -40,9 +41,16 @@ class BackendUnavailable(FaceatlasError):
 
 
 class OutOfMemoryError(FaceatlasError):
-    """Host or GPU memory ran out."""
+    """Host memory ran out, or would (GPU memory: :class:`GpuOutOfMemoryError`)."""
 
     exit_code = 5
+
+
+class GpuOutOfMemoryError(OutOfMemoryError):
+    """GPU memory ran out, or would: a run on the GPU backend that does not fit. Under ``--backend auto`` the run
+    falls back to the CPU instead (run.json says why)."""
+
+    exit_code = 6
 
 
 class InternalError(FaceatlasError):

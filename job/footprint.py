@@ -35,3 +35,18 @@ def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsiz
         "render": render_bytes(config.render) + n_faces * 5 * 4,  # the image grid, and one float32 frame
     }
     return int(SLACK * (BASE + n_faces * per_face + tables + max(stages.values())))
+
+
+def gpu_run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsize: int) -> int:
+    """GPU memory a run on the GPU backend needs: the unit vectors and the per-face arrays held there (the
+    graph, the verdicts' working set), two identity tables, and the largest stage (the kNN search against the
+    fitted faces, or cuML's fit on them: its float32 copy, graph and fuzzy set)."""
+    k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
+    fitted = min(n_faces, config.umap.fit_sample)
+    held = n_faces * (dim * itemsize + 8 * k + 3 * 8) + 2 * n_identities * dim * 4
+    stages = {
+        "kNN graph": fitted * dim * 4 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 16) + (256 << 20),
+        "verdicts": n_faces * (2 * config.analysis.neighbours + 24) * 8,
+        "UMAP": fitted * (dim * 4 + config.umap.n_neighbors * 3 * 12 + config.umap.n_components * 8),
+    }
+    return int(SLACK * (held + max(stages.values())))

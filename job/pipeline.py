@@ -31,15 +31,16 @@ from job.analysis.quality import (
 from job.analysis.suspects import LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.config import Config, UmapConfig
-from job.errors import UsageError
-from job.footprint import run_bytes
+from job.errors import GpuOutOfMemoryError, UsageError
+from job.footprint import gpu_run_bytes, run_bytes
+from job.gpu import gpu_memory_errors, probe_gpu, require_gpu_memory, use_memory
 from job.io.database import FaceDatabase, load_database
 from job.knn.graph import FaceGraph
 from job.knn.index import face_graph
 from job.maps.mapmodel import MODEL_FILE, MapModel, save_model
 from job.maps.placement import place
 from job.progress import ProgressFactory, no_progress
-from job.reduce.backends import Backend, resolve
+from job.reduce.backends import Backend, UmapLearnBackend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
@@ -47,6 +48,7 @@ from job.render.maps import Framer, map_grid, render_analysis_maps, render_maps,
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
+from job.xp import fields_to_host, namespace, on_device, to_host, to_namespace
 from job.store.reports import LOOKALIKES_FILE, LOW_QUALITY_FILE, SUSPECTS_FILE, write_lookalikes, \
     write_low_quality, write_suspects
 
@@ -75,6 +77,18 @@ class FitPlan:
     fitted: IdArray
     placed: IdArray
     held: IdArray
+
+
+@dataclass(frozen=True)
+class Space:
+    """The embedding space where the run computes: the unit faces (n_faces, dim), each face's input row and
+    quality (n_faces,), and the identity table, as NumPy arrays on CPU (the database's own) or CuPy arrays on
+    a GPU backend (copied there once)."""
+
+    unit: Any
+    rows: Any
+    quality: Any
+    table: IdentityTable
 
 
 @dataclass(frozen=True)
@@ -113,6 +127,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     out_dir = Path(config.out)
     check_output_folder(out_dir)
     require_render_memory(config.render, config.max_memory_bytes)  # before the work, not after it
+    memory = prepare_gpu(config)
     backend, reason = resolve(config.backend)
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
@@ -122,78 +137,137 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
         f"dim {database.dim}")
     _warn_about(database, log)
-    with _timed(timings, "sample"):
-        plan = plan_fit(config, database)
-    log(_describe_plan(plan, database.n_faces))
-    with _timed(timings, "knn"):
-        graph = shared_graph(config, database, plan, progress)
-    log(f"kNN graph: {graph.method} ({graph.reason})")
-    with _timed(timings, "suspects"):
-        verdicts = judge(config, database, plan, graph)
-    log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
-    with _timed(timings, "umap"):
-        fitted, params, engine = fit_map(config, backend, plan, graph, database)
-    log(f"UMAP done in {timings['umap']:.1f} s")
-    with _timed(timings, "place"):
-        mapped = place_faces(config, plan, graph, fitted, params, engine, progress)
-    with _timed(timings, "analysis"):
-        analysis = analyse(config, database, plan, verdicts, graph, mapped, backend.name)
-    with _timed(timings, "metrics"):
-        metrics = measure(config, database, mapped, analysis)
+    try:
+        if backend.uses_gpu:
+            require_gpu_run(config, database)
+        work = compute(config, backend, database, timings, log, progress)
+    except GpuOutOfMemoryError as exc:
+        if config.backend != "auto":
+            raise
+        backend, reason = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}"
+        log(f"backend: {backend.name} ({reason})")
+        work = compute(config, backend, database, timings, log, progress)
+    plan, graph, verdicts, mapped, analysis, metrics = work
+    gpu = gpu_record(memory) if backend.uses_gpu else None
     with staged_outputs(out_dir, log, checked=True) as staging:
         with _timed(timings, "render"):
             files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging)
         with _timed(timings, "write"):
             files.update(write_tables(database, verdicts, mapped, analysis, staging))
         record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
-                            mapped.placement, highlight, metrics, timings, files)
+                            mapped.placement, highlight, metrics, timings, files, gpu)
         files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
-def plan_fit(config: Config, database: FaceDatabase) -> FitPlan:
-    """Group faces by identity, hold some out, and pick the faces UMAP is fitted on (the rest are placed)."""
-    table = identity_table(database.unit, database.ids)
-    own = leave_one_out(database.unit, table)
+def compute(config: Config, backend: Backend, database: FaceDatabase, timings: dict[str, float], log: Log,
+            progress: ProgressFactory) -> tuple[FitPlan, FaceGraph, Verdicts, MapResult, Analysis, dict[str, Any]]:
+    """Every stage between loading and writing, where ``backend`` computes (the GPU: faces, graph and
+    analysis as CuPy arrays; the results come back to the host once, at each stage's end)."""
+    with _timed(timings, "sample"), gpu_memory_errors("the identity table"):
+        plan, space = plan_fit(config, database, backend.namespace())
+    log(_describe_plan(plan, database.n_faces))
+    with _timed(timings, "knn"), gpu_memory_errors("the kNN graph"):
+        graph = shared_graph(config, space, plan, progress)
+    log(f"kNN graph: {graph.method} ({graph.reason})")
+    with _timed(timings, "suspects"), gpu_memory_errors("the verdicts"):
+        verdicts = judge(config, space, plan, graph)
+    log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
+    with _timed(timings, "umap"):
+        fitted, params, engine = fit_map(config, backend, plan, graph, space)
+    log(f"UMAP done in {timings['umap']:.1f} s")
+    graph = fields_to_host(graph)  # placement, the supervised check and the writers are host code
+    with _timed(timings, "place"):
+        mapped = place_faces(config, plan, graph, fitted, params, engine, progress)
+    with _timed(timings, "analysis"), gpu_memory_errors("the analysis"):
+        analysis = analyse(config, database, space, plan, verdicts, graph, mapped, backend.name)
+    with _timed(timings, "metrics"), gpu_memory_errors("the map quality"):
+        metrics = measure(config, database, space, mapped, analysis)
+    return plan, graph, verdicts, mapped, analysis, metrics
+
+
+def prepare_gpu(config: Config) -> str | None:
+    """Set up the GPU's memory pool before cuML is imported (importing cuML routes CuPy through RMM), when the
+    run may use the GPU and one is there; returns what was set up (None: no GPU in this run)."""
+    if config.backend == UmapLearnBackend.name or not probe_gpu().available:
+        return None
+    return use_memory(config.gpu.memory)
+
+
+def gpu_record(memory: str | None) -> dict[str, Any]:
+    """run.json's ``gpu``: the device, its memory set-up, and what ran where."""
+    info = probe_gpu()
+    return {"device": info.device, "count": info.count, "total_bytes": info.total_bytes,
+            "compute_capability": info.compute_capability, "driver_cuda": info.driver_cuda,
+            "runtime_cuda": info.runtime_cuda, "memory": memory,
+            "on_gpu": ["identity table", "kNN graph (cuVS)", "verdicts", "look-alikes", "UMAP fit (cuML)",
+                       "HDBSCAN (cuML)", "trustworthiness"],
+            "on_cpu": ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out "
+                       "check", "same-id share (k-d tree)", "maps", "tables"]}
+
+
+def require_gpu_run(config: Config, database: FaceDatabase) -> None:
+    """Refuse (:class:`GpuOutOfMemoryError`) a GPU run that would not fit in the GPU's free memory."""
+    need = gpu_run_bytes(config, database.n_faces, len(database.identities), database.dim,
+                         database.unit.dtype.itemsize)
+    require_gpu_memory(need, probe_gpu(), config.gpu.memory, f"a GPU run on {database.n_faces:,} faces")
+
+
+def plan_fit(config: Config, database: FaceDatabase, xp: Any = np) -> tuple[FitPlan, Space]:
+    """Group faces by identity, hold some out, and pick the faces UMAP is fitted on (the rest are placed); the
+    faces and their table in the namespace ``xp`` (numpy, or cupy for a GPU backend)."""
+    space = embedding_space(database, xp)
+    own = to_host(leave_one_out(space.unit, space.table)[0])
+    table = fields_to_host(space.table)
     held = pick_holdout(database.ids, config.analysis.holdout, config.analysis.holdout_max, config.seed,
                         min_fitted=config.umap.n_neighbors + 1)
-    fitted = fit_sample(table.codes, own[0], ~held, sample_size(config.umap, database.n_faces, len(table.ids)),
+    fitted = fit_sample(table.codes, own, ~held, sample_size(config.umap, database.n_faces, len(table.ids)),
                         config.seed)
     on_map = ~held
     on_map[fitted] = False
-    return FitPlan(table, fitted, np.flatnonzero(on_map), np.flatnonzero(held))
+    return FitPlan(table, fitted, np.flatnonzero(on_map), np.flatnonzero(held)), space
 
 
-def shared_graph(config: Config, database: FaceDatabase, plan: FitPlan, progress: ProgressFactory) -> FaceGraph:
-    """The run's one kNN graph: every face's nearest fitted faces (the fitted faces find themselves first)."""
+def embedding_space(database: FaceDatabase, xp: Any = np) -> Space:
+    """The faces, rows, qualities and identity table in ``xp`` (one copy each to the GPU for CuPy)."""
+    unit = to_namespace(xp, database.unit)
+    return Space(unit, to_namespace(xp, database.input_rows), to_namespace(xp, database.quality),
+                 identity_table(unit, database.ids))
+
+
+def shared_graph(config: Config, space: Space, plan: FitPlan, progress: ProgressFactory) -> FaceGraph:
+    """The run's one kNN graph: every face's nearest fitted faces (the fitted faces find themselves first), on
+    the GPU for a GPU backend."""
     k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
-    return face_graph(database.unit, plan.fitted, k, config.knn.method, config.knn.exact_max_faces, config.seed,
-                      progress)
+    return face_graph(space.unit, plan.fitted, k, config.knn.method, config.knn.exact_max_faces, config.seed,
+                      progress, gpu=config.gpu)
 
 
-def judge(config: Config, database: FaceDatabase, plan: FitPlan, graph: FaceGraph) -> Verdicts:
+def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph) -> Verdicts:
     """Per-face verdicts from the graph's neighbours and similar identities (re-enrolled photos found in the
-    graph and left out of the identities first); look-alike candidates."""
-    settings = config.analysis
-    candidates = find_candidates(graph, plan.table.codes, plan.table.centroids, settings.neighbours,
-                                 SIMILAR_IDENTITIES, settings.lookalike_k, config.knn.method,
-                                 config.knn.exact_max_faces, config.seed)
-    scores, original = judge_faces(database.unit, plan.table, graph, candidates.nearby, candidates.similar,
-                                   database.input_rows, database.quality, settings.suspect_margin,
-                                   settings.misfiled_score)
-    return Verdicts(scores, candidates.lookalike, original)
+    graph and left out of the identities first); look-alike candidates. Computed where ``space`` is; the
+    verdicts come back to the host."""
+    settings, table = config.analysis, space.table
+    candidates = find_candidates(graph, table.codes, table.centroids, settings.neighbours, SIMILAR_IDENTITIES,
+                                 settings.lookalike_k, config.knn.method, config.knn.exact_max_faces, config.seed,
+                                 config.gpu.exact_max_faces)
+    scores, original = judge_faces(space.unit, table, graph, candidates.nearby, candidates.similar, space.rows,
+                                   space.quality, settings.suspect_margin, settings.misfiled_score)
+    return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original))
 
 
-def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, database: FaceDatabase
+def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, space: Space
             ) -> tuple[FloatArray, UmapConfig, str]:
     """UMAP coordinates of the fitted faces, (len(plan.fitted), n_components) float32, the settings used and
-    what ran the fit."""
+    what ran the fit. The backend fits on the run's graph, where the graph is (the GPU for cuML)."""
     params = fit_params(config.umap, sampled=len(plan.placed) > 0, n_fitted=len(plan.fitted))
     # dense codes 0..n_identities-1: umap-learn reads label -1 as "unlabelled", cuML wants int32
     labels = plan.table.codes[plan.fitted].astype(np.int32) if params.supervised else None
-    reduction = backend.fit_transform(take_rows(database.unit, plan.fitted, np.float32), labels, params, config.knn,
-                                      config.seed,
+    xp = namespace(space.unit)
+    fitted = (space.unit[xp.asarray(plan.fitted)].astype(xp.float32) if on_device(xp)
+              else take_rows(space.unit, plan.fitted, np.float32))
+    reduction = backend.fit_transform(fitted, labels, params, config.knn, config.seed,
                                       graph.among_reference(params.n_neighbors))
     _check_coords(reduction.coords, config)
     return reduction.coords, params, reduction.engine
@@ -221,14 +295,17 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatAr
     return MapResult(coords, graph.method, placement)
 
 
-def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Verdicts, graph: FaceGraph,
-            mapped: MapResult, backend: str) -> Analysis:
-    """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes."""
+def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan, verdicts: Verdicts,
+            graph: FaceGraph, mapped: MapResult, backend: str) -> Analysis:
+    """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes
+    (those where ``space`` is)."""
     settings, ids, scores = config.analysis, database.ids, verdicts.scores
     left_out = scores.left_out
     # one derived identity table at a time (each is n_identities x dim): the look-alikes' first, then freed
-    pairs = find_lookalikes(plan.table.without(database.unit, np.flatnonzero(left_out)), verdicts.lookalike,
-                            settings.lookalike_top, settings.lookalike_threshold)
+    xp = namespace(space.unit)
+    pairs = fields_to_host(find_lookalikes(space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out))),
+                                           to_namespace(xp, verdicts.lookalike), settings.lookalike_top,
+                                           settings.lookalike_threshold))
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
     clean = plan.table.without(database.unit, np.flatnonzero(left_out | held))
@@ -269,10 +346,11 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     return Analysis(columns, model, pairs, clusters, metrics)
 
 
-def measure(config: Config, database: FaceDatabase, mapped: MapResult, analysis: Analysis) -> dict[str, Any]:
+def measure(config: Config, database: FaceDatabase, space: Space, mapped: MapResult, analysis: Analysis
+            ) -> dict[str, Any]:
     """Map quality of the map as written (fitted, placed and held-out faces alike), then the analysis metrics."""
     settings = config.metrics
-    return {"trustworthiness": trustworthiness(database.unit, mapped.coords, settings.trustworthiness_k,
+    return {"trustworthiness": trustworthiness(space.unit, mapped.coords, settings.trustworthiness_k,
                                                settings.trustworthiness_sample, config.seed),
             "same_id_knn": same_id_knn(mapped.coords, database.ids, settings.same_id_k),
             **analysis.metrics}

@@ -21,7 +21,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("--run-gpu"):
         return
-    skip = pytest.mark.skip(reason="needs a CUDA GPU and cuML; run with --run-gpu")
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (CuPy; cuML where the test fits with it); run with --run-gpu")
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
@@ -49,3 +49,34 @@ def smoke_config(small_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Co
 def smoke_run(smoke_config: Config) -> RunResult:
     """One fitted run on the small database (numba compiles once per session)."""
     return run(smoke_config)
+
+
+@pytest.fixture(params=["numpy", "fake-cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
+def xp(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    """The array namespace a GPU-capable function runs in: NumPy, the FAKE CuPy of ``tests/fakes`` (CPU,
+    strict about host arrays), or real CuPy on a GPU (``--run-gpu``)."""
+    import sys
+
+    if request.param == "numpy":
+        return np
+    if request.param == "fake-cupy":
+        from tests.fakes import fake_cupy
+
+        monkeypatch.setitem(sys.modules, "cupy", fake_cupy)
+        return fake_cupy
+    import cupy
+
+    return cupy
+
+
+@pytest.fixture
+def fake_gpu(monkeypatch: pytest.MonkeyPatch):
+    """A pretend GPU machine: the FAKE CuPy (CPU arrays that act like device arrays, a fake CUDA runtime) and the
+    FAKE cuML and cuVS of ``tests/fakes/fake_rapids.py`` (recorded signatures, real CPU libraries behind)."""
+    from tests.fakes import fake_cupy, fake_rapids
+
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    monkeypatch.setattr(fake_cupy, "GPU", dict(fake_cupy.GPU))
+    monkeypatch.setattr(fake_rapids, "STATE", dict(fake_rapids.STATE))
+    fake_rapids.install(monkeypatch)
+    return fake_rapids

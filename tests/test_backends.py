@@ -9,15 +9,8 @@ from job.analysis.metrics import trustworthiness
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable
 from job.knn.graph import normalise
-from job.reduce.backends import (
-    BACKENDS,
-    CumlBackend,
-    UmapLearnBackend,
-    cuml_params,
-    probe_gpu,
-    resolve,
-    umap_params,
-)
+from job.reduce.backends import BACKENDS, CumlBackend, UmapLearnBackend, probe_gpu, resolve, umap_params
+from job.reduce.gpu_umap import cuml_params, start_method
 from job.reduce.params import fit_params
 
 
@@ -57,16 +50,16 @@ def test_auto_settings_follow_how_the_map_is_fitted() -> None:
     assert (chosen.min_dist, chosen.repulsion_strength, chosen.n_epochs) == (0.3, 1.0, 42)
 
 
-@pytest.mark.parametrize(("method", "algo"), [("auto", "auto"), ("exact", "brute_force_knn"),
-                                               ("approximate", "nn_descent")])
-def test_cuml_parameter_mapping(method: str, algo: str) -> None:
-    params = cuml_params(UmapConfig(), 0, method)
-    assert params["build_algo"] == algo
-    shared = umap_params(UmapConfig(), 0)
-    assert shared["init"] == "pca" and params["init"] == "spectral"  # cuML has no PCA start
-    assert {k: v for k, v in params.items() if k not in ("build_algo", "init")} == \
+def test_cuml_parameter_mapping() -> None:
+    params = fit_params(UmapConfig(n_neighbors=9), False, 5000)
+    kwargs = cuml_params(params, 0, 5000)
+    shared = umap_params(params, 0)
+    assert kwargs["init"] == "spectral" and shared["init"] == "pca"  # cuML has no PCA start
+    assert {k: v for k, v in kwargs.items() if k in shared and k != "init"} == \
         {k: v for k, v in shared.items() if k != "init"}
-    assert cuml_params(UmapConfig(init="random"), 0, method)["init"] == "random"
+    assert kwargs["build_algo"] == "brute_force_knn"  # a graph is given: cuML builds none, checks no NN-descent metric
+    assert cuml_params(fit_params(UmapConfig(init="random"), False, 50), 0, 50)["init"] == "random"
+    assert start_method("pca", 20) == "random" and start_method("spectral", 20) == "spectral"
 
 
 @pytest.fixture(params=[UmapLearnBackend.name, pytest.param(CumlBackend.name, marks=pytest.mark.gpu)])

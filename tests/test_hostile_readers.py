@@ -308,8 +308,8 @@ def test_a_tiny_database_with_spectral_init_runs(tmp_path: Path) -> None:
 def _verdicts(path: Path) -> tuple[set[int], np.ndarray]:
     config = load_config(SMOKE, {"input.path": str(path)})
     database = load_database(config.input)
-    plan = plan_fit(config, database)
-    scores = judge(config, database, plan, shared_graph(config, database, plan, no_progress)).scores
+    plan, space = plan_fit(config, database)
+    scores = judge(config, space, plan, shared_graph(config, space, plan, no_progress)).scores
     return set(np.flatnonzero(scores.suspect).tolist()), scores.suggested_id
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from job.arrays import IdArray
 from job.knn.graph import FaceGraph
 from job.knn.index import identity_neighbours
+from job.xp import lexsort, namespace
 
 
 @dataclass(frozen=True)
@@ -32,11 +33,12 @@ class Candidates:
 
 
 def find_candidates(graph: FaceGraph, codes: IdArray, centroids: np.ndarray, width: int, similar: int, k: int,
-                    method: str, exact_max: int, seed: int | None = None) -> Candidates:
-    """All candidate lists of a run (see the module docstring)."""
+                    method: str, exact_max: int, seed: int | None = None, gpu_exact_max: int = 0) -> Candidates:
+    """All candidate lists of a run (see the module docstring); on the GPU when the graph is there."""
+    xp = namespace(codes)
     nearby = nearby_codes(graph, codes, width)
-    near_ids, _ = identity_neighbours(centroids, max(similar, k), method, exact_max, seed)
-    lookalike = np.concatenate([near_ids[:, :k], identity_links(codes, nearby, len(centroids), k)], axis=1)
+    near_ids, _ = identity_neighbours(centroids, max(similar, k), method, exact_max, seed, gpu_exact_max)
+    lookalike = xp.concatenate([near_ids[:, :k], identity_links(codes, nearby, len(centroids), k)], axis=1)
     return Candidates(nearby, near_ids[:, :similar], lookalike)
 
 
@@ -45,11 +47,12 @@ def nearby_codes(graph: FaceGraph, codes: IdArray, width: int) -> IdArray:
 
     A reference face is its own first neighbour; it is left out, so every face gets ``width`` others.
     """
+    xp = namespace(codes)
     rows = graph.neighbour_rows(slice(0, width + 1))
-    others = np.where(rows == np.arange(len(rows))[:, None], -1, rows)
-    order = np.argsort(others < 0, axis=1, kind="stable")
-    others = np.take_along_axis(others, order, axis=1)[:, :width]
-    return np.where(others >= 0, codes[np.maximum(others, 0)], -1)
+    others = xp.where(rows == xp.arange(len(rows))[:, None], -1, rows)
+    order = xp.argsort((others < 0).astype(xp.int8), axis=1, kind="stable")
+    others = xp.take_along_axis(others, order, axis=1)[:, :width]
+    return xp.where(others >= 0, codes[xp.maximum(others, 0)], -1)
 
 
 def identity_links(codes: IdArray, neighbour_codes: IdArray, n_identities: int, m: int) -> IdArray:
@@ -60,19 +63,20 @@ def identity_links(codes: IdArray, neighbour_codes: IdArray, n_identities: int, 
     This is the candidate list of look-alikes and of the identities a misfiled face may belong to, found
     from the one shared graph instead of a second kNN search over centroids.
     """
+    xp = namespace(codes)
     width = neighbour_codes.shape[1]
-    a = np.repeat(codes, width)
+    a = xp.repeat(codes, width)
     b = neighbour_codes.ravel()
     valid = (b >= 0) & (b != a)
     a, b = a[valid], b[valid]
     # count each unordered link once per face pair, in both directions' lists
-    pair = np.concatenate([a * n_identities + b, b * n_identities + a])
-    keys, counts = np.unique(pair, return_counts=True)
+    pair = xp.concatenate([a * n_identities + b, b * n_identities + a])
+    keys, counts = xp.unique(pair, return_counts=True)
     first, second = keys // n_identities, keys % n_identities
-    order = np.lexsort((second, -counts, first))
+    order = lexsort((second, -counts, first))
     first, second = first[order], second[order]
-    rank = np.arange(len(first)) - np.searchsorted(first, first)
+    rank = xp.arange(len(first)) - xp.searchsorted(first, first)
     keep = rank < m
-    linked = np.full((n_identities, m), -1, dtype=np.int64)
+    linked = xp.full((n_identities, m), -1, dtype=xp.int64)
     linked[first[keep], rank[keep]] = second[keep]
     return linked

@@ -1,5 +1,5 @@
-"""Clusters on the map: HDBSCAN (scikit-learn's, as ported in :mod:`job.analysis.hdbscan`, on CPU; cuML on a
-GPU), scored against the identity ids.
+"""Clusters on the map: HDBSCAN (scikit-learn's, as ported in :mod:`job.analysis.hdbscan`, on CPU; cuML's with
+NN-descent on a GPU, on every face), scored against the identity ids.
 
 HDBSCAN builds its minimum spanning tree with Prim's method, which compares every pair of
 points (16k points ~1.8 s, 4x per doubling). On CPU it therefore clusters a random sample of at most
@@ -23,11 +23,10 @@ def cluster_map(coords: FloatArray, min_size: int, use_gpu: bool = False, sample
     n_faces = len(coords)
     if n_faces < max(min_size, 2):
         return np.full(n_faces, -1, dtype=np.int64)
-    if use_gpu:
-        from cuml.cluster import HDBSCAN as GpuHDBSCAN
+    if use_gpu:  # every face: cuML's HDBSCAN builds its kNN by NN-descent, not all pairs
+        from job.reduce.gpu_umap import hdbscan_labels as gpu_labels
 
-        labels = GpuHDBSCAN(min_cluster_size=min_size, output_type="numpy").fit_predict(coords)
-        return np.asarray(labels, dtype=np.int64)
+        return gpu_labels(coords, min_size)
     if n_faces <= sample:
         return hdbscan_labels(coords, min_size)
     from scipy.spatial import cKDTree

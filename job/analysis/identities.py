@@ -13,6 +13,7 @@ import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.knn.graph import top_k
+from job.xp import group_sums, namespace, run_starts
 
 ROW_BLOCK = 1 << 15
 
@@ -40,30 +41,33 @@ class IdentityTable:
 
     def sums(self, index: IdArray | slice = slice(None)) -> np.ndarray:
         """Sums of unit faces of the identities ``index``: (len, dim) float64."""
-        return self.norms[index, None] * self.centroids[index].astype(np.float64)
+        return self.norms[index, None] * self.centroids[index].astype(self.norms.dtype)
 
     def without(self, unit: np.ndarray, rows: IdArray) -> IdentityTable:
         """The same identities with the faces ``rows`` left out of the sums (cost: those rows, not all)."""
-        rows = np.asarray(rows, dtype=np.int64)
+        xp = namespace(self.codes)
+        rows = xp.asarray(rows, dtype=xp.int64)
         if not len(rows):
             return self
-        touched, slot = np.unique(self.codes[rows], return_inverse=True)
-        removed = np.zeros((len(touched), unit.shape[1]), dtype=np.float64)
-        np.add.at(removed, slot, np.asarray(unit[rows], dtype=np.float64))
+        touched, slot = xp.unique(self.codes[rows], return_inverse=True)
+        slot = slot.reshape(-1)  # NumPy 2.0 shaped the inverse like its input
+        removed = xp.zeros((len(touched), unit.shape[1]), dtype=xp.float64)
+        xp.add.at(removed, slot, unit[rows].astype(xp.float64))
         sums = self.sums(touched) - removed
         counts = self.counts.copy()
-        counts[touched] -= np.bincount(slot, minlength=len(touched))
+        counts[touched] -= xp.bincount(slot, minlength=len(touched))
         centroids, norms = self.centroids.copy(), self.norms.copy()
-        norms[touched] = np.linalg.norm(sums, axis=1)
+        norms[touched] = xp.linalg.norm(sums, axis=1)
         centroids[touched] = unit_rows(sums)
         return IdentityTable(self.ids, self.codes, counts, centroids, norms)
 
     def cohesion(self, unit: np.ndarray, keep: BoolArray | None = None) -> FloatArray:
         """Mean cosine of each identity's faces (those in ``keep``) to its centroid: (n_identities,) float32."""
-        rows = np.flatnonzero(keep) if keep is not None else np.arange(len(self.codes))
+        xp = namespace(self.codes)
+        rows = xp.flatnonzero(keep) if keep is not None else xp.arange(len(self.codes))
         sims = rowwise_dot(unit, self.centroids, self.codes[rows], rows)
-        return (np.bincount(self.codes[rows], weights=sims, minlength=len(self.ids)) /
-                np.maximum(self.counts, 1)).astype(np.float32)
+        return (xp.bincount(self.codes[rows], weights=sims, minlength=len(self.ids)) /
+                xp.maximum(self.counts, 1)).astype(xp.float32)
 
 
 def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None) -> IdentityTable:
@@ -74,37 +78,41 @@ def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None
     float32 unit row as soon as its last face is seen: the temporaries stay at ``ROW_BLOCK`` x dim at any
     database size, and memory is the float32 centroids alone (no n_identities x dim float64 array).
     """
-    unique, codes = np.unique(ids, return_inverse=True)
-    weight = np.ones(len(ids), dtype=bool) if keep is None else keep
-    counts = np.bincount(codes[weight], minlength=len(unique)).astype(np.int64)
-    centroids = np.zeros((len(unique), unit.shape[1]), dtype=np.float32)
-    norms = np.zeros(len(unique), dtype=np.float64)
-    kept = np.flatnonzero(weight)
-    kept = kept[np.argsort(codes[kept], kind="stable")]
-    carry_code, carry = -1, np.zeros((0, unit.shape[1]))
+    xp = namespace(unit)
+    ids = xp.asarray(ids)
+    unique, codes = xp.unique(ids, return_inverse=True)
+    codes = codes.reshape(-1)
+    weight = xp.ones(len(ids), dtype=bool) if keep is None else xp.asarray(keep)
+    counts = xp.bincount(codes[weight], minlength=len(unique)).astype(xp.int64)
+    centroids = xp.zeros((len(unique), unit.shape[1]), dtype=xp.float32)
+    norms = xp.zeros(len(unique), dtype=xp.float64)
+    kept = xp.flatnonzero(weight)
+    kept = kept[xp.argsort(codes[kept], kind="stable")]
+    carry_code, carry = -1, xp.zeros((0, unit.shape[1]))
     for first in range(0, len(kept), ROW_BLOCK):
         rows = kept[first : first + ROW_BLOCK]
         block_codes = codes[rows]
-        starts = np.flatnonzero(np.r_[True, np.diff(block_codes) != 0])
+        starts = run_starts(block_codes)
         group_codes = block_codes[starts]
-        sums = np.add.reduceat(np.asarray(unit[rows], dtype=np.float64), starts, axis=0)
-        if len(carry) and group_codes[0] == carry_code:  # a group spanning blocks: finish it here
+        sums = group_sums(unit[rows].astype(xp.float64), starts)
+        if len(carry) and int(group_codes[0]) == carry_code:  # a group spanning blocks: finish it here
             sums[0] += carry[0]
         elif len(carry):
-            _store(centroids, norms, np.array([carry_code]), carry)
+            _store(centroids, norms, xp.asarray([carry_code]), carry)
         # the block's last group may go on in the next block: hold it back
         carry_code, carry = int(group_codes[-1]), sums[-1:].copy()
         _store(centroids, norms, group_codes[:-1], sums[:-1])
     if len(carry):
-        _store(centroids, norms, np.array([carry_code]), carry)
-    return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, centroids, norms)
+        _store(centroids, norms, xp.asarray([carry_code]), carry)
+    return IdentityTable(unique.astype(xp.int64), codes.astype(xp.int64), counts, centroids, norms)
 
 
 def _store(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.ndarray) -> None:
     """Write the unit rows and lengths of the float64 ``sums`` of the identities ``codes``."""
-    lengths = np.linalg.norm(sums, axis=1)
+    xp = namespace(sums)
+    lengths = xp.linalg.norm(sums, axis=1)
     norms[codes] = lengths
-    centroids[codes] = sums / np.where(lengths > 0, lengths, 1.0)[:, None]
+    centroids[codes] = sums / xp.where(lengths > 0, lengths, 1.0)[:, None]
 
 
 def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
@@ -112,19 +120,21 @@ def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdAr
 
     ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),).
     """
-    out = np.empty(len(index), dtype=np.float64)
+    xp = namespace(index)
+    out = xp.empty(len(index), dtype=xp.float64)
     for first in range(0, len(index), ROW_BLOCK):
         chosen = slice(first, first + ROW_BLOCK)
         faces = unit[chosen] if rows is None else unit[rows[chosen]]
-        out[chosen] = np.einsum("ij,ij->i", np.asarray(faces, dtype=np.float32), others[index[chosen]],
-                                dtype=np.float64)
+        out[chosen] = xp.einsum("ij,ij->i", faces.astype(xp.float32, copy=False), others[index[chosen]],
+                                dtype=xp.float64)
     return out
 
 
 def unit_rows(vectors: np.ndarray) -> FloatArray:
     """Rows scaled to unit length (zero rows stay zero), float32."""
-    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / np.where(norms > 0, norms, 1.0)).astype(np.float32)
+    xp = namespace(vectors)
+    norms = xp.linalg.norm(vectors, axis=1, keepdims=True)
+    return (vectors / xp.where(norms > 0, norms, 1.0)).astype(xp.float32)
 
 
 def top_similar(queries: np.ndarray, centroids: FloatArray, k: int, block_bytes: int = 64 << 20

@@ -26,6 +26,7 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.analysis.identities import IdentityTable
+from job.xp import namespace
 
 ALL_PAIRS_MAX = 2000
 PRIOR_PAIRS = 3.0  # the typical within-identity cosine counts as this many face pairs of evidence
@@ -58,32 +59,33 @@ def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: in
     Only identities with at least one face in ``table`` take part. ``linked`` (n_identities, m): candidate
     partners of each identity (-1 padded), used above ``ALL_PAIRS_MAX`` identities.
     """
-    present = np.flatnonzero(table.counts > 0)
+    xp = namespace(table.counts)
+    present = xp.flatnonzero(table.counts > 0)
     if len(present) < 2:
-        empty = np.zeros(0, dtype=np.int64)
-        return Lookalikes(empty, empty, np.zeros(0, dtype=np.float32))
-    counts = table.counts.astype(np.float64)
+        empty = xp.zeros(0, dtype=xp.int64)
+        return Lookalikes(empty, empty, xp.zeros(0, dtype=xp.float32))
+    counts = table.counts.astype(xp.float64)
     within = _within(table.norms, counts, present)
-    scale = counts * np.sqrt(within)  # sum_a . sum_b / scale_a scale_b = mean cross cosine / sqrt(within_a within_b)
+    scale = counts * xp.sqrt(within)  # sum_a . sum_b / scale_a scale_b = mean cross cosine / sqrt(within_a within_b)
     if len(present) <= ALL_PAIRS_MAX or linked is None:  # every pair, so nothing above the threshold is missed
         sums = table.sums(present)
-        matrix = (sums @ sums.T) / np.outer(scale[present], scale[present])
-        i, j = np.triu_indices(len(present), k=1)
-        a, b, similarity = present[i], present[j], matrix[i, j].astype(np.float32)
+        matrix = (sums @ sums.T) / xp.outer(scale[present], scale[present])
+        i, j = xp.triu_indices(len(present), k=1)
+        a, b, similarity = present[i], present[j], matrix[i, j].astype(xp.float32)
     else:
-        a = np.repeat(np.arange(len(table.ids)), linked.shape[1])
+        a = xp.repeat(xp.arange(len(table.ids)), linked.shape[1])
         b = linked.ravel()
-        valid = (b >= 0) & (a != b) & (table.counts[a] > 0) & (table.counts[np.maximum(b, 0)] > 0)
+        valid = (b >= 0) & (a != b) & (table.counts[a] > 0) & (table.counts[xp.maximum(b, 0)] > 0)
         n_ids = len(table.ids)  # each unordered pair once, as one int64 key (cheaper than unique rows)
-        keys = np.unique(np.minimum(a[valid], b[valid]) * n_ids + np.maximum(a[valid], b[valid]))
+        keys = xp.unique(xp.minimum(a[valid], b[valid]) * n_ids + xp.maximum(a[valid], b[valid]))
         a, b = keys // n_ids, keys % n_ids
-        cross = np.empty(len(a))
+        cross = xp.empty(len(a))
         for first in range(0, len(a), 1 << 16):  # blocks: no n_pairs x dim temporaries
             block = slice(first, first + (1 << 16))
-            cross[block] = np.einsum("ij,ij->i", table.centroids[a[block]], table.centroids[b[block]],
-                                     dtype=np.float64)
-        similarity = (cross * table.norms[a] * table.norms[b] / (scale[a] * scale[b])).astype(np.float32)
-    order = np.argsort(-similarity, kind="stable")
+            cross[block] = xp.einsum("ij,ij->i", table.centroids[a[block]], table.centroids[b[block]],
+                                     dtype=xp.float64)
+        similarity = (cross * table.norms[a] * table.norms[b] / (scale[a] * scale[b])).astype(xp.float32)
+    order = xp.argsort(-similarity, kind="stable")
     keep = order[: max(top, int((similarity > min(threshold, SAME_PERSON)).sum()))]  # every same-person pair
     return Lookalikes(table.ids[a[keep]], table.ids[b[keep]], similarity[keep])
 
@@ -95,10 +97,11 @@ def _within(norms: np.ndarray, counts: np.ndarray, present: IdArray) -> np.ndarr
     identity with few faces gives a noisy value, so it is averaged with ``PRIOR_PAIRS`` pairs' worth of the
     database's median (an identity of one face gets the median itself).
     """
+    xp = namespace(norms)
     pairs = counts * (counts - 1)
-    raw = np.where(pairs > 0, (norms**2 - counts) / np.where(pairs > 0, pairs, 1), np.nan)
+    raw = xp.where(pairs > 0, (norms**2 - counts) / xp.where(pairs > 0, pairs, 1), xp.nan)
     measured = raw[present][pairs[present] > 0]
-    typical = float(np.median(measured)) if len(measured) else 1.0
+    typical = float(xp.median(measured)) if len(measured) else 1.0
     weight = pairs / 2  # unordered pairs behind each value
-    shrunk = (np.nan_to_num(raw) * weight + typical * PRIOR_PAIRS) / (weight + PRIOR_PAIRS)
-    return np.clip(shrunk, 0.05, None)
+    shrunk = (xp.nan_to_num(raw) * weight + typical * PRIOR_PAIRS) / (weight + PRIOR_PAIRS)
+    return xp.clip(shrunk, 0.05, None)

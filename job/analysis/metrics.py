@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.xp import namespace, to_namespace
 
 _BLOCK_ELEMENTS = 1 << 24
 
@@ -24,20 +25,21 @@ def trustworthiness(
     unit : ndarray of shape (n_faces, dim), float16 or float32, unit rows
     coords : ndarray of shape (n_faces, n_components), float32
     """
+    xp = namespace(unit)  # the input-space ranks run where the faces are (the GPU on a GPU run)
     rows = _sample_rows(len(unit), sample, seed)
-    unit, coords = np.asarray(unit[rows], dtype=np.float32), coords[rows]
+    unit, coords = unit[to_namespace(xp, rows)].astype(xp.float32, copy=False), coords[rows]
     n = len(rows)
     k = min(k, (n - 1) // 2)
-    neighbours = map_neighbours(coords, k)
+    neighbours = to_namespace(xp, map_neighbours(coords, k))
     penalty = 0
     block = max(1, _BLOCK_ELEMENTS // (n * k))
     for start in range(0, n, block):
         stop = min(start + block, n)
         sims = unit[start:stop] @ unit.T
-        sims[np.arange(stop - start), np.arange(start, stop)] = -np.inf  # a face is not its own neighbour
-        chosen = np.take_along_axis(sims, neighbours[start:stop], axis=1)
+        sims[xp.arange(stop - start), xp.arange(start, stop)] = -xp.inf  # a face is not its own neighbour
+        chosen = xp.take_along_axis(sims, neighbours[start:stop], axis=1)
         ranks = 1 + (sims[:, None, :] > chosen[:, :, None]).sum(axis=2)
-        penalty += int(np.maximum(ranks - k, 0).sum())
+        penalty += int(xp.maximum(ranks - k, 0).sum())
     return float(1.0 - penalty * 2.0 / (n * k * (2.0 * n - 3.0 * k - 1.0)))
 
 

@@ -42,6 +42,7 @@ import numpy as np
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.analysis.identities import ROW_BLOCK, IdentityTable, rowwise_dot
 from job.knn.graph import FaceGraph
+from job.xp import lexsort, namespace, run_starts
 
 VERDICTS = ("ok", "misfiled", "low_quality", "lone", "duplicate")
 OK, MISFILED, LOW_QUALITY, LONE, DUPLICATE = range(len(VERDICTS))
@@ -101,9 +102,10 @@ class Tightness:
     def shrunk(self, squared: np.ndarray, counts: np.ndarray) -> np.ndarray:
         """mu of identities whose faces sum to a vector of squared length ``squared`` over ``counts`` faces
         (from the sum s of n unit faces, the mean over the n(n-1) ordered pairs is (|s|^2 - n) / (n(n-1)))."""
+        xp = namespace(squared, counts)
         pairs = counts * (counts - 1) / 2
-        raw = np.where(pairs > 0, (squared - counts) / np.where(pairs > 0, 2 * pairs, 1), self.typical)
-        return np.clip(self.typical + self._weight(pairs) * (raw - self.typical), 0.05, None)
+        raw = xp.where(pairs > 0, (squared - counts) / xp.where(pairs > 0, 2 * pairs, 1), self.typical)
+        return xp.clip(self.typical + self._weight(pairs) * (raw - self.typical), 0.05, None)
 
     def variance(self, counts: np.ndarray) -> np.ndarray:
         """How unsure the shrunk mu of an identity of ``counts`` faces is (its posterior variance)."""
@@ -111,7 +113,8 @@ class Tightness:
         return self.spread * (1.0 - self._weight(pairs))
 
     def _weight(self, pairs: np.ndarray) -> np.ndarray:
-        return self.spread / (self.spread + self.pair_noise / np.maximum(pairs, 1e-9))
+        xp = namespace(pairs)
+        return self.spread / (self.spread + self.pair_noise / xp.maximum(pairs, 1e-9))
 
 
 def within_similarity(table: IdentityTable, dim: int) -> tuple[np.ndarray, Tightness]:
@@ -119,18 +122,19 @@ def within_similarity(table: IdentityTable, dim: int) -> tuple[np.ndarray, Tight
     and the model it comes from (:class:`Tightness`), fitted on the identities of two or more faces: the
     squared deviation of their raw mu from the median is spread + pair_noise / pairs (least squares, the
     2% largest left out as misfiled-face outliers; pair_noise at least isotropic, (1 - typical^2) / dim)."""
-    counts = table.counts.astype(np.float64)
+    xp = namespace(table.counts)
+    counts = table.counts.astype(xp.float64)
     pairs = counts * (counts - 1) / 2
     measured = pairs > 0
     raw = (table.norms[measured] ** 2 - counts[measured]) / (2 * pairs[measured])
-    typical = float(np.median(raw)) if len(raw) else 1.0
+    typical = float(xp.median(raw)) if len(raw) else 1.0
     floor = max(1.0 - typical**2, 1e-3) / dim
     spread, pair_noise = 1e-6, floor
     if len(raw) >= 10:
         deviation, inverse = (raw - typical) ** 2, 1.0 / pairs[measured]
-        kept = deviation <= np.quantile(deviation, 0.98)
-        design = np.stack([np.ones(int(kept.sum())), inverse[kept]], axis=1)
-        (spread, pair_noise), *_ = np.linalg.lstsq(design, deviation[kept], rcond=None)
+        kept = deviation <= xp.quantile(deviation, 0.98)
+        design = xp.stack([xp.ones(int(kept.sum())), inverse[kept]], axis=1)
+        (spread, pair_noise), *_ = xp.linalg.lstsq(design, deviation[kept], rcond=None)
         spread, pair_noise = max(float(spread), 1e-6), max(float(pair_noise), floor)
     model = Tightness(typical, spread, pair_noise)
     return model.shrunk(table.norms**2, counts), model
@@ -144,16 +148,17 @@ def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, c
     ``candidates`` (n_faces, m) identity codes, -1 = none. Faces are converted once per block of rows, then
     each candidate column is one gathered dot product.
     """
+    xp = namespace(codes)
     n_faces = len(codes)
-    best_value = np.full(n_faces, -np.inf)
-    best = np.full(n_faces, -1, dtype=np.int64)
+    best_value = xp.full(n_faces, -xp.inf)
+    best = xp.full(n_faces, -1, dtype=xp.int64)
     for first in range(0, n_faces, ROW_BLOCK):
         rows = slice(first, first + ROW_BLOCK)
-        faces = np.asarray(unit[rows], dtype=np.float32)
+        faces = unit[rows].astype(xp.float32, copy=False)
         own, top, top_value = codes[rows], best[rows], best_value[rows]
         for candidate in candidates[rows].T:
-            safe = np.maximum(candidate, 0)
-            value = np.einsum("ij,ij->i", faces, centroids[safe]) * scale[safe]  # float32: only compared
+            safe = xp.maximum(candidate, 0)
+            value = xp.einsum("ij,ij->i", faces, centroids[safe]) * scale[safe]  # float32: only compared
             better = (candidate >= 0) & (candidate != own) & (value > top_value)
             top_value[better], top[better] = value[better], candidate[better]
     return best_value, best
@@ -162,15 +167,16 @@ def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, c
 def leave_one_out(unit: np.ndarray, table: IdentityTable) -> tuple[FloatArray, BoolArray]:
     """Each face's cosine to the mean of its identity's *other* faces (n_faces,) float32, and which faces are
     their identity's only face (whose value is then the database's median). Used to draw the fit sample."""
+    xp = namespace(table.codes)
     codes, counts = table.codes, table.counts
     # |s - u|^2 = |s|^2 - 2 u.s + 1 for a unit u, with s = norm * centroid
     dot = rowwise_dot(unit, table.centroids, codes) * table.norms[codes]
     squared = table.norms[codes] ** 2 - 2.0 * dot + 1.0
     lone = counts[codes] <= 1
     with np.errstate(invalid="ignore", divide="ignore"):
-        own = np.where(lone | (squared <= 1e-12), np.nan, (dot - 1.0) / np.sqrt(np.maximum(squared, 1e-12)))
-    typical = float(np.nanmedian(own)) if np.isfinite(own).any() else 1.0
-    return np.where(np.isfinite(own), own, typical).astype(np.float32), lone
+        own = xp.where(lone | (squared <= 1e-12), xp.nan, (dot - 1.0) / xp.sqrt(xp.maximum(squared, 1e-12)))
+    typical = float(xp.nanmedian(own)) if xp.isfinite(own).any() else 1.0
+    return xp.where(xp.isfinite(own), own, typical).astype(xp.float32), lone
 
 
 @dataclass(frozen=True)
@@ -191,24 +197,25 @@ class _Fits:
 def _fits(unit: np.ndarray, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
           mu: np.ndarray, model: Tightness) -> _Fits:
     """The coordinates of every face against its own identity (leave-one-out) and ``best`` (-1 rows: NaN)."""
-    counts, norms, centroids = table.counts.astype(np.float64), table.norms, table.centroids
-    other_id = np.maximum(best, 0)
+    xp = namespace(best)
+    counts, norms, centroids = table.counts.astype(xp.float64), table.norms, table.centroids
+    other_id = xp.maximum(best, 0)
     f_own = rowwise_dot(unit, centroids, codes) * norms[codes]  # f . S_c
     f_other = rowwise_dot(unit, centroids, other_id) * norms[other_id]  # f . S_d
-    inside = counted.astype(np.float64)  # a face left out of the sums (a duplicate) is not taken out again
+    inside = counted.astype(xp.float64)  # a face left out of the sums (a duplicate) is not taken out again
     rest = counts[codes] - inside  # faces of c besides f
     rest_squared = norms[codes] ** 2 - inside * (2.0 * f_own - 1.0)  # |S_c - f|^2
     mu_own = model.shrunk(rest_squared, rest)
     mu_other = mu[other_id]
     # (S_c - f) . S_d, the centroid products in row blocks (no n_faces x dim gathers)
     cross = rowwise_dot(centroids, centroids, other_id, codes) * norms[codes] * norms[other_id] - inside * f_other
-    n_other = np.maximum(counts[other_id], 1)
+    n_other = xp.maximum(counts[other_id], 1)
     with np.errstate(invalid="ignore", divide="ignore"):
-        own = (f_own - inside) / rest / np.sqrt(mu_own)
-        other = np.where(best >= 0, f_other / n_other / np.sqrt(mu_other), np.nan)
-        scale_own, scale_other = rest * np.sqrt(mu_own), n_other * np.sqrt(mu_other)
+        own = (f_own - inside) / rest / xp.sqrt(mu_own)
+        other = xp.where(best >= 0, f_other / n_other / xp.sqrt(mu_other), xp.nan)
+        scale_own, scale_other = rest * xp.sqrt(mu_own), n_other * xp.sqrt(mu_other)
         # the face is left out of how alike the two identities are: a misfiled twin's face would make them alike
-        rho = np.clip(cross / (rest * n_other) / np.sqrt(mu_own * mu_other), -1.0, 1.0)
+        rho = xp.clip(cross / (rest * n_other) / xp.sqrt(mu_own * mu_other), -1.0, 1.0)
         return _Fits(own, other, rest_squared / scale_own**2, norms[other_id] ** 2 / scale_other**2,
                      cross / (scale_own * scale_other), rho, mu_own, mu_other)
 
@@ -217,21 +224,22 @@ def _distances(fits: _Fits, extra_own: np.ndarray | float = 0.0) -> tuple[np.nda
     """Squared Mahalanobis distance of each face's (own, other) point to its own identity's line (1, rho) and to
     the other identity's line (rho, 1), each at its best quality g >= 0, in units of the noise scale that
     ``extra_own`` (variance added to the own coordinate) is given in."""
+    xp = namespace(fits.own)
     a, b, d = fits.var_own + extra_own, fits.covar, fits.var_other
     with np.errstate(invalid="ignore"):
-        det = np.maximum(a * d - b * b, 1e-9 * a * d)
+        det = xp.maximum(a * d - b * b, 1e-9 * a * d)
 
     def quad(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
         return (x1 * (d * y1 - b * y2) + x2 * (a * y2 - b * y1)) / det
 
     x, y = fits.own, fits.other
-    one = np.ones_like(x)
+    one = xp.ones_like(x)
     found = []
     with np.errstate(invalid="ignore", divide="ignore"):  # rows without a candidate are NaN, left to the caller
         point = quad(x, y, x, y)
         for r1, r2 in ((one, fits.rho), (fits.rho, one)):
             along, length = quad(r1, r2, x, y), quad(r1, r2, r1, r2)
-            found.append(np.where(along > 0, point - along * along / length, point))
+            found.append(xp.where(along > 0, point - along * along / length, point))
     return found[0], found[1]
 
 
@@ -245,10 +253,11 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     ``quality`` (n_faces,): raw norm over the database's median (NaN: unknown); ``duplicate`` (n_faces,):
     re-enrolled faces, which ``table`` should have left out of its sums.
     """
+    xp = namespace(table.codes)
     n_faces = len(table.codes)
-    duplicate = np.zeros(n_faces, dtype=bool) if duplicate is None else duplicate
-    quality = np.full(n_faces, np.nan, dtype=np.float32) if quality is None else quality
-    candidates = nearby if similar is None else np.concatenate([nearby, similar[table.codes]], axis=1)
+    duplicate = xp.zeros(n_faces, dtype=bool) if duplicate is None else duplicate
+    quality = xp.full(n_faces, xp.nan, dtype=xp.float32) if quality is None else quality
+    candidates = nearby if similar is None else xp.concatenate([nearby, similar[table.codes]], axis=1)
     counted = ~duplicate  # the caller's table holds every face but the duplicates
     lone = (table.counts[table.codes] - counted) < 1
     evidence = _evidence(unit, table, candidates, counted, lone)
@@ -266,23 +275,24 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
 def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicate: BoolArray, quality: FloatArray,
             margin: float, min_score: float) -> SuspectScores:
     """The verdicts and suggestions from the last pass's evidence."""
+    xp = namespace(evidence.best)
     codes, fits, best, found, score = table.codes, evidence.fits, evidence.best, evidence.found, evidence.score
     with np.errstate(invalid="ignore"):
-        fit_own = np.where(lone, np.nan, fits.own / np.sqrt(fits.mu_own))
-        fit_other = np.where(best >= 0, fits.other / np.sqrt(fits.mu_other), np.nan)
+        fit_own = xp.where(lone, xp.nan, fits.own / xp.sqrt(fits.mu_own))
+        fit_other = xp.where(best >= 0, fits.other / xp.sqrt(fits.mu_other), xp.nan)
         # misfiled needs plain evidence besides the odds: the face fits the other identity about as well as that
         # identity's own faces do, or is plainly unlike its own identity's faces
         plain = (fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN)
         suspect = found & (score > min_score) & (fits.other - fits.own > margin) & plain & ~duplicate
-    flagged = np.bincount(codes[suspect], minlength=len(table.ids))
+    flagged = xp.bincount(codes[suspect], minlength=len(table.ids))
     suspect &= flagged[codes] * 2 <= table.counts[codes]
     verdict = _verdicts(suspect, lone, duplicate, fit_own, fit_other, quality)
     # a lone face has no own fit: it is suggested as the identity it fits as well as that identity's own faces
-    resembles = np.where(lone, fit_other >= LOW_FIT, found & (fits.other > fits.own))
-    suggested = np.where(suspect | resembles, table.ids[np.maximum(best, 0)], table.ids[codes])
-    suggested = np.where((best >= 0) | ~lone, suggested, -1).astype(np.int64)
-    return SuspectScores(score.astype(np.float32), suspect, suggested, fit_own.astype(np.float32),
-                         fit_other.astype(np.float32), lone, verdict)
+    resembles = xp.where(lone, fit_other >= LOW_FIT, found & (fits.other > fits.own))
+    suggested = xp.where(suspect | resembles, table.ids[xp.maximum(best, 0)], table.ids[codes])
+    suggested = xp.where((best >= 0) | ~lone, suggested, -1).astype(xp.int64)
+    return SuspectScores(score.astype(xp.float32), suspect, suggested, fit_own.astype(xp.float32),
+                         fit_other.astype(xp.float32), lone, verdict)
 
 
 def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> float:
@@ -292,10 +302,11 @@ def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> f
     noise, which would inflate the scale and hide near-twin misfiles. Never below isotropic noise (a face's
     share 1 - mu off its identity's direction, spread over the dimensions), nor measured on under
     ``CALIBRATION_MIN`` faces."""
+    xp = namespace(to_own)
     isotropic = max(1.0 - typical, 1e-3) / dim
     if usable.sum() < CALIBRATION_MIN:
         return isotropic
-    return max(float(np.median(to_own[usable])) / _CHI2_1_MEDIAN, isotropic)
+    return max(float(xp.median(to_own[usable])) / _CHI2_1_MEDIAN, isotropic)
 
 
 def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
@@ -307,12 +318,13 @@ def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray,
     rho is a mean cross cosine over n_c x n_d face pairs (each as noisy as a within pair, ``pair_noise``)
     divided by sqrt(mu_c mu_d), each mu as unsure as its identity's pairs leave it.
     """
-    counts = table.counts.astype(np.float64)
-    n_own, n_other = counts[codes] - counted, counts[np.maximum(best, 0)]  # the face itself left out, as in rho
-    cross = model.pair_noise / np.maximum(n_own * n_other, 1) / (fits.mu_own * fits.mu_other)
+    xp = namespace(codes)
+    counts = table.counts.astype(xp.float64)
+    n_own, n_other = counts[codes] - counted, counts[xp.maximum(best, 0)]  # the face itself left out, as in rho
+    cross = model.pair_noise / xp.maximum(n_own * n_other, 1) / (fits.mu_own * fits.mu_other)
     unsure = sum(model.variance(n) / mu**2 for n, mu in ((n_own, fits.mu_own), (n_other, fits.mu_other)))
     with np.errstate(invalid="ignore"):
-        return (1.0 - fits.rho) > 2.0 * np.sqrt(cross + fits.rho**2 / 4 * unsure)
+        return (1.0 - fits.rho) > 2.0 * xp.sqrt(cross + fits.rho**2 / 4 * unsure)
 
 
 @dataclass(frozen=True)
@@ -330,44 +342,47 @@ def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, count
               best: IdArray | None = None) -> _Evidence:
     """Score every face against ``table`` (whose sums hold the faces ``counted``) and its best candidate
     (found here unless ``best`` is given)."""
+    xp = namespace(table.codes)
     codes = table.codes
     mu, model = within_similarity(table, unit.shape[1])
     if best is None:
         # an identity with no face left in the sums is no candidate (NaN never compares as better)
-        scale = np.where(table.counts > 0, table.norms / np.maximum(table.counts, 1) / np.sqrt(mu), np.nan)
+        scale = xp.where(table.counts > 0, table.norms / xp.maximum(table.counts, 1) / xp.sqrt(mu), xp.nan)
         _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
     fits = _fits(unit, table, codes, best, counted, mu, model)
-    found = (best >= 0) & ~lone & np.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
+    found = (best >= 0) & ~lone & xp.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
     to_own, _ = _distances(fits)
     noise = _noise(to_own, found & (table.counts[codes] >= 3) & (fits.rho > CALIBRATION_RHO), model.typical,
                    unit.shape[1])
     # an identity of few faces has an uncertain mu of its own, which widens its own coordinate (with two
     # faces, the one pair is all it knows of how tight it is)
-    unsure = model.variance((table.counts[codes] - counted).astype(np.float64)) / fits.mu_own
+    unsure = model.variance((table.counts[codes] - counted).astype(xp.float64)) / fits.mu_own
     to_own, to_other = _distances(fits, unsure / max(noise, 1e-12))
     separable = _separable(fits, table, codes, best, counted, model)
     with np.errstate(invalid="ignore"):
-        score = np.where(found, (to_own - to_other) / (2.0 * max(noise, 1e-12)), NO_SCORE)
-        score = np.where(found & ~separable, np.minimum(score, 0.0), score)
-    return _Evidence(best, fits, found, np.nan_to_num(score, nan=NO_SCORE, posinf=-NO_SCORE, neginf=NO_SCORE))
+        score = xp.where(found, (to_own - to_other) / (2.0 * max(noise, 1e-12)), NO_SCORE)
+        score = xp.where(found & ~separable, xp.minimum(score, 0.0), score)
+    return _Evidence(best, fits, found, xp.nan_to_num(score, nan=NO_SCORE, posinf=-NO_SCORE, neginf=NO_SCORE))
 
 
 def _surest(score: np.ndarray, codes: IdArray, min_score: float, eligible: BoolArray) -> IdArray:
     """The highest-scoring face of each identity among ``eligible`` faces scoring above ``min_score``."""
-    chosen = np.flatnonzero((score > min_score) & eligible)
-    chosen = chosen[np.lexsort((-score[chosen], codes[chosen]))]
-    return chosen[np.r_[True, codes[chosen][1:] != codes[chosen][:-1]]] if len(chosen) else chosen
+    xp = namespace(score)
+    chosen = xp.flatnonzero((score > min_score) & eligible)
+    chosen = chosen[lexsort((-score[chosen], codes[chosen]))]
+    return chosen[run_starts(codes[chosen])] if len(chosen) else chosen
 
 
 def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own: np.ndarray,
               fit_other: np.ndarray, quality: FloatArray) -> np.ndarray:
     """The verdict codes, by precedence: duplicate, misfiled, lone, low_quality, ok (a lone face has no fit
     of its own to call weak)."""
+    xp = namespace(suspect)
     with np.errstate(invalid="ignore"):
-        best_fit = np.fmax(fit_own, fit_other)  # the face's best fit to any identity
-        rated = np.isfinite(quality)
-        low = np.where(rated, (quality < QUALITY_LOW) & (best_fit < LOW_FIT), best_fit < LOW_FIT_UNRATED)
-    verdict = np.full(len(suspect), OK, dtype=np.int8)
+        best_fit = xp.fmax(fit_own, fit_other)  # the face's best fit to any identity
+        rated = xp.isfinite(quality)
+        low = xp.where(rated, (quality < QUALITY_LOW) & (best_fit < LOW_FIT), best_fit < LOW_FIT_UNRATED)
+    verdict = xp.full(len(suspect), OK, dtype=xp.int8)
     verdict[lone] = LONE
     verdict[low & ~lone] = LOW_QUALITY
     verdict[suspect] = MISFILED
@@ -381,10 +396,11 @@ def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby
     """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
     ``DUPLICATE_COLUMNS`` neighbours) and left out of the identities, then :func:`score_faces`. Returns the
     scores and, per face, the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
+    xp = namespace(table.codes)
     columns = slice(0, min(DUPLICATE_COLUMNS + 1, graph.k))  # a reference face is its own first neighbour
     duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,
                                           graph.reference, table.ids[table.codes])
-    judged = table.without(unit, np.flatnonzero(duplicate))
+    judged = table.without(unit, xp.flatnonzero(duplicate))
     return score_faces(unit, judged, nearby, similar, margin, min_score, quality, duplicate), original
 
 
@@ -399,16 +415,17 @@ def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, r
     which no face can find, is the duplicate of the reference face it finds. The same photo under two ids is
     not a duplicate: it is judged, as the filing error it most likely is.
     """
+    xp = namespace(neighbours)
     n_faces = len(neighbours)
-    in_reference = np.zeros(n_faces, dtype=bool)
+    in_reference = xp.zeros(n_faces, dtype=bool)
     in_reference[reference] = True
-    found = np.maximum(neighbours, 0)
-    close = (neighbours >= 0) & (neighbours != np.arange(n_faces)[:, None]) & (1.0 - distances >= cos)
+    found = xp.maximum(neighbours, 0)
+    close = (neighbours >= 0) & (neighbours != xp.arange(n_faces)[:, None]) & (1.0 - distances >= cos)
     close &= (ids[found] == ids[:, None]) & ((rows[found] < rows[:, None]) | ~in_reference[:, None])
     duplicate = close.any(axis=1)
-    original = np.where(duplicate, found[np.arange(n_faces), np.argmax(close, axis=1)], -1).astype(np.int64)
+    original = xp.where(duplicate, found[xp.arange(n_faces), xp.argmax(close, axis=1)], -1).astype(xp.int64)
     for _ in range(64):  # a copy of a copy: follow the chain to its first face
-        further = (original >= 0) & (original[np.maximum(original, 0)] >= 0)
+        further = (original >= 0) & (original[xp.maximum(original, 0)] >= 0)
         if not further.any():
             break
         original[further] = original[original[further]]

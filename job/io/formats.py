@@ -167,7 +167,11 @@ def _read_npy(path: Path, id_field: str, embedding_field: str, max_memory: int |
     if not plain:
         _require_fields(fields, wanted, header, str(path))
     if header.data_bytes == 0:
-        array = np.zeros(header.shape, dtype=header.dtype)
+        try:
+            array = np.zeros(header.shape, dtype=header.dtype)
+        except ValueError:  # (0, 2**40, 2**40): no bytes, but more elements per row than an array can index
+            raise InputError(f"{path}: the header claims shape {header.shape}, which no array can have; the file "
+                             "is corrupt, copy or export it again") from None
     else:
         try:
             array = np.load(path, allow_pickle=False, mmap_mode="r")

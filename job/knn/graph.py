@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.xp import namespace
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,19 @@ class FaceGraph:
     def among_reference(self, k: int) -> Neighbors:
         """The reference faces' own graph, ``k`` columns, self first, missing entries replaced by the row
         itself at distance 0 (a self-loop every user ignores): what umap-learn takes as ``precomputed_knn``."""
+        xp = namespace(self.indices)
         rows = self.indices[self.reference, :k]
-        own = np.arange(len(self.reference))
+        own = xp.arange(len(self.reference))
         missing = rows < 0
-        indices = np.where(missing, own[:, None], rows).astype(np.int32)
-        distances = np.where(missing, 0.0, self.distances[self.reference, :k]).astype(np.float32)
-        return Neighbors(np.ascontiguousarray(indices), np.ascontiguousarray(distances), self.method)
+        indices = xp.where(missing, own[:, None], rows).astype(xp.int32)
+        distances = xp.where(missing, 0.0, self.distances[self.reference, :k]).astype(xp.float32)
+        return Neighbors(xp.ascontiguousarray(indices), xp.ascontiguousarray(distances), self.method)
 
     def neighbour_rows(self, columns: slice) -> IdArray:
         """Face rows of the neighbours in ``columns`` (n_faces, width), int64; -1 stays -1."""
+        xp = namespace(self.indices)
         block = self.indices[:, columns]
-        return np.where(block >= 0, self.reference[np.maximum(block, 0)], -1)
+        return xp.where(block >= 0, self.reference[xp.maximum(block, 0)], -1)
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -101,14 +104,16 @@ def self_first(found: np.ndarray, similarity: np.ndarray, own: np.ndarray) -> tu
     keeps its width, so the last neighbour drops out when the point was missing. Rows with ``own`` -1 (not
     a reference face) are left as they are.
     """
+    xp = namespace(found)
     is_self = found == own[:, None]
-    order = np.argsort(~is_self, axis=1, kind="stable")  # its own entry first, the rest in their order
-    found = np.take_along_axis(found, order, axis=1)
-    similarity = np.take_along_axis(similarity, order, axis=1)
+    order = xp.argsort((~is_self).astype(xp.int8), axis=1, kind="stable")  # its own entry first, the rest in order
+    found = xp.take_along_axis(found, order, axis=1)
+    similarity = xp.take_along_axis(similarity, order, axis=1)
     lacking = (own >= 0) & ~is_self.any(axis=1)
-    found[lacking] = np.concatenate([own[lacking, None], found[lacking, :-1]], axis=1)
-    similarity[lacking] = np.concatenate([np.ones((int(lacking.sum()), 1), similarity.dtype),
-                                          similarity[lacking, :-1]], axis=1)
+    if bool(lacking.any()):
+        found[lacking] = xp.concatenate([own[lacking, None], found[lacking, :-1]], axis=1)
+        similarity[lacking] = xp.concatenate([xp.ones((int(lacking.sum()), 1), similarity.dtype),
+                                              similarity[lacking, :-1]], axis=1)
     reference = own >= 0
     similarity[reference, 0] = 1.0
     return found, similarity

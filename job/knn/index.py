@@ -9,7 +9,7 @@ A GPU index (cuVS) slots in as another entry of :data:`INDEXES`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
@@ -18,6 +18,11 @@ from job.errors import UsageError
 from job.knn.exact import ExactIndex
 from job.knn.graph import FaceGraph, self_first
 from job.progress import ProgressFactory, no_progress
+from job.xp import namespace, on_device, to_namespace
+
+NND_BYTES_PER_EDGE = 16  # NN-descent keeps an int64 index and a float distance per candidate, twice
+if TYPE_CHECKING:
+    from job.config import GpuConfig
 
 QUERY_CHUNK = 1 << 17  # queries per chunk: progress granularity, and the unit a cluster would map over
 
@@ -55,12 +60,31 @@ APPROXIMATE = "faiss-ivf"
 """The approximate index "auto" and "approximate" pick (chosen by measurement: README, bench_scale.py)."""
 
 
-def resolve(method: str, n_reference: int, exact_max: int) -> tuple[type[KnnIndex], str]:
+def _gpu_index(name: str) -> Callable[[], type[KnnIndex]]:
+    def load() -> type[KnnIndex]:
+        from job.knn import gpu_index
+
+        return gpu_index.INDEX_CLASSES[name]
+
+    return load
+
+
+GPU_EXACT, GPU_EXACT_CUPY, GPU_APPROXIMATE = "cuvs-brute-force", "cupy-exact", "cuvs-nn-descent"
+GPU_INDEXES: dict[str, Callable[[], type[KnnIndex]]] = {name: _gpu_index(name) for name in
+                                                        (GPU_EXACT, GPU_EXACT_CUPY, GPU_APPROXIMATE)}
+"""Indexes over faces on the GPU (cuVS; :mod:`job.knn.gpu_index`), answering with GPU arrays."""
+
+
+def resolve(method: str, n_reference: int, exact_max: int, device: bool = False, gpu_exact_max: int = 0
+            ) -> tuple[type[KnnIndex], str]:
     """The index class for ``knn.method`` and a reference set of ``n_reference`` faces, and why.
 
     ``method``: "auto" (exact up to ``exact_max`` reference faces, approximate above), "exact",
-    "approximate", or a name in :data:`INDEXES`.
+    "approximate", or a name in :data:`INDEXES`. With ``device`` (the faces are on the GPU), "exact" and
+    "approximate" are the GPU indexes of :data:`GPU_INDEXES`, and "auto" is exact up to ``gpu_exact_max``.
     """
+    if device:
+        return _resolve_gpu(method, n_reference, gpu_exact_max)
     if method == "auto":
         if n_reference <= exact_max:
             return ExactIndex, f"auto: {n_reference:,} reference faces <= knn.exact_max_faces ({exact_max:,}): exact"
@@ -68,58 +92,135 @@ def resolve(method: str, n_reference: int, exact_max: int) -> tuple[type[KnnInde
                                         f"({exact_max:,}): {APPROXIMATE}")
     name = APPROXIMATE if method == "approximate" else method
     if name not in INDEXES:
-        raise UsageError(f"knn.method {method!r}: expected auto, exact, approximate or one of {', '.join(INDEXES)}")
+        known = ", ".join([*INDEXES, *GPU_INDEXES])
+        if name in GPU_INDEXES:
+            raise UsageError(f"knn.method {method!r} is a GPU index and this run computes on CPU; use auto, exact, "
+                             "approximate or faiss-ivf, or --backend cuml on a GPU")
+        raise UsageError(f"knn.method {method!r}: expected auto, exact, approximate or one of {known}")
     return INDEXES[name](), f"asked for with knn.method={method}"
 
 
+def _resolve_gpu(method: str, n_reference: int, gpu_exact_max: int) -> tuple[type[KnnIndex], str]:
+    import importlib.util
+
+    has_cuvs = importlib.util.find_spec("cuvs") is not None
+    exact = GPU_EXACT if has_cuvs else GPU_EXACT_CUPY
+    if method == "auto":
+        if n_reference <= gpu_exact_max:
+            return GPU_INDEXES[exact](), (f"auto on the GPU: {n_reference:,} reference faces <= "
+                                          f"gpu.exact_max_faces ({gpu_exact_max:,}): {exact}")
+        name, reason = GPU_APPROXIMATE, (f"auto on the GPU: {n_reference:,} reference faces > gpu.exact_max_faces "
+                                         f"({gpu_exact_max:,}): {GPU_APPROXIMATE}")
+    else:
+        name = {"exact": exact, "approximate": GPU_APPROXIMATE}.get(method, method)
+        reason = f"asked for with knn.method={method} (GPU)"
+    if name not in GPU_INDEXES:
+        raise UsageError(f"knn.method {method!r} is a CPU index and this run computes on the GPU; use auto, exact, "
+                         f"approximate, {', '.join(GPU_INDEXES)}, or --backend umap-learn")
+    if name.startswith("cuvs") and not has_cuvs:
+        raise UsageError(f"knn.method {method!r} needs cuVS for {name}, which is not installed: pip install "
+                         "'faceatlas[gpu]', or raise gpu.exact_max_faces to search exactly with CuPy")
+    return GPU_INDEXES[name](), reason
+
+
 def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None = None,
-               progress: ProgressFactory = no_progress) -> FaceGraph:
+               progress: ProgressFactory = no_progress, gpu: GpuConfig | None = None) -> FaceGraph:
     """Each face's ``k`` nearest reference faces by cosine: the run's one kNN graph.
 
     Parameters
     ----------
-    unit : ndarray of shape (n_faces, dim), float16 or float32 unit rows
+    unit : ndarray of shape (n_faces, dim), float16 or float32 unit rows; a CuPy array on a GPU run (the
+        graph is then built by a GPU index and stays on the GPU)
     reference : ndarray of shape (n_reference,), int64 — sorted face rows the map is fitted on
     k : neighbours per face; a reference face counts itself as its first
+    gpu : the run's GPU settings (exact search limit, NN-descent batching), for a GPU run
     """
-    cls, reason = resolve(method, len(reference), exact_max)
+    xp = namespace(unit)
+    if gpu is None:
+        from job.config import GpuConfig
+
+        gpu = GpuConfig()
+    cls, reason = resolve(method, len(reference), exact_max, on_device(xp), gpu.exact_max_faces)
+    if hasattr(cls, "configure"):
+        cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k)
+        reason += batching
+        if seed is not None:  # README "Seeds on the GPU"
+            reason += ("; not reproducible even with --seed (NN-descent's GPU kernels race): raise "
+                       "gpu.exact_max_faces for an exact, reproducible graph")
+    reference = to_namespace(xp, reference)
     index = cls(seed)
     index.build(unit[reference])
     k = min(k, len(reference))
     n_faces = len(unit)
-    indices = np.empty((n_faces, k), dtype=np.int32)
-    distances = np.empty((n_faces, k), dtype=np.float32)
-    position = np.full(n_faces, -1, dtype=np.int64)
-    position[reference] = np.arange(len(reference))
+    indices = xp.empty((n_faces, k), dtype=xp.int32)
+    distances = xp.empty((n_faces, k), dtype=xp.float32)
+    position = xp.full(n_faces, -1, dtype=xp.int64)
+    position[reference] = xp.arange(len(reference))
+    queried: Any = None  # every face is a query, unless the index has the reference faces' own graph
+    if hasattr(index, "reference_graph"):
+        found, similarity = index.reference_graph(k)
+        found, similarity = self_first(found, similarity, xp.arange(len(reference)))
+        indices[reference] = found
+        distances[reference] = _distance(found, similarity)
+        outside = xp.ones(n_faces, dtype=bool)
+        outside[reference] = False
+        queried = xp.flatnonzero(outside)
+    n_queries = n_faces if queried is None else len(queried)
     with progress("kNN graph", n_faces, "faces") as bar:
-        for start in range(0, n_faces, QUERY_CHUNK):
-            stop = min(start + QUERY_CHUNK, n_faces)
-            found, similarity = query_chunk(index, unit[start:stop], k, position[start:stop])
-            indices[start:stop] = found
-            distances[start:stop] = np.where(found >= 0, 1.0 - np.clip(similarity, -1.0, 1.0), np.inf)
-            bar.advance(stop - start)
+        bar.advance(n_faces - n_queries)
+        for start in range(0, n_queries, QUERY_CHUNK):
+            rows = slice(start, min(start + QUERY_CHUNK, n_queries))
+            if queried is not None:
+                rows = queried[rows]
+            found, similarity = query_chunk(index, unit[rows], k, position[rows])
+            indices[rows] = found
+            distances[rows] = _distance(found, similarity)
+            bar.advance(len(found))
     return FaceGraph(reference, indices, distances, cls.name, reason)
+
+
+def configure_batches(cls: Any, gpu: GpuConfig, n_reference: int, dim: int, k: int) -> tuple[Any, str]:
+    """The NN-descent index class with the run's batching: ``gpu.knn_n_clusters``, or for 0 the fewest
+    batches whose working set (the batch's faces as float32 plus NN-descent's graphs, ~``NND_BYTES_PER_EDGE``
+    per candidate edge) fits in half the GPU's free memory."""
+    n_clusters = gpu.knn_n_clusters
+    if n_clusters == 0:
+        from job.gpu import probe_gpu
+
+        need = n_reference * (4 * dim + NND_BYTES_PER_EDGE * 3 * k)
+        free = max(probe_gpu().free_bytes // 2, 1)
+        n_clusters = 1 if need <= free else max(gpu.knn_overlap_factor + 1,
+                                                -(-need * gpu.knn_overlap_factor // free))
+    text = "" if n_clusters == 1 else f"; {n_clusters} batches, each face in {gpu.knn_overlap_factor}"
+    return cls.configure(n_clusters, gpu.knn_overlap_factor, tuple(gpu.device_ids)), text
+
+
+def _distance(found: Any, similarity: Any) -> Any:
+    xp = namespace(found)
+    return xp.where(found >= 0, 1.0 - xp.clip(similarity, -1.0, 1.0), xp.inf)
 
 
 def query_chunk(index: KnnIndex, queries: np.ndarray, k: int, own: IdArray) -> tuple[np.ndarray, FloatArray]:
     """One chunk of the graph: ``k`` neighbours of ``queries``, with each reference face (``own`` >= 0, its
     position) first. A pure function of its inputs, so a cluster can map it over chunks."""
-    found, similarity = index.query(np.asarray(queries, dtype=np.float32), k)
+    found, similarity = index.query(queries.astype(namespace(queries).float32, copy=False), k)
     return self_first(found, similarity, own)
 
 
-def identity_neighbours(centroids: np.ndarray, k: int, method: str, exact_max: int, seed: int | None = None
-                        ) -> tuple[np.ndarray, str]:
+def identity_neighbours(centroids: np.ndarray, k: int, method: str, exact_max: int, seed: int | None = None,
+                        gpu_exact_max: int = 0) -> tuple[np.ndarray, str]:
     """Each identity's ``k`` most similar other identities by centroid cosine: (n_identities, k) int64 (-1:
-    none), and the index that found them. Searched with the same registry as the face graph, thoroughly."""
-    cls, _ = resolve(method, len(centroids), exact_max)
+    none), and the index that found them. Searched with the same registry as the face graph, thoroughly (on
+    the GPU when the centroids are there)."""
+    xp = namespace(centroids)
+    cls, _ = resolve(method, len(centroids), exact_max, on_device(xp), gpu_exact_max)
     index = cls(seed, thorough=True)
     index.build(centroids)
     found, _ = index.query(centroids, min(k + 1, len(centroids)))
-    own = np.arange(len(centroids))
-    others = np.where(found == own[:, None], -1, found)
-    order = np.argsort(others < 0, axis=1, kind="stable")  # the identity itself out, the rest in order
-    others = np.take_along_axis(others, order, axis=1)[:, :k]
+    own = xp.arange(len(centroids))
+    others = xp.where(found == own[:, None], -1, found)
+    order = xp.argsort((others < 0).astype(xp.int8), axis=1, kind="stable")  # itself out, the rest in order
+    others = xp.take_along_axis(others, order, axis=1)[:, :k]
     if others.shape[1] < k:
-        others = np.pad(others, ((0, 0), (0, k - others.shape[1])), constant_values=-1)
-    return others.astype(np.int64), cls.name
+        others = xp.pad(others, ((0, 0), (0, k - others.shape[1])), constant_values=-1)
+    return others.astype(xp.int64), cls.name

@@ -9,9 +9,7 @@ ImportError on machines without a driver.
 from __future__ import annotations
 
 import importlib.util
-import os
-from dataclasses import dataclass
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -19,66 +17,18 @@ from job.arrays import FloatArray, IdArray
 from job.caches import default_numba_cache
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
+from job.gpu import probe_gpu
 from job.knn.graph import Neighbors
+from job.reduce.gpu_umap import CumlBackend
+from job.reduce.interface import Backend, Probe, Reduction
+from job.reduce.params import umap_params
 from job.reduce.start import pca_start
 
-GPU_FIX = "pip install 'faceatlas[gpu]' on a machine with an NVIDIA GPU (driver >= 535), or use --backend umap-learn"
+__all__ = ["BACKENDS", "Backend", "CumlBackend", "Probe", "Reduction", "UmapLearnBackend", "probe_all", "probe_gpu",
+           "resolve", "umap_params"]
 
-
-@dataclass(frozen=True)
-class Probe:
-    """Whether a backend can run here, and why (not)."""
-
-    name: str
-    available: bool
-    reason: str
-    version: str | None = None
-
-
-class Backend(Protocol):
-    """What the pipeline needs from a UMAP implementation."""
-
-    name: ClassVar[str]
-
-    @classmethod
-    def probe(cls) -> Probe: ...
-
-    def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
-        graph: Neighbors | None = None,
-    ) -> Reduction:
-        """Fit UMAP on unit vectors of shape (n_faces, dim) float32.
-
-        ``labels``: for supervised UMAP, identity codes 0..n_identities-1 of shape (n_faces,), int32.
-        ``graph``: a cosine kNN graph of ``unit`` with at least ``n_neighbors`` columns, for a backend that
-        can reuse it (umap-learn); others build their own.
-        """
-        ...
-
-
-@dataclass(frozen=True)
-class Reduction:
-    """A fitted map: ``coords`` of shape (n_faces, n_components) float32, and how its kNN graph was built."""
-
-    coords: FloatArray
-    knn_method: str
-    engine: str = ""
-
-
-def umap_params(params: UmapConfig, seed: int | None) -> dict[str, Any]:
-    """Keyword arguments shared by ``umap.UMAP`` and ``cuml.manifold.UMAP`` (same names in both)."""
-    return {
-        "n_components": params.n_components,
-        "n_neighbors": params.n_neighbors,
-        "min_dist": params.min_dist,
-        "spread": params.spread,
-        "metric": params.metric,
-        "n_epochs": None if params.n_epochs == "auto" else params.n_epochs,
-        "init": params.init,
-        "repulsion_strength": params.repulsion_strength,
-        "target_weight": params.target_weight,
-        "random_state": seed,
-    }
+GPU_FIX = ("on a machine with an NVIDIA GPU, pip install 'faceatlas[gpu]' (CUDA 12, driver >= 535) or "
+           "'faceatlas[gpu-cu13]' (CUDA 13, driver >= 580); or use --backend umap-learn")
 
 
 class UmapLearnBackend:
@@ -88,6 +38,7 @@ class UmapLearnBackend:
     umap-learn's own spectral layout on the same graph."""
 
     name: ClassVar[str] = "umap-learn"
+    uses_gpu: ClassVar[bool] = False
     engine: ClassVar[str] = "umap-learn 0.5 algorithm (job/reduce/layout.py: numpy fuzzy set, cached numba SGD)"
 
     @classmethod
@@ -95,6 +46,10 @@ class UmapLearnBackend:
         if importlib.util.find_spec("umap") is None:
             return Probe(cls.name, False, "umap-learn is not installed: pip install umap-learn")
         return Probe(cls.name, True, "umap-learn is installed (CPU)", _dist_version("umap-learn"))
+
+    @staticmethod
+    def namespace() -> Any:
+        return np
 
     def fit_transform(
         self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
@@ -139,49 +94,6 @@ def _start(unit: FloatArray, fuzzy: Any, params: UmapConfig, seed: int | None, r
     return umap.umap_.noisy_scale_coords(spectral, state, max_coord=10, noise=0.0001)
 
 
-class CumlBackend:
-    """RAPIDS cuML on a CUDA GPU; builds its own kNN graph on the GPU."""
-
-    name: ClassVar[str] = "cuml"
-
-    @classmethod
-    def probe(cls) -> Probe:
-        gpu = probe_gpu()
-        if not gpu.available:
-            return Probe(cls.name, False, gpu.reason)
-        if importlib.util.find_spec("cuml") is None:
-            return Probe(cls.name, False, f"{gpu.reason}, but RAPIDS cuML is not installed")
-        try:
-            import cuml
-        except Exception as exc:  # noqa: BLE001 - CUDA libraries raise many kinds without a driver
-            return Probe(cls.name, False, f"cuML failed to import ({type(exc).__name__}: {exc})")
-        return Probe(cls.name, True, f"{gpu.reason} and cuML {cuml.__version__}", str(cuml.__version__))
-
-    def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
-        graph: Neighbors | None = None,
-    ) -> Reduction:
-        import cuml
-        from cuml.manifold import UMAP
-
-        model = UMAP(**cuml_params(params, seed, knn.method), output_type="numpy")
-        coords = model.fit_transform(unit, y=labels)
-        return Reduction(np.asarray(coords, dtype=np.float32), f"cuml:{knn.method}", f"cuML {cuml.__version__}")
-
-
-def cuml_params(params: UmapConfig, seed: int | None, knn_method: str = "auto") -> dict[str, Any]:
-    """cuML's keyword arguments: the shared ones plus the GPU kNN algorithm.
-
-    ``knn.method`` "exact" maps to brute force, "approximate" to NN-descent, "auto" to cuML's own choice
-    (brute force up to 50k rows). cuML forces brute force whenever ``random_state`` is set.
-    """
-    algo = {"exact": "brute_force_knn", "approximate": "nn_descent", "faiss-ivf": "nn_descent"}.get(knn_method, "auto")
-    kwargs = {**umap_params(params, seed), "build_algo": algo}
-    if kwargs["init"] == "pca":  # cuML starts from "spectral" or "random" only
-        kwargs["init"] = "spectral"
-    return kwargs
-
-
 BACKENDS: dict[str, type[UmapLearnBackend] | type[CumlBackend]] = {
     CumlBackend.name: CumlBackend,
     UmapLearnBackend.name: UmapLearnBackend,
@@ -216,24 +128,6 @@ def resolve(choice: str) -> tuple[Backend, str]:
             return BACKENDS[probe.name](), why
         skipped.append(f"{probe.name}: {probe.reason}")
     raise BackendUnavailable(f"no UMAP backend can run here ({'; '.join(skipped)}): pip install umap-learn")
-
-
-def probe_gpu() -> Probe:
-    """Is a CUDA GPU usable? Asks CuPy, which guards driver errors; never raises."""
-    if os.environ.get("CUDA_VISIBLE_DEVICES", None) == "":
-        return Probe("gpu", False, "CUDA_VISIBLE_DEVICES is empty, so no GPU is visible")
-    if importlib.util.find_spec("cupy") is None:
-        return Probe("gpu", False, "CuPy is not installed, so no CUDA GPU can be used")
-    try:
-        import cupy
-
-        if not cupy.is_available():
-            return Probe("gpu", False, "no CUDA GPU or driver found by CuPy")
-        count = cupy.cuda.runtime.getDeviceCount()
-        name = cupy.cuda.runtime.getDeviceProperties(0)["name"].decode()
-    except Exception as exc:  # noqa: BLE001 - see module docstring
-        return Probe("gpu", False, f"CUDA GPU probe failed ({type(exc).__name__}: {exc})")
-    return Probe("gpu", True, f"{count} CUDA GPU(s), first: {name}", str(cupy.__version__))
 
 
 def import_umap() -> Any:

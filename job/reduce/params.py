@@ -10,6 +10,8 @@ share of neighbours from 0.85 to 0.89. Epochs: 500 up to 10,000 fitted faces (as
 
 from __future__ import annotations
 
+from typing import Any
+
 from job.config import UmapConfig
 
 ALL_FACES = {"min_dist": 0.1, "repulsion_strength": 2.0}
@@ -26,3 +28,19 @@ def fit_params(params: UmapConfig, sampled: bool, n_fitted: int) -> UmapConfig:
     if params.init == "spectral" and n_fitted <= params.n_components + 1:
         update["init"] = "pca"  # the spectral start needs more points than eigenvectors (n_components + 1)
     return params.model_copy(update=update)
+
+
+def umap_params(params: UmapConfig, seed: int | None) -> dict[str, Any]:
+    """Keyword arguments shared by ``umap.UMAP`` and ``cuml.manifold.UMAP`` (same names in both)."""
+    return {
+        "n_components": params.n_components,
+        "n_neighbors": params.n_neighbors,
+        "min_dist": params.min_dist,
+        "spread": params.spread,
+        "metric": params.metric,
+        "n_epochs": None if params.n_epochs == "auto" else params.n_epochs,
+        "init": params.init,
+        "repulsion_strength": params.repulsion_strength,
+        "target_weight": params.target_weight,
+        "random_state": seed,
+    }

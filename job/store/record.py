@@ -14,13 +14,15 @@ from job.io.formats import file_sha256
 from job.io.remote import redact
 
 _VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "faiss-cpu", "datashader", "pyarrow", "scikit-learn",
-              "cuml-cu12", "cupy-cuda12x", "typer", "pydantic")
+              "cuml-cu12", "cuml-cu13", "cuvs-cu12", "cuvs-cu13", "cupy-cuda12x", "cupy-cuda13x", "rmm-cu12",
+              "rmm-cu13", "typer", "pydantic")
 
 
 def run_record(config: Config, database: FaceDatabase, backend: str, reason: str, knn_method: str, knn_reason: str,
                fit: dict[str, Any], highlight: list[int], metrics: dict[str, Any], timings: dict[str, float],
-               files: dict[str, Path]) -> dict[str, Any]:
-    """The run.json payload; ``files`` are hashed here, so every file but run.json must be written already."""
+               files: dict[str, Path], gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+    """The run.json payload; ``files`` are hashed here, so every file but run.json must be written already.
+    ``gpu``: the GPU a GPU backend ran on and what ran where (None on CPU)."""
     return {
         "tool": "faceatlas",
         "version": __version__,
@@ -29,6 +31,7 @@ def run_record(config: Config, database: FaceDatabase, backend: str, reason: str
         "knn_method": knn_method,
         "knn_reason": knn_reason,
         "fit": fit,
+        "gpu": gpu,
         "config": _recorded_config(config),
         "input": {
             "path": database.source,
