@@ -118,9 +118,11 @@ class UmapConfig(_Section):
 
 
 class KnnConfig(_Section):
-    """How the k-nearest-neighbour graph is built: exact or NN-descent on CPU, cuML's ``build_algo`` on GPU."""
+    """How the one k-nearest-neighbour graph is built: exact or faiss IVF on CPU; on a GPU run, cuVS brute force
+    (or CuPy) or cuVS NN-descent (:mod:`job.knn.index`)."""
 
-    method: Literal["auto", "exact", "approximate", "faiss-ivf"] = "auto"
+    method: Literal["auto", "exact", "approximate", "faiss-ivf", "cuvs-brute-force", "cupy-exact",
+                    "cuvs-nn-descent"] = "auto"
     exact_max_faces: int = Field(50_000, ge=0, le=COUNT_MAX, description="auto: exact search up to this many reference faces")
 
 

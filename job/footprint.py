@@ -37,16 +37,29 @@ def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsiz
     return int(SLACK * (BASE + n_faces * per_face + tables + max(stages.values())))
 
 
+GPU_SEARCH_BLOCK = 5 * (256 << 20)  # a block of similarities and its top-k temporaries (cupy-exact; cuVS tiles)
+HDBSCAN_PER_FACE = 2048  # cuML HDBSCAN on every map point: NN-descent graphs (degree 64), tree and labels
+
+
 def gpu_run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsize: int) -> int:
     """GPU memory a run on the GPU backend needs: the unit vectors and the per-face arrays held there (the
-    graph, the verdicts' working set), two identity tables, and the largest stage (the kNN search against the
-    fitted faces, or cuML's fit on them: its float32 copy, graph and fuzzy set)."""
+    graph, the verdicts' working set), two identity tables, and the largest stage: the kNN search against the
+    fitted faces (a query chunk, a block of similarities, NN-descent's graphs above gpu.exact_max_faces, one
+    batch of them when batched), the verdicts, cuML's fit (its float32 copy, graph and fuzzy set), or HDBSCAN
+    on every face. An estimate that errs high, as :func:`run_bytes`; ``gpu.memory=managed`` skips the check."""
+    from job.knn.index import nn_descent_bytes
+
     k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
     fitted = min(n_faces, config.umap.fit_sample)
     held = n_faces * (dim * itemsize + 8 * k + 3 * 8) + 2 * n_identities * dim * 4
+    search = fitted * dim * 4 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 16) + GPU_SEARCH_BLOCK
+    if fitted > config.gpu.exact_max_faces:
+        batches = max(config.gpu.knn_n_clusters, 1)
+        search += nn_descent_bytes(fitted, dim, k) * (config.gpu.knn_overlap_factor if batches > 1 else 1) // batches
     stages = {
-        "kNN graph": fitted * dim * 4 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 16) + (256 << 20),
+        "kNN graph": search,
         "verdicts": n_faces * (2 * config.analysis.neighbours + 24) * 8,
         "UMAP": fitted * (dim * 4 + config.umap.n_neighbors * 3 * 12 + config.umap.n_components * 8),
+        "HDBSCAN": n_faces * HDBSCAN_PER_FACE + GPU_SEARCH_BLOCK,
     }
     return int(SLACK * (held + max(stages.values())))

@@ -91,27 +91,37 @@ def _cuda_version(number: int) -> str:
     return f"{number // 1000}.{number % 1000 // 10}"
 
 
+_MEMORY_SET_UP: dict[str, str] = {}  # the process's memory set-up, once: RMM's resource is per process
+
+
 def use_memory(mode: MemoryMode) -> str:
     """Route CuPy's (and, with RAPIDS, cuML's) allocations through one pool, or through managed memory that
-    can exceed the GPU's (pages move between host and GPU as touched). Returns what was set up.
+    can exceed the GPU's (pages move between host and GPU as touched, pooled). Returns what was set up.
 
     With RMM (RAPIDS), one RMM resource serves both CuPy and cuML; without it (CuPy alone), CuPy's own pool
-    allocator, over ``malloc_managed`` for "managed".
+    allocator, over ``malloc_managed`` for "managed". Set up once per process and mode (a second run in a
+    notebook reuses it: arrays of an earlier resource must not outlive it).
     """
+    if mode in _MEMORY_SET_UP:
+        return _MEMORY_SET_UP[mode]
     import cupy
 
     if mode == "default":
-        return "default"
-    if importlib.util.find_spec("rmm") is not None:
+        done = "default"
+    elif importlib.util.find_spec("rmm") is not None:
         import rmm
         from rmm.allocators.cupy import rmm_cupy_allocator
 
-        rmm.reinitialize(pool_allocator=mode == "pool", managed_memory=mode == "managed")
+        rmm.reinitialize(pool_allocator=True, managed_memory=mode == "managed")
         cupy.cuda.set_allocator(rmm_cupy_allocator)
-        return f"rmm {mode}"
-    if mode == "managed":
-        cupy.cuda.set_allocator(cupy.cuda.MemoryPool(cupy.cuda.malloc_managed).malloc)
-    return f"cupy {mode}"
+        done = f"rmm {mode}"
+    else:
+        if mode == "managed":
+            cupy.cuda.set_allocator(cupy.cuda.MemoryPool(cupy.cuda.malloc_managed).malloc)
+        done = f"cupy {mode}"
+    _MEMORY_SET_UP.clear()
+    _MEMORY_SET_UP[mode] = done
+    return done
 
 
 def require_gpu_memory(needed: int, gpu: GpuInfo, mode: MemoryMode, what: str) -> None:

@@ -33,7 +33,7 @@ from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.config import Config, UmapConfig
 from job.errors import GpuOutOfMemoryError, UsageError
 from job.footprint import gpu_run_bytes, run_bytes
-from job.gpu import gpu_memory_errors, probe_gpu, require_gpu_memory, use_memory
+from job.gpu import GpuInfo, gpu_memory_errors, probe_gpu, require_gpu_memory, use_memory
 from job.io.database import FaceDatabase, load_database
 from job.knn.graph import FaceGraph
 from job.knn.index import face_graph
@@ -127,8 +127,8 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     out_dir = Path(config.out)
     check_output_folder(out_dir)
     require_render_memory(config.render, config.max_memory_bytes)  # before the work, not after it
-    memory = prepare_gpu(config)
     backend, reason = resolve(config.backend)
+    gpu = prepare_gpu(config) if backend.uses_gpu else None
     log(f"backend: {backend.name} ({reason})")
     with _timed(timings, "load"):
         database = load_database(config.input, config.max_memory_bytes, log,
@@ -138,43 +138,44 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         f"dim {database.dim}")
     _warn_about(database, log)
     try:
-        if backend.uses_gpu:
-            require_gpu_run(config, database)
-        work = compute(config, backend, database, timings, log, progress)
+        if gpu is not None:
+            require_gpu_run(config, database, gpu)
+        work = compute(config, backend, database, timings, log, progress, gpu)
     except GpuOutOfMemoryError as exc:
         if config.backend != "auto":
             raise
-        backend, reason = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}"
+        backend, reason, gpu = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}", None
         log(f"backend: {backend.name} ({reason})")
         work = compute(config, backend, database, timings, log, progress)
     plan, graph, verdicts, mapped, analysis, metrics = work
-    gpu = gpu_record(memory) if backend.uses_gpu else None
     with staged_outputs(out_dir, log, checked=True) as staging:
         with _timed(timings, "render"):
             files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging)
         with _timed(timings, "write"):
             files.update(write_tables(database, verdicts, mapped, analysis, staging))
         record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
-                            mapped.placement, highlight, metrics, timings, files, gpu)
+                            mapped.placement, highlight, metrics, timings, files,
+                            None if gpu is None else gpu_record(gpu))
         files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
 def compute(config: Config, backend: Backend, database: FaceDatabase, timings: dict[str, float], log: Log,
-            progress: ProgressFactory) -> tuple[FitPlan, FaceGraph, Verdicts, MapResult, Analysis, dict[str, Any]]:
+            progress: ProgressFactory, gpu: GpuRun | None = None
+            ) -> tuple[FitPlan, FaceGraph, Verdicts, MapResult, Analysis, dict[str, Any]]:
     """Every stage between loading and writing, where ``backend`` computes (the GPU: faces, graph and
     analysis as CuPy arrays; the results come back to the host once, at each stage's end)."""
     with _timed(timings, "sample"), gpu_memory_errors("the identity table"):
         plan, space = plan_fit(config, database, backend.namespace())
     log(_describe_plan(plan, database.n_faces))
     with _timed(timings, "knn"), gpu_memory_errors("the kNN graph"):
-        graph = shared_graph(config, space, plan, progress)
+        graph = shared_graph(config, space, plan, progress, None if gpu is None else gpu.info.free_bytes)
     log(f"kNN graph: {graph.method} ({graph.reason})")
     with _timed(timings, "suspects"), gpu_memory_errors("the verdicts"):
         verdicts = judge(config, space, plan, graph)
     log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
-    with _timed(timings, "umap"):
+    with _timed(timings, "umap"), gpu_memory_errors("the UMAP fit"):
         fitted, params, engine = fit_map(config, backend, plan, graph, space)
     log(f"UMAP done in {timings['umap']:.1f} s")
     graph = fields_to_host(graph)  # placement, the supervised check and the writers are host code
@@ -187,31 +188,39 @@ def compute(config: Config, backend: Backend, database: FaceDatabase, timings: d
     return plan, graph, verdicts, mapped, analysis, metrics
 
 
-def prepare_gpu(config: Config) -> str | None:
-    """Set up the GPU's memory pool before cuML is imported (importing cuML routes CuPy through RMM), when the
-    run may use the GPU and one is there; returns what was set up (None: no GPU in this run)."""
-    if config.backend == UmapLearnBackend.name or not probe_gpu().available:
-        return None
-    return use_memory(config.gpu.memory)
+@dataclass(frozen=True)
+class GpuRun:
+    """The GPU a GPU-backend run computes on, as probed before its memory pool took any (``info``: its free
+    memory is what the run can have), and the memory set-up (``memory``)."""
+
+    info: GpuInfo
+    memory: str
 
 
-def gpu_record(memory: str | None) -> dict[str, Any]:
-    """run.json's ``gpu``: the device, its memory set-up, and what ran where."""
+def prepare_gpu(config: Config) -> GpuRun:
+    """Probe the GPU, then set up its memory pool (an RMM pool reserves half the free memory at once, so the
+    free memory is read first)."""
     info = probe_gpu()
+    return GpuRun(info, use_memory(config.gpu.memory))
+
+
+def gpu_record(gpu: GpuRun) -> dict[str, Any]:
+    """run.json's ``gpu``: the device, its memory set-up, and what ran where."""
+    info = gpu.info
     return {"device": info.device, "count": info.count, "total_bytes": info.total_bytes,
-            "compute_capability": info.compute_capability, "driver_cuda": info.driver_cuda,
-            "runtime_cuda": info.runtime_cuda, "memory": memory,
-            "on_gpu": ["identity table", "kNN graph (cuVS)", "verdicts", "look-alikes", "UMAP fit (cuML)",
-                       "HDBSCAN (cuML)", "trustworthiness"],
+            "free_bytes": info.free_bytes, "compute_capability": info.compute_capability,
+            "driver_cuda": info.driver_cuda, "runtime_cuda": info.runtime_cuda, "memory": gpu.memory,
+            "on_gpu": ["identity table", "kNN graph", "verdicts", "look-alikes", "UMAP fit (cuML)",
+                       "HDBSCAN (cuML)", "map-model cohesion", "trustworthiness"],
             "on_cpu": ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out "
                        "check", "same-id share (k-d tree)", "maps", "tables"]}
 
 
-def require_gpu_run(config: Config, database: FaceDatabase) -> None:
+def require_gpu_run(config: Config, database: FaceDatabase, gpu: GpuRun) -> None:
     """Refuse (:class:`GpuOutOfMemoryError`) a GPU run that would not fit in the GPU's free memory."""
     need = gpu_run_bytes(config, database.n_faces, len(database.identities), database.dim,
                          database.unit.dtype.itemsize)
-    require_gpu_memory(need, probe_gpu(), config.gpu.memory, f"a GPU run on {database.n_faces:,} faces")
+    require_gpu_memory(need, gpu.info, config.gpu.memory, f"a GPU run on {database.n_faces:,} faces")
 
 
 def plan_fit(config: Config, database: FaceDatabase, xp: Any = np) -> tuple[FitPlan, Space]:
@@ -236,12 +245,13 @@ def embedding_space(database: FaceDatabase, xp: Any = np) -> Space:
                  identity_table(unit, database.ids))
 
 
-def shared_graph(config: Config, space: Space, plan: FitPlan, progress: ProgressFactory) -> FaceGraph:
+def shared_graph(config: Config, space: Space, plan: FitPlan, progress: ProgressFactory,
+                 gpu_free: int | None = None) -> FaceGraph:
     """The run's one kNN graph: every face's nearest fitted faces (the fitted faces find themselves first), on
-    the GPU for a GPU backend."""
+    the GPU for a GPU backend (``gpu_free``: its free memory before the run)."""
     k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
     return face_graph(space.unit, plan.fitted, k, config.knn.method, config.knn.exact_max_faces, config.seed,
-                      progress, gpu=config.gpu)
+                      progress, gpu=config.gpu, gpu_free=gpu_free)
 
 
 def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph) -> Verdicts:
@@ -308,8 +318,10 @@ def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan,
                                            settings.lookalike_threshold))
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
-    clean = plan.table.without(database.unit, np.flatnonzero(left_out | held))
-    model = model_from_map(database.unit, clean, scores, on_map, mapped.coords[on_map])
+    # the table without misfiled and held-out faces, and its cohesion (n_faces x dim), where the faces are
+    clean_x = space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out | held)))
+    model = model_from_map(space.unit, clean_x, scores, on_map, mapped.coords[on_map])
+    clean = fields_to_host(clean_x)
     coords = mapped.coords
     if len(plan.held):
         coords[plan.held] = place(model, database.unit[plan.held]).coords

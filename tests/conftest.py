@@ -75,8 +75,11 @@ def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     FAKE cuML and cuVS of ``tests/fakes/fake_rapids.py`` (recorded signatures, real CPU libraries behind)."""
     from tests.fakes import fake_cupy, fake_rapids
 
+    import job.gpu
+
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(fake_cupy, "GPU", dict(fake_cupy.GPU))
+    monkeypatch.setattr(job.gpu, "_MEMORY_SET_UP", {})  # each test a fresh process, as far as memory set-up goes
     monkeypatch.setattr(fake_rapids, "STATE", dict(fake_rapids.STATE))
     fake_rapids.install(monkeypatch)
     return fake_rapids

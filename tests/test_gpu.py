@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from job.cli import app
 from job.config import UmapConfig, load_config
-from job.errors import BackendUnavailable, GpuOutOfMemoryError
+from job.errors import BackendUnavailable, GpuOutOfMemoryError, UsageError
 from job.pipeline import run
 from job.reduce.backends import probe_gpu, resolve
 from job.reduce.gpu_umap import MIN_CUML, cuml_params, installed_cuml
@@ -223,9 +223,23 @@ def test_free_gpu_memory_is_checked_before_the_work(fake_gpu, small_db: Path, tm
     monkeypatch.setitem(fake_cupy.GPU, "free", 1 << 20)
     with pytest.raises(GpuOutOfMemoryError, match="needs about .* of GPU memory but FAKE GPU .* has 1.0 MiB free"):
         run(_config(small_db, tmp_path / "a", backend="cuml"))
-    assert not fake_gpu.CALLS  # refused before any GPU work
+    assert [call["call"] for call in fake_gpu.CALLS] == ["rmm.reinitialize"]  # refused before any GPU work
     run(_config(small_db, tmp_path / "b", backend="cuml", **{"gpu.memory": "managed"}))  # managed may exceed it
     assert any(call["call"] == "UMAP.fit_transform" for call in fake_gpu.CALLS)
+
+
+def test_free_memory_is_read_before_the_pool_takes_half(fake_gpu, small_db: Path, tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    from job.footprint import gpu_run_bytes
+    from job.io.database import load_database
+    from tests.fakes import fake_cupy
+
+    config = _config(small_db, tmp_path / "out", backend="cuml")
+    database = load_database(config.input)
+    need = gpu_run_bytes(config, database.n_faces, len(database.identities), database.dim, 4)
+    monkeypatch.setitem(fake_cupy.GPU, "free", need * 3 // 2)  # fits; half of it (after the pool) would not
+    assert run(config).backend == "cuml"
+    assert fake_gpu.CALLS[0] == {"call": "rmm.reinitialize", "pool_allocator": True, "managed_memory": False}
 
 
 @pytest.mark.gpu
@@ -245,8 +259,11 @@ def test_without_cuvs_the_exact_graph_is_cupy_matrix_products(fake_gpu, small_db
     result = run(_config(small_db, tmp_path / "gpu", backend="cuml"))
     record = json.loads((tmp_path / "gpu" / "run.json").read_text())
     assert record["knn_method"] == "cupy-exact" and result.metrics["suspects"] == cpu_run.metrics["suspects"]
-    with pytest.raises(Exception, match="needs cuVS for cuvs-nn-descent"):
-        run(_config(small_db, tmp_path / "nnd", backend="cuml", **{"knn.method": "approximate"}))
+    run(_config(small_db, tmp_path / "nnd", backend="cuml", **{"knn.method": "approximate"}))
+    record = json.loads((tmp_path / "nnd" / "run.json").read_text())
+    assert record["knn_method"] == "cupy-exact" and "cuVS (NN-descent) is not installed" in record["knn_reason"]
+    with pytest.raises(UsageError, match="'cuvs-nn-descent' needs cuVS, which is not installed"):
+        run(_config(small_db, tmp_path / "named", backend="cuml", **{"knn.method": "cuvs-nn-descent"}))
 
 
 def test_auto_falls_back_when_the_gpu_is_too_small(fake_gpu, small_db: Path, tmp_path: Path,
@@ -260,7 +277,8 @@ def test_auto_falls_back_when_the_gpu_is_too_small(fake_gpu, small_db: Path, tmp
     assert "fell back to umap-learn on CPU" in record["backend_reason"]
 
 
-def test_the_gpu_check_script_runs_and_agrees_on_the_fake() -> None:
+def test_the_gpu_check_script_runs_on_the_fake() -> None:
+    # NumPy computes both sides under the fake: this checks the script, its comparisons and its report
     import subprocess
     import sys
 

@@ -38,21 +38,31 @@ def _to(xp, value):
     return xp.asarray(value) if isinstance(value, np.ndarray) else value
 
 
-def _same(host, device) -> None:
+def _same(host, device, exact: bool = True) -> None:
+    """Equal answers: to float rounding with NumPy underneath (the fake); on real CuPy, whose cuBLAS rounds
+    otherwise, floats to 1e-4 and decisions (bool, int) on 99.5% of faces (a tie at a threshold may flip)."""
     if dataclasses.is_dataclass(host):
         for field in dataclasses.fields(host):
-            _same(getattr(host, field.name), getattr(device, field.name))
+            _same(getattr(host, field.name), getattr(device, field.name), exact)
         return
     if isinstance(host, tuple):
         for one, other in zip(host, device, strict=True):
-            _same(one, other)
+            _same(one, other, exact)
         return
     if isinstance(host, np.ndarray):
         found = to_host(device)
         assert isinstance(found, np.ndarray) and found.dtype == host.dtype
-        np.testing.assert_allclose(found, host, rtol=1e-5, atol=1e-6, equal_nan=True)
+        if exact or host.dtype.kind == "f":
+            np.testing.assert_allclose(found, host, rtol=1e-5 if exact else 1e-4, atol=1e-6 if exact else 1e-4,
+                                       equal_nan=True)
+        else:
+            assert found.shape == host.shape and (found == host).mean() >= 0.995
     else:
-        assert device == pytest.approx(host, rel=1e-6)
+        assert device == pytest.approx(host, rel=1e-6 if exact else 1e-4)
+
+
+def _exact(xp) -> bool:
+    return xp is np or getattr(xp, "IS_FAKE", False)
 
 
 def test_namespace_follows_the_arrays(xp) -> None:
@@ -75,7 +85,11 @@ def test_the_fake_refuses_host_arrays_like_cupy(xp) -> None:
             _ = xp.errstate  # CuPy has no errstate: the fake offers only CuPy's recorded names
 
 
-def test_identity_table_and_leave_one_out(xp, space) -> None:
+@pytest.mark.parametrize("row_block", [1 << 15, 7])  # 7: identities spanning the sums' row blocks
+def test_identity_table_and_leave_one_out(xp, space, row_block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    import job.analysis.identities as identities
+
+    monkeypatch.setattr(identities, "ROW_BLOCK", row_block)
     ids, unit, _, _ = space
     host = identity_table(unit, ids)
     device = identity_table(xp.asarray(unit), ids)
@@ -105,8 +119,8 @@ def test_verdicts_are_the_same_on_the_device(xp, space) -> None:
     _same(links, links_d)
     scores_d, original_d = judge_faces(unit_d, table_d, graph_d, nearby_d, links_d[:, :5], xp.asarray(rows))
     assert namespace(scores_d.score) is xp  # computed where the data is, not copied back half-way
-    _same(scores, fields_to_host(scores_d))
-    _same(original, original_d)
+    _same(scores, fields_to_host(scores_d), _exact(xp))
+    _same(original, original_d, _exact(xp))
 
 
 @pytest.mark.parametrize("all_pairs", [True, False])
@@ -120,14 +134,14 @@ def test_lookalikes_are_the_same_on_the_device(xp, space, all_pairs: bool, monke
     links = identity_links(table.codes, nearby_codes(graph, table.codes, 10), len(table.ids), 10)
     host = find_lookalikes(table, links, top=50)
     device = find_lookalikes(identity_table(xp.asarray(unit), ids), xp.asarray(links), top=50)
-    _same(host, fields_to_host(device))
+    _same(host, fields_to_host(device), _exact(xp))
 
 
 def test_trustworthiness_is_the_same_on_the_device(xp, space) -> None:
     ids, unit, _, _ = space
     coords = np.random.default_rng(0).normal(size=(len(ids), 2)).astype(np.float32) + unit[:, :2] * 50
     assert trustworthiness(xp.asarray(unit), coords, k=10, sample=400, seed=1) == \
-        pytest.approx(trustworthiness(unit, coords, k=10, sample=400, seed=1), abs=1e-9)
+        pytest.approx(trustworthiness(unit, coords, k=10, sample=400, seed=1), abs=1e-9 if _exact(xp) else 1e-4)
 
 
 def test_the_cupy_exact_index_finds_the_cpu_neighbours(xp, space) -> None:

@@ -22,6 +22,7 @@ from job.io.demo import DemoTruth
 from job.knn.graph import FaceGraph
 from job.maps.mapmodel import MapModel, build_model
 from job.maps.placement import invert_points
+from job.xp import fields_to_host, namespace, to_host, to_namespace
 
 
 def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores, on_map: IdArray,
@@ -29,15 +30,17 @@ def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores
     """The map model of the faces ``on_map`` (sorted rows) at ``coords`` (len(on_map), n_components).
 
     ``clean``: the identity table without suspects and held-out faces. A suspect face stands on the map for
-    the identity it was suggested as.
+    the identity it was suggested as. ``unit`` and ``clean`` may be on the GPU (the cohesion, a pass over
+    every face, is computed there); the model is made on the host.
     """
-    resolved = np.where(scores.suspect & (scores.suggested_id >= 0),
-                        np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
     keep = np.zeros(len(clean.codes), dtype=bool)
     keep[on_map] = True
     keep &= ~scores.left_out  # as in ``clean``: neither vouches for an identity
-    return build_model(clean.ids, clean.centroids, clean.counts, clean.cohesion(unit, keep), coords,
-                       resolved[on_map])
+    cohesion = to_host(clean.cohesion(unit, to_namespace(namespace(clean.codes), keep)))
+    clean = fields_to_host(clean)
+    resolved = np.where(scores.suspect & (scores.suggested_id >= 0),
+                        np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
+    return build_model(clean.ids, clean.centroids, clean.counts, cohesion, coords, resolved[on_map])
 
 
 NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": None, "map_id_at_1": None},

@@ -40,6 +40,7 @@ class CuvsBruteForceIndex:
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
         self.index: Any = None
+        self.dataset: Any = None
         self.n_reference = 0
 
     def build(self, reference: Any) -> None:
@@ -48,7 +49,10 @@ class CuvsBruteForceIndex:
 
         cupy = _cupy()
         self.n_reference = len(reference)
-        self.index = brute_force.build(cupy.ascontiguousarray(reference, dtype=cupy.float32), metric="cosine")
+        # held here: cuVS's index keeps a non-owning view of the dataset (brute_force.hpp), and the caller's
+        # array is a temporary (a gather, a float32 copy) that CuPy would free and reuse at once
+        self.dataset = cupy.ascontiguousarray(reference, dtype=cupy.float32)
+        self.index = brute_force.build(self.dataset, metric="cosine")
 
     def query(self, queries: Any, k: int) -> tuple[Any, FloatArray]:
         """Positions (n, k) int64 and cosine similarities (n, k) float32, CuPy arrays, nearest first."""
@@ -67,7 +71,7 @@ class CupyExactIndex:
 
     name: ClassVar[str] = "cupy-exact"
     device: ClassVar[bool] = True
-    block_bytes: ClassVar[int] = 1 << 30
+    block_bytes: ClassVar[int] = 256 << 20  # one block of similarities; its top-k temporaries are ~4x this
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
         self.reference: Any = None

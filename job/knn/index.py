@@ -101,30 +101,37 @@ def resolve(method: str, n_reference: int, exact_max: int, device: bool = False,
 
 
 def _resolve_gpu(method: str, n_reference: int, gpu_exact_max: int) -> tuple[type[KnnIndex], str]:
+    """The GPU index for ``knn.method``: the CPU names map to their GPU counterparts (``faiss-ivf``, an
+    approximate CPU index, to NN-descent), and without cuVS to CuPy's exact search unless cuVS is named."""
     import importlib.util
 
     has_cuvs = importlib.util.find_spec("cuvs") is not None
     exact = GPU_EXACT if has_cuvs else GPU_EXACT_CUPY
     if method == "auto":
-        if n_reference <= gpu_exact_max:
-            return GPU_INDEXES[exact](), (f"auto on the GPU: {n_reference:,} reference faces <= "
+        if n_reference <= gpu_exact_max or not has_cuvs:
+            why = "<=" if n_reference <= gpu_exact_max else "> (but cuVS, NN-descent's library, is not installed)"
+            return GPU_INDEXES[exact](), (f"auto on the GPU: {n_reference:,} reference faces {why} "
                                           f"gpu.exact_max_faces ({gpu_exact_max:,}): {exact}")
-        name, reason = GPU_APPROXIMATE, (f"auto on the GPU: {n_reference:,} reference faces > gpu.exact_max_faces "
-                                         f"({gpu_exact_max:,}): {GPU_APPROXIMATE}")
-    else:
-        name = {"exact": exact, "approximate": GPU_APPROXIMATE}.get(method, method)
-        reason = f"asked for with knn.method={method} (GPU)"
+        return GPU_INDEXES[GPU_APPROXIMATE](), (f"auto on the GPU: {n_reference:,} reference faces > "
+                                                f"gpu.exact_max_faces ({gpu_exact_max:,}): {GPU_APPROXIMATE}")
+    if method in ("approximate", APPROXIMATE):
+        if not has_cuvs:
+            return GPU_INDEXES[exact](), (f"knn.method={method} on the GPU: cuVS (NN-descent) is not installed, "
+                                          f"so {exact}")
+        return GPU_INDEXES[GPU_APPROXIMATE](), f"knn.method={method} on the GPU: {GPU_APPROXIMATE}"
+    name = exact if method == "exact" else method
     if name not in GPU_INDEXES:
-        raise UsageError(f"knn.method {method!r} is a CPU index and this run computes on the GPU; use auto, exact, "
-                         f"approximate, {', '.join(GPU_INDEXES)}, or --backend umap-learn")
+        raise UsageError(f"knn.method {method!r}: expected auto, exact, approximate or one of "
+                         f"{', '.join([*INDEXES, *GPU_INDEXES])}")
     if name.startswith("cuvs") and not has_cuvs:
-        raise UsageError(f"knn.method {method!r} needs cuVS for {name}, which is not installed: pip install "
-                         "'faceatlas[gpu]', or raise gpu.exact_max_faces to search exactly with CuPy")
-    return GPU_INDEXES[name](), reason
+        raise UsageError(f"knn.method {method!r} needs cuVS, which is not installed: pip install 'faceatlas[gpu]', "
+                         "or use knn.method=exact (CuPy)")
+    return GPU_INDEXES[name](), f"asked for with knn.method={method} (GPU)"
 
 
 def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None = None,
-               progress: ProgressFactory = no_progress, gpu: GpuConfig | None = None) -> FaceGraph:
+               progress: ProgressFactory = no_progress, gpu: GpuConfig | None = None, gpu_free: int | None = None
+               ) -> FaceGraph:
     """Each face's ``k`` nearest reference faces by cosine: the run's one kNN graph.
 
     Parameters
@@ -134,6 +141,7 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
     reference : ndarray of shape (n_reference,), int64 — sorted face rows the map is fitted on
     k : neighbours per face; a reference face counts itself as its first
     gpu : the run's GPU settings (exact search limit, NN-descent batching), for a GPU run
+    gpu_free : the GPU's free memory in bytes before the run's pool took any (None: asked now)
     """
     xp = namespace(unit)
     if gpu is None:
@@ -142,7 +150,7 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
         gpu = GpuConfig()
     cls, reason = resolve(method, len(reference), exact_max, on_device(xp), gpu.exact_max_faces)
     if hasattr(cls, "configure"):
-        cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k)
+        cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k, gpu_free)
         reason += batching
         if seed is not None:  # README "Seeds on the GPU"
             reason += ("; not reproducible even with --seed (NN-descent's GPU kernels race): raise "
@@ -179,20 +187,28 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
     return FaceGraph(reference, indices, distances, cls.name, reason)
 
 
-def configure_batches(cls: Any, gpu: GpuConfig, n_reference: int, dim: int, k: int) -> tuple[Any, str]:
+def configure_batches(cls: Any, gpu: GpuConfig, n_reference: int, dim: int, k: int, free: int | None = None
+                      ) -> tuple[Any, str]:
     """The NN-descent index class with the run's batching: ``gpu.knn_n_clusters``, or for 0 the fewest
     batches whose working set (the batch's faces as float32 plus NN-descent's graphs, ~``NND_BYTES_PER_EDGE``
     per candidate edge) fits in half the GPU's free memory."""
     n_clusters = gpu.knn_n_clusters
     if n_clusters == 0:
-        from job.gpu import probe_gpu
+        if free is None:
+            from job.gpu import probe_gpu
 
-        need = n_reference * (4 * dim + NND_BYTES_PER_EDGE * 3 * k)
-        free = max(probe_gpu().free_bytes // 2, 1)
-        n_clusters = 1 if need <= free else max(gpu.knn_overlap_factor + 1,
-                                                -(-need * gpu.knn_overlap_factor // free))
+            free = probe_gpu().free_bytes
+        need = nn_descent_bytes(n_reference, dim, k)
+        budget = max(free // 2, 1)  # the other half holds the faces, the graph and the verdicts
+        n_clusters = 1 if need <= budget else max(gpu.knn_overlap_factor + 1,
+                                                  -(-need * gpu.knn_overlap_factor // budget))
     text = "" if n_clusters == 1 else f"; {n_clusters} batches, each face in {gpu.knn_overlap_factor}"
     return cls.configure(n_clusters, gpu.knn_overlap_factor, tuple(gpu.device_ids)), text
+
+
+def nn_descent_bytes(n_reference: int, dim: int, k: int) -> int:
+    """NN-descent's working set on the GPU: the faces as float32 and its candidate graphs."""
+    return n_reference * (4 * dim + NND_BYTES_PER_EDGE * 3 * k)
 
 
 def _distance(found: Any, similarity: Any) -> Any:
@@ -213,7 +229,8 @@ def identity_neighbours(centroids: np.ndarray, k: int, method: str, exact_max: i
     none), and the index that found them. Searched with the same registry as the face graph, thoroughly (on
     the GPU when the centroids are there)."""
     xp = namespace(centroids)
-    cls, _ = resolve(method, len(centroids), exact_max, on_device(xp), gpu_exact_max)
+    # on the GPU always exact: n_identities^2 x dim is affordable there, and NN-descent answers no queries
+    cls, _ = resolve("exact" if on_device(xp) else method, len(centroids), exact_max, on_device(xp), gpu_exact_max)
     index = cls(seed, thorough=True)
     index.build(centroids)
     found, _ = index.query(centroids, min(k + 1, len(centroids)))

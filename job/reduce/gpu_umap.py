@@ -37,8 +37,8 @@ SAME_LAYOUT = (26, 6)
 """From 26.06 a spectral start runs the layout's epochs serially by default (fewer stray outlier points):
 26.02 and 26.04 give slightly different maps, which the probe says."""
 NEWEST_READ = (26, 10)
-CUML_DISTRIBUTIONS = {"cuml-cu12": 12, "cuml-cu13": 13, "cuml": 0}  # pip wheels; conda's "cuml" (CUDA unknown)
-MIN_CAPABILITY = {12: (7, 0), 13: (7, 5), 0: (7, 0)}  # RAPIDS' CUDA 12 and CUDA 13 wheels
+CUML_DISTRIBUTIONS = {"cuml-cu12": 12, "cuml-cu13": 13, "cuml": 0}  # pip wheels; conda's "cuml" (CUDA: CuPy's)
+MIN_CAPABILITY = {12: (7, 0), 13: (7, 5)}  # RAPIDS' CUDA 12 and CUDA 13 builds
 SPECTRAL_MIN_FACES = 100  # below this a "pca" start maps to "random": a spectral layout of a tiny graph fails
 
 
@@ -68,8 +68,8 @@ def cuml_problem(gpu: GpuInfo, distribution: str, version: str) -> str | None:
         return (f"cuML {version} is older than {MIN_CUML[0]}.{MIN_CUML[1]:02d}, the oldest whose behaviour faceatlas "
                 "checked (older ones mis-read a precomputed kNN graph or lack layout fixes); "
                 f"{upgrade_fix(distribution)}")
-    cuda = CUML_DISTRIBUTIONS.get(distribution, 0)
-    need = MIN_CAPABILITY[cuda]
+    cuda = CUML_DISTRIBUTIONS.get(distribution, 0) or int(gpu.runtime_cuda.partition(".")[0] or 12)
+    need = MIN_CAPABILITY.get(cuda, MIN_CAPABILITY[12])
     if gpu.capability < need:
         return (f"{gpu.device} has compute capability {gpu.compute_capability}, below the {need[0]}.{need[1]} that "
                 f"{distribution} needs")
@@ -182,10 +182,13 @@ def hdbscan_labels(coords: FloatArray, min_size: int) -> IdArray:
 
     points = cupy.asarray(coords, dtype=cupy.float32)
     algo = "nn_descent" if len(points) > HDBSCAN_BRUTE_MAX else "brute_force"
+    # min_samples defaults to min_cluster_size, and cuML takes at most 1023 (hdbscan.pyx)
     with gpu_memory_errors("HDBSCAN"):
-        labels = HDBSCAN(min_cluster_size=min_size, build_algo=algo, output_type="cupy").fit_predict(points)
+        labels = HDBSCAN(min_cluster_size=min_size, min_samples=min(min_size, HDBSCAN_MAX_SAMPLES), build_algo=algo,
+                         output_type="cupy").fit_predict(points)
     return np.asarray(to_host(labels), dtype=np.int64)
 
 
 HDBSCAN_BRUTE_MAX = 20_000
+HDBSCAN_MAX_SAMPLES = 1023
 

@@ -15,7 +15,7 @@ from job.io.remote import redact
 
 _VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "faiss-cpu", "datashader", "pyarrow", "scikit-learn",
               "cuml-cu12", "cuml-cu13", "cuvs-cu12", "cuvs-cu13", "cupy-cuda12x", "cupy-cuda13x", "rmm-cu12",
-              "rmm-cu13", "typer", "pydantic")
+              "rmm-cu13", "cuml", "cuvs", "cupy", "rmm", "typer", "pydantic")  # the last four: conda's names
 
 
 def run_record(config: Config, database: FaceDatabase, backend: str, reason: str, knn_method: str, knn_reason: str,

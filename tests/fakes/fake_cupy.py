@@ -66,7 +66,7 @@ def _call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     """A device array (FAKE): a NumPy array that refuses to meet host arrays."""
 
-    __slots__ = ("_array",)
+    __slots__ = ("_array", "__weakref__")
 
     def __init__(self, array: _np.ndarray) -> None:
         self._array = array

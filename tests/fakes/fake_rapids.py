@@ -8,7 +8,8 @@ of scikit-learn's, brute force and all-neighbours with an exact NumPy search. Ar
 CuPy's device arrays (:mod:`tests.fakes.fake_cupy`). Every call is appended to :data:`CALLS`.
 
 :func:`install` puts ``cuml``, ``cuml.manifold``, ``cuml.cluster``, ``cuvs``, ``cuvs.common``,
-``cuvs.neighbors`` and its submodules into ``sys.modules``.
+``cuvs.neighbors`` and its submodules, and ``rmm`` (whose pool takes half the fake GPU's free memory, as
+RMM's does) into ``sys.modules``.
 """
 
 from __future__ import annotations
@@ -124,18 +125,30 @@ def _cosine_knn(reference: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.
 
 
 class _Index:
+    """As cuVS's: a non-owning view of the dataset (brute_force.hpp), so a freed dataset is caught."""
+
     trained = True
 
-    def __init__(self, dataset: np.ndarray, metric: str) -> None:
-        self.dataset, self.metric = dataset, metric
+    def __init__(self, dataset: Any, metric: str) -> None:
+        import weakref
+
+        self._dataset, self.metric = weakref.ref(dataset), metric
+
+    @property
+    def dataset(self) -> np.ndarray:
+        dataset = self._dataset()
+        if dataset is None:
+            raise RuntimeError("FAKE cuVS: the dataset this index views was freed (cuVS keeps no copy: hold it)")
+        return fake_cupy.asnumpy(dataset)
 
 
 def brute_force_build(dataset: Any, metric: str = "sqeuclidean", metric_arg: float = 2.0, resources: Any = None
                       ) -> _Index:
     if metric not in CUVS["brute_force"]["metrics"]:
         raise KeyError(metric)
+    _host(dataset)  # on the device
     CALLS.append({"call": "brute_force.build", "metric": metric, "n": len(dataset)})
-    return _Index(_host(dataset), metric)
+    return _Index(dataset, metric)
 
 
 def brute_force_search(index: _Index, queries: Any, k: int, neighbors: Any = None, distances: Any = None,
@@ -170,9 +183,18 @@ def all_neighbors_build(dataset: Any, k: int, params: AllNeighborsParams, *, ind
     data = _host(dataset) if on_device else np.asarray(dataset)
     if data.dtype != np.float32:
         raise TypeError("FAKE cuVS: dataset must be float32")
+    if params.n_clusters > 1 and params.overlap_factor >= params.n_clusters:
+        raise ValueError("FAKE cuVS: overlap_factor must be below n_clusters")
+    nnd = getattr(params, "nn_descent_params", None)
+    if nnd is not None and nnd.params.get("metric", params.metric) != params.metric:
+        raise ValueError("Metric conflict: AllNeighborsParams metric does not match NN-Descent metric (FAKE)")
     CALLS.append({"call": "all_neighbors.build", "n": len(data), "k": k, "n_clusters": params.n_clusters,
                   "metric": params.metric, "on_device": on_device})
     found, similarity = _cosine_knn(data, data, k)  # exact: the fake stands in for NN-descent's answer
+    # like NN-descent, miss some points' own entries (every 7th row here): the caller must put each point first
+    missed = np.arange(0, len(found), 7)
+    found[missed], similarity[missed] = np.roll(found[missed], -1, axis=1), np.roll(similarity[missed], -1, axis=1)
+    found[missed, -1], similarity[missed, -1] = found[missed, -2], similarity[missed, -2]
     indices._array[...] = found  # the caller's device buffers, filled in place
     distances._array[...] = 2.0 - 2.0 * similarity  # sqeuclidean on unit vectors
     return indices, distances
@@ -186,6 +208,15 @@ class Resources:
 class MultiGpuResources(Resources):
     def __init__(self, device_ids: Any = None) -> None:
         self.device_ids = device_ids
+
+
+def rmm_reinitialize(pool_allocator: bool = False, managed_memory: bool = False, initial_pool_size: Any = None,
+                     maximum_pool_size: Any = None, devices: Any = 0, logging: bool = False,
+                     log_file_name: Any = None) -> None:
+    """rmm.reinitialize: a pool reserves half the free memory at once (PoolMemoryResource's default)."""
+    CALLS.append({"call": "rmm.reinitialize", "pool_allocator": pool_allocator, "managed_memory": managed_memory})
+    if pool_allocator and not managed_memory:
+        fake_cupy.GPU["free"] //= 2
 
 
 def _module(name: str, **attributes: Any) -> types.ModuleType:
@@ -207,8 +238,11 @@ def modules() -> dict[str, types.ModuleType]:
                         nn_descent=nn_descent)
     common = _module("cuvs.common", Resources=Resources, MultiGpuResources=MultiGpuResources)
     cuvs = _module("cuvs", neighbors=neighbors, common=common, IS_FAKE=True)
+    cupy_allocators = _module("rmm.allocators.cupy", rmm_cupy_allocator=lambda size: None)
+    allocators = _module("rmm.allocators", cupy=cupy_allocators)
+    rmm = _module("rmm", reinitialize=rmm_reinitialize, allocators=allocators, IS_FAKE=True)
     return {module.__name__: module for module in (cuml, manifold, cluster, cuvs, common, neighbors, brute_force,
-                                                   all_neighbors, nn_descent)}
+                                                   all_neighbors, nn_descent, rmm, allocators, cupy_allocators)}
 
 
 def install(monkeypatch: Any, version: str = "26.10.0") -> None:
