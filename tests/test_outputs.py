@@ -56,6 +56,15 @@ def test_a_run_that_fails_while_writing_leaves_the_previous_run(small_db: Path, 
     open_run(out)  # still verifies
 
 
+def _staged(folder: Path) -> bool:
+    """Whether a run is writing into a staging folder beside ``folder``'s --out (polled while the run renames
+    it: a folder that vanishes between listing and reading counts as not yet)."""
+    try:
+        return any(folder.glob(".out.staging-*/*"))
+    except FileNotFoundError:
+        return False
+
+
 def test_sigkill_mid_write_keeps_the_previous_run_and_a_rerun_completes(small_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(_config(small_db, out))
@@ -65,8 +74,7 @@ def test_sigkill_mid_write_keeps_the_previous_run_and_a_rerun_completes(small_db
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        staged = [p for p in tmp_path.glob(".out.staging-*/*")]
-        if staged:  # the new run has started writing its files: kill it now
+        if _staged(tmp_path):  # the new run has started writing its files: kill it now
             process.send_signal(signal.SIGKILL)
             break
         time.sleep(0.005)
@@ -88,7 +96,7 @@ def test_sigterm_mid_write_exits_130_and_cleans_up(small_db: Path, tmp_path: Pat
     process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline and process.poll() is None:
-        if list(tmp_path.glob(".out.staging-*/*")):
+        if _staged(tmp_path):
             process.send_signal(signal.SIGTERM)
             break
         time.sleep(0.005)
