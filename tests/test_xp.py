@@ -83,6 +83,12 @@ def test_the_fake_refuses_host_arrays_like_cupy(xp) -> None:
             np.where(device > 1, device, 0)  # a NumPy function on a device array
         with pytest.raises(AttributeError):
             _ = xp.errstate  # CuPy has no errstate: the fake offers only CuPy's recorded names
+        with pytest.raises(TypeError):
+            xp.clip(device, min=0)  # NumPy 2.1's keywords: CuPy's clip takes a_min, a_max
+        with pytest.raises(AttributeError):
+            xp.lexsort((device, device))  # CuPy wants one stacked key array
+        with pytest.raises(TypeError):
+            xp.take_along_axis(device, device)  # axis is required in CuPy
 
 
 @pytest.mark.parametrize("row_block", [1 << 15, 7])  # 7: identities spanning the sums' row blocks

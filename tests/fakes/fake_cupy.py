@@ -59,6 +59,33 @@ def _wrap(value: Any) -> Any:
     return value
 
 
+# Keywords CuPy 14.2 refuses where NumPy takes them, and required arguments NumPy defaults (read from CuPy's
+# sources: ``functions_with_limits`` in tests/fixtures/cupy-namespace.json)
+REFUSED_KEYWORDS = {"argsort": {"stable", "order"}, "sort": {"stable", "order"},
+                    "clip": {"min", "max", "dtype", "where"}, "einsum": {"out", "order", "casting"}, "unique": {"sorted"}, "count_nonzero": {"keepdims"},
+                    "isin": {"kind"}, "argpartition": {"kind", "order"}, "partition": {"kind", "order"},
+                    "lexsort": {"axis"}}
+ALLOWED_VALUES = {("argsort", "kind"): {None, "stable"}, ("sort", "kind"): {None, "stable"},
+                  ("quantile", "method"): {"linear", "lower", "higher", "midpoint", "nearest"},
+                  ("pad", "mode"): {"constant", "edge", "linear_ramp", "maximum", "mean", "minimum", "reflect",
+                                    "symmetric", "wrap", "empty"}}
+MIN_POSITIONAL = {"take_along_axis": 3, "clip": 3}  # CuPy requires axis / a_min and a_max
+
+
+def _check_call(name: str, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+    refused = REFUSED_KEYWORDS.get(name, set()) & set(kwargs)
+    if refused:
+        raise TypeError(f"cupy.{name}() got unexpected keyword arguments {sorted(refused)} (FAKE cupy, recorded)")
+    for (function, key), allowed in ALLOWED_VALUES.items():
+        if function == name and key in kwargs and kwargs[key] not in allowed:
+            raise ValueError(f"cupy.{name}({key}={kwargs[key]!r}) is not supported (FAKE cupy, recorded)")
+    given = len(args) + sum(1 for key in ("axis", "a_min", "a_max") if key in kwargs)
+    if given < MIN_POSITIONAL.get(name, 0):
+        raise TypeError(f"cupy.{name}() is missing a required argument (FAKE cupy, recorded)")
+    if name == "lexsort" and not isinstance(args[0] if args else kwargs.get("keys"), ndarray):
+        raise AttributeError("cupy.lexsort takes one stacked (k, N) array of keys, not a tuple (FAKE cupy, recorded)")
+
+
 def _call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     return _wrap(function(*_device(args), **{key: _device(value) for key, value in kwargs.items()}))
 
@@ -176,7 +203,12 @@ def _namespace(source: Any, recorded: list[str] | None, name: str) -> types.Modu
             return _Ufunc(value)
         if isinstance(value, type) or not callable(value):
             return value  # dtypes, constants
-        return lambda *args, **kwargs: _call(value, args, kwargs)
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            _check_call(attr, args, kwargs)
+            return _call(value, args, kwargs)
+
+        return call
 
     module.__getattr__ = lookup  # type: ignore[method-assign]
     return module
