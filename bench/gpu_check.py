@@ -77,7 +77,7 @@ def stages(xp: Any, unit: np.ndarray, ids: np.ndarray, reference: np.ndarray, gr
         graph = timed("kNN graph (cupy-exact)", lambda: face_graph(space, reference, K, "exact", 0, 0, gpu=GPU))
         answers["graph"] = graph
     candidates = timed("candidates", lambda: find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "exact",
-                                                             10**12, 0, 10**12))
+                                                             10**12, 0))
     rows = xp.arange(len(ids))
     scores, _ = timed("verdicts", lambda: judge_faces(space, table, graph, candidates.nearby, candidates.similar,
                                                       rows))

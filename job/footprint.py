@@ -12,7 +12,7 @@ high, and is a guard, not an allocator.
 from __future__ import annotations
 
 from job.config import Config
-from job.knn.index import QUERY_CHUNK
+from job.knn.index import QUERY_CHUNK, nn_descent_bytes
 from job.render.maps import render_bytes
 
 BASE = 450 << 20  # the interpreter with numpy, numba, umap-learn, faiss, scipy and datashader loaded
@@ -47,8 +47,6 @@ def gpu_run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, ite
     fitted faces (a query chunk, a block of similarities, NN-descent's graphs above gpu.exact_max_faces, one
     batch of them when batched), the verdicts, cuML's fit (its float32 copy, graph and fuzzy set), or HDBSCAN
     on every face. An estimate that errs high, as :func:`run_bytes`; ``gpu.memory=managed`` skips the check."""
-    from job.knn.index import nn_descent_bytes
-
     k = max(config.umap.n_neighbors, config.analysis.neighbours + 1)
     fitted = min(n_faces, config.umap.fit_sample)
     held = n_faces * (dim * itemsize + 8 * k + 3 * 8) + 2 * n_identities * dim * 4

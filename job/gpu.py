@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Literal
 
 from job.errors import GpuOutOfMemoryError
 
@@ -78,12 +79,12 @@ def probe_gpu() -> GpuInfo:
         with cupy.cuda.Device(0):
             free, total = runtime.memGetInfo()
         name = properties["name"]
-        info = GpuInfo("gpu", True, "", str(cupy.__version__), name.decode() if isinstance(name, bytes) else str(name),
-                       count, int(total), int(free), f"{properties['major']}.{properties['minor']}",
+        device = name.decode() if isinstance(name, bytes) else str(name)
+        return GpuInfo("gpu", True, f"{count} CUDA GPU(s), first: {device}", str(cupy.__version__), device, count,
+                       int(total), int(free), f"{properties['major']}.{properties['minor']}",
                        _cuda_version(runtime.driverGetVersion()), _cuda_version(runtime.runtimeGetVersion()))
     except Exception as exc:  # noqa: BLE001 - see module docstring
         return GpuInfo("gpu", False, f"CUDA GPU probe failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
-    return GpuInfo(**{**info.__dict__, "reason": f"{count} CUDA GPU(s), first: {info.device}"})
 
 
 def _cuda_version(number: int) -> str:
@@ -138,7 +139,7 @@ def require_gpu_memory(needed: int, gpu: GpuInfo, mode: MemoryMode, what: str) -
 def is_gpu_out_of_memory(exc: BaseException) -> bool:
     """Whether ``exc`` is a GPU allocation failure (CuPy's OutOfMemoryError, or RMM's bad_alloc, which cuML
     raises as MemoryError), not the host's."""
-    cupy = _imported("cupy")
+    cupy = sys.modules.get("cupy")  # only if imported: an error from CuPy means CuPy is loaded
     if cupy is not None and isinstance(exc, cupy.cuda.memory.OutOfMemoryError):
         return True
     text = f"{type(exc).__name__} {exc}"
@@ -150,18 +151,8 @@ def gpu_memory_errors(what: str) -> Iterator[None]:
     """Turn a GPU out-of-memory inside the block into :class:`GpuOutOfMemoryError` naming the fix."""
     try:
         yield
-    except MemoryError as exc:
-        if not is_gpu_out_of_memory(exc):
+    except Exception as exc:  # MemoryError (RMM's bad_alloc via cuML, CuPy's) or a library's own error type
+        if isinstance(exc, GpuOutOfMemoryError) or not is_gpu_out_of_memory(exc):
             raise
-        raise GpuOutOfMemoryError(f"the GPU ran out of memory during {what}; {GPU_OOM_FIX}") from None
-    except Exception as exc:
-        if not is_gpu_out_of_memory(exc):
-            raise
-        raise GpuOutOfMemoryError(f"the GPU ran out of memory during {what} ({type(exc).__name__}); "
-                                  f"{GPU_OOM_FIX}") from None
-
-
-def _imported(name: str) -> Any:
-    import sys
-
-    return sys.modules.get(name)
+        kind = "" if isinstance(exc, MemoryError) else f" ({type(exc).__name__})"
+        raise GpuOutOfMemoryError(f"the GPU ran out of memory during {what}{kind}; {GPU_OOM_FIX}") from None

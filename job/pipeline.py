@@ -48,9 +48,9 @@ from job.render.maps import Framer, map_grid, render_analysis_maps, render_maps,
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
-from job.xp import fields_to_host, namespace, on_device, to_host, to_namespace
 from job.store.reports import LOOKALIKES_FILE, LOW_QUALITY_FILE, SUSPECTS_FILE, write_lookalikes, \
     write_low_quality, write_suspects
+from job.xp import fields_to_host, namespace, on_device, to_host, to_namespace
 
 Log = Callable[[str], None]
 N_DEFAULT_HIGHLIGHT = 5
@@ -260,8 +260,7 @@ def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph) -> Verd
     verdicts come back to the host."""
     settings, table = config.analysis, space.table
     candidates = find_candidates(graph, table.codes, table.centroids, settings.neighbours, SIMILAR_IDENTITIES,
-                                 settings.lookalike_k, config.knn.method, config.knn.exact_max_faces, config.seed,
-                                 config.gpu.exact_max_faces)
+                                 settings.lookalike_k, config.knn.method, config.knn.exact_max_faces, config.seed)
     scores, original = judge_faces(space.unit, table, graph, candidates.nearby, candidates.similar, space.rows,
                                    space.quality, settings.suspect_margin, settings.misfiled_score)
     return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original))

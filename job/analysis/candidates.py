@@ -33,11 +33,11 @@ class Candidates:
 
 
 def find_candidates(graph: FaceGraph, codes: IdArray, centroids: np.ndarray, width: int, similar: int, k: int,
-                    method: str, exact_max: int, seed: int | None = None, gpu_exact_max: int = 0) -> Candidates:
+                    method: str, exact_max: int, seed: int | None = None) -> Candidates:
     """All candidate lists of a run (see the module docstring); on the GPU when the graph is there."""
     xp = namespace(codes)
     nearby = nearby_codes(graph, codes, width)
-    near_ids, _ = identity_neighbours(centroids, max(similar, k), method, exact_max, seed, gpu_exact_max)
+    near_ids, _ = identity_neighbours(centroids, max(similar, k), method, exact_max, seed)
     lookalike = xp.concatenate([near_ids[:, :k], identity_links(codes, nearby, len(centroids), k)], axis=1)
     return Candidates(nearby, near_ids[:, :similar], lookalike)
 

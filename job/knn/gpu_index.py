@@ -8,7 +8,7 @@ arrays so the graph never leaves the GPU:
   is the fit sample (``umap.fit_sample``, 200k faces by default), not every face: 1M faces x 200k x 512 is
   2e14 multiply-adds, seconds on a current GPU; it is also the reproducible choice (``--seed``).
 * ``cupy-exact``: the same search by CuPy matrix products, where cuVS is not installed;
-* ``cuvs-nn-descent``: approximate, for reference sets above ``knn.gpu_exact_max_faces``.
+* ``cuvs-nn-descent``: approximate, for reference sets above ``gpu.exact_max_faces``.
   ``cuvs.neighbors.all_neighbors.build`` with NN-descent builds the reference faces' own graph, in
   ``gpu.knn_n_clusters`` batches (data on the host, as cuVS requires for a batched build) when it would not
   fit; faces outside the reference set are then searched exactly against it (brute force). Not
@@ -112,7 +112,6 @@ class CuvsNnDescentIndex:
     device_ids: ClassVar[tuple[int, ...]] = ()
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
-        self.reference: Any = None
         self.exact = CuvsBruteForceIndex(seed, thorough)  # cuVS is there: NN-descent needs it
 
     @classmethod
@@ -123,13 +122,11 @@ class CuvsNnDescentIndex:
                                            "device_ids": tuple(device_ids)})
 
     def build(self, reference: Any) -> None:
-        self.reference = reference
         self.exact.build(reference)
 
     def reference_graph(self, k: int) -> tuple[Any, FloatArray]:
         """Each reference face's ``k`` approximate nearest reference faces (itself included, as found):
         positions (n_reference, k) int64 and cosine similarities (n_reference, k) float32, CuPy arrays."""
-        import numpy as np
         from cuvs.common import MultiGpuResources, Resources
         from cuvs.neighbors import all_neighbors, nn_descent
 
@@ -139,10 +136,10 @@ class CuvsNnDescentIndex:
             algo="nn_descent", n_clusters=self.n_clusters, overlap_factor=self.overlap_factor, metric="sqeuclidean",
             nn_descent_params=nn_descent.IndexParams(metric="sqeuclidean", graph_degree=k,
                                                      intermediate_graph_degree=2 * k))
-        n = len(self.reference)
+        reference = self.exact.dataset  # the float32 copy the exact index holds: made once
+        n = len(reference)
         # cuVS: "Batched all-neighbors build is not supported with data on device"; outputs stay on the GPU
-        dataset = (np.ascontiguousarray(cupy.asnumpy(self.reference), dtype=np.float32) if batched
-                   else cupy.ascontiguousarray(self.reference, dtype=cupy.float32))
+        dataset = cupy.asnumpy(reference) if batched else reference
         found, distances = cupy.empty((n, k), dtype=cupy.int64), cupy.empty((n, k), dtype=cupy.float32)
         resources = (MultiGpuResources(device_ids=list(self.device_ids)) if batched and self.device_ids
                      else Resources())

@@ -223,14 +223,14 @@ def query_chunk(index: KnnIndex, queries: np.ndarray, k: int, own: IdArray) -> t
     return self_first(found, similarity, own)
 
 
-def identity_neighbours(centroids: np.ndarray, k: int, method: str, exact_max: int, seed: int | None = None,
-                        gpu_exact_max: int = 0) -> tuple[np.ndarray, str]:
+def identity_neighbours(centroids: np.ndarray, k: int, method: str, exact_max: int, seed: int | None = None
+                        ) -> tuple[np.ndarray, str]:
     """Each identity's ``k`` most similar other identities by centroid cosine: (n_identities, k) int64 (-1:
     none), and the index that found them. Searched with the same registry as the face graph, thoroughly (on
     the GPU when the centroids are there)."""
     xp = namespace(centroids)
     # on the GPU always exact: n_identities^2 x dim is affordable there, and NN-descent answers no queries
-    cls, _ = resolve("exact" if on_device(xp) else method, len(centroids), exact_max, on_device(xp), gpu_exact_max)
+    cls, _ = resolve("exact" if on_device(xp) else method, len(centroids), exact_max, on_device(xp))
     index = cls(seed, thorough=True)
     index.build(centroids)
     found, _ = index.query(centroids, min(k + 1, len(centroids)))

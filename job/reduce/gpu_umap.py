@@ -56,8 +56,7 @@ def installed_cuml() -> tuple[str, str] | None:
 
 def version_tuple(text: str) -> tuple[int, int]:
     """ "26.10.0" -> (26, 10); "26.06.01a" -> (26, 6); unreadable -> (0, 0)."""
-    parts = [part for part in text.replace("-", ".").split(".")[:2]]
-    digits = ["".join(ch for ch in part if ch.isdigit()) for part in parts]
+    digits = ["".join(ch for ch in part if ch.isdigit()) for part in text.replace("-", ".").split(".")[:2]]
     return (int(digits[0]), int(digits[1])) if len(digits) == 2 and all(digits) else (0, 0)
 
 
