@@ -118,6 +118,9 @@ def run(
     = None,
     allow_http: Annotated[Optional[bool], typer.Option("--allow-http", help="Accept a plain http:// --input URL.")]
     = None,
+    dask: Annotated[Optional[str], typer.Option("--dask", help="Run the face-parallel stages on a Dask cluster: a "
+                                                "scheduler address (tcp://host:8786), or local[:N] for N local "
+                                                "worker processes [default: none].")] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE, "
                                                       "e.g. umap.n_neighbors=30 (repeatable).")] = None,
 ) -> None:
@@ -130,6 +133,7 @@ def run(
             "umap.supervised": supervised, "umap.n_components": n_components, "seed": seed,
             "render.highlight": _parse_ids(highlight) if highlight is not None else None, "input.names": names,
             "input.drop_invalid": drop_invalid, "input.sha256": sha256, "input.allow_http": allow_http,
+            "dask.address": dask,
         }
         overrides = {key: value for key, value in flags.items() if value is not None}
         overrides.update(parse_assignment(text) for text in set_ or [])

@@ -150,6 +150,28 @@ class GpuConfig(_Section):
         return self
 
 
+class DaskConfig(_Section):
+    """Running the face-parallel stages on a Dask cluster (:mod:`job.cluster`); "" = in this process."""
+
+    address: str = Field("", max_length=2000, description='"" = no cluster; "local" or "local:N" = a LocalCluster of '
+                         'N worker processes (default 2) started and closed by the run; else a scheduler address such '
+                         'as tcp://host:8786')
+    chunk_faces: int = Field(131_072, ge=1_024, le=COUNT_MAX, description="faces per task (each task reads its "
+                             "faces from the input itself)")
+    timeout: float = Field(30.0, gt=0, le=3600, description="seconds to reach the scheduler and find its workers")
+
+    @field_validator("address")
+    @classmethod
+    def _known_address(cls, value: str) -> str:
+        from job.cluster.address import parse_address
+
+        try:
+            parse_address(value)
+        except UsageError as exc:
+            raise ValueError(str(exc)) from None
+        return value
+
+
 class RenderConfig(_Section):
     """The PNG maps."""
 
@@ -199,6 +221,7 @@ class Config(_Section):
     umap: UmapConfig = UmapConfig()
     knn: KnnConfig = KnnConfig()
     gpu: GpuConfig = GpuConfig()
+    dask: DaskConfig = DaskConfig()
     render: RenderConfig = RenderConfig()
     metrics: MetricsConfig = MetricsConfig()
     analysis: AnalysisConfig = AnalysisConfig()

@@ -8,6 +8,7 @@ Tree::
     ├── BackendUnavailable      exit 4   the asked-for backend cannot run on this machine
     ├── OutOfMemoryError        exit 5   the job ran out of host memory
     │   └── GpuOutOfMemoryError exit 6   ... of GPU memory (the fix: batches, managed memory, or the CPU)
+    ├── ClusterError            exit 7   the Dask cluster cannot be reached, or its workers cannot run the job
     └── InternalError           exit 70  a bug in faceatlas: please report it
 
 Messages are one line: what was expected, what was found, and the fix.
@@ -51,6 +52,13 @@ class GpuOutOfMemoryError(OutOfMemoryError):
     falls back to the CPU instead (run.json says why)."""
 
     exit_code = 6
+
+
+class ClusterError(FaceatlasError):
+    """The Dask cluster named by ``--dask`` cannot be reached, or its workers cannot run the job (faceatlas
+    missing or another version, the input out of their reach, a worker lost for good)."""
+
+    exit_code = 7
 
 
 class InternalError(FaceatlasError):

@@ -27,7 +27,8 @@ def run_bytes(config: Config, n_faces: int, n_identities: int, dim: int, itemsiz
     per_face = 3 * 8 + 8 * k + 40 + 4 * components  # ids, rows, codes; graph; scores and masks; coordinates
     tables = 2 * n_identities * dim * 4
     stages = {
-        "kNN graph": fitted * dim * 2 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 48),
+        # the fitted faces as float32 (scored against, and the exact index) and an index's fp16 codes; a query chunk
+        "kNN graph": fitted * dim * 6 + min(n_faces, QUERY_CHUNK) * (dim * 4 + k * 48),
         "verdicts": n_faces * (2 * config.analysis.neighbours + 24) * 8 + n_identities * dim * 8 // 64,
         "UMAP": fitted * dim * 4 + fitted * k * 64 + fitted * components * 16,
         "analysis": n_faces * (components * 4 + 8) * 3 + n_faces * 6 * 16,

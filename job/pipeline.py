@@ -30,6 +30,8 @@ from job.analysis.quality import (
 )
 from job.analysis.suspects import LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
+from job.cluster.session import ClusterSession, open_cluster
+from job.cluster.source import face_source
 from job.config import Config, UmapConfig
 from job.errors import GpuOutOfMemoryError, UsageError
 from job.footprint import gpu_run_bytes, run_bytes
@@ -44,7 +46,7 @@ from job.reduce.backends import Backend, UmapLearnBackend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
-from job.render.maps import Framer, map_grid, render_analysis_maps, render_maps, require_render_memory
+from job.render.maps import Frame, Framer, map_grid, render_analysis_maps, render_maps, require_render_memory
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
@@ -130,44 +132,51 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     backend, reason = resolve(config.backend)
     gpu = prepare_gpu(config) if backend.uses_gpu else None
     log(f"backend: {backend.name} ({reason})")
-    with _timed(timings, "load"):
-        database = load_database(config.input, config.max_memory_bytes, log,
-                                 working=lambda *size: run_bytes(config, *size))
-        highlight = _check_run(config, database)
-    log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
-        f"dim {database.dim}")
-    _warn_about(database, log)
-    try:
-        if gpu is not None:
-            require_gpu_run(config, database, gpu)
-        work = compute(config, backend, database, timings, log, progress, gpu)
-    except GpuOutOfMemoryError as exc:
-        if config.backend != "auto":
-            raise
-        backend, reason, gpu = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}", None
-        log(f"backend: {backend.name} ({reason})")
-        work = compute(config, backend, database, timings, log, progress)
-    plan, graph, verdicts, mapped, analysis, metrics = work
-    with staged_outputs(out_dir, log, checked=True) as staging:
-        with _timed(timings, "render"):
-            files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging)
-        with _timed(timings, "write"):
-            files.update(write_tables(database, verdicts, mapped, analysis, staging))
-        record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
-                            mapped.placement, highlight, metrics, timings, files,
-                            None if gpu is None else gpu_record(gpu))
-        files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
+    with open_cluster(config.dask, log) as cluster:
+        with _timed(timings, "load"):
+            database = load_database(config.input, config.max_memory_bytes, log,
+                                     working=lambda *size: run_bytes(config, *size))
+            highlight = _check_run(config, database)
+        log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
+            f"dim {database.dim}")
+        _warn_about(database, log)
+        if cluster is not None:
+            with _timed(timings, "cluster check"):
+                cluster.check(face_source(config.input, database))
+        try:
+            if gpu is not None:
+                require_gpu_run(config, database, gpu)
+            work = compute(config, backend, database, timings, log, progress, gpu, cluster)
+        except GpuOutOfMemoryError as exc:
+            if config.backend != "auto":
+                raise
+            backend, reason, gpu = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}", None
+            log(f"backend: {backend.name} ({reason})")
+            work = compute(config, backend, database, timings, log, progress, cluster=cluster)
+        plan, graph, verdicts, mapped, analysis, metrics = work
+        with staged_outputs(out_dir, log, checked=True) as staging:
+            with _timed(timings, "render"):
+                files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging, cluster)
+            with _timed(timings, "write"):
+                files.update(write_tables(database, verdicts, mapped, analysis, staging))
+            record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
+                                mapped.placement, highlight, metrics, timings, files,
+                                None if gpu is None else gpu_record(gpu, cluster is not None),
+                                None if cluster is None else cluster.record())
+            files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
 def compute(config: Config, backend: Backend, database: FaceDatabase, timings: dict[str, float], log: Log,
-            progress: ProgressFactory, gpu: GpuRun | None = None
+            progress: ProgressFactory, gpu: GpuRun | None = None, cluster: ClusterSession | None = None
             ) -> tuple[FitPlan, FaceGraph, Verdicts, MapResult, Analysis, dict[str, Any]]:
     """Every stage between loading and writing, where ``backend`` computes (the GPU: faces, graph and
-    analysis as CuPy arrays; the results come back to the host once, at each stage's end)."""
+    analysis as CuPy arrays; the results come back to the host once, at each stage's end). With a
+    ``cluster``, the passes over every face run on its workers, chunk by chunk (:mod:`job.cluster`), and the
+    client keeps the rest (the fit, the per-identity and the whole-map work)."""
     with _timed(timings, "sample"), gpu_memory_errors("the identity table"):
-        plan, space = plan_fit(config, database, backend.namespace())
+        plan, space = plan_fit(config, database, backend.namespace() if cluster is None else np, cluster)
     log(_describe_plan(plan, database.n_faces))
     with _timed(timings, "knn"), gpu_memory_errors("the kNN graph"):
         graph = shared_graph(config, space, plan, progress, None if gpu is None else gpu.info.free_bytes)
@@ -180,7 +189,7 @@ def compute(config: Config, backend: Backend, database: FaceDatabase, timings: d
     log(f"UMAP done in {timings['umap']:.1f} s")
     graph = fields_to_host(graph)  # placement, the supervised check and the writers are host code
     with _timed(timings, "place"):
-        mapped = place_faces(config, plan, graph, fitted, params, engine, progress)
+        mapped = place_faces(config, plan, graph, fitted, params, engine, progress, cluster)
     with _timed(timings, "analysis"), gpu_memory_errors("the analysis"):
         analysis = analyse(config, database, space, plan, verdicts, graph, mapped, backend.name)
     with _timed(timings, "metrics"), gpu_memory_errors("the map quality"):
@@ -204,16 +213,21 @@ def prepare_gpu(config: Config) -> GpuRun:
     return GpuRun(info, use_memory(config.gpu.memory))
 
 
-def gpu_record(gpu: GpuRun) -> dict[str, Any]:
-    """run.json's ``gpu``: the device, its memory set-up, and what ran where."""
+def gpu_record(gpu: GpuRun, on_cluster: bool = False) -> dict[str, Any]:
+    """run.json's ``gpu``: the device, its memory set-up, and what ran where (``on_cluster``: the passes over
+    every face ran on a Dask cluster's workers, so the client's GPU fitted the map and clustered it)."""
     info = gpu.info
+    on_gpu = ["identity table", "kNN graph", "verdicts", "look-alikes", "UMAP fit (cuML)", "HDBSCAN (cuML)",
+              "map-model cohesion", "trustworthiness"]
+    on_cpu = ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out check",
+              "same-id share (k-d tree)", "maps", "tables"]
+    if on_cluster:
+        on_gpu, on_cpu = ["UMAP fit (cuML)", "HDBSCAN (cuML)"], [*on_cpu, "look-alikes", "trustworthiness",
+                                                                 "the cluster's chunk tasks (run.json cluster)"]
     return {"device": info.device, "count": info.count, "total_bytes": info.total_bytes,
             "free_bytes": info.free_bytes, "compute_capability": info.compute_capability,
             "driver_cuda": info.driver_cuda, "runtime_cuda": info.runtime_cuda, "memory": gpu.memory,
-            "on_gpu": ["identity table", "kNN graph", "verdicts", "look-alikes", "UMAP fit (cuML)",
-                       "HDBSCAN (cuML)", "map-model cohesion", "trustworthiness"],
-            "on_cpu": ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out "
-                       "check", "same-id share (k-d tree)", "maps", "tables"]}
+            "on_gpu": on_gpu, "on_cpu": on_cpu}
 
 
 def require_gpu_run(config: Config, database: FaceDatabase, gpu: GpuRun) -> None:
@@ -223,10 +237,11 @@ def require_gpu_run(config: Config, database: FaceDatabase, gpu: GpuRun) -> None
     require_gpu_memory(need, gpu.info, config.gpu.memory, f"a GPU run on {database.n_faces:,} faces")
 
 
-def plan_fit(config: Config, database: FaceDatabase, xp: Any = np) -> tuple[FitPlan, Space]:
+def plan_fit(config: Config, database: FaceDatabase, xp: Any = np, cluster: ClusterSession | None = None
+             ) -> tuple[FitPlan, Space]:
     """Group faces by identity, hold some out, and pick the faces UMAP is fitted on (the rest are placed); the
-    faces and their table in the namespace ``xp`` (numpy, or cupy for a GPU backend)."""
-    space = embedding_space(database, xp)
+    faces and their table in the namespace ``xp`` (numpy, or cupy for a GPU backend), or held by ``cluster``."""
+    space = embedding_space(database, xp, cluster)
     own = to_host(leave_one_out(space.unit, space.table)[0])
     table = fields_to_host(space.table)
     held = pick_holdout(database.ids, config.analysis.holdout, config.analysis.holdout_max, config.seed,
@@ -238,8 +253,14 @@ def plan_fit(config: Config, database: FaceDatabase, xp: Any = np) -> tuple[FitP
     return FitPlan(table, fitted, np.flatnonzero(on_map), np.flatnonzero(held)), space
 
 
-def embedding_space(database: FaceDatabase, xp: Any = np) -> Space:
-    """The faces, rows, qualities and identity table in ``xp`` (one copy each to the GPU for CuPy)."""
+def embedding_space(database: FaceDatabase, xp: Any = np, cluster: ClusterSession | None = None) -> Space:
+    """The faces, rows, qualities and identity table in ``xp`` (one copy each to the GPU for CuPy); with a
+    ``cluster``, the faces are read by its workers, chunk by chunk, and the passes over them run there."""
+    if cluster is not None:
+        from job.cluster.faces import ClusterFaces
+
+        unit = ClusterFaces(cluster, database.unit, cluster.source, database.input_rows, database.ids)
+        return Space(unit, database.input_rows, database.quality, identity_table(unit, database.ids))
     unit = to_namespace(xp, database.unit)
     return Space(unit, to_namespace(xp, database.input_rows), to_namespace(xp, database.quality),
                  identity_table(unit, database.ids))
@@ -283,9 +304,9 @@ def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, s
 
 
 def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatArray, params: UmapConfig,
-                engine: str, progress: ProgressFactory) -> MapResult:
+                engine: str, progress: ProgressFactory, cluster: ClusterSession | None = None) -> MapResult:
     """The whole map: fitted faces where UMAP put them (``engine``: what fitted them), every other face placed on
-    that map."""
+    that map (on the ``cluster``'s workers, chunk by chunk, when there is one)."""
     n_faces = len(plan.table.codes)
     coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
     coords[plan.fitted] = fitted
@@ -297,8 +318,14 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatAr
         kernel = make_kernel(fitted, params.min_dist, params.spread, params.repulsion_strength,
                              params.place_epochs, config.seed)
         k = min(params.n_neighbors, graph.k)
-        coords[plan.placed] = place_rest(fitted, graph.indices[plan.placed, :k], graph.distances[plan.placed, :k],
-                                         kernel, parallel=config.seed is None, progress=progress)
+        indices, distances = graph.indices[plan.placed, :k], graph.distances[plan.placed, :k]
+        if cluster is None:
+            coords[plan.placed] = place_rest(fitted, indices, distances, kernel, parallel=config.seed is None,
+                                             progress=progress)
+        else:
+            from job.cluster.faces import place_on_cluster
+
+            coords[plan.placed] = place_on_cluster(cluster, fitted, indices, distances, kernel, progress)
         placement.update(method="knn-weighted start + umap-learn layout against the fixed fitted map",
                          place_neighbors=k, place_epochs=params.place_epochs, kernel_scale=round(kernel.scale, 6))
     return MapResult(coords, graph.method, placement)
@@ -368,13 +395,20 @@ def measure(config: Config, database: FaceDatabase, space: Space, mapped: MapRes
 
 
 def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: list[int], verdicts: Verdicts,
-           mapped: MapResult, analysis: Analysis, staging: Path) -> dict[str, Path]:
-    """The five PNG maps."""
+           mapped: MapResult, analysis: Analysis, staging: Path, cluster: ClusterSession | None = None
+           ) -> dict[str, Path]:
+    """The five PNG maps (the faces per pixel aggregated by datashader on the ``cluster``'s workers, if any)."""
     scores, model = verdicts.scores, analysis.model
     require_render_memory(config.render, config.max_memory_bytes)
     labels_text = {int(i): database.label(i) for i in highlight}
     title = Path(database.source).name
-    grid = map_grid(mapped.coords, config.render)  # one frame, count grid and figure for all five maps
+    density = None
+    if cluster is not None:
+        from job.cluster.faces import density_on_cluster
+
+        def density(frame: Frame) -> np.ndarray:
+            return density_on_cluster(cluster, mapped.coords, frame)
+    grid = map_grid(mapped.coords, config.render, density)  # one frame, count grid and figure for all five maps
     suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
     filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
     with Framer(grid.frame) as framer:

@@ -24,10 +24,11 @@ def test_version() -> None:
 
 
 def test_help_does_not_import_heavy_libraries() -> None:
-    # job.reduce.sgd is the one module of numba kernels (its decorators need numba); only a fit imports it
+    # job.reduce.sgd and job.knn.pairs are the modules of numba kernels (their decorators need numba); only a fit
+    # and a kNN graph import them
     code = ("import sys, pkgutil, importlib, job; from typer.testing import CliRunner; from job.cli import app; "
             "[importlib.import_module(m.name) for m in pkgutil.walk_packages(job.__path__, 'job.') "
-            "if m.name not in ('job.__main__', 'job.reduce.sgd')]; "
+            "if m.name not in ('job.__main__', 'job.reduce.sgd', 'job.knn.pairs')]; "
             "[CliRunner().invoke(app, args) for args in (['--help'], ['run', '--help'], ['demo-db', '--help'], "
             "['backends', '--help'])]; "
             "print(','.join(m for m in ('umap', 'numba', 'cupy', 'cuml', 'datashader', 'dask', 'pandas', 'faiss', "

@@ -84,6 +84,9 @@ def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None
     codes = codes.reshape(-1)
     weight = xp.ones(len(ids), dtype=bool) if keep is None else xp.asarray(keep)
     counts = xp.bincount(codes[weight], minlength=len(unique)).astype(xp.int64)
+    if hasattr(unit, "identity_sums"):  # faces held by a Dask cluster's workers (job.cluster.faces)
+        centroids, norms = unit.identity_sums(np.where(weight, codes, -1), len(unique))
+        return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, centroids, norms)
     centroids = xp.zeros((len(unique), unit.shape[1]), dtype=xp.float32)
     norms = xp.zeros(len(unique), dtype=xp.float64)
     kept = xp.flatnonzero(weight)
@@ -98,16 +101,16 @@ def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None
         if len(carry) and int(group_codes[0]) == carry_code:  # a group spanning blocks: finish it here
             sums[0] += carry[0]
         elif len(carry):
-            _store(centroids, norms, xp.asarray([carry_code]), carry)
+            store_sums(centroids, norms, xp.asarray([carry_code]), carry)
         # the block's last group may go on in the next block: hold it back
         carry_code, carry = int(group_codes[-1]), sums[-1:].copy()
-        _store(centroids, norms, group_codes[:-1], sums[:-1])
+        store_sums(centroids, norms, group_codes[:-1], sums[:-1])
     if len(carry):
-        _store(centroids, norms, xp.asarray([carry_code]), carry)
+        store_sums(centroids, norms, xp.asarray([carry_code]), carry)
     return IdentityTable(unique.astype(xp.int64), codes.astype(xp.int64), counts, centroids, norms)
 
 
-def _store(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.ndarray) -> None:
+def store_sums(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.ndarray) -> None:
     """Write the unit rows and lengths of the float64 ``sums`` of the identities ``codes``."""
     xp = namespace(sums)
     lengths = xp.linalg.norm(sums, axis=1)
@@ -118,8 +121,11 @@ def _store(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.nd
 def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
     """``unit[rows[i]] . others[index[i]]`` for every i, in row blocks (no n_faces x dim temporaries).
 
-    ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),).
+    ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),). Faces held by a
+    Dask cluster (:class:`job.cluster.faces.ClusterFaces`) compute it there, chunk by chunk.
     """
+    if hasattr(unit, "rowwise_dot"):
+        return unit.rowwise_dot(others, index, rows)
     xp = namespace(index)
     out = xp.empty(len(index), dtype=xp.float64)
     for first in range(0, len(index), ROW_BLOCK):

@@ -146,8 +146,11 @@ def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, c
     (n_faces,) float64, and that identity d (-1: none).
 
     ``candidates`` (n_faces, m) identity codes, -1 = none. Faces are converted once per block of rows, then
-    each candidate column is one gathered dot product.
+    each candidate column is one gathered dot product (on a Dask cluster's workers, chunk by chunk, for the
+    faces they hold: :class:`job.cluster.faces.ClusterFaces`).
     """
+    if hasattr(unit, "best_candidate"):
+        return unit.best_candidate(centroids, scale, candidates, codes)
     xp = namespace(codes)
     n_faces = len(codes)
     best_value = xp.full(n_faces, -xp.inf)

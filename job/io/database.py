@@ -257,21 +257,9 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
     for start in range(0, n_faces, _BLOCK):
         block = np.asarray(embeddings[start:start + _BLOCK])
         keys[start:start + len(block)] = _row_keys(block)
-        with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported below, per row
-            wide = block.astype(np.float64)
-            # divided by its largest |value| first, a row's squares neither overflow nor underflow (1e-200)
-            peak = np.abs(wide).max(axis=1)
-            finite = np.isfinite(peak) & (peak <= np.finfo(np.float32).max)
-            usable = finite & (peak > 0)
-            wide /= np.where(usable, peak, 1.0)[:, None]
-            wide[~usable] = 0.0
-            norms = np.linalg.norm(wide, axis=1)
-        bad[start:start + len(block)] = np.where(~finite, 1, np.where(usable, 0, 2))
-        with np.errstate(divide="ignore"):  # log of the length as given, from the scaled row: no overflow
-            log_norms[start:start + len(block)] = np.where(usable, np.log(np.where(usable, peak, 1.0)) +
-                                                           np.log(np.where(usable, norms, 1.0)), 0.0)
-        unit[start:start + len(block)] = wide / np.where(usable, norms, 1.0)[:, None]
-        release(start, start + len(block))
+        stop = start + len(block)
+        unit[start:stop], bad[start:stop], log_norms[start:stop] = unit_block(block)
+        release(start, stop)
     nonfinite, zero = bad == 1, bad == 2
     dropped = {"nan_or_inf": int(nonfinite.sum()), "zero": int(zero.sum())}
     keep = bad == 0
@@ -288,6 +276,30 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_inva
         unit = _compact(unit, rows)
     duplicates = count_duplicates(keys, int_ids, lambda chosen: np.asarray(embeddings[rows[chosen]]))
     return CheckedArrays(int_ids, unit, rows, dropped, duplicates, log_norms)
+
+
+def unit_block(block: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """One block of stored embeddings (n, dim) as the loader keeps them: the unit rows (float16 for float16
+    input, float32 otherwise; zero rows where unusable), each row's problem (int8: 0 none, 1 NaN/inf or beyond
+    float32, 2 all zeros) and the log of its length as given (float32). Row by row, so a worker reading a chunk
+    of the input gets the very rows the loader got.
+
+    Norms are taken in float64 on rows divided by their largest |value| first, so a row's squares neither
+    overflow nor underflow (1e-200)."""
+    dtype = np.float16 if block.dtype == np.float16 else np.float32
+    with np.errstate(over="ignore", invalid="ignore"):  # overflow to inf is reported by the caller, per row
+        wide = block.astype(np.float64)
+        peak = np.abs(wide).max(axis=1)
+        finite = np.isfinite(peak) & (peak <= np.finfo(np.float32).max)
+        usable = finite & (peak > 0)
+        wide /= np.where(usable, peak, 1.0)[:, None]
+        wide[~usable] = 0.0
+        norms = np.linalg.norm(wide, axis=1)
+    bad = np.where(~finite, 1, np.where(usable, 0, 2)).astype(np.int8)
+    with np.errstate(divide="ignore"):  # log of the length as given, from the scaled row: no overflow
+        log_norms = np.where(usable, np.log(np.where(usable, peak, 1.0)) + np.log(np.where(usable, norms, 1.0)),
+                             0.0).astype(np.float32)
+    return (wide / np.where(usable, norms, 1.0)[:, None]).astype(dtype), bad, log_norms
 
 
 def _compact(unit: np.ndarray, rows: IdArray) -> np.ndarray:

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
-from job.arrays import FloatArray, IdArray
+from job.arrays import FloatArray, IdArray, take_rows
 from job.errors import UsageError
 from job.knn.exact import ExactIndex
 from job.knn.graph import FaceGraph, self_first
@@ -25,6 +25,8 @@ if TYPE_CHECKING:
     from job.config import GpuConfig
 
 QUERY_CHUNK = 1 << 17  # queries per chunk: progress granularity, and the unit a cluster would map over
+RESCORED_EXTRA = 4  # candidates beyond k scored again exactly (graph_rows): a neighbour's rank depends on no BLAS
+RESCORE_ROWS = 1 << 15  # queries scored at a time (their float32 copy: 64 MiB at 512-D)
 
 
 class KnnIndex(Protocol):
@@ -157,13 +159,18 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
                        "gpu.exact_max_faces for an exact, reproducible graph")
     reference = to_namespace(xp, reference)
     index = cls(seed)
-    index.build(unit[reference])
+    # host: the reference faces once as float32, indexed and what graph_rows scores candidates against
+    vectors = None if on_device(xp) else take_rows(unit, reference, np.float32)
+    index.build(unit[reference] if vectors is None else vectors)
     k = min(k, len(reference))
     n_faces = len(unit)
-    indices = xp.empty((n_faces, k), dtype=xp.int32)
-    distances = xp.empty((n_faces, k), dtype=xp.float32)
     position = xp.full(n_faces, -1, dtype=xp.int64)
     position[reference] = xp.arange(len(reference))
+    if hasattr(unit, "graph_rows"):  # faces held by a Dask cluster's workers: each chunk is queried there
+        indices, distances = unit.graph_rows(index, vectors, k, position, progress)
+        return FaceGraph(reference, indices, distances, cls.name, reason)
+    indices = xp.empty((n_faces, k), dtype=xp.int32)
+    distances = xp.empty((n_faces, k), dtype=xp.float32)
     queried: Any = None  # every face is a query, unless the index has the reference faces' own graph
     if hasattr(index, "reference_graph"):
         found, similarity = index.reference_graph(k)
@@ -180,9 +187,8 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
             rows = slice(start, min(start + QUERY_CHUNK, n_queries))
             if queried is not None:
                 rows = queried[rows]
-            found, similarity = query_chunk(index, unit[rows], k, position[rows])
-            indices[rows] = found
-            distances[rows] = _distance(found, similarity)
+            found, distance = graph_rows(index, unit[rows], k, position[rows], vectors)
+            indices[rows], distances[rows] = found, distance
             bar.advance(len(found))
     return FaceGraph(reference, indices, distances, cls.name, reason)
 
@@ -214,6 +220,40 @@ def nn_descent_bytes(n_reference: int, dim: int, k: int) -> int:
 def _distance(found: Any, similarity: Any) -> Any:
     xp = namespace(found)
     return xp.where(found >= 0, 1.0 - xp.clip(similarity, -1.0, 1.0), xp.inf)
+
+
+def graph_rows(index: KnnIndex, queries: np.ndarray, k: int, own: IdArray, reference: np.ndarray | None = None
+               ) -> tuple[np.ndarray, FloatArray]:
+    """Rows of the run's graph for ``queries``: positions (int32) and cosine distances (float32, inf where not
+    found), each reference face (``own`` >= 0) first. A pure function, mapped over chunks by a cluster.
+
+    With the ``reference`` vectors (host arrays), the index's ``k + RESCORED_EXTRA`` best are scored again,
+    one dot product per pair (:func:`rescore`), and the ``k`` best kept: a matrix product's last bits depend
+    on how many BLAS threads ran it, and a seeded UMAP fit turns one changed bit into another map, so the
+    graph must not depend on where it was computed (a worker's one thread, or the client's cores).
+    """
+    xp = namespace(queries)
+    if reference is None or on_device(xp):
+        found, similarity = query_chunk(index, queries, k, own)
+    else:
+        found, _ = index.query(queries.astype(np.float32, copy=False), min(k + RESCORED_EXTRA, len(reference)))
+        found, similarity = rescore(found, queries, reference, k)
+        found, similarity = self_first(found, similarity, own)
+    return found.astype(xp.int32), _distance(found, similarity).astype(xp.float32)
+
+
+def rescore(found: np.ndarray, queries: np.ndarray, reference: np.ndarray, k: int) -> tuple[np.ndarray, FloatArray]:
+    """The ``k`` most similar of each query's candidates ``found`` (n, m) (-1: none), by one dot product per pair
+    (:mod:`job.knn.pairs`: the same bits on any machine and thread count), nearest first, ties by position.
+    ``reference`` float32 (NumPy converts float16 slowly)."""
+    from job.knn.pairs import pair_similarities
+
+    sims = np.empty(found.shape, dtype=np.float32)
+    for start in range(0, len(found), RESCORE_ROWS):  # float16 queries converted a block at a time
+        sims[start:start + RESCORE_ROWS] = pair_similarities(queries[start:start + RESCORE_ROWS], reference,
+                                                             found[start:start + RESCORE_ROWS])
+    order = np.lexsort((found, -sims), axis=1)[:, :k]
+    return np.take_along_axis(found, order, axis=1), np.take_along_axis(sims, order, axis=1)
 
 
 def query_chunk(index: KnnIndex, queries: np.ndarray, k: int, own: IdArray) -> tuple[np.ndarray, FloatArray]:

@@ -236,11 +236,15 @@ def optimize_layout(head_embedding: FloatArray, tail_embedding: FloatArray, grap
 
 def warm_kernels() -> float:
     """Compile (or load from numba's cache) both layout kernels, one-thread and parallel, for the very types
-    a fit and a placement pass: ``faceatlas warm-up``, which container images run at build time. Returns the
-    seconds it took."""
+    a fit and a placement pass, and the kNN graph's pair kernel (:mod:`job.knn.pairs`): ``faceatlas
+    warm-up``, which container images run at build time. Returns the seconds it took."""
     import time
 
+    from job.knn.pairs import pair_similarities
+
     start = time.perf_counter()
+    pair_similarities(np.zeros((1, 2), dtype=np.float32), np.zeros((1, 2), dtype=np.float32),
+                      np.zeros((1, 1), dtype=np.int64))
     graph = Graph(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.int32), np.ones(1, dtype=np.float32), 2)
     for parallel in (False, True):
         embedding = np.zeros((2, 2), dtype=np.float32)

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
@@ -23,7 +23,7 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.config import RenderConfig
-from job.render.raster import MARGINS, Frame, Raster, as_agg, make_frame, over, rasterise, solid
+from job.render.raster import MARGINS, Frame, Raster, as_agg, make_frame, over, rasterise, solid, spread
 
 MAP_FILES = {"identities": "map_identities.png", "highlight": "map_highlight.png", "density": "map_density.png",
              "suspect_map": "map_suspects.png", "cluster_map": "map_clusters.png"}
@@ -78,11 +78,15 @@ class MapGrid:
         return tf.shade(self.agg, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
 
 
-def map_grid(coords: FloatArray, config: RenderConfig) -> MapGrid:
-    """Frame the map, find each face's pixel and count the faces per pixel: once for all five maps."""
+def map_grid(coords: FloatArray, config: RenderConfig,
+             density: Callable[[Frame], np.ndarray] | None = None) -> MapGrid:
+    """Frame the map, find each face's pixel and count the faces per pixel: once for all five maps.
+
+    ``density``: faces per pixel of a frame, computed elsewhere (datashader on a Dask cluster's workers,
+    :func:`job.cluster.faces.density_on_cluster`); the count grid is then that, spread over each dot."""
     raster = rasterise(coords, make_frame(coords, config))
     radius = point_radius(len(coords))
-    counts = raster.paint(radius)
+    counts = raster.paint(radius) if density is None else spread(density(raster.frame), radius)
     return MapGrid(raster, radius, np.where(counts > 0, counts, np.nan))
 
 

@@ -65,13 +65,7 @@ class Raster:
             on = pixel >= 0
             grid = np.bincount(pixel[on], None if values is None else np.asarray(values, np.float64)[on],
                                minlength=height * width).astype(np.float64).reshape(height, width)
-            if radius == 0:
-                return grid
-            total = np.zeros((height, width))
-            for dy, dx in offsets:
-                total[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] += \
-                    grid[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
-            return total
+            return spread(grid, radius)
         total = np.zeros(height * width)
         shifts = np.array(offsets, dtype=np.int64)
         step = max(1, CHUNK // len(offsets))  # faces x offsets per block stays at CHUNK
@@ -88,6 +82,20 @@ class Raster:
                                          inside.shape)[inside]
             total += np.bincount(target, weight, minlength=height * width)
         return total.reshape(height, width)
+
+
+def spread(grid: np.ndarray, radius: int) -> np.ndarray:
+    """A per-pixel aggregate (plot_height, plot_width) convolved with the disc of ``radius`` pixels (float64):
+    what every face's dot adds to the pixels it covers. By shifted adds, so the work grows with the pixels."""
+    grid = np.asarray(grid, dtype=np.float64)
+    if radius == 0:
+        return grid
+    height, width = grid.shape
+    total = np.zeros((height, width))
+    for dy, dx in disc(radius):
+        total[max(dy, 0):height + min(dy, 0), max(dx, 0):width + min(dx, 0)] += \
+            grid[max(-dy, 0):height - max(dy, 0), max(-dx, 0):width - max(dx, 0)]
+    return total
 
 
 def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:

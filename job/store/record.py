@@ -20,9 +20,11 @@ _VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "faiss-cpu", "datas
 
 def run_record(config: Config, database: FaceDatabase, backend: str, reason: str, knn_method: str, knn_reason: str,
                fit: dict[str, Any], highlight: list[int], metrics: dict[str, Any], timings: dict[str, float],
-               files: dict[str, Path], gpu: dict[str, Any] | None = None) -> dict[str, Any]:
+               files: dict[str, Path], gpu: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None
+               ) -> dict[str, Any]:
     """The run.json payload; ``files`` are hashed here, so every file but run.json must be written already.
-    ``gpu``: the GPU a GPU backend ran on and what ran where (None on CPU)."""
+    ``gpu``: the GPU a GPU backend ran on and what ran where (None on CPU); ``cluster``: the Dask cluster the
+    run used and the stages that ran on it (None without ``--dask``)."""
     return {
         "tool": "faceatlas",
         "version": __version__,
@@ -32,6 +34,7 @@ def run_record(config: Config, database: FaceDatabase, backend: str, reason: str
         "knn_reason": knn_reason,
         "fit": fit,
         "gpu": gpu,
+        "cluster": cluster,
         "config": _recorded_config(config),
         "input": {
             "path": database.source,

@@ -1,0 +1,143 @@
+"""Where the workers read the faces, and the reading itself (run on the workers).
+
+A worker reads the rows of its chunk from the same input the client loaded: a path every worker can open (a
+shared filesystem), an https URL (each worker downloads it once into its own cache, verified against the
+SHA-256 the client computed), or the built-in demo (generated again, deterministically). Rows become unit
+vectors with the loader's own conversion (:func:`job.io.database.unit_block`), so a worker's faces are the
+client's to the bit. Each chunk's ids are checked against a digest of the client's, so a worker that sees
+another file (a stale copy, another mount) stops the run instead of answering about other faces.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from job.arrays import IdArray
+from job.errors import ClusterError, FaceatlasError
+
+if TYPE_CHECKING:
+    from job.config import InputConfig
+    from job.io.database import FaceDatabase
+
+_BLOCK = 1 << 14  # rows converted at a time (the loader's block)
+
+
+@dataclass(frozen=True)
+class FaceSource:
+    """The input as the workers reach it.
+
+    ``kind`` "file" (``location`` an absolute path), "url" or "demo" (``location`` the demo shape);
+    ``sha256`` and ``size`` the file as the client read it (the download, for a URL).
+    """
+
+    kind: str
+    location: str
+    id_field: str
+    embedding_field: str
+    sha256: str
+    size: int = 0
+    allow_http: bool = False
+    url_timeout: float = 30.0
+    url_max_bytes: int = 0
+
+    @property
+    def shown(self) -> str:
+        from job.io.remote import redact
+
+        return redact(self.location)
+
+
+def face_source(config: InputConfig, database: FaceDatabase) -> FaceSource:
+    """The source of ``database``, loaded with ``config``, for the workers."""
+    from job.io.remote import is_url
+
+    fields = config.id_field, config.embedding_field
+    if not config.path:
+        return FaceSource("demo", config.demo, *fields, database.sha256)
+    if is_url(config.path):
+        return FaceSource("url", config.path, *fields, database.sha256, 0, config.allow_http, config.url_timeout,
+                          config.url_max_bytes)
+    path = Path(config.path).resolve()
+    return FaceSource("file", str(path), *fields, database.sha256, path.stat().st_size)
+
+
+def ids_digest(ids: IdArray) -> str:
+    """A digest of a chunk's ids (int64), to check that a worker reads the client's faces."""
+    return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+
+
+def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
+    """The unit vectors of input ``rows`` (n, dim), as the client's loader made them; runs on a worker.
+
+    Raises :class:`ClusterError` naming the worker when it cannot read the input or reads other faces.
+    """
+    try:
+        stored = _stored(source)
+    except FaceatlasError as exc:
+        raise ClusterError(f"worker {worker_name()} cannot read the input: {exc} (every worker needs the input "
+                           "at the same path, e.g. on a shared filesystem, or at a URL it can reach)") from None
+    from job.io.database import unit_block
+
+    rows = np.asarray(rows, dtype=np.int64)
+    if len(rows) and (rows.min() < 0 or rows.max() >= len(stored.ids)):
+        raise ClusterError(f"worker {worker_name()}: {source.shown} has {len(stored.ids):,} rows there, fewer than "
+                           "the client's; every worker must read the same file")
+    if ids_digest(stored.ids[rows]) != digest:
+        raise ClusterError(f"worker {worker_name()}: {source.shown} holds other ids in rows {rows[0]}..{rows[-1]} "
+                           "than the client read; every worker must read the same file (a stale copy?)")
+    unit = np.empty((len(rows), stored.embeddings.shape[1]),
+                    dtype=np.float16 if stored.embeddings.dtype == np.float16 else np.float32)
+    for start in range(0, len(rows), _BLOCK):
+        unit[start:start + _BLOCK] = unit_block(np.asarray(stored.embeddings[rows[start:start + _BLOCK]]))[0]
+    return unit
+
+
+@dataclass(frozen=True)
+class _Stored:
+    ids: IdArray
+    embeddings: Any  # memory-mapped for .npy
+
+
+@lru_cache(maxsize=2)
+def _stored(source: FaceSource) -> _Stored:
+    """The input's ids and stored embeddings, opened once per worker process (a .npy memory-mapped, so only
+    the pages of the chunks read count; .npz and Parquet read whole)."""
+    from job.io.formats import read_arrays
+
+    if source.kind == "demo":
+        from job.io.demo import DEMO_SHAPES, make_demo
+
+        records, _ = make_demo(DEMO_SHAPES[source.location])
+        return _Stored(records["id"].astype(np.int64), records["embedding"])
+    if source.kind == "url":
+        from job.io.remote import fetch
+
+        path = fetch(source.location, sha256=source.sha256, allow_http=source.allow_http,
+                     timeout=source.url_timeout, max_bytes=source.url_max_bytes).path
+    else:
+        path = Path(source.location)
+        if not path.is_file():
+            raise ClusterError(f"worker {worker_name()}: {path} does not exist there (every worker needs the input "
+                               "at the same path, e.g. on a shared filesystem, or a URL input)")
+        size = path.stat().st_size
+        if size != source.size:
+            raise ClusterError(f"worker {worker_name()}: {path} is {size:,} bytes there and {source.size:,} on the "
+                               "client; every worker must read the same file")
+    raw = read_arrays(path, source.id_field, source.embedding_field, None)
+    return _Stored(np.asarray(raw.ids).astype(np.int64), raw.embeddings)
+
+
+def worker_name() -> str:
+    """This worker's address, or "here" outside a worker."""
+    try:
+        from distributed import get_worker
+
+        return str(get_worker().address)
+    except (ImportError, ValueError):
+        return "here"

@@ -1,0 +1,36 @@
+"""Cosine similarities of (query, candidate) pairs, as a numba kernel cached on disk (``cache=True``).
+
+Each pair is one dot product summed in a fixed order in float64 (float32 products are exact there), so a
+pair's similarity has the same bits on any machine, thread count and chunking: what
+:func:`job.knn.index.rescore` needs to make the run's graph independent of where it was computed. No
+``fastmath``: reassociating the sum (to vectorise it) is exactly what would make the bits depend on the CPU.
+Kept apart from :mod:`job.knn.index` so that importing the index compiles nothing.
+"""
+
+from __future__ import annotations
+
+import numba
+import numpy as np
+
+
+@numba.njit(cache=True, nogil=True, parallel=True)
+def _pair_dots(queries, reference, found, out):  # noqa: ANN001, ANN202 - numba kernel
+    for i in numba.prange(found.shape[0]):
+        for j in range(found.shape[1]):
+            row = found[i, j]
+            if row < 0:
+                out[i, j] = -np.inf
+                continue
+            total = 0.0
+            for d in range(queries.shape[1]):
+                total += np.float64(queries[i, d]) * np.float64(reference[row, d])
+            out[i, j] = np.float32(total)
+
+
+def pair_similarities(queries: np.ndarray, reference: np.ndarray, found: np.ndarray) -> np.ndarray:
+    """``queries[i] . reference[found[i, j]]`` (n, m) float32, -inf where ``found`` is -1; ``queries`` (n, dim)
+    and ``reference`` float32 (converted here otherwise)."""
+    out = np.empty(found.shape, dtype=np.float32)
+    _pair_dots(np.ascontiguousarray(queries, dtype=np.float32), np.ascontiguousarray(reference, dtype=np.float32),
+               np.ascontiguousarray(found, dtype=np.int64), out)
+    return out
