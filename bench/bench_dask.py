@@ -85,7 +85,7 @@ def timed_tree(command: list[str]) -> tuple[float, float, list[float]]:
     return wall, client / 1e9, sorted((size / 1e9 for size in peaks.values()), reverse=True)
 
 
-def one_run(db: Path, out: Path, extra: list[str]) -> dict[str, object]:
+def one_run(db: Path, out: Path, extra: list[str] = ()) -> dict[str, object]:
     wall, client, others = timed_tree([sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(out),
                                        "--seed", "0", *extra])
     record = json.loads((out / "run.json").read_text())

@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,10 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
             f"dim {database.dim}")
         _warn_about(database, log)
         if cluster is not None:
+            cluster.device = backend.uses_gpu  # a GPU run's chunk tasks run on the workers' GPUs (dask-cuda)
             with _timed(timings, "cluster check"):
-                cluster.check(face_source(config.input, database))
+                cluster.check(face_source(config.input, database), first_and_last(database),
+                              gpu_required=config.backend == "cuml")
         try:
             if gpu is not None:
                 require_gpu_run(config, database, gpu)
@@ -152,6 +155,8 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
                 raise
             backend, reason, gpu = UmapLearnBackend(), f"{reason}; fell back to umap-learn on CPU: {exc}", None
             log(f"backend: {backend.name} ({reason})")
+            if cluster is not None:
+                cluster.device = False
             work = compute(config, backend, database, timings, log, progress, cluster=cluster)
         plan, graph, verdicts, mapped, analysis, metrics = work
         with staged_outputs(out_dir, log, checked=True) as staging:
@@ -161,7 +166,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
                 files.update(write_tables(database, verdicts, mapped, analysis, staging))
             record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
                                 mapped.placement, highlight, metrics, timings, files,
-                                None if gpu is None else gpu_record(gpu, cluster is not None),
+                                None if gpu is None else gpu_record(gpu, cluster),
                                 None if cluster is None else cluster.record())
             files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
@@ -213,17 +218,28 @@ def prepare_gpu(config: Config) -> GpuRun:
     return GpuRun(info, use_memory(config.gpu.memory))
 
 
-def gpu_record(gpu: GpuRun, on_cluster: bool = False) -> dict[str, Any]:
-    """run.json's ``gpu``: the device, its memory set-up, and what ran where (``on_cluster``: the passes over
-    every face ran on a Dask cluster's workers, so the client's GPU fitted the map and clustered it)."""
+def first_and_last(database: FaceDatabase) -> tuple[IdArray, str]:
+    """The input rows of the database's first and last faces and their digest: what every worker must read
+    the same before a cluster run starts (:meth:`job.cluster.session.ClusterSession.check`)."""
+    from job.cluster.source import chunk_digest
+
+    ends = np.unique([0, database.n_faces - 1])
+    return database.input_rows[ends], chunk_digest(database.ids[ends], database.unit[ends])
+
+
+def gpu_record(gpu: GpuRun, cluster: ClusterSession | None = None) -> dict[str, Any]:
+    """run.json's ``gpu``: the device, its memory set-up, and what ran where (with a ``cluster``, the passes
+    over every face ran on its workers' GPUs, and the client's GPU fitted the map and clustered it)."""
     info = gpu.info
     on_gpu = ["identity table", "kNN graph", "verdicts", "look-alikes", "UMAP fit (cuML)", "HDBSCAN (cuML)",
               "map-model cohesion", "trustworthiness"]
     on_cpu = ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out check",
               "same-id share (k-d tree)", "maps", "tables"]
-    if on_cluster:
-        on_gpu, on_cpu = ["UMAP fit (cuML)", "HDBSCAN (cuML)"], [*on_cpu, "look-alikes", "trustworthiness",
-                                                                 "the cluster's chunk tasks (run.json cluster)"]
+    if cluster is not None:
+        on_gpu = ["UMAP fit (cuML)", "HDBSCAN (cuML)", "on each worker's GPU: identity sums, per-face fits, best "
+                  "candidates, kNN queries (CuPy; run.json cluster)"]
+        on_cpu = [*on_cpu[:2], "placement of the other faces (numba, on the workers)", *on_cpu[3:],
+                  "the verdicts' per-identity model", "look-alikes", "trustworthiness"]
     return {"device": info.device, "count": info.count, "total_bytes": info.total_bytes,
             "free_bytes": info.free_bytes, "compute_capability": info.compute_capability,
             "driver_cuda": info.driver_cuda, "runtime_cuda": info.runtime_cuda, "memory": gpu.memory,
@@ -402,12 +418,11 @@ def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: lis
     require_render_memory(config.render, config.max_memory_bytes)
     labels_text = {int(i): database.label(i) for i in highlight}
     title = Path(database.source).name
-    density = None
+    density: Callable[[Frame], np.ndarray] | None = None
     if cluster is not None:
         from job.cluster.faces import density_on_cluster
 
-        def density(frame: Frame) -> np.ndarray:
-            return density_on_cluster(cluster, mapped.coords, frame)
+        density = partial(density_on_cluster, cluster, mapped.coords)
     grid = map_grid(mapped.coords, config.render, density)  # one frame, count grid and figure for all five maps
     suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
     filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]

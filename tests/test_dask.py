@@ -17,6 +17,7 @@ import sys
 import textwrap
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -30,12 +31,12 @@ from job.cli import app
 from job.cluster.address import parse_address, shown_address
 from job.cluster.faces import CANDIDATES, DENSITY, DOTS, GRAPH, PLACE, READ, SUMS
 from job.cluster.session import open_cluster
-from job.cluster.source import FaceSource, face_source, ids_digest, read_faces
-from job.config import Config, DaskConfig, load_config
+from job.cluster.source import chunk_digest, face_source, read_faces
+from job.config import Config, load_config
 from job.errors import ClusterError, UsageError
 from job.io.database import demo_database, load_database
 from job.io.demo import DemoSpec, make_demo, truth_json
-from job.pipeline import RunResult, plan_fit, run, shared_graph
+from job.pipeline import RunResult, first_and_last, plan_fit, run, shared_graph
 from job.progress import no_progress
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")
@@ -117,7 +118,7 @@ def test_the_faiss_graph_is_the_same_on_the_cluster(cluster, db20k: Path, tmp_pa
     plan, space = plan_fit(config, database)
     alone = shared_graph(config, space, plan, no_progress)
     with open_cluster(config.dask) as session:
-        session.check(face_source(config.input, database))
+        session.check(face_source(config.input, database), first_and_last(database))
         plan_there, space_there = plan_fit(config, database, np, session)
         there = shared_graph(config, space_there, plan_there, no_progress)
     np.testing.assert_array_equal(plan.fitted, plan_there.fitted)
@@ -224,30 +225,41 @@ def test_workers_without_faceatlas_are_exit_7(small_db: Path, tmp_path: Path) ->
 def test_workers_that_cannot_read_the_input_are_refused(cluster, db20k: Path, tmp_path: Path) -> None:
     config = load_config(None, {"input.path": str(db20k), "dask.address": cluster.scheduler_address})
     database = load_database(config.input)
-    source = face_source(config.input, database)
+    source, probe = face_source(config.input, database), first_and_last(database)
     with open_cluster(config.dask) as session:
-        elsewhere = FaceSource("file", str(tmp_path / "not-there.npy"), "id", "embedding", source.sha256, 10)
+        elsewhere = replace(source, location=str(tmp_path / "not-there.npy"))
         with pytest.raises(ClusterError, match="not-there.npy does not exist there"):
-            session.check(elsewhere)
-        other_size = FaceSource("file", source.location, "id", "embedding", source.sha256, source.size + 1)
+            session.check(elsewhere, probe)
         with pytest.raises(ClusterError, match="bytes there and"):
-            session.check(other_size)
-        session.check(source)
+            session.check(replace(source, size=source.size + 1), probe)
+        with pytest.raises(ClusterError, match="rows there and"):
+            session.check(replace(source, n_rows=source.n_rows - 1), probe)
+        # the same size and the same ids, other faces (the database embedded again): refused too
+        records = np.load(db20k, allow_pickle=False)
+        records["embedding"][0] = records["embedding"][1]
+        stale = tmp_path / "stale.npy"
+        np.save(stale, records, allow_pickle=False)
+        with pytest.raises(ClusterError, match="holds other faces in rows 0..20657"):
+            session.check(replace(source, location=str(stale)), probe)
+        session.check(source, probe)
         rows = np.arange(100, 200)
-        faces = session.gather("test", session.submit("test", read_faces, source, rows, ids_digest(database.ids[rows])))
+        digest = chunk_digest(database.ids[rows], database.unit[rows])
+        faces = session.gather("test", session.submit("test", read_faces, source, rows, digest))
         np.testing.assert_array_equal(faces, database.unit[rows])  # the loader's own bits
-        with pytest.raises(ClusterError, match="holds other ids"):  # a worker reading another file stops the run
-            session.gather("test", session.submit("test", read_faces, source, rows, ids_digest(database.ids[rows] + 1)))
+        with pytest.raises(ClusterError, match="holds other faces"):  # a worker reading another file stops the run
+            session.gather("test", session.submit("test", read_faces, replace(source, location=str(stale)),
+                                                  np.arange(0, 100), chunk_digest(database.ids[:100],
+                                                                                  database.unit[:100])))
 
 
-def test_workers_regenerate_the_demo(cluster) -> None:
-    demo = demo_database()
-    source = FaceSource("demo", "standard", "id", "embedding", demo.sha256)
-    with open_cluster(DaskConfig(address=cluster.scheduler_address)) as session:
-        session.check(source)
-        rows = np.arange(len(demo.ids))
-        np.testing.assert_array_equal(session.gather("t", session.submit("t", read_faces, source, rows,
-                                                                       ids_digest(demo.ids))), demo.unit)
+def test_the_demo_is_sent_by_the_client(cluster, tmp_path: Path) -> None:
+    """The built-in demo lives in the client's memory: its chunks are sent, and the run is the one-process run."""
+    alone = run(load_config(Path(SMOKE), {"out": str(tmp_path / "alone")}))
+    there = run(load_config(Path(SMOKE), {"out": str(tmp_path / "there"), "dask.address": cluster.scheduler_address,
+                                          "dask.chunk_faces": 2048}))
+    assert face_source(load_config(None).input, demo_database()) is None
+    assert READ in json.loads((there.out_dir / "run.json").read_text())["cluster"]["stages"]
+    _same_outputs(alone, there.out_dir)
 
 
 def test_local_cluster_from_the_command_line(small_db: Path, tmp_path: Path) -> None:
@@ -292,3 +304,89 @@ def test_bad_dask_addresses(text: str) -> None:
 def test_cluster_address_is_shown_without_credentials() -> None:
     assert shown_address("tls://alice:s3cret@scheduler:8786?token=abc") == "tls://scheduler:8786?<redacted>"
     assert shown_address("tcp://10.0.0.5:8786") == "tcp://10.0.0.5:8786"
+
+
+FAKE_GPU_WORKER = textwrap.dedent('''
+    """A dask worker preload for tests: the worker's "GPU" is the FAKE CuPy of tests/fakes (NumPy underneath, it
+    runs nothing on a GPU), standing in for a dask-cuda worker on this CPU-only machine."""
+    import sys
+
+    sys.path.insert(0, {repo!r})
+    from tests.fakes import fake_cupy
+
+    sys.modules["cupy"] = fake_cupy
+''')
+
+
+def test_gpu_workers_compute_the_chunks_with_cupy(fake_gpu, db20k: Path, tmp_path: Path) -> None:
+    """FAKE GPU: the client runs on the fake CuPy/cuML/cuVS (``fake_gpu``), and the workers of a real LocalCluster
+    on the fake CuPy (a preload), as dask-cuda workers would on real ones: the chunk tasks run there on "device"
+    arrays (the fake refuses host arrays in device code), and the answers are the single-process GPU run's."""
+    from distributed import LocalCluster
+
+    preload = tmp_path / "fake_gpu_worker.py"
+    preload.write_text(FAKE_GPU_WORKER.format(repo=str(Path(__file__).parents[1])))
+    alone = run(_config(db20k, tmp_path / "alone", backend="cuml"))
+    out = tmp_path / "out"
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR, preload=[str(preload)]) as gpus:
+        there = run(_config(db20k, out, backend="cuml", **{"dask.address": gpus.scheduler_address,
+                                                           "dask.chunk_faces": 8192}))
+    record = json.loads((out / "run.json").read_text())
+    info = record["cluster"]
+    assert info["device"] == "gpu" and info["worker_gpus"] == ["FAKE GPU (not a GPU)"]
+    assert {READ, SUMS, DOTS, GRAPH, CANDIDATES, PLACE} <= set(info["stages"])
+    assert "chunk_graph_gpu" in info["tasks"] and "chunk_graph" not in info["tasks"]
+    assert "each chunk searched on a GPU worker" in record["knn_reason"]
+    assert any("on each worker's GPU" in item for item in record["gpu"]["on_gpu"])
+    assert there.backend == alone.backend == "cuml"
+    mine, theirs = (pd.read_parquet(folder / "projection.parquet") for folder in (out, alone.out_dir))
+    for column in ("verdict", "suspect", "suggested_id", "fitted", "held_out", "duplicate_of"):
+        np.testing.assert_array_equal(mine[column], theirs[column], err_msg=column)
+    np.testing.assert_allclose(mine["outlier_score"], theirs["outlier_score"], rtol=1e-5, atol=1e-4)
+    assert (out / "suspects.csv").read_text().splitlines()[0] == (alone.out_dir / "suspects.csv").read_text() \
+        .splitlines()[0]
+    for key in ("suspect_precision", "suspect_recall", "lookalike_recall"):
+        assert there.metrics[key] == alone.metrics[key]
+    assert abs(there.metrics["same_id_knn"] - alone.metrics["same_id_knn"]) < 0.02
+
+
+def test_a_cpu_worker_is_refused_for_a_gpu_run(fake_gpu, cluster, small_db: Path, tmp_path: Path) -> None:
+    """FAKE GPU on the client only: the module cluster's workers have no CuPy, so --backend cuml stops at the
+    worker check with exit 7 and the dask-cuda fix."""
+    out = tmp_path / "out"
+    result = runner.invoke(app, ["run", "-c", SMOKE, "-i", str(small_db), "-o", str(out), "--backend", "cuml",
+                                 "--dask", cluster.scheduler_address])
+    assert result.exit_code == 7, result.output
+    errors = [line for line in result.stderr.splitlines() if line.startswith("faceatlas: error:")]
+    assert len(errors) == 1 and "has no usable GPU" in errors[0] and "dask cuda worker" in errors[0]
+    assert not out.exists()
+
+
+def test_auto_on_a_gpu_client_uses_cpu_workers(fake_gpu, cluster, small_db: Path, tmp_path: Path) -> None:
+    """FAKE GPU on the client only, --backend auto: the workers have no GPU, so the chunk tasks run on their CPUs
+    (run.json says why) instead of refusing the cluster."""
+    result = run(load_config(Path(SMOKE), {"input.path": str(small_db), "out": str(tmp_path / "out"),
+                                           "dask.address": cluster.scheduler_address}))
+    info = json.loads((tmp_path / "out" / "run.json").read_text())["cluster"]
+    assert result.backend == "cuml" and info["device"] == "cpu"
+    assert "2 of 2 workers have no usable GPU" in info["device_reason"]
+    assert "chunk_graph" in info["tasks"] and "chunk_graph_gpu" not in info["tasks"]
+
+
+def test_placement_does_not_depend_on_the_chunks() -> None:
+    """Faces never interact, each face's random state comes from its own start, and a missing neighbour is
+    filled from its own row: any cut into chunks places every face the same (also with -1 in the graph)."""
+    from job.reduce.extend import make_kernel, place_chunk
+
+    rng = np.random.default_rng(0)
+    fitted = rng.normal(size=(300, 2)).astype(np.float32)
+    indices = rng.integers(0, 300, size=(500, 10))
+    distances = np.sort(rng.uniform(0.1, 0.6, size=(500, 10)).astype(np.float32), axis=1)
+    indices[::7, -3:], distances[::7, -3:] = -1, np.inf  # neighbours an approximate index did not find
+    kernel = make_kernel(fitted, 0.0, 1.0, 3.0, 30, seed=0)
+    scaled = np.ascontiguousarray(fitted * kernel.scale)
+    whole = place_chunk(scaled, indices, distances, kernel, parallel=False)
+    cut = np.concatenate([place_chunk(scaled, indices[start:start + 128], distances[start:start + 128], kernel,
+                                      parallel=False) for start in range(0, 500, 128)])
+    np.testing.assert_array_equal(cut, whole)

@@ -9,15 +9,19 @@ asks for these through the methods it finds on its ``unit`` argument, so it is t
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.cluster import tasks
 from job.cluster.session import ClusterSession, failures
-from job.cluster.source import FaceSource, ids_digest, read_faces
+from job.cluster.source import FaceSource, chunk_digest, read_faces
 from job.progress import ProgressFactory, no_progress
+
+if TYPE_CHECKING:
+    from job.config import GpuConfig
+    from job.knn.graph import FaceGraph
 
 LOCAL_BELOW = 1 << 14
 """Row-wise products over fewer pairs than this are computed on the client (a task costs more)."""
@@ -30,15 +34,22 @@ SUMS, DOTS, CANDIDATES, GRAPH, PLACE, DENSITY = ("identity sums", "per-face fits
 
 class ClusterFaces:
     """The unit faces (n_faces, dim) of a run, held in chunks of ``session.chunk_faces`` faces by the workers
-    (each read by the worker from the input) and, for gathers, by the client (``local``)."""
+    (each read by the worker from the input ``source``; sent by the client for the built-in demo, ``source``
+    None) and, for gathers, by the client (``local``)."""
 
-    def __init__(self, session: ClusterSession, local: np.ndarray, source: FaceSource, rows: IdArray,
+    def __init__(self, session: ClusterSession, local: np.ndarray, source: FaceSource | None, rows: IdArray,
                  ids: IdArray) -> None:
         self.session, self.local = session, local
         size = session.chunk_faces
         self.bounds = [(start, min(start + size, len(local))) for start in range(0, len(local), size)]
-        self.chunks = [session.submit(READ, read_faces, source, rows[start:stop], ids_digest(ids[start:stop]))
-                       for start, stop in self.bounds]
+        if source is None:
+            session.note(READ)
+            self.chunks = [session.client.scatter(local[start:stop], hash=False) for start, stop in self.bounds]
+        else:
+            self.chunks = [session.submit(READ, read_faces, source, rows[start:stop],
+                                          chunk_digest(ids[start:stop], local[start:stop]))
+                           for start, stop in self.bounds]
+        self._sent: list[tuple[Any, Any]] = []  # (array, its future): what was sent to every worker lately
 
     # the array the analysis indexes
     @property
@@ -65,7 +76,7 @@ class ClusterFaces:
         (-1: left out), summed per chunk on the workers and merged there pairwise (only float32 centroids
         come back)."""
         client = self.session.client
-        parts = [self.session.submit(SUMS, tasks.chunk_sums, chunk, codes[start:stop])
+        parts = [self.session.submit(SUMS, tasks.chunk_sums, chunk, codes[start:stop], self.session.device)
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
         while len(parts) > 1:
             parts = [client.submit(tasks.merge_sums, *parts[i:i + 2], pure=False) if i + 1 < len(parts)
@@ -79,16 +90,16 @@ class ClusterFaces:
 
         if len(index) < LOCAL_BELOW:
             return rowwise_dot(self.local, others, index, rows)
-        faces = np.arange(len(self.local)) if rows is None else np.asarray(rows, dtype=np.int64)
+        faces = np.arange(len(index)) if rows is None else np.asarray(rows, dtype=np.int64)
         order = np.argsort(faces, kind="stable") if rows is not None else np.arange(len(faces))
         starts = np.searchsorted(faces[order], [start for start, _ in self.bounds])
         ends = np.r_[starts[1:], len(order)]
-        shared = self.session.scatter(others)
+        shared = self._send(others)
         calls, picked = [], []
         for chunk, (start, _), first, last in zip(self.chunks, self.bounds, starts, ends, strict=True):
             if last > first:
                 chosen = order[first:last]
-                calls.append((chunk, shared, index[chosen], faces[chosen] - start))
+                calls.append((chunk, shared, index[chosen], faces[chosen] - start, self.session.device))
                 picked.append(chosen)
         out = np.empty(len(index), dtype=np.float64)
         for chosen, values in zip(picked, self.session.run(DOTS, tasks.chunk_rowwise_dot, calls), strict=True):
@@ -98,28 +109,58 @@ class ClusterFaces:
     def best_candidate(self, centroids: FloatArray, scale: np.ndarray, candidates: IdArray, codes: IdArray
                        ) -> tuple[np.ndarray, IdArray]:
         """:func:`job.analysis.suspects.best_candidate` over these faces, one task per chunk."""
-        shared = self.session.scatter((centroids, scale))
-        calls = [(chunk, shared, candidates[start:stop], codes[start:stop])
+        shared = self._send((centroids, scale))
+        calls = [(chunk, shared, candidates[start:stop], codes[start:stop], self.session.device)
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
         found = self.session.run(CANDIDATES, _best_candidate, calls)
         return np.concatenate([value for value, _ in found]), np.concatenate([best for _, best in found])
 
-    def graph_rows(self, index: Any, reference: np.ndarray, k: int, position: IdArray,
-                   progress: ProgressFactory = no_progress) -> tuple[np.ndarray, FloatArray]:
-        """Every face's row of the run's kNN graph (:func:`job.knn.index.graph_rows`), the built ``index`` and
-        the ``reference`` vectors sent to every worker once and one task per chunk."""
-        shared = self.session.scatter((index, reference))
+    def face_graph(self, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None,
+                   gpu: GpuConfig, progress: ProgressFactory = no_progress) -> FaceGraph:
+        """:func:`job.knn.index.face_graph` over these faces: the index built once (on the client for a CPU index,
+        sent to every worker with the reference vectors; on each GPU worker for a GPU one), one task per chunk."""
+        from job.arrays import take_rows
+        from job.knn.graph import FaceGraph
+        from job.knn.index import GPU_EXACT, GPU_EXACT_CUPY, GPU_INDEXES, resolve
+
+        vectors = take_rows(self.local, reference, np.float32)
+        k = min(k, len(reference))
+        position = np.full(len(self.local), -1, dtype=np.int64)
+        position[reference] = np.arange(len(reference))
+        if self.session.device:  # exact on the workers' GPUs: NN-descent builds one graph, chunks cannot share it
+            cls = GPU_INDEXES[GPU_EXACT if self.session.cuvs else GPU_EXACT_CUPY]()
+            reason = (f"knn.method={method} on a cluster of GPU workers: exact search ({cls.name}, the index built "
+                      "once on each worker); each chunk searched on a GPU worker")
+            shared, task = self.session.scatter((cls.name, vectors, seed)), tasks.chunk_graph_gpu
+        else:
+            cls, reason = resolve(method, len(reference), exact_max)
+            index = cls(seed)
+            index.build(vectors)
+            shared, task = self.session.scatter((index, vectors)), tasks.chunk_graph
         calls = [(chunk, shared, k, position[start:stop])
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
-        found = self.session.run(GRAPH, tasks.chunk_graph, calls, progress,
-                                 [stop - start for start, stop in self.bounds])
-        return np.concatenate([rows for rows, _ in found]), np.concatenate([dist for _, dist in found])
+        found = self.session.run(GRAPH, task, calls, progress, [stop - start for start, stop in self.bounds])
+        return FaceGraph(reference, np.concatenate([rows for rows, _ in found]),
+                         np.concatenate([distance for _, distance in found]), cls.name, reason)
 
 
-def _best_candidate(unit: np.ndarray, shared: tuple[FloatArray, np.ndarray], candidates: IdArray, codes: IdArray
-                    ) -> tuple[np.ndarray, IdArray]:
+    def _send(self, value: Any) -> Any:
+        """``value`` (an array, or a tuple of arrays) on every worker, once: the same table's centroids serve
+        several passes in a row (a table is never changed in place; a derived one is a new object), so the last
+        two values sent are kept, matched by identity."""
+        parts = value if isinstance(value, tuple) else (value,)
+        for sent, future in self._sent:
+            if len(sent) == len(parts) and all(a is b for a, b in zip(sent, parts, strict=True)):
+                return future
+        future = self.session.scatter(value)
+        self._sent = [(parts, future), *self._sent[:1]]
+        return future
+
+
+def _best_candidate(unit: np.ndarray, shared: tuple[FloatArray, np.ndarray], candidates: IdArray, codes: IdArray,
+                    device: bool) -> tuple[np.ndarray, IdArray]:
     centroids, scale = shared
-    return tasks.chunk_best_candidate(unit, centroids, scale, candidates, codes)
+    return tasks.chunk_best_candidate(unit, centroids, scale, candidates, codes, device)
 
 
 def place_on_cluster(session: ClusterSession, fitted: FloatArray, indices: np.ndarray, distances: FloatArray,

@@ -1,11 +1,13 @@
 """Where the workers read the faces, and the reading itself (run on the workers).
 
 A worker reads the rows of its chunk from the same input the client loaded: a path every worker can open (a
-shared filesystem), an https URL (each worker downloads it once into its own cache, verified against the
-SHA-256 the client computed), or the built-in demo (generated again, deterministically). Rows become unit
-vectors with the loader's own conversion (:func:`job.io.database.unit_block`), so a worker's faces are the
-client's to the bit. Each chunk's ids are checked against a digest of the client's, so a worker that sees
-another file (a stale copy, another mount) stops the run instead of answering about other faces.
+shared filesystem) or an https URL (each worker downloads it once into its own cache, verified against the
+SHA-256 the client computed). The built-in demo is generated in the client's memory, so the client sends its
+chunks instead (:func:`face_source` gives None). Rows become unit vectors with the loader's own conversion
+(:func:`job.io.database.unit_block`), so a worker's faces are the client's to the bit, and each chunk is
+checked against the client's digest of its ids and of every ``DIGEST_STRIDE``-th face: a worker that sees
+another file (a stale copy, another mount, the same ids re-embedded) stops the run instead of answering about
+other faces.
 """
 
 from __future__ import annotations
@@ -26,14 +28,15 @@ if TYPE_CHECKING:
     from job.io.database import FaceDatabase
 
 _BLOCK = 1 << 14  # rows converted at a time (the loader's block)
+DIGEST_STRIDE = 64  # every 64th face's bytes go into a chunk's digest (a changed file differs nearly everywhere)
 
 
 @dataclass(frozen=True)
 class FaceSource:
     """The input as the workers reach it.
 
-    ``kind`` "file" (``location`` an absolute path), "url" or "demo" (``location`` the demo shape);
-    ``sha256`` and ``size`` the file as the client read it (the download, for a URL).
+    ``kind`` "file" (``location`` an absolute path) or "url"; ``sha256`` and ``size`` the file as the client
+    read it (the download, for a URL); ``n_rows`` the input's rows (faces dropped by ``--drop-invalid`` too).
     """
 
     kind: str
@@ -42,6 +45,7 @@ class FaceSource:
     embedding_field: str
     sha256: str
     size: int = 0
+    n_rows: int = 0
     allow_http: bool = False
     url_timeout: float = 30.0
     url_max_bytes: int = 0
@@ -53,29 +57,35 @@ class FaceSource:
         return redact(self.location)
 
 
-def face_source(config: InputConfig, database: FaceDatabase) -> FaceSource:
-    """The source of ``database``, loaded with ``config``, for the workers."""
+def face_source(config: InputConfig, database: FaceDatabase) -> FaceSource | None:
+    """The source of ``database``, loaded with ``config``, for the workers (None for the built-in demo, which
+    the client sends)."""
     from job.io.remote import is_url
 
     fields = config.id_field, config.embedding_field
+    n_rows = database.n_faces + sum(database.dropped.values())
     if not config.path:
-        return FaceSource("demo", config.demo, *fields, database.sha256)
+        return None
     if is_url(config.path):
-        return FaceSource("url", config.path, *fields, database.sha256, 0, config.allow_http, config.url_timeout,
-                          config.url_max_bytes)
+        return FaceSource("url", config.path, *fields, database.sha256, 0, n_rows, config.allow_http,
+                          config.url_timeout, config.url_max_bytes)
     path = Path(config.path).resolve()
-    return FaceSource("file", str(path), *fields, database.sha256, path.stat().st_size)
+    return FaceSource("file", str(path), *fields, database.sha256, path.stat().st_size, n_rows)
 
 
-def ids_digest(ids: IdArray) -> str:
-    """A digest of a chunk's ids (int64), to check that a worker reads the client's faces."""
-    return hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=16).hexdigest()
+def chunk_digest(ids: IdArray, unit: np.ndarray) -> str:
+    """A digest of a chunk's ids (as int64) and of every ``DIGEST_STRIDE``-th face's unit vector, to check that
+    a worker reads the client's faces."""
+    digest = hashlib.blake2b(np.ascontiguousarray(ids, dtype=np.int64).tobytes(), digest_size=16)
+    digest.update(np.ascontiguousarray(unit[::DIGEST_STRIDE]).tobytes())
+    return digest.hexdigest()
 
 
 def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
     """The unit vectors of input ``rows`` (n, dim), as the client's loader made them; runs on a worker.
 
-    Raises :class:`ClusterError` naming the worker when it cannot read the input or reads other faces.
+    Raises :class:`ClusterError` naming the worker when it cannot read the input or reads other faces (its
+    chunk's :func:`chunk_digest` is not ``digest``).
     """
     try:
         stored = _stored(source)
@@ -85,16 +95,16 @@ def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
     from job.io.database import unit_block
 
     rows = np.asarray(rows, dtype=np.int64)
-    if len(rows) and (rows.min() < 0 or rows.max() >= len(stored.ids)):
-        raise ClusterError(f"worker {worker_name()}: {source.shown} has {len(stored.ids):,} rows there, fewer than "
-                           "the client's; every worker must read the same file")
-    if ids_digest(stored.ids[rows]) != digest:
-        raise ClusterError(f"worker {worker_name()}: {source.shown} holds other ids in rows {rows[0]}..{rows[-1]} "
-                           "than the client read; every worker must read the same file (a stale copy?)")
+    if len(stored.ids) != source.n_rows:
+        raise ClusterError(f"worker {worker_name()}: {source.shown} has {len(stored.ids):,} rows there and "
+                           f"{source.n_rows:,} on the client; every worker must read the same file")
     unit = np.empty((len(rows), stored.embeddings.shape[1]),
                     dtype=np.float16 if stored.embeddings.dtype == np.float16 else np.float32)
     for start in range(0, len(rows), _BLOCK):
         unit[start:start + _BLOCK] = unit_block(np.asarray(stored.embeddings[rows[start:start + _BLOCK]]))[0]
+    if len(rows) and chunk_digest(stored.ids[rows], unit) != digest:
+        raise ClusterError(f"worker {worker_name()}: {source.shown} holds other faces in rows {rows[0]}..{rows[-1]} "
+                           "than the client read; every worker must read the same file (a stale copy?)")
     return unit
 
 
@@ -107,14 +117,9 @@ class _Stored:
 @lru_cache(maxsize=2)
 def _stored(source: FaceSource) -> _Stored:
     """The input's ids and stored embeddings, opened once per worker process (a .npy memory-mapped, so only
-    the pages of the chunks read count; .npz and Parquet read whole)."""
+    the pages of the chunks read count; .npz and Parquet read whole; :func:`forget` lets them go)."""
     from job.io.formats import read_arrays
 
-    if source.kind == "demo":
-        from job.io.demo import DEMO_SHAPES, make_demo
-
-        records, _ = make_demo(DEMO_SHAPES[source.location])
-        return _Stored(records["id"].astype(np.int64), records["embedding"])
     if source.kind == "url":
         from job.io.remote import fetch
 
@@ -131,6 +136,11 @@ def _stored(source: FaceSource) -> _Stored:
                                "client; every worker must read the same file")
     raw = read_arrays(path, source.id_field, source.embedding_field, None)
     return _Stored(np.asarray(raw.ids).astype(np.int64), raw.embeddings)
+
+
+def forget() -> None:
+    """Close this worker's open inputs (run at the end of a run: a long-lived worker keeps no database)."""
+    _stored.cache_clear()
 
 
 def worker_name() -> str:

@@ -15,8 +15,12 @@ import numpy as np
 from job.arrays import FloatArray, IdArray
 
 
-def worker_facts(source: Any) -> dict[str, Any]:
-    """What the client checks on every worker: versions, and whether it reads the input (first and last row)."""
+def worker_facts(source: Any, probe: tuple[IdArray, str] | None = None, device: bool = False) -> dict[str, Any]:
+    """What the client checks on every worker: versions, whether it reads the client's faces from ``source``
+    (``probe``: input rows and their :func:`~job.cluster.source.chunk_digest` on the client; ``input`` is "ok"
+    or why not), and with ``device`` its GPU (``gpu``: the device's name, or None with ``gpu_reason``) and
+    whether cuVS is there."""
+    import importlib.util
     import platform
 
     import dask
@@ -27,17 +31,38 @@ def worker_facts(source: Any) -> dict[str, Any]:
 
     facts: dict[str, Any] = {"faceatlas": __version__, "python": platform.python_version(), "numpy": np.__version__,
                              "dask": dask.__version__, "distributed": distributed.__version__, "input": "ok"}
-    if source is not None:
-        from job.cluster.source import _stored, ids_digest, read_faces
+    if source is not None and probe is not None:
+        from job.cluster.source import read_faces
 
         try:
-            n_rows = len(_stored(source).ids)
-            rows = np.array(sorted({0, n_rows - 1}), dtype=np.int64)
-            read_faces(source, rows, ids_digest(_stored(source).ids[rows]))
-            facts["rows"] = n_rows
+            read_faces(source, *probe)
         except FaceatlasError as exc:
             facts["input"] = str(exc)
+    if device:
+        from job.gpu import probe_gpu
+
+        info = probe_gpu()
+        facts.update(gpu=info.device if info.available else None, gpu_reason=info.reason,
+                     cuvs=importlib.util.find_spec("cuvs") is not None)
     return facts
+
+
+def forget() -> None:
+    """Drop what this worker keeps between tasks of a run (its open inputs, its GPU index): run at the run's
+    end, so a long-lived worker holds nothing of the database."""
+    from job.cluster.source import forget as close_inputs
+
+    close_inputs()
+    _GPU_INDEX.clear()
+
+
+def _on(device: bool, *arrays: Any) -> tuple[Any, ...]:
+    """``arrays`` on this worker's GPU (CuPy) when ``device``, else as they are."""
+    if not device:
+        return arrays
+    import cupy
+
+    return tuple(cupy.asarray(array) for array in arrays)
 
 
 @dataclass(frozen=True)
@@ -49,16 +74,19 @@ class Partial:
     sums: np.ndarray
 
 
-def chunk_sums(unit: np.ndarray, codes: IdArray) -> Partial:
-    """The identity sums of one chunk's kept faces (``codes`` per face, -1: left out of the sums)."""
-    from job.xp import group_sums, run_starts
+def chunk_sums(unit: np.ndarray, codes: IdArray, device: bool = False) -> Partial:
+    """The identity sums of one chunk's kept faces (``codes`` per face, -1: left out of the sums); on the
+    worker's GPU with ``device``."""
+    from job.xp import group_sums, namespace, run_starts, to_host
 
-    kept = np.flatnonzero(codes >= 0)
-    kept = kept[np.argsort(codes[kept], kind="stable")]
+    unit, codes = _on(device, unit, codes)
+    xp = namespace(unit, codes)
+    kept = xp.flatnonzero(codes >= 0)
+    kept = kept[xp.argsort(codes[kept], kind="stable")]
     if not len(kept):
         return Partial(np.zeros(0, dtype=np.int64), np.zeros((0, unit.shape[1])))
     starts = run_starts(codes[kept])
-    return Partial(codes[kept][starts], group_sums(unit[kept].astype(np.float64), starts))
+    return Partial(to_host(codes[kept][starts]), to_host(group_sums(unit[kept].astype(xp.float64), starts)))
 
 
 def merge_sums(first: Partial, second: Partial) -> Partial:
@@ -84,19 +112,23 @@ def finish_sums(total: Partial, n_identities: int, dim: int) -> tuple[FloatArray
     return centroids, norms
 
 
-def chunk_rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray) -> np.ndarray:
-    """``unit[rows[i]] . others[index[i]]`` within one chunk (float64)."""
+def chunk_rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray, device: bool = False
+                      ) -> np.ndarray:
+    """``unit[rows[i]] . others[index[i]]`` within one chunk (float64); on the worker's GPU with ``device``."""
     from job.analysis.identities import rowwise_dot
+    from job.xp import to_host
 
-    return rowwise_dot(unit, others, index, rows)
+    return to_host(rowwise_dot(*_on(device, unit, others, index, rows)))
 
 
 def chunk_best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, candidates: IdArray,
-                         codes: IdArray) -> tuple[np.ndarray, IdArray]:
-    """:func:`job.analysis.suspects.best_candidate` for one chunk's faces."""
+                         codes: IdArray, device: bool = False) -> tuple[np.ndarray, IdArray]:
+    """:func:`job.analysis.suspects.best_candidate` for one chunk's faces; on the worker's GPU with ``device``."""
     from job.analysis.suspects import best_candidate
+    from job.xp import to_host
 
-    return best_candidate(unit, centroids, scale, candidates, codes)
+    value, best = best_candidate(*_on(device, unit, centroids, scale, candidates, codes))
+    return to_host(value), to_host(best)
 
 
 def chunk_graph(unit: np.ndarray, shared: tuple[Any, np.ndarray], k: int, own: IdArray
@@ -108,6 +140,30 @@ def chunk_graph(unit: np.ndarray, shared: tuple[Any, np.ndarray], k: int, own: I
 
     index, reference = shared
     return graph_rows(index, unit, k, own, reference)
+
+
+_GPU_INDEX: dict[int, tuple[Any, Any]] = {}  # the one GPU index of this worker: id(reference) -> (reference, index)
+
+
+def chunk_graph_gpu(unit: np.ndarray, shared: tuple[str, np.ndarray, Any], k: int, own: IdArray
+                    ) -> tuple[np.ndarray, FloatArray]:
+    """One chunk's graph rows searched on this worker's GPU: ``shared`` is the GPU index's name
+    (:data:`job.knn.index.GPU_INDEXES`), the reference vectors and the seed; the index is built once per worker
+    (each worker holds one copy of the broadcast reference) and kept for the run's other chunks."""
+    import cupy
+
+    from job.knn.index import GPU_INDEXES, graph_rows
+    from job.xp import to_host
+
+    name, reference, seed = shared
+    held = _GPU_INDEX.get(id(reference))
+    if held is None or held[0] is not reference:
+        _GPU_INDEX.clear()
+        index = GPU_INDEXES[name]()(seed)
+        index.build(cupy.asarray(reference))
+        held = _GPU_INDEX[id(reference)] = (reference, index)
+    found, distances = graph_rows(held[1], cupy.asarray(unit), k, cupy.asarray(own))
+    return to_host(found), to_host(distances)
 
 
 def chunk_place(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Any) -> FloatArray:

@@ -150,6 +150,8 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
         from job.config import GpuConfig
 
         gpu = GpuConfig()
+    if hasattr(unit, "face_graph"):  # faces held by a Dask cluster's workers: each chunk is queried there
+        return unit.face_graph(reference, k, method, exact_max, seed, gpu, progress)
     cls, reason = resolve(method, len(reference), exact_max, on_device(xp), gpu.exact_max_faces)
     if hasattr(cls, "configure"):
         cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k, gpu_free)
@@ -166,9 +168,6 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
     n_faces = len(unit)
     position = xp.full(n_faces, -1, dtype=xp.int64)
     position[reference] = xp.arange(len(reference))
-    if hasattr(unit, "graph_rows"):  # faces held by a Dask cluster's workers: each chunk is queried there
-        indices, distances = unit.graph_rows(index, vectors, k, position, progress)
-        return FaceGraph(reference, indices, distances, cls.name, reason)
     indices = xp.empty((n_faces, k), dtype=xp.int32)
     distances = xp.empty((n_faces, k), dtype=xp.float32)
     queried: Any = None  # every face is a query, unless the index has the reference faces' own graph

@@ -101,7 +101,11 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
     start = _start(scaled, position, dist, found)
     if kernel.n_epochs <= 0 or not n:
         return start
-    finite = np.where(found, dist, np.float32(dist[found].max() if found.any() else 1.0))
+    # a neighbour not found counts at the row's own farthest found distance (from the row alone: chunks of any
+    # size give the same answer)
+    farthest = np.where(found, dist, -np.inf).max(axis=1)
+    fill = np.where(np.isfinite(farthest), farthest, np.float32(1.0)).astype(np.float32)
+    finite = np.where(found, dist, fill[:, None])
     sigmas, rhos = smooth_distances(finite, float(k))
     weight = np.exp(-np.maximum(finite - rhos[:, None], 0.0) / sigmas[:, None]).astype(np.float32)
     weight[~found] = 0.0

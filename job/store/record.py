@@ -64,9 +64,12 @@ def _rounded(value: Any) -> Any:
 
 
 def _recorded_config(config: Config) -> dict[str, Any]:
-    """The resolved config, with any secret in the input URL left out (run.json travels)."""
+    """The resolved config, with any secret in the input URL or the Dask address left out (run.json travels)."""
+    from job.cluster.address import shown_address
+
     recorded = config.model_dump(mode="json")
     recorded["input"]["path"] = redact(config.input.path)
+    recorded["dask"]["address"] = shown_address(config.dask.address)
     return recorded
 
 

@@ -27,7 +27,7 @@ from numpy.lib.mixins import NDArrayOperatorsMixin
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cupy-namespace.json"
 RECORDED: dict[str, Any] = json.loads(FIXTURE.read_text()) if FIXTURE.exists() else {}
 IS_FAKE = True
-__version__ = "fake-" + str(RECORDED.get("version", "0"))
+__version__ = str(RECORDED.get("version", "0")) + "+fake"  # a PEP 440 local version: xarray parses it
 
 _HOST = "Unsupported type <class 'numpy.ndarray'> (FAKE cupy: a host array was mixed into device code)"
 _IMPLICIT = ("Implicit conversion to a NumPy array is not allowed. Please use `.get()` to construct a NumPy "
