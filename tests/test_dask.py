@@ -390,3 +390,19 @@ def test_placement_does_not_depend_on_the_chunks() -> None:
     cut = np.concatenate([place_chunk(scaled, indices[start:start + 128], distances[start:start + 128], kernel,
                                       parallel=False) for start in range(0, 500, 128)])
     np.testing.assert_array_equal(cut, whole)
+
+
+def test_a_cluster_left_without_workers_ends_the_run(tmp_path: Path) -> None:
+    """Dask would wait forever for a worker to come back; faceatlas waits ``dask.timeout`` seconds, then stops."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as lonely:
+        with open_cluster(load_config(None, {"dask.address": lonely.scheduler_address, "dask.timeout": 2}).dask) \
+                as session:
+            future = session.submit("test", time.sleep, 30)
+            lonely.scale(0)
+            started = time.monotonic()
+            with pytest.raises(ClusterError, match="no worker left for 2 s"):
+                session.gather("test", future)
+            assert time.monotonic() - started < 20

@@ -123,7 +123,10 @@ class ClusterSession:
         while pending:
             still = []
             for future in pending:
-                done(future) if future.done() else still.append(future)
+                if future.done():
+                    done(future)
+                else:
+                    still.append(future)
             if len(still) < len(pending):
                 pending, alone_since = still, None
                 continue
@@ -189,7 +192,7 @@ def open_cluster(config: DaskConfig, log: Log = lambda message: None) -> Iterato
     from distributed import get_task_stream
 
     with _client(where, config.timeout) as (client, shown):
-        session = ClusterSession(client, shown, where.kind, config.chunk_faces, config.timeout)
+        session = ClusterSession(client, shown, where.kind, config.chunk_faces, timeout=config.timeout)
         with failures(shown, "connecting"):
             session.stream = get_task_stream(client=client)
             session.stream.__enter__()  # left in ClusterSession.task_seconds (not on an error's way out)
