@@ -406,3 +406,12 @@ def test_a_cluster_left_without_workers_ends_the_run(tmp_path: Path) -> None:
             with pytest.raises(ClusterError, match="no worker left for 2 s"):
                 session.gather("test", future)
             assert time.monotonic() - started < 20
+
+
+def test_without_dask_installed_dask_is_one_line(small_db: Path, tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "distributed", None)  # as if `pip install .` without the dask extra
+    result = runner.invoke(app, ["run", "-c", SMOKE, "-i", str(small_db), "-o", str(tmp_path / "out"),
+                                 "--dask", "local:2"])
+    assert result.exit_code == 7 and "pip install 'faceatlas[dask]'" in result.stderr
+    assert not (tmp_path / "out").exists()

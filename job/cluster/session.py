@@ -189,7 +189,11 @@ def open_cluster(config: DaskConfig, log: Log = lambda message: None) -> Iterato
     if where.kind == "none":
         yield None
         return
-    from distributed import get_task_stream
+    try:
+        from distributed import get_task_stream
+    except ImportError:
+        raise ClusterError("--dask needs Dask's distributed scheduler, which is not installed: "
+                           "pip install 'faceatlas[dask]'") from None
 
     with _client(where, config.timeout) as (client, shown):
         session = ClusterSession(client, shown, where.kind, config.chunk_faces, timeout=config.timeout)
@@ -205,10 +209,7 @@ def open_cluster(config: DaskConfig, log: Log = lambda message: None) -> Iterato
 
 @contextmanager
 def _client(where: ClusterAddress, timeout: float) -> Iterator[tuple[Any, str]]:
-    try:
-        from distributed import Client, LocalCluster
-    except ImportError:
-        raise ClusterError("--dask needs Dask: pip install 'faceatlas[dask]'") from None
+    from distributed import Client, LocalCluster
     if where.kind == "local":
         with LocalCluster(n_workers=where.n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
