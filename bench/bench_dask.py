@@ -35,7 +35,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_scale import SIZES, database, machine  # noqa: E402
 
-CHUNK_TASKS = ("read_faces", "chunk_sums", "chunk_rowwise_dot", "best_candidate", "chunk_graph", "chunk_place")
+CHUNK_TASKS = ("read_faces", "chunk_sums", "chunk_rowwise_dot", "chunk_best_candidate", "chunk_graph", "chunk_place")
 """Tasks run once per chunk of faces (their count grows with the database); the rest are per merge or per map."""
 
 

@@ -32,7 +32,7 @@ from job.analysis.quality import (
 from job.analysis.suspects import LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.cluster.session import ClusterSession, open_cluster
-from job.cluster.source import face_source
+from job.cluster.source import face_source, first_and_last
 from job.config import Config, UmapConfig
 from job.errors import GpuOutOfMemoryError, UsageError
 from job.footprint import gpu_run_bytes, run_bytes
@@ -216,15 +216,6 @@ def prepare_gpu(config: Config) -> GpuRun:
     free memory is read first)."""
     info = probe_gpu()
     return GpuRun(info, use_memory(config.gpu.memory))
-
-
-def first_and_last(database: FaceDatabase) -> tuple[IdArray, str]:
-    """The input rows of the database's first and last faces and their digest: what every worker must read
-    the same before a cluster run starts (:meth:`job.cluster.session.ClusterSession.check`)."""
-    from job.cluster.source import chunk_digest
-
-    ends = np.unique([0, database.n_faces - 1])
-    return database.input_rows[ends], chunk_digest(database.ids[ends], database.unit[ends])
 
 
 def gpu_record(gpu: GpuRun, cluster: ClusterSession | None = None) -> dict[str, Any]:

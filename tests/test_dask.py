@@ -31,12 +31,12 @@ from job.cli import app
 from job.cluster.address import parse_address, shown_address
 from job.cluster.faces import CANDIDATES, DENSITY, DOTS, GRAPH, PLACE, READ, SUMS
 from job.cluster.session import open_cluster
-from job.cluster.source import chunk_digest, face_source, read_faces
+from job.cluster.source import chunk_digest, face_source, first_and_last, read_faces
 from job.config import Config, load_config
 from job.errors import ClusterError, UsageError
 from job.io.database import demo_database, load_database
 from job.io.demo import DemoSpec, make_demo, truth_json
-from job.pipeline import RunResult, first_and_last, plan_fit, run, shared_graph
+from job.pipeline import RunResult, plan_fit, run, shared_graph
 from job.progress import no_progress
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")

@@ -112,7 +112,7 @@ class ClusterFaces:
         shared = self._send((centroids, scale))
         calls = [(chunk, shared, candidates[start:stop], codes[start:stop], self.session.device)
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
-        found = self.session.run(CANDIDATES, _best_candidate, calls)
+        found = self.session.run(CANDIDATES, tasks.chunk_best_candidate, calls)
         return np.concatenate([value for value, _ in found]), np.concatenate([best for _, best in found])
 
     def face_graph(self, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None,
@@ -155,12 +155,6 @@ class ClusterFaces:
         future = self.session.scatter(value)
         self._sent = [(parts, future), *self._sent[:1]]
         return future
-
-
-def _best_candidate(unit: np.ndarray, shared: tuple[FloatArray, np.ndarray], candidates: IdArray, codes: IdArray,
-                    device: bool) -> tuple[np.ndarray, IdArray]:
-    centroids, scale = shared
-    return tasks.chunk_best_candidate(unit, centroids, scale, candidates, codes, device)
 
 
 def place_on_cluster(session: ClusterSession, fitted: FloatArray, indices: np.ndarray, distances: FloatArray,

@@ -81,6 +81,13 @@ def chunk_digest(ids: IdArray, unit: np.ndarray) -> str:
     return digest.hexdigest()
 
 
+def first_and_last(database: FaceDatabase) -> tuple[IdArray, str]:
+    """The input rows of the database's first and last faces and their digest: what every worker must read
+    the same before a cluster run starts (:meth:`job.cluster.session.ClusterSession.check`)."""
+    ends = np.unique([0, database.n_faces - 1])
+    return database.input_rows[ends], chunk_digest(database.ids[ends], database.unit[ends])
+
+
 def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
     """The unit vectors of input ``rows`` (n, dim), as the client's loader made them; runs on a worker.
 

@@ -121,12 +121,14 @@ def chunk_rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows
     return to_host(rowwise_dot(*_on(device, unit, others, index, rows)))
 
 
-def chunk_best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, candidates: IdArray,
+def chunk_best_candidate(unit: np.ndarray, shared: tuple[FloatArray, np.ndarray], candidates: IdArray,
                          codes: IdArray, device: bool = False) -> tuple[np.ndarray, IdArray]:
-    """:func:`job.analysis.suspects.best_candidate` for one chunk's faces; on the worker's GPU with ``device``."""
+    """:func:`job.analysis.suspects.best_candidate` for one chunk's faces (``shared``: the centroids and their
+    scales, sent to every worker once); on the worker's GPU with ``device``."""
     from job.analysis.suspects import best_candidate
     from job.xp import to_host
 
+    centroids, scale = shared
     value, best = best_candidate(*_on(device, unit, centroids, scale, candidates, codes))
     return to_host(value), to_host(best)
 

@@ -256,8 +256,8 @@ def rescore(found: np.ndarray, queries: np.ndarray, reference: np.ndarray, k: in
 
 
 def query_chunk(index: KnnIndex, queries: np.ndarray, k: int, own: IdArray) -> tuple[np.ndarray, FloatArray]:
-    """One chunk of the graph: ``k`` neighbours of ``queries``, with each reference face (``own`` >= 0, its
-    position) first. A pure function of its inputs, so a cluster can map it over chunks."""
+    """One chunk of the graph as the index answers it: ``k`` neighbours of ``queries``, with each reference face
+    (``own`` >= 0, its position) first (:func:`graph_rows` rescores host chunks)."""
     found, similarity = index.query(queries.astype(namespace(queries).float32, copy=False), k)
     return self_first(found, similarity, own)
 
