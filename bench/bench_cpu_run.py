@@ -92,7 +92,8 @@ def main() -> None:
         db = work / "actor.npy"
         subprocess.run([sys.executable, "-m", "job", "demo-db", str(db)], check=True, capture_output=True)
         seed = [sys.executable, "-c", SEED_CODE, str(db), str(work / "seed.png"), str(work / "seed_coords.npy")]
-        ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(work / "out"), *args.extra]
+        ours = [sys.executable, "-m", "job", "run", "--input", str(db), "--truth", str(work / "actor.truth.json"),
+                "--out", str(work / "out"), *args.extra]
         commands: dict[str, tuple[list[str], Path | None]] = {"seed": (seed, None)}
         if args.before:
             before = [sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(work / "before"),

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_scale import SIZES, database, machine  # noqa: E402
+from bench_scale import SIZES, database, machine, truth_of  # noqa: E402
 
 CHUNK_TASKS = ("read_faces", "chunk_sums", "chunk_rowwise_dot", "chunk_best_candidate", "chunk_graph", "chunk_place")
 """Tasks run once per chunk of faces (their count grows with the database); the rest are per merge or per map."""
@@ -86,8 +86,8 @@ def timed_tree(command: list[str]) -> tuple[float, float, list[float]]:
 
 
 def one_run(db: Path, out: Path, extra: list[str] = ()) -> dict[str, object]:
-    wall, client, others = timed_tree([sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(out),
-                                       "--seed", "0", *extra])
+    wall, client, others = timed_tree([sys.executable, "-m", "job", "run", "--input", str(db), "--truth",
+                                       str(truth_of(db)), "--out", str(out), "--seed", "0", *extra])
     record = json.loads((out / "run.json").read_text())
     m = record["metrics"]
     return {"wall_s": wall, "client_gb": client, "others_gb": others, "same_id": m["same_id_knn"],

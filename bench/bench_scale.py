@@ -76,8 +76,14 @@ def database(size: str, data: Path) -> Path:
     return path
 
 
+def truth_of(db: Path) -> Path:
+    """The ``NAME.truth.json`` that ``faceatlas demo-db`` wrote with ``NAME.npy`` (read only with ``--truth``)."""
+    return db.with_name(db.name.removesuffix(".npy") + ".truth.json")
+
+
 def ours(db: Path, out: Path, extra: list[str] = ()) -> dict[str, object]:
-    wall, rss = timed([sys.executable, "-m", "job", "run", "--input", str(db), "--out", str(out), *extra])
+    wall, rss = timed([sys.executable, "-m", "job", "run", "--input", str(db), "--truth", str(truth_of(db)),
+                       "--out", str(out), *extra])
     record = json.loads((out / "run.json").read_text())
     m = record["metrics"]
     return {"wall_s": wall, "rss_gb": rss, "same_id": m["same_id_knn"], "trust": m["trustworthiness"],

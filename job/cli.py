@@ -111,6 +111,9 @@ def run(
                                                      "[default: the first five identities].")] = None,
     names: Annotated[Optional[str], typer.Option(help="JSONL with one object per id (display names).")]
     = None,
+    truth: Annotated[Optional[str], typer.Option(help="The NAME.truth.json faceatlas demo-db wrote with the "
+                                                 "--input file: score the run against its planted answers.")]
+    = None,
     drop_invalid: Annotated[Optional[bool], typer.Option("--drop-invalid", help="Leave out faces with NaN/inf "
                                                          "or all-zero embeddings instead of refusing the input.")]
     = None,
@@ -132,8 +135,8 @@ def run(
             "input.path": input, "out": out, "backend": backend.value if backend else None,
             "umap.supervised": supervised, "umap.n_components": n_components, "seed": seed,
             "render.highlight": _parse_ids(highlight) if highlight is not None else None, "input.names": names,
-            "input.drop_invalid": drop_invalid, "input.sha256": sha256, "input.allow_http": allow_http,
-            "dask.address": dask,
+            "input.truth": truth, "input.drop_invalid": drop_invalid, "input.sha256": sha256,
+            "input.allow_http": allow_http, "dask.address": dask,
         }
         overrides = {key: value for key, value in flags.items() if value is not None}
         overrides.update(parse_assignment(text) for text in set_ or [])
@@ -249,6 +252,40 @@ def invert(
         _echo(f"wrote {out.resolve()}" if out is not None else "pass --out FILE.npy or --json to get the vector")
 
 
+@app.command()
+def report(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
+    color_by: Annotated[Optional[str], typer.Option("--color-by", help="The page's map colouring at first: id, "
+                                                    "cluster, suspect or density [default: as before].")] = None,
+) -> None:
+    """Write the run's atlas page (report.html) again from its files, without refitting."""
+    with _errors_to_exit_codes():
+        from job.report.rebuild import report_again
+
+        start = time.perf_counter()
+        path = report_again(folder, color_by, log=_say)
+        _echo(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
+
+
+@app.command()
+def render(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
+    highlight: Annotated[Optional[str], typer.Option(help="Ids to colour on the grey map and mark on the page, "
+                                                     "e.g. 0,1,2 [default: the run's].")] = None,
+    color_by: Annotated[Optional[str], typer.Option("--color-by", help="The page's map colouring at first: id, "
+                                                    "cluster, suspect or density [default: as before].")] = None,
+) -> None:
+    """Redraw the run's five PNG maps and its atlas page from its files, without refitting."""
+    with _errors_to_exit_codes():
+        from job.report.rebuild import render_again
+
+        start = time.perf_counter()
+        files = render_again(folder, _parse_ids(highlight) if highlight is not None else None, color_by, log=_say)
+        _echo(f"redrew {len(files)} files in {time.perf_counter() - start:.1f} s")
+        for role, path in files.items():
+            _echo(f"{role:>12}: {path.resolve()}")
+
+
 @app.command("demo-db")
 def demo_db(
     out: Annotated[Path, typer.Argument(help="Where to write the database (.npy).")],
@@ -262,7 +299,8 @@ def demo_db(
                                        "quality, low-quality faces, near-twins, misfiles from twins, re-enrolled "
                                        "photos, 1-30 faces each.")] = "standard",
 ) -> None:
-    """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers."""
+    """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers
+    (pass it to faceatlas run --truth to score a run against them)."""
     with _errors_to_exit_codes():
         from dataclasses import replace
 
@@ -291,6 +329,7 @@ def demo_db(
         _echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
                    f"{len(truth.lookalike_pairs)} look-alike pairs, {len(truth.twin_pairs)} near-twin pairs, "
                    f"{len(truth.low_quality_rows)} low-quality faces)")
+        _echo(f"score a run against them: faceatlas run --input {out} --truth {truth_path}")
 
 
 @app.command()

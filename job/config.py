@@ -41,6 +41,7 @@ class InputConfig(_Section):
     id_field: str = Field("id", description="identity id field (.npy) or column (Parquet)")
     embedding_field: str = Field("embedding", description="embedding field (.npy) or column (Parquet)")
     names: str = Field("", description='JSONL file, one object per id in id order; "" = no names')
+    truth: str = Field("", description='planted answers of a faceatlas demo-db file (NAME.truth.json); "" = none')
     drop_invalid: bool = Field(False, description="drop faces with NaN/inf or all-zero embeddings instead of "
                                                   "refusing the database")
     sha256: str = Field("", pattern=r"^([0-9a-fA-F]{64})?$",
@@ -54,7 +55,7 @@ class InputConfig(_Section):
         'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins')
 
 
-    @field_validator("path", "names")
+    @field_validator("path", "names", "truth")
     @classmethod
     def _plain_paths(cls, value: str) -> str:
         return _path_text(value)

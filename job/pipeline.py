@@ -1,4 +1,5 @@
-"""One faceatlas run: load -> plan the fit -> kNN graph -> verdicts -> UMAP -> place -> analyse -> render -> write.
+"""One faceatlas run: load -> plan the fit -> kNN graph -> verdicts -> UMAP -> place -> analyse -> render -> write
+-> the atlas page (report.html, :mod:`job.report`).
 
 Each stage is a function that takes frozen values and returns one; :func:`run` only chains them, times them
 and writes the outputs. Never prints: it reports through ``log`` and ``progress``.
@@ -29,6 +30,7 @@ from job.analysis.quality import (
     model_from_map,
     supervised_disagreement,
 )
+from job.analysis.similar import similar_identities
 from job.analysis.suspects import LOW_QUALITY, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray, take_rows
 from job.cluster.session import ClusterSession, open_cluster
@@ -47,7 +49,9 @@ from job.reduce.backends import Backend, UmapLearnBackend, resolve
 from job.reduce.extend import make_kernel, place_rest
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
-from job.render.maps import Frame, Framer, map_grid, render_analysis_maps, render_maps, require_render_memory
+from job.render.maps import Frame, MapVerdicts, draw_all_maps, require_render_memory
+from job.report.page import write_page
+from job.report.rundata import NAMES_FILE, write_names
 from job.store.outputs import PROJECTION_FILE, RUN_FILE, TRUTH_FILE, check_output_folder, staged_outputs, write_json, \
     write_projection
 from job.store.record import run_record
@@ -164,10 +168,12 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
                 files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging, cluster)
             with _timed(timings, "write"):
                 files.update(write_tables(database, verdicts, mapped, analysis, staging))
-            record = run_record(config, database, backend.name, reason, mapped.knn_method, graph.reason,
-                                mapped.placement, highlight, metrics, timings, files,
-                                None if gpu is None else gpu_record(gpu, cluster),
-                                None if cluster is None else cluster.record())
+            record = partial(run_record, config, database, backend.name, reason, mapped.knn_method, graph.reason,
+                             mapped.placement, highlight, metrics, timings, gpu=None if gpu is None
+                             else gpu_record(gpu, cluster), cluster=None if cluster is None else cluster.record())
+            with _timed(timings, "report"):  # the page shows the record (its files are hashed after)
+                files["report"] = write_page(staging, record(files={}), files, highlight, analysis.model)
+            record = record(files=files)
             files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
@@ -382,6 +388,8 @@ def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan,
                    duplicate_of=np.where(verdicts.original >= 0, database.input_rows[np.maximum(verdicts.original, 0)],
                                          -1).astype(np.int64))
     metrics["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
+    # added in 0.6: each face's most similar identities in 512-D (from the graph), shown by the atlas page
+    columns.update(similar_identities(graph, plan.table.codes, plan.table.ids).columns())
     if database.truth is not None:
         truth = against_truth(database.truth, database.input_rows, scores, pairs)
         metrics.update(suspect_precision=truth.suspect_precision, suspect_recall=truth.suspect_recall,
@@ -408,27 +416,21 @@ def render(config: Config, database: FaceDatabase, plan: FitPlan, highlight: lis
     scores, model = verdicts.scores, analysis.model
     require_render_memory(config.render, config.max_memory_bytes)
     labels_text = {int(i): database.label(i) for i in highlight}
-    title = Path(database.source).name
     density: Callable[[Frame], np.ndarray] | None = None
     if cluster is not None:
         from job.cluster.faces import density_on_cluster
 
         density = partial(density_on_cluster, cluster, mapped.coords)
-    grid = map_grid(mapped.coords, config.render, density)  # one frame, count grid and figure for all five maps
-    suggested = np.searchsorted(model.identity, np.maximum(scores.suggested_id[scores.suspect], 0))
-    filed = model.anchor[np.searchsorted(model.identity, database.ids[scores.suspect])]
-    with Framer(grid.frame) as framer:
-        files = render_maps(mapped.coords, database.ids, highlight, labels_text, config.render, staging, title,
-                            codes=plan.table.codes, grid=grid, framer=framer)
-        files.update(render_analysis_maps(mapped.coords, scores.suspect, model.anchor[suggested], filed,
-                                          analysis.clusters, config.render, staging, title,
-                                          scores.verdict == LOW_QUALITY, grid=grid, framer=framer))
-    return files
+    drawn = MapVerdicts.of(scores.suspect, scores.verdict == LOW_QUALITY, scores.suggested_id, database.ids,
+                           analysis.clusters, model.identity, model.anchor)
+    return draw_all_maps(mapped.coords, database.ids, plan.table.codes, highlight, labels_text, drawn, config.render,
+                         staging, Path(database.source).name, density)
 
 
 def write_tables(database: FaceDatabase, verdicts: Verdicts, mapped: MapResult, analysis: Analysis,
                  staging: Path) -> dict[str, Path]:
-    """projection.parquet, suspects.csv, lookalikes.csv, map_model.npz and, for a demo, truth.json."""
+    """projection.parquet, suspects.csv, low_quality.csv, lookalikes.csv, map_model.npz, names.json when the run
+    has names and truth.json when it has planted answers."""
     files = {
         "projection": write_projection(staging / PROJECTION_FILE, database.ids, mapped.coords, database.input_rows,
                                        analysis.columns),
@@ -439,6 +441,8 @@ def write_tables(database: FaceDatabase, verdicts: Verdicts, mapped: MapResult, 
         "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names),
         "model": save_model(analysis.model, staging / MODEL_FILE),
     }
+    if database.names is not None:
+        files["names"] = write_names(staging / NAMES_FILE, database.names)
     if database.truth is not None:
         files["truth"] = write_json(staging / TRUTH_FILE, database.truth.to_json())
     return files

@@ -27,22 +27,29 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+def truth_of(db: Path) -> Path:
+    """The ``NAME.truth.json`` written with a demo database ``NAME.npy`` (read only when given as ``--truth``)."""
+    return db.with_name(db.name.removesuffix(".npy") + ".truth.json")
+
+
 @pytest.fixture(scope="session")
 def small_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A ~1,000-face demo database in the seed's actor.npy format, with ``small.truth.json`` beside it (as
-    ``faceatlas demo-db`` writes), so runs on it report precision/recall against the planted answers."""
+    ``faceatlas demo-db`` writes); runs given it as ``input.truth`` (:func:`truth_of`) report precision/recall
+    against the planted answers."""
     records, truth = make_demo(SMALL)
     path = tmp_path_factory.mktemp("db") / "small.npy"
     np.save(path, records, allow_pickle=False)
-    path.with_name("small.truth.json").write_text(truth_json(truth), encoding="utf-8")
+    truth_of(path).write_text(truth_json(truth), encoding="utf-8")
     return path
 
 
 @pytest.fixture(scope="session")
 def smoke_config(small_db: Path, tmp_path_factory: pytest.TempPathFactory) -> Config:
+    """The smoke config on the small database, scored against its planted answers."""
     out = tmp_path_factory.mktemp("run")
     return load_config(Path(__file__).parents[1] / "configs" / "smoke.toml",
-                       {"input.path": str(small_db), "out": str(out)})
+                       {"input.path": str(small_db), "input.truth": str(truth_of(small_db)), "out": str(out)})
 
 
 @pytest.fixture(scope="session")

@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from job import __version__
 from job.cli import app
+from tests.conftest import truth_of
 
 runner = CliRunner()
 ROOT = Path(__file__).parents[1]
@@ -48,19 +49,22 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     result = runner.invoke(app, ["run", "--config", SMOKE, "--input", str(small_db), "--out", str(out),
                                  "--highlight", "3,5,8", "--names", str(names), "--seed", "7",
-                                 "--set", "umap.n_neighbors=12"])
+                                 "--truth", str(truth_of(small_db)), "--set", "umap.n_neighbors=12"])
     assert result.exit_code == 0, result.output
     for name in ("projection.parquet", "map_identities.png", "map_highlight.png", "map_density.png", "run.json",
                  "map_suspects.png", "map_clusters.png", "suspects.csv", "lookalikes.csv", "map_model.npz",
-                 "low_quality.csv"):
+                 "low_quality.csv", "truth.json", "names.json", "report.html"):
         assert (out / name).is_file()
         assert str((out / name).resolve()) in result.stdout  # says where each file is
     table = pq.read_table(out / "projection.parquet")
     assert table.column_names == ["row", "id", "x", "y", "outlier_score", "suspect", "suggested_id", "cluster",
-                                  "held_out", "fitted", "verdict", "quality", "fit", "duplicate_of"]
+                                  "held_out", "fitted", "verdict", "quality", "fit", "duplicate_of",
+                                  "similar_id_1", "similar_id_2", "similar_id_3", "similar_cos_1", "similar_cos_2",
+                                  "similar_cos_3"]
     assert [str(t) for t in table.schema.types] == ["int64", "int64", "float", "float", "float", "bool", "int64",
                                                     "int64", "bool", "bool", "dictionary<values=string, indices=int32, "
-                                                    "ordered=0>", "float", "float", "int64"]
+                                                    "ordered=0>", "float", "float", "int64"] + ["int64"] * 3 \
+        + ["float"] * 3
     assert (table.column("fitted").to_numpy() != table.column("held_out").to_numpy()).all()  # small: all fitted
     records = np.load(small_db)
     assert table.column("row").to_pylist() == list(range(len(records)))
@@ -76,7 +80,8 @@ def test_run_writes_the_contract(small_db: Path, tmp_path: Path) -> None:
     assert record["input"]["dropped"] == {"nan_or_inf": 0, "zero": 0}
     assert record["file_sha256"].keys() == {p.name for p in out.iterdir()} - {"run.json"}
     assert record["input"]["n_faces"] == len(records) and record["input"]["dtype"] == "float16"
-    assert {"trustworthiness", "same_id_knn"} <= set(record["metrics"])
+    assert {"trustworthiness", "same_id_knn", "suspect_precision", "suspect_recall"} <= set(record["metrics"])
+    assert record["config"]["input"]["truth"] == str(truth_of(small_db))
     assert {"load", "umap", "metrics", "render"} <= set(record["timings"])
     assert {"umap-learn", "datashader", "numpy"} <= set(record["versions"])
 
@@ -88,7 +93,8 @@ def test_three_dimensional_supervised_run(small_db: Path, tmp_path: Path) -> Non
     assert result.exit_code == 0, result.output
     assert pq.read_table(out / "projection.parquet").column_names == [
         "row", "id", "x", "y", "z", "outlier_score", "suspect", "suggested_id", "cluster", "held_out",
-        "supervised_disagreement", "fitted", "verdict", "quality", "fit", "duplicate_of"]
+        "supervised_disagreement", "fitted", "verdict", "quality", "fit", "duplicate_of",
+        "similar_id_1", "similar_id_2", "similar_id_3", "similar_cos_1", "similar_cos_2", "similar_cos_3"]
     record = json.loads((out / "run.json").read_text())
     assert record["config"]["umap"]["supervised"] is True
     assert record["metrics"]["same_id_knn"] > 0.9  # labels pull identities together
@@ -103,6 +109,7 @@ def test_demo_db_writes_the_seed_format_and_truth(tmp_path: Path) -> None:
     assert records.dtype == np.dtype([("id", "<u2"), ("embedding", "<f2", (512,))])
     truth = json.loads((tmp_path / "actor.truth.json").read_text())
     assert {"misfiled", "lookalike_pairs", "spec"} <= set(truth)
+    assert f"--truth {tmp_path / 'actor.truth.json'}" in result.stdout  # how to score a run against it
     assert all(records["id"][m["row"]] != m["true_id"] for m in truth["misfiled"])
 
 
@@ -139,6 +146,7 @@ def test_backends_reports_json(monkeypatch: pytest.MonkeyPatch) -> None:
         (["--highlight", "99999"], 2, "ids 99999 are not in"),
         (["--backend", "cuml"], 4, "faceatlas[gpu]"),
         (["--input", "/nonexistent/db.npy"], 3, "/nonexistent/db.npy"),
+        (["--truth", "/nonexistent/db.truth.json"], 3, "/nonexistent/db.truth.json: cannot read a demo truth file"),
     ],
 )
 def test_errors_are_one_line_with_exit_codes(small_db: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,

@@ -38,6 +38,7 @@ from job.io.database import demo_database, load_database
 from job.io.demo import DemoSpec, make_demo, truth_json
 from job.pipeline import RunResult, plan_fit, run, shared_graph
 from job.progress import no_progress
+from tests.conftest import truth_of
 
 SMOKE = str(Path(__file__).parents[1] / "configs" / "smoke.toml")
 TABLES = ("suspects.csv", "lookalikes.csv", "low_quality.csv", "truth.json")
@@ -57,18 +58,19 @@ def cluster():
 
 @pytest.fixture(scope="module")
 def db20k(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A 20k-face planted demo database (4,000 identities), with its truth file beside it."""
+    """A 20k-face planted demo database (4,000 identities), with its truth file beside it (given as --truth by
+    :func:`_config`)."""
     records, truth = make_demo(DemoSpec(n_identities=4000, faces_per_identity=5, seed=2))
     path = tmp_path_factory.mktemp("db20k") / "db20k.npy"
     np.save(path, records, allow_pickle=False)
-    path.with_name("db20k.truth.json").write_text(truth_json(truth), encoding="utf-8")
+    truth_of(path).write_text(truth_json(truth), encoding="utf-8")
     return path
 
 
 def _config(db: Path, out: Path, **overrides: Any) -> Config:
     # a sample is fitted (sample_above 10k), so 16k faces are placed on the fitted map: every stage runs
-    return load_config(Path(SMOKE), {"input.path": str(db), "out": str(out), "umap.sample_above": 10_000,
-                                     **overrides})
+    return load_config(Path(SMOKE), {"input.path": str(db), "input.truth": str(truth_of(db)), "out": str(out),
+                                     "umap.sample_above": 10_000, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,7 @@ from job.pipeline import run
 from job.reduce.backends import probe_gpu, resolve
 from job.reduce.gpu_umap import MIN_CUML, cuml_params, installed_cuml
 from job.reduce.params import fit_params
+from tests.conftest import truth_of
 
 FIXTURES = Path(__file__).parent / "fixtures"
 CUML = json.loads((FIXTURES / "cuml-26.10.json").read_text())
@@ -145,7 +146,8 @@ def test_backends_command_shows_the_gpu(fake_gpu) -> None:
 
 
 def _config(small_db: Path, out: Path, **overrides):
-    return load_config(SMOKE, {"input.path": str(small_db), "out": str(out), **overrides})
+    return load_config(SMOKE, {"input.path": str(small_db), "input.truth": str(truth_of(small_db)), "out": str(out),
+                               **overrides})
 
 
 @pytest.fixture(scope="module")

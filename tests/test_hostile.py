@@ -206,12 +206,18 @@ def _args(*args: str) -> Build:
     return build
 
 
-def _truth_beside(text: str) -> Build:
+def _truth_file(text: str) -> Build:
+    """``text`` as ``db.truth.json`` beside ``db.npy``, given with ``--truth`` (the last two arguments)."""
     def build(folder: Path) -> list[str]:
         np.save(folder / "db.npy", RECORDS)
         (folder / "db.truth.json").write_text(text, encoding="utf-8")
-        return ["--input", str(folder / "db.npy")]
+        return ["--input", str(folder / "db.npy"), "--truth", str(folder / "db.truth.json")]
     return build
+
+
+NOT_OURS = '{"misfiled": 1}'
+ROWS_BEYOND = ('{"generator": "faceatlas.demo", "spec": {}, "misfiled": [{"row": 999999, "true_id": 1}], '
+               '"lookalike_pairs": []}')
 
 
 def _ragged_parquet() -> Build:
@@ -369,11 +375,12 @@ CASES: dict[str, Case] = {
     "URL with spaces": Case(lambda f: ["--input", "https://127.0.0.1/my faces.npy"], 2, "percent-encode"),
     "URL with a broken host": Case(lambda f: ["--input", "https://[::1/db.npy"], 2, "not a valid URL"),
     "cuML on a machine without it": Case(_args("--backend", "cuml"), 4, "cuml"),
-    "truth.json beside the input is not ours": Case(_truth_beside('{"misfiled": 1}'), 3,
-                                                    "db.truth.json: not a faceatlas demo truth file"),
-    "truth.json names rows beyond the input": Case(_truth_beside(
-        '{"generator": "faceatlas.demo", "spec": {}, "misfiled": [{"row": 999999, "true_id": 1}], '
-        '"lookalike_pairs": []}'), 3, "names rows beyond the"),
+    "--truth file is not ours": Case(_truth_file(NOT_OURS), 3, "db.truth.json: not a faceatlas demo truth file"),
+    "--truth names rows beyond the input": Case(_truth_file(ROWS_BEYOND), 3, "names rows beyond the"),
+    "--truth file missing": Case(_args("--truth", "/nonexistent/db.truth.json"), 3,
+                                 "/nonexistent/db.truth.json: cannot read a demo truth file"),
+    "--truth with the built-in demo": Case(lambda f: ["--truth", str(f / "db.truth.json")], 2,
+                                           "the built-in demo has its own planted answers; drop --truth"),
     # second round (issue 10): every reader, not only the database loader
     "negative ids": Case(_npz(ids=-IDS - 1, embeddings=VECTORS), 3, "have negative ids"),
     "ids -15..14 (some negative)": Case(_npz(ids=IDS - 15, embeddings=VECTORS), 3, "faceatlas needs ids >= 0"),
@@ -434,6 +441,21 @@ def test_hostile_case(name: str, tmp_path: Path) -> None:
     assert case.message in errors[0]
     assert ";" in errors[0]  # problem; fix
     assert _snapshot(tmp_path) == before  # nothing written, nothing half-written, nothing staged
+
+
+@pytest.mark.parametrize("text", [NOT_OURS, ROWS_BEYOND], ids=["not ours", "rows beyond"])
+def test_a_bad_truth_file_beside_the_input_is_read_only_when_given(text: str, tmp_path: Path) -> None:
+    """A ``db.truth.json`` beside ``db.npy`` is not faceatlas's business unless it is passed with ``--truth``."""
+    args = _truth_file(text)(tmp_path)
+    result = CliRunner().invoke(app, ["run", "--config", SMOKE, "--out", str(tmp_path / "a"), *args[:-2]])
+    assert result.exit_code == 0, result.output
+    assert "suspect_precision" not in (tmp_path / "a" / "run.json").read_text()
+    assert not (tmp_path / "a" / "truth.json").exists()
+    refused = CliRunner().invoke(app, ["run", "--config", SMOKE, "--out", str(tmp_path / "b"), *args])
+    assert refused.exit_code == 3, refused.output
+    errors = [line for line in refused.stderr.splitlines() if line.startswith("faceatlas: error: ")]
+    assert len(errors) == 1 and "db.truth.json: " in errors[0] and "drop --truth" in errors[0], refused.stderr
+    assert not (tmp_path / "b").exists()
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:

@@ -72,7 +72,7 @@ def test_run_writes_the_analysis_contract(run_dir: Path, projection) -> None:
     assert scores == sorted(scores, reverse=True) and min(scores) > 0
     assert {int(r["row"]) for r in rows} == set(flagged["row"].tolist())
     assert all(int(r["suggested_id"]) != int(r["id"]) for r in rows)
-    assert metrics["suspect_precision"] >= 0.9 and metrics["suspect_recall"] >= 0.9  # small.truth.json beside it
+    assert metrics["suspect_precision"] >= 0.9 and metrics["suspect_recall"] >= 0.9  # input.truth: small.truth.json
     with (run_dir / "lookalikes.csv").open() as handle:
         pairs = list(csv.DictReader(handle))
     assert list(pairs[0]) == ["id_a", "id_b", "similarity", "possible_same_person"] and len(pairs) >= 100

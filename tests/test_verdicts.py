@@ -182,7 +182,8 @@ def test_a_wild_run_writes_the_verdicts(tmp_path: Path) -> None:
     db = tmp_path / "wild.npy"
     np.save(db, records, allow_pickle=False)
     db.with_name("wild.truth.json").write_text(truth_json(truth), encoding="utf-8")
-    config = load_config(SMOKE, {"input.path": str(db), "out": str(tmp_path / "out")})
+    config = load_config(SMOKE, {"input.path": str(db), "input.truth": str(db.with_name("wild.truth.json")),
+                                 "out": str(tmp_path / "out")})
     result = run(config)
     import pyarrow.parquet as pq
 

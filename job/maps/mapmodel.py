@@ -170,7 +170,8 @@ def _value_problem(arrays: dict[str, np.ndarray]) -> str:
     identity, anchor, count = arrays["identity"], arrays["anchor"].astype(np.float64), arrays["count"]
     placed = np.isfinite(anchor).all(axis=1)
     with np.errstate(invalid="ignore", over="ignore"):
-        lengths = np.linalg.norm(arrays["centroid"].astype(np.float64), axis=1)
+        centroid = arrays["centroid"]  # squared lengths summed in float64 without a float64 copy of the table
+        lengths = np.sqrt(np.einsum("ij,ij->i", centroid, centroid, dtype=np.float64))
         radius = float(arrays["radius"])
         checks = {
             "identities not sorted and unique": bool(np.any(np.diff(identity) <= 0)),

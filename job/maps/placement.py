@@ -26,6 +26,7 @@ from job.maps.mapmodel import MapModel
 TEMPERATURE = 0.02
 VOTERS = 15
 SHARPEN = 4.0
+_RESCORED = 5  # candidates beyond k whose cosines nearest() sums again exactly
 
 
 @dataclass(frozen=True)
@@ -156,14 +157,58 @@ class Neighbour:
 
 def nearest(model: MapModel, point: FloatArray, k: int = 10) -> list[Neighbour]:
     """The ``k`` identities most similar to the embedding-space vector of ``point``, best first."""
-    inversion = invert(model, point)
-    index, sims = top_similar(inversion.vector[None, :], model.centroid, k)
-    point = np.asarray(point, dtype=np.float32).reshape(-1)
+    point = np.asarray(point, dtype=np.float64).reshape(-1)
+    invert(model, point)  # refuses a malformed point, or one off the populated map, with the reason
+    answers = nearest_points(model, point[None, :], k)
+    return [Neighbour(int(i), float(s), float(d))
+            for i, s, d in zip(answers.ids[0].tolist(), answers.similarity[0].tolist(),
+                               answers.map_distance[0].tolist(), strict=True)]
+
+
+@dataclass(frozen=True)
+class NearestAnswers:
+    """:func:`nearest` for many map points (m, n_components): ``ids`` (m, k) int64, ``similarity`` (m, k)
+    float32, ``map_distance`` (m, k) float32, and ``on_map`` (m,) bool (rows off the map hold -1 / NaN)."""
+
+    ids: IdArray
+    similarity: FloatArray
+    map_distance: FloatArray
+    on_map: np.ndarray
+
+
+def nearest_points(model: MapModel, points: np.ndarray, k: int = 10) -> NearestAnswers:
+    """The ``k`` identities most similar to each map point's embedding-space vector, best first; the same
+    arithmetic as :func:`nearest` (which calls it for one point), in one pass over the centroids."""
+    points = np.asarray(points, dtype=np.float64)
+    inverted = invert_points(model, points)
+    m, k = len(points), min(k, len(model.identity))
+    ids = np.full((m, k), -1, dtype=np.int64)
+    similarity = np.full((m, k), np.nan, dtype=np.float32)
+    distance = np.full((m, k), np.nan, dtype=np.float32)
+    on = np.flatnonzero(inverted.on_map)
+    if len(on):
+        # BLAS finds the candidates; their cosines are summed again in float64 without BLAS, so the answer does
+        # not depend on how many threads BLAS ran (its last bits do), and near-ties rank the same everywhere
+        wide, _ = top_similar(inverted.vectors[on], model.centroid, min(k + _RESCORED, len(model.identity)))
+        exact = np.einsum("md,mkd->mk", inverted.vectors[on].astype(np.float64),
+                          model.centroid[wide].astype(np.float64))
+        order = np.lexsort((wide, -exact), axis=1)[:, :k]
+        index = np.take_along_axis(wide, order, axis=1)
+        ids[on], similarity[on] = model.identity[index], np.take_along_axis(exact, order, axis=1)
+        distance[on] = _map_distances(model, points[on].astype(np.float32), index)
+    return NearestAnswers(ids, similarity, distance, inverted.on_map)
+
+
+def _map_distances(model: MapModel, points: FloatArray, codes: np.ndarray) -> FloatArray:
+    """Distance (m, k) from each point to the nearest map face of each identity ``codes`` (m, k) (inf: none)."""
     order = np.argsort(model.face_identity, kind="stable")
-    bounds = np.searchsorted(model.face_identity[order], np.stack([index[0], index[0] + 1]))
-    answers = []
-    for rank, (code, similarity) in enumerate(zip(index[0].tolist(), sims[0].tolist(), strict=True)):
-        own = model.coords[order[bounds[0, rank] : bounds[1, rank]]]
-        distance = float(np.linalg.norm(own - point, axis=1).min()) if len(own) else float("inf")
-        answers.append(Neighbour(int(model.identity[code]), float(similarity), distance))
-    return answers
+    starts = np.searchsorted(model.face_identity[order], codes.ravel())
+    stops = np.searchsorted(model.face_identity[order], codes.ravel() + 1)
+    lengths = stops - starts
+    pair = np.repeat(np.arange(codes.size), lengths)
+    face = order[np.repeat(starts, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
+                                                                                    lengths)]
+    gaps = np.linalg.norm(model.coords[face] - points[pair // codes.shape[1]], axis=1)
+    best = np.full(codes.size, np.inf, dtype=np.float64)
+    np.minimum.at(best, pair, gaps)
+    return best.reshape(codes.shape).astype(np.float32)

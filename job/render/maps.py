@@ -37,7 +37,7 @@ RENDER_BYTES_PER_PIXEL = 200
 PNG_LEVEL = 3  # zlib level: measured on the 5k maps, 22 ms a map instead of 35 ms at 6, files ~15% larger
 _MARGINS = MARGINS
 _FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
-__all__ = ["Frame", "Framer", "MapGrid", "make_frame", "map_grid", "render_analysis_maps", "render_maps"]
+__all__ = ["Frame", "Framer", "MapGrid", "MapVerdicts", "draw_all_maps", "make_frame", "map_grid", "render_analysis_maps", "render_maps"]
 
 
 @dataclass(frozen=True)
@@ -210,6 +210,42 @@ def render_analysis_maps(
                                        f"{title}: {n_clusters:,} HDBSCAN clusters (grey: noise, {noise:.0%})\n"
                                        f"{len(coords):,} faces", None, out_dir / MAP_FILES["cluster_map"]),
         }
+
+
+def draw_all_maps(coords: FloatArray, ids: IdArray, codes: IdArray, highlight: list[int], labels: dict[int, str],
+                  verdicts: MapVerdicts, config: RenderConfig, out_dir: Path, title: str,
+                  density: Callable[[Frame], np.ndarray] | None = None) -> dict[str, Path]:
+    """The five PNG maps of a run into ``out_dir`` (the run draws them, and ``faceatlas render`` again from its
+    files): one grid and one figure for all five. ``density``: as for :func:`map_grid`."""
+    grid = map_grid(coords, config, density)
+    with Framer(grid.frame) as framer:
+        files = render_maps(coords, ids, highlight, labels, config, out_dir, title, codes=codes, grid=grid,
+                            framer=framer)
+        files.update(render_analysis_maps(coords, verdicts.suspect, verdicts.targets, verdicts.filed,
+                                          verdicts.clusters, config, out_dir, title, verdicts.low_quality,
+                                          grid=grid, framer=framer))
+    return files
+
+
+@dataclass(frozen=True)
+class MapVerdicts:
+    """What the suspect and cluster maps draw: ``suspect`` and ``low_quality`` (n_faces,) bool, ``targets`` and
+    ``filed`` (n_suspects, n_components) float32 (where each suspect's suggested and filed identities sit),
+    ``clusters`` (n_faces,) int64."""
+
+    suspect: np.ndarray
+    low_quality: np.ndarray
+    targets: FloatArray
+    filed: FloatArray
+    clusters: IdArray
+
+    @classmethod
+    def of(cls, suspect: np.ndarray, low_quality: np.ndarray, suggested_id: IdArray, ids: IdArray,
+           clusters: IdArray, identity: IdArray, anchor: FloatArray) -> MapVerdicts:
+        """From per-face verdicts and the map model's ``identity`` ids and their ``anchor`` positions."""
+        suggested = np.searchsorted(identity, np.maximum(suggested_id[suspect], 0))
+        filed = anchor[np.searchsorted(identity, ids[suspect])]
+        return cls(suspect, low_quality, anchor[suggested], filed, clusters)
 
 
 def segment_mask(frame: Frame, starts: FloatArray, ends: FloatArray) -> np.ndarray:

@@ -43,7 +43,8 @@ _STAGING = ".staging-"
 _PENDING = ".faceatlas-replacing.json"  # file-by-file mode: the names being replaced, until run.json is in
 _STAGING_TAIL = r"\.staging-\d+-[0-9a-f]{8}"
 _MARKER = ".faceatlas-staging"  # inside every staging folder: only folders holding it are ever deleted as ours
-_OUR_FILES = r"(projection\.parquet|run\.json|truth\.json|suspects\.csv|lookalikes\.csv|map_[a-z_]+\.(png|npz)" \
+_OUR_FILES = r"(projection\.parquet|run\.json|truth\.json|names\.json|report\.html|suspects\.csv|lookalikes\.csv" \
+             r"|low_quality\.csv|map_[a-z_]+\.(png|npz)" \
              r"|\.faceatlas-replacing\.json)"
 _OWN_HIDDEN = re.compile(rf"^(\.{_OUR_FILES}\.\d+\.tmp|\.faceatlas-replacing\.json|\.faceatlas-staging)$")
 _OWN_STAGING = re.compile(rf"^{_STAGING_TAIL}$")

@@ -1,0 +1,496 @@
+/* faceatlas atlas page: the interactive map and the tables. Hand-written canvas code, no library.
+   Data comes from two blocks in the page: #fa-meta (JSON) and #fa-blob (base64 typed arrays, indexed by
+   meta.blob: name -> [dtype, byte offset, length]). Every user-given string reaches the page through
+   textContent, never as markup. The page makes no network request (its Content-Security-Policy forbids it). */
+(function () {
+  "use strict";
+  var started = performance.now();
+  var meta = JSON.parse(document.getElementById("fa-meta").textContent);
+  var TYPES = { f4: Float32Array, f8: Float64Array, u4: Uint32Array, i4: Int32Array, u1: Uint8Array };
+  var buffer = decode(document.getElementById("fa-blob").textContent);
+  function decode(text) {
+    var raw = atob(text.trim()), bytes = new Uint8Array(raw.length);
+    for (var i = 0; i < raw.length; i++) bytes[i] = raw.charCodeAt(i);
+    return bytes.buffer;
+  }
+  function arr(name) {
+    var entry = meta.blob[name];
+    return entry ? new TYPES[entry[0]](buffer, entry[1], entry[2]) : null;
+  }
+  var P = { x: arr("px"), y: arr("py"), row: arr("row"), ident: arr("ident"), verdict: arr("verdict"),
+            suggested: arr("suggested"), score: arr("score"), cluster: arr("cluster"), held: arr("held"),
+            simIdent: arr("sim_ident"), simCos: arr("sim_cos") };
+  var SIM_N = meta.blob.sim_ident ? meta.blob.sim_ident[3] : 0;
+  var I = { id: arr("id"), ax: arr("anchor_x"), ay: arr("anchor_y"), faces: arr("faces") };
+  var G = { ident: arr("grid_ident"), sim: arr("grid_sim"), dist: arr("grid_dist") };
+  var N = P.x.length, NI = I.id.length, names = meta.names, F = meta.frame;
+  var MISFILED = meta.verdicts.indexOf("misfiled"), LOWQ = meta.verdicts.indexOf("low_quality");
+
+  function $(id) { return document.getElementById(id); }
+  function el(tag, text, cls) {
+    var node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (cls) node.className = cls;
+    return node;
+  }
+  function label(code) {
+    if (code < 0) return "none";
+    var name = names ? names[code] : null;
+    return String(I.id[code]) + (name ? " (" + name + ")" : "");
+  }
+  function fmt(value, digits) { return isFinite(value) ? value.toFixed(digits) : "\u2013"; }
+
+  /* colours: an identity's or cluster's hue from its index (golden-ratio steps), packed as canvas RGBA */
+  function hsl(h, s, l) {
+    var a = s * Math.min(l, 1 - l);
+    function f(n) { var k = (n + h * 12) % 12; return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1)); }
+    return [Math.round(f(0) * 255), Math.round(f(8) * 255), Math.round(f(4) * 255)];
+  }
+  function pack(rgb, alpha) { return ((alpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0; }
+  function hue(i) {
+    return hsl((i * 0.6180339887) % 1, 0.55 + 0.35 * ((i * 7919) % 13) / 12, 0.32 + 0.22 * ((i * 104729) % 7) / 6);
+  }
+  var palette = new Uint32Array(NI);
+  for (var c = 0; c < NI; c++) palette[c] = pack(hue(c), 255);
+  var GREY = pack([170, 170, 170], 255), LIGHT = pack([214, 214, 214], 255), RED = pack([214, 39, 40], 255);
+  var PURPLE = pack([142, 68, 173], 255), INK = pack([8, 48, 107], 150);
+  function cssColour(rgb) { return "rgb(" + rgb[0] + "," + rgb[1] + "," + rgb[2] + ")"; }
+
+  /* state */
+  var state = { colorBy: meta.color_by, suspects: false, highlight: new Set(), dim: false, selected: -1, cell: -1 };
+  (meta.highlight || []).forEach(function (id) { var code = findId(id); if (code >= 0) state.highlight.add(code); });
+  function findId(id) {
+    var lo = 0, hi = NI - 1;
+    while (lo <= hi) {
+      var mid = (lo + hi) >> 1;
+      if (I.id[mid] === id) return mid;
+      if (I.id[mid] < id) lo = mid + 1; else hi = mid - 1;
+    }
+    return -1;
+  }
+
+  /* spatial index: the drawn points bucketed on a grid over the frame, for hover and click */
+  var BX = Math.max(1, Math.min(1024, Math.ceil(Math.sqrt(N / 4)))), BY = BX;
+  var bw = (F.x1 - F.x0) / BX, bh = (F.y1 - F.y0) / BY;
+  var bucketStart = new Uint32Array(BX * BY + 1), bucketItems = new Uint32Array(N);
+  (function () {
+    var cellOf = new Uint32Array(N), i;
+    for (i = 0; i < N; i++) {
+      var bx = Math.min(BX - 1, Math.max(0, Math.floor((P.x[i] - F.x0) / bw)));
+      var by = Math.min(BY - 1, Math.max(0, Math.floor((P.y[i] - F.y0) / bh)));
+      cellOf[i] = by * BX + bx; bucketStart[cellOf[i] + 1]++;
+    }
+    for (i = 0; i < BX * BY; i++) bucketStart[i + 1] += bucketStart[i];
+    var fill = bucketStart.slice(0, BX * BY);
+    for (i = 0; i < N; i++) bucketItems[fill[cellOf[i]]++] = i;
+  })();
+  var facesOf = new Map();  // identity code -> drawn point indices, built on first use
+  function pointsOf(code) {
+    if (!facesOf.size) for (var i = 0; i < N; i++) {
+      var list = facesOf.get(P.ident[i]); if (!list) facesOf.set(P.ident[i], list = []); list.push(i);
+    }
+    return facesOf.get(code) || [];
+  }
+
+  /* the view: map units to CSS pixels */
+  var canvas = $("fa-map"), ctx = canvas.getContext("2d"), tip = $("fa-tip"), underlay = $("fa-underlay");
+  var view = { cx: (F.x0 + F.x1) / 2, cy: (F.y0 + F.y1) / 2, scale: 1, base: 1 }, width = 0, height = 0, dpr = 1;
+  var image = null, pixels = null, layer = document.createElement("canvas"), layerCtx = layer.getContext("2d");
+  function resize() {
+    if (!canvas.clientWidth || !canvas.clientHeight) return false;  // hidden or mid-layout: keep the last size
+    dpr = window.devicePixelRatio || 1;
+    width = canvas.clientWidth; height = canvas.clientHeight;
+    canvas.width = Math.round(width * dpr); canvas.height = Math.round(height * dpr);
+    layer.width = canvas.width; layer.height = canvas.height;
+    image = layerCtx.createImageData(canvas.width, canvas.height);
+    pixels = new Uint32Array(image.data.buffer);
+    return true;
+  }
+  function fit() {
+    view.cx = (F.x0 + F.x1) / 2; view.cy = (F.y0 + F.y1) / 2;
+    view.scale = view.base = Math.min(width / (F.x1 - F.x0), height / (F.y1 - F.y0));
+  }
+  function sx(x) { return (x - view.cx) * view.scale + width / 2; }
+  function sy(y) { return height / 2 - (y - view.cy) * view.scale; }
+  function mapX(px) { return (px - width / 2) / view.scale + view.cx; }
+  function mapY(py) { return view.cy - (py - height / 2) / view.scale; }
+
+  function colourOf(i) {
+    switch (state.colorBy) {
+      case "cluster": return P.cluster[i] < 0 ? LIGHT : palette[P.cluster[i] % NI];
+      case "suspect": return P.verdict[i] === MISFILED ? RED : P.verdict[i] === LOWQ ? PURPLE : GREY;
+      case "density": return INK;
+      default: return palette[P.ident[i]];
+    }
+  }
+  var pending = false;
+  function redraw() { if (!pending) { pending = true; requestAnimationFrame(draw); } }
+  function draw() {
+    pending = false;
+    if (!image) return;  // no size yet: the first resize draws
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+    if (state.colorBy === "density" || meta.sampled) {
+      ctx.imageSmoothingEnabled = view.scale / view.base < 4;
+      ctx.drawImage(underlay, sx(F.x0), sy(F.y1), (F.x1 - F.x0) * view.scale, (F.y1 - F.y0) * view.scale);
+    }
+    drawPoints();
+    drawOverlays();
+  }
+  function drawPoints() {
+    var zoom = view.scale / view.base, W = canvas.width, H = canvas.height;
+    var base = N < 20000 ? 3 : N < 100000 ? 2 : 1;
+    var size = Math.max(1, Math.min(8, Math.round(base * Math.sqrt(zoom) * dpr)));
+    var dim = state.dim && state.highlight.size > 0, half = size >> 1;
+    pixels.fill(0);
+    var ox = (width / 2 - view.cx * view.scale) * dpr, oy = (height / 2 + view.cy * view.scale) * dpr;
+    var s = view.scale * dpr;
+    for (var i = 0; i < N; i++) {
+      var px = Math.round(P.x[i] * s + ox) - half, py = Math.round(oy - P.y[i] * s) - half;
+      if (px < -size || py < -size || px >= W || py >= H) continue;
+      var colour = dim && !state.highlight.has(P.ident[i]) ? LIGHT : colourOf(i);
+      for (var dy = 0; dy < size; dy++) {
+        var yy = py + dy; if (yy < 0 || yy >= H) continue;
+        var at = yy * W;
+        for (var dx = 0; dx < size; dx++) { var xx = px + dx; if (xx >= 0 && xx < W) pixels[at + xx] = colour; }
+      }
+    }
+    layerCtx.putImageData(image, 0, 0);
+    ctx.setTransform(1, 0, 0, 1, 0, 0);
+    ctx.drawImage(layer, 0, 0);
+    ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
+  }
+  function ring(x, y, r, colour, lineWidth) {
+    ctx.beginPath(); ctx.arc(sx(x), sy(y), r, 0, 2 * Math.PI);
+    ctx.strokeStyle = colour; ctx.lineWidth = lineWidth; ctx.stroke();
+  }
+  function drawOverlays() {
+    if (state.suspects) {
+      for (var i = 0; i < N; i++) if (P.verdict[i] === MISFILED) ring(P.x[i], P.y[i], 4, "rgb(214,39,40)", 1.5);
+    }
+    state.highlight.forEach(function (code) {
+      var colour = cssColour(hue(code));
+      pointsOf(code).forEach(function (i) { ring(P.x[i], P.y[i], 5, colour, 2); });
+      if (isFinite(I.ax[code])) {  // the identity's place on the map, also when none of its faces is drawn
+        var x = sx(I.ax[code]), y = sy(I.ay[code]);
+        ctx.beginPath(); ctx.moveTo(x - 7, y - 7); ctx.lineTo(x + 7, y + 7); ctx.moveTo(x + 7, y - 7);
+        ctx.lineTo(x - 7, y + 7); ctx.strokeStyle = colour; ctx.lineWidth = 2.5; ctx.stroke();
+      }
+    });
+    if (state.selected >= 0) {
+      var f = state.selected;
+      ring(P.x[f], P.y[f], 8, "#000", 2.5);
+      if (P.verdict[f] === MISFILED && P.suggested[f] >= 0 && isFinite(I.ax[P.suggested[f]])) {
+        ctx.beginPath(); ctx.moveTo(sx(P.x[f]), sy(P.y[f]));
+        ctx.lineTo(sx(I.ax[P.suggested[f]]), sy(I.ay[P.suggested[f]]));
+        ctx.strokeStyle = "rgb(214,39,40)"; ctx.setLineDash([5, 4]); ctx.lineWidth = 1.5; ctx.stroke();
+        ctx.setLineDash([]);
+      }
+    }
+    if (state.cell >= 0) {
+      var g = meta.nearest, cw = (F.x1 - F.x0) / g.nx, ch = (F.y1 - F.y0) / g.ny;
+      var gx = state.cell % g.nx, gy = Math.floor(state.cell / g.nx);
+      ctx.strokeStyle = "#000"; ctx.lineWidth = 1.5;
+      ctx.strokeRect(sx(F.x0 + gx * cw), sy(F.y0 + (gy + 1) * ch), cw * view.scale, ch * view.scale);
+    }
+  }
+
+  /* picking */
+  function pick(px, py, radius) {
+    var x = mapX(px), y = mapY(py), r = radius / view.scale, best = -1, bestD = r * r;
+    var bx0 = Math.max(0, Math.floor((x - r - F.x0) / bw)), bx1 = Math.min(BX - 1, Math.floor((x + r - F.x0) / bw));
+    var by0 = Math.max(0, Math.floor((y - r - F.y0) / bh)), by1 = Math.min(BY - 1, Math.floor((y + r - F.y0) / bh));
+    for (var by = by0; by <= by1; by++) for (var bx = bx0; bx <= bx1; bx++) {
+      var cell = by * BX + bx;
+      for (var j = bucketStart[cell]; j < bucketStart[cell + 1]; j++) {
+        var i = bucketItems[j], ddx = P.x[i] - x, ddy = P.y[i] - y, d = ddx * ddx + ddy * ddy;
+        if (d <= bestD) { bestD = d; best = i; }
+      }
+    }
+    return best;
+  }
+
+  /* the panel */
+  var panel = $("fa-panel");
+  function clearPanel(title) {
+    panel.textContent = ""; panel.appendChild(el("h3", title)); return panel;
+  }
+  function line(parent, head, text) {
+    var p = el("p"); p.appendChild(el("b", head + " ")); p.appendChild(document.createTextNode(text));
+    parent.appendChild(p); return p;
+  }
+  function showFace(i) {
+    state.selected = i; state.cell = -1;
+    clearPanel("Face row " + P.row[i]);
+    panel.dataset.row = String(P.row[i]); panel.dataset.id = String(I.id[P.ident[i]]);
+    line(panel, "Filed under", label(P.ident[i]));
+    var verdict = meta.verdicts[P.verdict[i]];
+    line(panel, "Verdict", verdict + (P.held[i] ? " (held out of the fit, placed on the map)" : ""));
+    if (P.verdict[i] === MISFILED) {
+      line(panel, "Suspected misfiled:", "yes \u2013 suggested identity " + label(P.suggested[i]) + ", score " +
+           fmt(P.score[i], 1) + " (log odds)").className = "suspect";
+    } else {
+      line(panel, "Suspected misfiled:", "no");
+    }
+    if (SIM_N) {
+      panel.appendChild(el("p", "Most similar identities in 512-D (the identities of its nearest faces, cosine):"));
+      var list = el("ol");
+      for (var r = 0; r < SIM_N; r++) {
+        var code = P.simIdent[i * SIM_N + r];
+        if (code >= 0) list.appendChild(el("li", label(code) + " \u2013 " + fmt(P.simCos[i * SIM_N + r], 3)));
+      }
+      panel.appendChild(list);
+    } else {
+      panel.appendChild(el("p", "This run did not record each face's most similar identities (faceatlas < 0.6)."));
+    }
+    line(panel, "Map position", fmt(P.x[i], 4) + ", " + fmt(P.y[i], 4));
+    var button = el("button", "Highlight identity " + I.id[P.ident[i]]);
+    button.addEventListener("click", function () { setHighlight([P.ident[i]], true); });
+    panel.appendChild(button);
+    redraw();
+  }
+  function showPoint(x, y) {
+    var g = meta.nearest, gx = Math.floor((x - F.x0) / (F.x1 - F.x0) * g.nx);
+    var gy = Math.floor((y - F.y0) / (F.y1 - F.y0) * g.ny);
+    state.selected = -1;
+    delete panel.dataset.row; delete panel.dataset.id;
+    if (gx < 0 || gy < 0 || gx >= g.nx || gy >= g.ny || G.ident[(gy * g.nx + gx) * g.k] < 0) {
+      state.cell = -1;
+      clearPanel("Outside the populated map");
+      panel.appendChild(el("p", "No face is near (" + fmt(x, 3) + ", " + fmt(y, 3) + "): faceatlas nearest " +
+                                "answers only points on the map."));
+      redraw(); return;
+    }
+    var cell = gy * g.nx + gx, cx = g.x[gx], cy = g.y[gy];
+    state.cell = cell;
+    clearPanel("Identities nearest to (" + fmt(cx, 3) + ", " + fmt(cy, 3) + ")");
+    panel.dataset.cell = String(cell);
+    panel.appendChild(el("p", "At the centre of the map cell you clicked (1/" + g.nx + " of the map across): " +
+                              "the answer of"));
+    panel.appendChild(el("code", "faceatlas nearest RUN --x " + cx + " --y " + cy +
+                                 (g.z === null ? "" : " --z " + g.z) +
+                                 " -k " + g.k));
+    var table = el("table", null, "nearest"), head = el("tr");
+    ["rank", "identity", "similarity", "map distance"].forEach(function (t) { head.appendChild(el("th", t)); });
+    table.appendChild(head);
+    for (var r = 0; r < g.k; r++) {
+      var at = cell * g.k + r, code = G.ident[at];
+      if (code < 0) continue;
+      var tr = el("tr");
+      tr.appendChild(el("td", r + 1)); tr.appendChild(el("td", label(code)));
+      tr.appendChild(el("td", fmt(G.sim[at], 4))); tr.appendChild(el("td", fmt(G.dist[at], 4)));
+      tr.dataset.id = String(I.id[code]);
+      table.appendChild(tr);
+    }
+    panel.appendChild(table);
+    redraw();
+  }
+
+  /* highlighting, search */
+  var status = $("fa-status");
+  function setHighlight(codes, zoom, dim) {
+    state.highlight = new Set(codes); state.dim = dim !== false;
+    var faces = 0; state.highlight.forEach(function (code) { faces += pointsOf(code).length; });
+    status.textContent = codes.length ? codes.length + (codes.length === 1 ? " identity" : " identities") +
+      " highlighted (" + faces + " faces drawn): " + codes.slice(0, 5).map(label).join(", ") +
+      (codes.length > 5 ? ", \u2026" : "") : "";
+    if (zoom && codes.length) zoomTo(codes);
+    redraw();
+  }
+  function zoomTo(codes) {
+    var x0 = Infinity, x1 = -Infinity, y0 = Infinity, y1 = -Infinity;
+    codes.forEach(function (code) {
+      var xs = pointsOf(code).map(function (i) { return [P.x[i], P.y[i]]; });
+      if (isFinite(I.ax[code])) xs.push([I.ax[code], I.ay[code]]);
+      xs.forEach(function (p) {
+        x0 = Math.min(x0, p[0]); x1 = Math.max(x1, p[0]); y0 = Math.min(y0, p[1]); y1 = Math.max(y1, p[1]);
+      });
+    });
+    if (!isFinite(x0)) return;
+    var span = Math.max(x1 - x0, y1 - y0, (F.x1 - F.x0) / 40);
+    view.cx = (x0 + x1) / 2; view.cy = (y0 + y1) / 2;
+    view.scale = Math.min(width, height) / (span * 1.6);
+  }
+  var search = $("fa-search"), matches = $("fa-matches");
+  function runSearch() {
+    var query = search.value.trim(), found = [];
+    matches.textContent = "";
+    if (!query) { setHighlight([], false); return; }
+    if (/^-?\d+$/.test(query)) { var code = findId(Number(query)); if (code >= 0) found.push(code); }
+    if (names) {
+      var lower = query.toLowerCase();
+      for (var c = 0; c < NI && found.length < 50; c++) {
+        if (names[c] && names[c].toLowerCase().indexOf(lower) >= 0 && found.indexOf(c) < 0) found.push(c);
+      }
+    }
+    if (!found.length) {
+      status.textContent = "no identity has the id or a name containing \u201c" + query + "\u201d";
+      state.highlight = new Set(); redraw(); return;
+    }
+    found.forEach(function (c) {
+      var item = el("li", label(c) + " \u2013 " + I.faces[c] + " faces");
+      item.addEventListener("click", function () { setHighlight([c], true); });
+      matches.appendChild(item);
+    });
+    setHighlight(found, false);
+  }
+  search.addEventListener("input", runSearch);
+  search.addEventListener("keydown", function (event) {
+    if (event.key === "Enter" && state.highlight.size) { zoomTo(Array.from(state.highlight)); redraw(); }
+  });
+
+  /* pointer: drag pans, wheel zooms at the cursor, a click without a drag picks */
+  var drag = null;
+  function local(event) {
+    var box = canvas.getBoundingClientRect();
+    return [event.clientX - box.left, event.clientY - box.top];
+  }
+  canvas.addEventListener("pointerdown", function (event) {
+    var at = local(event); drag = { x: at[0], y: at[1], cx: view.cx, cy: view.cy, moved: false };
+    canvas.setPointerCapture(event.pointerId);
+  });
+  canvas.addEventListener("pointermove", function (event) {
+    var at = local(event);
+    if (drag) {
+      if (Math.abs(at[0] - drag.x) + Math.abs(at[1] - drag.y) > 4) drag.moved = true;
+      if (drag.moved) {
+        view.cx = drag.cx - (at[0] - drag.x) / view.scale; view.cy = drag.cy + (at[1] - drag.y) / view.scale;
+        tip.hidden = true; redraw();
+      }
+      return;
+    }
+    var i = pick(at[0], at[1], 6);
+    if (i < 0) { tip.hidden = true; return; }
+    tip.textContent = "row " + P.row[i] + " \u00b7 id " + label(P.ident[i]) +
+      (P.verdict[i] === MISFILED ? " \u00b7 suspect" : "");
+    tip.style.left = (at[0] + 14) + "px"; tip.style.top = (at[1] + 10) + "px"; tip.hidden = false;
+  });
+  canvas.addEventListener("pointerup", function (event) {
+    var at = local(event), was = drag; drag = null;
+    if (!was || was.moved) return;
+    var i = pick(at[0], at[1], 6);
+    if (i >= 0) showFace(i); else showPoint(mapX(at[0]), mapY(at[1]));
+  });
+  canvas.addEventListener("pointerleave", function () { tip.hidden = true; });
+  canvas.addEventListener("wheel", function (event) {
+    event.preventDefault();
+    var at = local(event), x = mapX(at[0]), y = mapY(at[1]);
+    var factor = Math.exp(-event.deltaY * 0.0015);
+    view.scale = Math.max(view.base / 4, Math.min(view.base * 20000, view.scale * factor));
+    view.cx = x - (at[0] - width / 2) / view.scale; view.cy = y + (at[1] - height / 2) / view.scale;
+    redraw();
+  }, { passive: false });
+  $("fa-reset").addEventListener("click", function () { fit(); redraw(); });
+  $("fa-zoom-in").addEventListener("click", function () { view.scale *= 1.5; redraw(); });
+  $("fa-zoom-out").addEventListener("click", function () { view.scale /= 1.5; redraw(); });
+  var colourSelect = $("fa-color");
+  colourSelect.value = state.colorBy;
+  colourSelect.addEventListener("change", function () { state.colorBy = colourSelect.value; legend(); redraw(); });
+  $("fa-suspects-toggle").addEventListener("change", function (event) {
+    state.suspects = event.target.checked; redraw();
+  });
+  function legend() {
+    var text = {
+      id: "Each identity has its own colour.",
+      cluster: "Each HDBSCAN cluster has its own colour; grey: in no cluster.",
+      suspect: "Red: suspected misfiled; purple: low quality; grey: the rest.",
+      density: "Darker blue: more faces (every face counted, drawn or not)."
+    };
+    $("fa-legend").textContent = text[state.colorBy] || "";
+  }
+
+  /* tables */
+  function sortable(table, rows, columns, render, pageSize) {
+    var body = table.tBodies[0], order = { key: null, dir: 1 }, shown = pageSize;
+    var more = table.parentNode.querySelector("button.more");
+    function fill() {
+      body.textContent = "";
+      rows.slice(0, shown).forEach(function (row) { body.appendChild(render(row)); });
+      if (more) {
+        more.hidden = rows.length <= shown;
+        more.textContent = "Show " + Math.min(pageSize, rows.length - shown) + " more of " + (rows.length - shown);
+      }
+    }
+    Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, k) {
+      th.addEventListener("click", function () {
+        var key = columns[k];
+        order.dir = order.key === key ? -order.dir : 1;
+        order.key = key;
+        rows.sort(function (a, b) {
+          var u = key(a), v = key(b);
+          return (u < v ? -1 : u > v ? 1 : 0) * order.dir;
+        });
+        Array.prototype.forEach.call(table.tHead.rows[0].cells, function (cell) { cell.removeAttribute("aria-sort"); });
+        th.setAttribute("aria-sort", order.dir > 0 ? "ascending" : "descending");
+        fill();
+      });
+    });
+    if (more) more.addEventListener("click", function () { shown += pageSize; fill(); });
+    fill();
+  }
+  function cells(tr, values, nameColumns) {
+    values.forEach(function (v, k) { tr.appendChild(el("td", v, nameColumns.indexOf(k) >= 0 ? "name-col" : "")); });
+    return tr;
+  }
+  function nameOf(code) { return names && code >= 0 && names[code] ? names[code] : ""; }
+  var suspects = [];
+  for (var s = 0; s < N; s++) if (P.verdict[s] === MISFILED) suspects.push(s);
+  suspects.sort(function (a, b) { return P.score[b] - P.score[a]; });
+  var suspectTable = $("fa-suspects");
+  sortable(suspectTable, suspects, [
+    function (i) { return P.row[i]; }, function (i) { return I.id[P.ident[i]]; },
+    function (i) { return nameOf(P.ident[i]); },
+    function (i) { return P.suggested[i] >= 0 ? I.id[P.suggested[i]] : -Infinity; },
+    function (i) { return nameOf(P.suggested[i]); },
+    function (i) { return P.score[i]; }
+  ], function (i) {
+    var tr = cells(el("tr"), [P.row[i], I.id[P.ident[i]], nameOf(P.ident[i]),
+                              P.suggested[i] >= 0 ? I.id[P.suggested[i]] : "", nameOf(P.suggested[i]),
+                              fmt(P.score[i], 1)], [2, 4]);
+    tr.addEventListener("click", function () {
+      zoomTo([P.ident[i]]); view.cx = P.x[i]; view.cy = P.y[i]; showFace(i);
+      canvas.scrollIntoView({ block: "center" });
+    });
+    return tr;
+  }, 100);
+  var pairTable = $("fa-lookalikes");
+  sortable(pairTable, meta.lookalikes.slice(), [
+    function (p) { return p[0]; }, function (p) { return nameOf(findId(p[0])); }, function (p) { return p[1]; },
+    function (p) { return nameOf(findId(p[1])); }, function (p) { return p[2]; }, function (p) { return p[3] ? 1 : 0; }
+  ], function (p) {
+    var tr = cells(el("tr"), [p[0], nameOf(findId(p[0])), p[1], nameOf(findId(p[1])), fmt(p[2], 4),
+                              p[3] ? "possibly" : ""], [1, 3]);
+    tr.addEventListener("click", function () {
+      var pair = [findId(p[0]), findId(p[1])].filter(function (c) { return c >= 0; });
+      setHighlight(pair, true); canvas.scrollIntoView({ block: "center" });
+    });
+    return tr;
+  }, 100);
+  if (!names) { suspectTable.classList.add("no-names"); pairTable.classList.add("no-names"); }
+
+  /* start: wait for the density image, then draw and say the page is ready */
+  function start() {
+    resize(); fit(); legend();
+    if (state.highlight.size) setHighlight(Array.from(state.highlight), false, false);
+    draw();
+    window.addEventListener("resize", function () { if (resize()) { if (!view.base) fit(); redraw(); } });
+    window.faceatlas = {
+      ready: true, readyMs: performance.now() - started, points: N, meta: meta,
+      screenOf: function (row) {
+        for (var i = 0; i < N; i++) if (P.row[i] === row) {
+          var box = canvas.getBoundingClientRect(); return [box.left + sx(P.x[i]), box.top + sy(P.y[i])];
+        }
+        return null;
+      },
+      screenOfPoint: function (x, y) {
+        var box = canvas.getBoundingClientRect(); return [box.left + sx(x), box.top + sy(y)];
+      },
+      focus: function (x, y, zoom) { view.cx = x; view.cy = y; view.scale = view.base * zoom; draw(); },
+      face: function (row) { for (var i = 0; i < N; i++) if (P.row[i] === row) return [P.x[i], P.y[i]]; return null; },
+      highlighted: function () { return Array.from(state.highlight).map(function (c) { return I.id[c]; }); }
+    };
+    document.documentElement.dataset.faceatlas = "ready";
+  }
+  if (underlay.complete) start(); else underlay.addEventListener("load", start);
+})();

@@ -1,0 +1,160 @@
+"""``report.html``: one self-contained page per run: summary, interactive map, maps, suspects, look-alikes,
+clusters.
+
+Everything is inline (the script and style from ``job/report/assets/``, the data as JSON and base64, the maps
+as data: URLs), so the page opens from disk with no network. Its Content-Security-Policy allows only its own
+script and style (by SHA-256) and data: images, and forbids every connection. User-given text is escaped
+here (HTML) and set with ``textContent`` by the script; JSON is written so that no ``</script>`` can end its
+block early.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import os
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from job.maps.mapmodel import MapModel
+from job.report.content import page_content
+from job.report.rundata import REPORT_FILE, RunData, read_run
+from job.report.summary import clusters_html, esc, summary_html
+
+COLOR_BY = ("id", "cluster", "suspect", "density")
+_MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour"),
+                "density": ("map_density.png", "Density of every face"),
+                "highlight": ("map_highlight.png", "The highlighted identities on the grey map"),
+                "suspect": ("map_suspects.png", "Suspected misfiled faces, lines to the suggested identity"),
+                "cluster": ("map_clusters.png", "HDBSCAN clusters")}
+
+
+def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str:
+    """The page for ``run``, its map coloured by ``color_by`` (one of :data:`COLOR_BY`) at first, with the
+    ``highlight`` identity ids highlighted."""
+    content = page_content(run, highlight, color_by)
+    script, style = _asset("atlas.js"), _asset("atlas.css")
+    policy = ("default-src 'none'; " f"script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
+              "img-src data:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
+              "frame-src 'none'; worker-src 'none'; base-uri 'none'; form-action 'none'")
+    record = run.record
+    source = str((record.get("input") or {}).get("path", run.folder.name))
+    meta = content.meta
+    sample_note = (f"Drawn: a sample of {meta['n_points']:,} of the {run.n_faces:,} faces (every suspect and every "
+                   "highlighted identity's faces among them), over a density image of all faces."
+                   if meta["sampled"] else f"All {run.n_faces:,} faces drawn.")
+    three_d = " This is a 3-D map: the page shows its x/y plane." if run.model.n_components == 3 else ""
+    underlay = base64.b64encode(content.underlay).decode("ascii")
+    return "\n".join([
+        "<!doctype html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f'<meta http-equiv="Content-Security-Policy" content="{policy}">',
+        '<meta name="viewport" content="width=device-width, initial-scale=1">',
+        '<meta name="referrer" content="no-referrer">',
+        f"<title>faceatlas \u2013 {esc(source)}</title>",
+        f"<style>{style}</style></head><body>",
+        "<header>",
+        f"<h1>faceatlas atlas: {esc(source)}</h1>",
+        f"<p>{run.n_faces:,} faces \u00b7 {len(run.model.identity):,} identities \u00b7 "
+        f"{meta['suspects']:,} suspected misfiled \u00b7 {len(run.lookalikes):,} look-alike pairs \u00b7 "
+        f"backend {esc(record.get('backend', '?'))} \u00b7 faceatlas {esc(record.get('version', '?'))}</p>",
+        '<nav><a href="#atlas">Map</a><a href="#summary">Summary</a><a href="#maps">Maps</a>'
+        '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a><a href="#clusters">Clusters</a></nav>',
+        "</header>",
+        '<section id="atlas"><h2>The map</h2>',
+        '<div id="fa-controls">',
+        '<label>Colour by <select id="fa-color">'
+        + "".join(f'<option value="{c}">{c}</option>' for c in COLOR_BY) + "</select></label>",
+        '<label><input type="checkbox" id="fa-suspects-toggle"> show suspects</label>',
+        '<label>Find <input type="search" id="fa-search" placeholder="an id or a name" autocomplete="off"></label>',
+        '<button id="fa-zoom-in" title="zoom in">+</button><button id="fa-zoom-out" title="zoom out">\u2212</button>'
+        '<button id="fa-reset">Whole map</button>',
+        '<span id="fa-legend"></span></div>',
+        '<p id="fa-status" role="status"></p><ul id="fa-matches"></ul>',
+        '<div id="fa-atlas"><div id="fa-mapwrap"><canvas id="fa-map" aria-label="map of the faces"></canvas>'
+        '<div id="fa-tip" hidden></div></div>',
+        '<aside id="fa-panel" aria-live="polite"><h3>Point at the map</h3><p>Hover a face for its row, id and '
+        "name. Click a face for its identity, verdict and most similar identities; click empty space for the "
+        "identities nearest that point. Drag to pan, scroll to zoom.</p></aside></div>",
+        f'<p class="note">{esc(sample_note + three_d)}</p>',
+        f'<img id="fa-underlay" hidden alt="" src="data:image/png;base64,{underlay}">',
+        "</section>",
+        f'<section id="summary"><h2>Summary</h2>{summary_html(run)}</section>',
+        f'<section id="maps"><h2>Maps</h2>{_figures(run, color_by)}</section>',
+        f'<section id="suspects"><h2>Suspected misfiled faces ({meta["suspects"]:,})</h2>',
+        '<p class="note">Click a column to sort; click a row to show the face on the map.</p>',
+        '<table id="fa-suspects" class="sortable"><thead><tr><th>row</th><th>filed id</th>'
+        '<th class="name-col">filed name</th><th>suggested id</th><th class="name-col">suggested name</th>'
+        "<th>score</th></tr></thead><tbody></tbody></table>",
+        '<button class="more" hidden></button></section>',
+        f'<section id="lookalikes"><h2>Look-alike identities ({len(run.lookalikes):,} pairs)</h2>',
+        '<p class="note">Click a pair to highlight both identities on the map.</p>',
+        '<table id="fa-lookalikes" class="sortable"><thead><tr><th>id a</th><th class="name-col">name a</th>'
+        '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th></tr></thead>'
+        "<tbody></tbody></table>",
+        '<button class="more" hidden></button></section>',
+        f'<section id="clusters"><h2>Clusters</h2>{clusters_html(run)}</section>',
+        f'<script type="application/json" id="fa-meta">{safe_json(meta)}</script>',
+        f'<script type="application/octet-stream" id="fa-blob">{content.blob.encoded()}</script>',
+        f"<script>{script}</script>",
+        "</body></html>",
+        "",
+    ])
+
+
+def write_page(folder: Path, record: dict[str, Any], files: dict[str, Path], highlight: list[int],
+               model: MapModel | None = None, color_by: str = "id") -> Path:
+    """Write ``folder/report.html`` for the run whose record is ``record`` and whose files (by role) are
+    ``files``; ``model``: the run's map model, if at hand (else read from its file)."""
+    run = read_run(folder, record, {path.name: path for path in files.values()}, model)
+    return write_report(folder / REPORT_FILE, run, highlight, color_by)
+
+
+def write_report(path: Path, run: RunData, highlight: list[int], color_by: str = "id") -> Path:
+    """Write the page to ``path`` atomically."""
+    from job.store.outputs import temporary_path
+
+    text = report_html(run, highlight, color_by)
+    tmp = temporary_path(path)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def safe_json(value: Any) -> str:
+    """JSON that can sit inside ``<script>``: no ``<``, ``>`` or ``&`` (so no ``</script>`` or ``<!--``), line
+    separators escaped, NaN as null."""
+    from job.store.outputs import finite
+
+    text = json.dumps(finite(value), ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+    for raw, escaped in (("<", "\\u003c"), (">", "\\u003e"), ("&", "\\u0026"), ("\u2028", "\\u2028"),
+                         ("\u2029", "\\u2029")):
+        text = text.replace(raw, escaped)
+    return text
+
+
+def _figures(run: RunData, color_by: str) -> str:
+    order = [color_by] + [key for key in _MAP_FIGURES if key != color_by]
+    parts = []
+    for key in order:
+        name, caption = _MAP_FIGURES[key]
+        path = run.folder / name
+        if not path.is_file():
+            continue
+        data = base64.b64encode(path.read_bytes()).decode("ascii")
+        parts.append(f'<figure><img alt="{esc(caption)}" src="data:image/png;base64,{data}">'
+                     f"<figcaption>{esc(name)}: {esc(caption)}</figcaption></figure>")
+    return "".join(parts) or "<p>This run has no PNG maps.</p>"
+
+
+def _asset(name: str) -> str:
+    return resources.files("job.report").joinpath("assets", name).read_text(encoding="utf-8")
+
+
+def _digest(text: str) -> str:
+    return "sha256-" + base64.b64encode(hashlib.sha256(text.encode("utf-8")).digest()).decode("ascii")

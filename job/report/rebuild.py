@@ -1,0 +1,155 @@
+"""``faceatlas report DIR`` and ``faceatlas render DIR``: the page, or the PNG maps and the page, made again from
+a finished run's files, without the database and without a refit.
+
+The folder is verified first (:func:`job.store.runs.open_run`), and rewritten as a run is: the kept files
+linked (or copied) into a staging folder, the new ones written there, ``run.json`` last with their
+checksums, then swapped in at once (:func:`job.store.outputs.staged_outputs`), so ``faceatlas verify`` holds
+after it and a failure leaves the folder as it was.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.errors import UsageError
+from job.io.formats import file_sha256
+from job.report.page import COLOR_BY, write_report
+from job.report.rundata import REPORT_FILE, RunData, read_run
+from job.store.outputs import RUN_FILE, staged_outputs, write_json
+from job.store.runs import open_run
+
+Log = Callable[[str], None]
+
+
+def report_again(folder: Path, color_by: str | None = None, log: Log = lambda message: None) -> Path:
+    """Write ``folder/report.html`` anew from the run's files; returns its path."""
+    finished = open_run(folder)
+    run = read_run(folder, finished.record, finished.files)
+    colour = _colour(color_by, finished.record)
+    highlight = _recorded_highlight(finished.record)
+
+    def make(staging: Path) -> dict[str, Path]:
+        return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour)}
+
+    _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE}, {"report": {"color_by": colour}}, log)
+    return folder / REPORT_FILE
+
+
+def render_again(folder: Path, highlight: list[int] | None = None, color_by: str | None = None,
+                 log: Log = lambda message: None) -> dict[str, Path]:
+    """Draw the five PNG maps and the page of the run in ``folder`` again, with ``highlight`` identity ids
+    (None: the run's) and the page opening coloured by ``color_by`` (None: as before); returns {role: path}."""
+    from job.config import RenderConfig
+
+    finished = open_run(folder)
+    run = read_run(folder, finished.record, finished.files)
+    chosen = _recorded_highlight(finished.record) if highlight is None else _checked(highlight, run)
+    colour = _colour(color_by, finished.record)
+    recorded = finished.record.get("config", {}).get("render", {})
+    render = RenderConfig(**{**(recorded if isinstance(recorded, dict) else {}), "highlight": chosen})
+
+    def make(staging: Path) -> dict[str, Path]:
+        files = draw_maps(run, chosen, render, staging)
+        files["report"] = write_report(staging / REPORT_FILE, _in(run, staging), chosen, colour)
+        return files
+
+    updates = {"highlight": chosen, "report": {"color_by": colour}}
+    from job.render.maps import MAP_FILES
+
+    written = _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE, *MAP_FILES.values()}, updates,
+                       log, config_render={"highlight": chosen})
+    return {role: folder / path.name for role, path in written.items()}
+
+
+def draw_maps(run: RunData, highlight: list[int], render: Any, out_dir: Path) -> dict[str, Path]:
+    """The run's five PNG maps from its files: the drawing code and inputs of the run itself."""
+    from job.render.maps import MapVerdicts, draw_all_maps
+
+    columns, model = run.columns, run.model
+    ids = np.asarray(columns["id"], dtype=np.int64)
+    axes = ["x", "y"] + (["z"] if "z" in columns else [])
+    coords = np.column_stack([columns[a] for a in axes]).astype(np.float32)
+    codes = np.searchsorted(model.identity, ids)
+    names = run.names or {}
+    labels = {int(i): f"id {i} {names[i]}" if names.get(i) else f"id {i}" for i in highlight}
+    verdict = columns["verdict"]
+    drawn = MapVerdicts.of(np.asarray(columns["suspect"], dtype=bool), verdict == "low_quality",
+                           np.asarray(columns["suggested_id"], dtype=np.int64), ids,
+                           np.asarray(columns["cluster"], dtype=np.int64), model.identity, model.anchor)
+    title = Path(str(run.record.get("input", {}).get("path", "faceatlas"))).name
+    return draw_all_maps(coords, ids, codes, highlight, labels, drawn, render, out_dir, title)
+
+
+def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make: Callable[[Path], dict[str, Path]],
+             replaced: set[str], updates: dict[str, Any], log: Log, config_render: dict[str, Any] | None = None
+             ) -> dict[str, Path]:
+    """Replace ``folder`` by itself: its files but ``replaced`` linked into a staging folder, then the files
+    ``make`` writes there (the names in ``replaced``: never written through a link into the old files), and a
+    run.json that lists them; returns ``make``'s {role: path}."""
+    with staged_outputs(folder, log) as staging:
+        for name, path in files.items():
+            if name not in replaced:
+                _link_or_copy(path, staging / name)
+        new = make(staging)
+        unexpected = sorted(path.name for path in new.values() if path.name not in replaced)
+        if unexpected:
+            raise AssertionError(f"wrote {unexpected}, not among the files it replaces")
+        roles = dict(record.get("files", {}))
+        roles.update({role: path.name for role, path in new.items()})
+        checksums = dict(record.get("file_sha256", {}))
+        checksums.update({path.name: file_sha256(path) for path in new.values()})
+        updated = {**record, **updates, "files": roles, "file_sha256": checksums}
+        if config_render is not None and isinstance(record.get("config"), dict):
+            render = {**record["config"].get("render", {}), **config_render}
+            updated["config"] = {**record["config"], "render": render}
+        write_json(staging / RUN_FILE, updated)
+    return new
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """A hard link where the file system allows (no copy of a large projection), else a copy."""
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copy2(source, target)
+
+
+def _in(run: RunData, staging: Path) -> RunData:
+    """``run`` read from ``staging`` (where its maps are about to be, or already are, redrawn)."""
+    from dataclasses import replace
+
+    return replace(run, folder=staging)
+
+
+def _colour(color_by: str | None, record: dict[str, Any]) -> str:
+    if color_by is None:
+        report = record.get("report")
+        recorded = report.get("color_by") if isinstance(report, dict) else None
+        return recorded if recorded in COLOR_BY else "id"
+    if color_by not in COLOR_BY:
+        raise UsageError(f"--color-by {color_by!r}: expected one of {', '.join(COLOR_BY)}")
+    return color_by
+
+
+def _recorded_highlight(record: dict[str, Any]) -> list[int]:
+    value = record.get("highlight")
+    return [int(i) for i in value if isinstance(i, int) and not isinstance(i, bool)] if isinstance(value, list) \
+        else []
+
+
+def _checked(highlight: list[int], run: RunData) -> list[int]:
+    chosen = list(dict.fromkeys(highlight))
+    if len(chosen) > 10:
+        raise UsageError(f"--highlight: {len(chosen)} ids, at most 10 can be highlighted (one colour each)")
+    missing = [i for i in chosen if i not in set(run.model.identity.tolist())]
+    if missing:
+        ids = run.model.identity
+        raise UsageError(f"--highlight: ids {', '.join(map(str, missing[:10]))} are not in this run (its ids run "
+                         f"{ids[0]}..{ids[-1]}); pick ids that exist")
+    return chosen

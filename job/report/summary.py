@@ -1,0 +1,185 @@
+"""The atlas page's written parts, as escaped HTML: the summary (the run, its timings, each quality metric with
+what it means and whether it is good) and the clusters summary.
+
+Every value that came from the user or the data (file names, names, backend reasons) goes through
+:func:`esc`; nothing here builds markup from unescaped text.
+"""
+
+from __future__ import annotations
+
+import html
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from job.report.content import clean_text
+from job.report.rundata import RunData
+
+_TOP_CLUSTERS = 15
+
+
+def esc(value: object) -> str:
+    """``value`` as HTML text: ``<``, ``>``, ``&`` and both quotes escaped, lone surrogates replaced."""
+    return html.escape(clean_text(str(value), 2000), quote=True)
+
+
+@dataclass(frozen=True)
+class Meaning:
+    """One metric: ``label``, what it ``means`` in a line, and the bounds it is ``good`` / ``fair`` at
+    (``higher``: whether a larger value is better; None bounds: a count, not judged)."""
+
+    label: str
+    means: str
+    good: float | None = None
+    fair: float | None = None
+    higher: bool = True
+
+    def judge(self, value: float) -> str:
+        if self.good is None or self.fair is None:
+            return ""
+        better = (lambda a, b: a >= b) if self.higher else (lambda a, b: a <= b)
+        return "good" if better(value, self.good) else "fair" if better(value, self.fair) else "poor"
+
+
+MEANINGS: dict[str, Meaning] = {
+    "trustworthiness": Meaning("Trustworthiness", "how far each face's map neighbours are also its neighbours in "
+                               "512-D (1: the map invents no neighbours; a random map is near 0.5)", 0.9, 0.8),
+    "same_id_knn": Meaning("Same-id share", "share of each face's 4 nearest faces on the map filed under the same "
+                           "identity (identities with one face lower it)", 0.85, 0.6),
+    "suspects": Meaning("Suspected misfiled faces", "faces the 512-D evidence says belong to another identity "
+                        "(decided in 512-D, not on the map)"),
+    "suspect_precision": Meaning("Suspect precision", "share of the suspects that are planted misfiles (demo "
+                                 "truth given with --truth)", 0.9, 0.7),
+    "suspect_recall": Meaning("Suspect recall", "share of the planted misfiles found as suspects", 0.9, 0.7),
+    "lookalike_recall": Meaning("Look-alike recall", "share of the planted look-alike pairs in lookalikes.csv",
+                                0.9, 0.7),
+    "twin_recall": Meaning("Twin recall", "share of the planted near-twin pairs flagged as possibly one person",
+                           0.9, 0.7),
+    "low_quality_precision": Meaning("Low-quality precision", "share of faces called low quality that are "
+                                     "planted low-quality faces", 0.9, 0.7),
+    "low_quality_recall": Meaning("Low-quality recall", "share of the planted low-quality faces found", 0.9, 0.7),
+    "held_out": Meaning("Held-out faces", "faces kept out of the fit to measure placement and inversion"),
+    "transform.id_at_1": Meaning("Placement: own identity first", "share of held-out faces placed without a "
+                                 "refit whose nearest identity is their own", 0.95, 0.8),
+    "inverse.id_at_1": Meaning("Inversion: own identity first", "share of held-out faces whose map position, "
+                               "turned back into 512-D, is nearest their own identity", 0.9, 0.7),
+    "inverse.mean_cos": Meaning("Inversion: mean cosine", "mean cosine of a held-out face to the 512-D vector of "
+                                "its map position", 0.6, 0.4),
+    "inverse.map_id_at_1": Meaning("Inversion on the map: own identity first", "as above, for map faces left "
+                                   "out one at a time", 0.9, 0.7),
+    "inverse.map_mean_cos": Meaning("Inversion on the map: mean cosine", "as above, for map faces left out one "
+                                    "at a time", 0.6, 0.4),
+    "clusters.n": Meaning("Clusters", "HDBSCAN clusters of the map"),
+    "clusters.ari": Meaning("Clusters vs identities (ARI)", "agreement of the map's clusters with the filed "
+                            "identities (1: the same partition, 0: chance)", 0.8, 0.5),
+    "clusters.nmi": Meaning("Clusters vs identities (NMI)", "shared information of clusters and identities (1: "
+                            "each determines the other)", 0.9, 0.7),
+    "clusters.noise": Meaning("Unclustered share", "share of faces HDBSCAN put in no cluster", 0.1, 0.3, False),
+    "supervised_disagreement": Meaning("Supervised disagreements", "faces whose map neighbours (supervised fit) "
+                                       "disagree with their 512-D neighbours"),
+}
+
+
+def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
+    """``(dotted.name, value)`` for every leaf of run.json's metrics."""
+    out: list[tuple[str, Any]] = []
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            out += flat_metrics(value, f"{prefix}{key}.")
+        else:
+            out.append((f"{prefix}{key}", value))
+    return out
+
+
+def summary_html(run: RunData) -> str:
+    """The summary section's body: the run, how it was made, its timings, and its quality metrics."""
+    record = run.record
+    given = record.get("input") if isinstance(record.get("input"), dict) else {}
+    fit = record.get("fit") if isinstance(record.get("fit"), dict) else {}
+    facts = [
+        ("Input", f"{given.get('path', '?')} (sha256 {str(given.get('sha256', '?'))[:16]}…)"),
+        ("Faces", f"{run.n_faces:,} faces, {len(run.model.identity):,} identities, {given.get('dim', '?')}-D"),
+        ("Backend", f"{record.get('backend', '?')}: {record.get('backend_reason', '')}"),
+        ("kNN graph", f"{record.get('knn_method', '?')}: {record.get('knn_reason', '')}"),
+        ("Fit", f"{fit.get('fitted', '?'):,} faces fitted, {fit.get('placed', 0):,} placed on the fitted map, "
+                f"{fit.get('held_out', 0):,} held out" if isinstance(fit.get('fitted'), int) else "?"),
+        ("faceatlas", str(record.get("version", "?"))),
+    ]
+    parts = ['<table class="facts">'] + [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts]
+    parts.append("</table>")
+    parts.append(_timings_html(record.get("timings")))
+    parts.append(_metrics_html(record.get("metrics")))
+    return "\n".join(parts)
+
+
+def _timings_html(timings: Any) -> str:
+    if not isinstance(timings, dict) or not timings:
+        return ""
+    # the page's own time is left out: the run writes the page before it knows it (and report remakes it)
+    numbers = {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float)) and k != "report"}
+    total = sum(numbers.values())
+    cells = "".join(f"<tr><td>{esc(k)}</td><td class=num>{v:.1f} s</td></tr>" for k, v in numbers.items())
+    return (f'<h3>Timings ({total:.1f} s in all)</h3><table class="timings"><tr><th>stage</th><th>time</th></tr>'
+            f"{cells}</table>")
+
+
+def _metrics_html(metrics: Any) -> str:
+    if not isinstance(metrics, dict):
+        return ""
+    rows = []
+    for name, value in flat_metrics(metrics):
+        if name.startswith("verdicts."):
+            continue
+        meaning = MEANINGS.get(name, Meaning(name, ""))
+        if value is None:
+            shown, verdict = "not measured", ""
+        elif isinstance(value, bool) or not isinstance(value, (int, float)):
+            shown, verdict = str(value), ""
+        elif isinstance(value, int):
+            shown, verdict = f"{value:,}", meaning.judge(float(value))
+        else:
+            shown, verdict = f"{value:.3f}", meaning.judge(float(value))
+        rows.append(f'<tr><td>{esc(meaning.label)}</td><td class=num>{esc(shown)}</td>'
+                    f'<td class="judge {verdict}">{esc(verdict)}</td><td>{esc(meaning.means)}</td></tr>')
+    verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}
+    counts = ", ".join(f"{esc(k)} {int(v):,}" for k, v in verdicts.items() if isinstance(v, int))
+    return ('<h3>Quality</h3><table class="metrics"><tr><th>metric</th><th>value</th><th>judged</th>'
+            f'<th>what it means</th></tr>{"".join(rows)}</table>'
+            + (f"<p>Verdicts per face: {counts}.</p>" if counts else ""))
+
+
+def clusters_html(run: RunData) -> str:
+    """The clusters section's body: how many, how they match the identities, and the largest ones."""
+    cluster = np.asarray(run.columns["cluster"], dtype=np.int64)
+    codes = np.searchsorted(run.model.identity, run.columns["id"])
+    clustered = cluster >= 0
+    n_clusters = int(np.unique(cluster[clustered]).size)
+    if n_clusters == 0:
+        return "<p>HDBSCAN found no clusters on this map.</p>"
+    pair, counts = np.unique(cluster[clustered] * len(run.model.identity) + codes[clustered], return_counts=True)
+    pair_cluster, pair_code = pair // len(run.model.identity), pair % len(run.model.identity)
+    size = np.bincount(cluster[clustered])
+    # each cluster's main identity (the most faces in it) and how many identities it holds
+    order = np.lexsort((-counts, pair_cluster))
+    first = np.r_[True, pair_cluster[order][1:] != pair_cluster[order][:-1]]
+    main_cluster, main_code, main_count = pair_cluster[order][first], pair_code[order][first], counts[order][first]
+    members = np.bincount(pair_cluster, minlength=len(size))
+    share = main_count / size[main_cluster]
+    split = int(np.sum(np.bincount(pair_code, minlength=len(run.model.identity)) > 1))
+    mixed = int(np.sum(share < 0.5))
+    lines = [f"<p>{n_clusters:,} clusters; {1 - clustered.mean():.1%} of faces in none. {mixed:,} clusters have no "
+             f"identity with half their faces (mixed); {split:,} identities have faces in more than one cluster "
+             "(split).</p>",
+             '<table class="clusters"><tr><th>cluster</th><th>faces</th><th>identities</th><th>main identity</th>'
+             "<th>its share</th></tr>"]
+    for position in np.argsort(-size[main_cluster], kind="stable")[:_TOP_CLUSTERS]:
+        label = int(main_cluster[position])
+        identity = int(run.model.identity[main_code[position]])
+        name = (run.names or {}).get(identity)
+        shown = f"{identity}" + (f" ({name})" if name else "")
+        lines.append(f"<tr><td class=num>{label}</td><td class=num>{int(size[label]):,}</td>"
+                     f"<td class=num>{int(members[label]):,}</td><td>{esc(shown)}</td>"
+                     f"<td class=num>{share[position]:.0%}</td></tr>")
+    lines.append("</table>")
+    return "\n".join(lines)
