@@ -168,12 +168,13 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
                 files = render(config, database, plan, highlight, verdicts, mapped, analysis, staging, cluster)
             with _timed(timings, "write"):
                 files.update(write_tables(database, verdicts, mapped, analysis, staging))
-            record = partial(run_record, config, database, backend.name, reason, mapped.knn_method, graph.reason,
-                             mapped.placement, highlight, metrics, timings, gpu=None if gpu is None
-                             else gpu_record(gpu, cluster), cluster=None if cluster is None else cluster.record())
+            make_record = partial(run_record, config, database, backend.name, reason, mapped.knn_method,
+                                  graph.reason, mapped.placement, highlight, metrics, timings,
+                                  gpu=None if gpu is None else gpu_record(gpu, cluster),
+                                  cluster=None if cluster is None else cluster.record())
             with _timed(timings, "report"):  # the page shows the record (its files are hashed after)
-                files["report"] = write_page(staging, record(files={}), files, highlight, analysis.model)
-            record = record(files=files)
+                files["report"] = write_page(staging, make_record(files={}), files, highlight, analysis.model)
+            record = make_record(files=files)
             files["run"] = write_json(staging / RUN_FILE, record)  # last: its presence marks a complete run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)

@@ -174,7 +174,7 @@ def test_faceatlas_render_redraws_the_maps_and_the_page(run_copy: Path) -> None:
     assert (run_copy / "map_identities.png").read_bytes() == maps["map_identities.png"]
     record = json.loads((run_copy / "run.json").read_text())
     assert record["highlight"] == [3, 5] and record["config"]["render"]["highlight"] == [3, 5]
-    assert record["report"] == {"color_by": "cluster"}
+    assert record["report"]["color_by"] == "cluster" and record["report"]["written_by"].startswith("faceatlas render")
     meta = page_meta((run_copy / "report.html").read_text(encoding="utf-8"))
     assert meta["color_by"] == "cluster" and meta["highlight"] == [3, 5]
     assert faceatlas("verify", run_copy).returncode == 0
@@ -228,3 +228,32 @@ def test_a_large_map_draws_a_sample_with_every_suspect_and_highlight() -> None:
     assert np.isin(must, chosen).all()
     assert (pick_points(columns, codes, np.array([3, 4]), 10_000) == chosen).all()  # seeded: the same sample
     assert len(pick_points(columns, codes, np.array([], dtype=np.int64), 10 ** 6)) == n - 1
+
+
+def test_render_refuses_a_folder_with_foreign_files_or_an_edited_record(run_copy: Path) -> None:
+    (run_copy / "notes.txt").write_text("mine")
+    result = faceatlas("render", run_copy)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "holds notes.txt, which no faceatlas run wrote" in result.stderr and "move it out" in result.stderr
+    (run_copy / "notes.txt").unlink()
+    record = json.loads((run_copy / "run.json").read_text())
+    record["config"]["render"]["width"] = "wide"
+    (run_copy / "run.json").write_text(json.dumps(record))
+    before = {p.name: p.read_bytes() for p in run_copy.iterdir()}
+    result = faceatlas("render", run_copy)
+    assert result.returncode == 3 and result.stderr.count("\n") == 1
+    assert "run.json: config.render is not a faceatlas render section" in result.stderr
+    assert {p.name: p.read_bytes() for p in run_copy.iterdir()} == before
+
+
+def test_a_map_of_one_line_gets_a_density_image_of_bounded_size() -> None:
+    import io
+
+    from PIL import Image
+
+    from job.report.content import density_png, page_frame
+
+    coords = np.column_stack([np.zeros(500), np.linspace(0, 10, 500)]).astype(np.float32)
+    image = Image.open(io.BytesIO(density_png(coords, page_frame(coords), width=256)))
+    assert image.size == (256, 1024) and image.mode == "RGBA"
+    assert np.asarray(image)[..., 3].max() == 255  # the faces are there, the rest transparent

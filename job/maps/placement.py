@@ -200,15 +200,16 @@ def nearest_points(model: MapModel, points: np.ndarray, k: int = 10) -> NearestA
 
 
 def _map_distances(model: MapModel, points: FloatArray, codes: np.ndarray) -> FloatArray:
-    """Distance (m, k) from each point to the nearest map face of each identity ``codes`` (m, k) (inf: none)."""
+    """Distance (m, k) from each point to the nearest map face of each identity ``codes`` (m, k) (inf: none);
+    one rank at a time, so the temporaries hold m x (faces of one identity each), not m x k of them."""
     order = np.argsort(model.face_identity, kind="stable")
-    starts = np.searchsorted(model.face_identity[order], codes.ravel())
-    stops = np.searchsorted(model.face_identity[order], codes.ravel() + 1)
-    lengths = stops - starts
-    pair = np.repeat(np.arange(codes.size), lengths)
-    face = order[np.repeat(starts, lengths) + np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths,
-                                                                                    lengths)]
-    gaps = np.linalg.norm(model.coords[face] - points[pair // codes.shape[1]], axis=1)
-    best = np.full(codes.size, np.inf, dtype=np.float64)
-    np.minimum.at(best, pair, gaps)
-    return best.reshape(codes.shape).astype(np.float32)
+    sorted_identity = model.face_identity[order]
+    best = np.full(codes.shape, np.inf, dtype=np.float64)
+    for rank in range(codes.shape[1]):
+        starts = np.searchsorted(sorted_identity, codes[:, rank])
+        lengths = np.searchsorted(sorted_identity, codes[:, rank] + 1) - starts
+        point = np.repeat(np.arange(len(codes)), lengths)
+        face = order[np.repeat(starts - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())]
+        gaps = np.linalg.norm(model.coords[face] - points[point], axis=1)
+        np.minimum.at(best[:, rank], point, gaps)
+    return best.astype(np.float32)

@@ -37,7 +37,8 @@ RENDER_BYTES_PER_PIXEL = 200
 PNG_LEVEL = 3  # zlib level: measured on the 5k maps, 22 ms a map instead of 35 ms at 6, files ~15% larger
 _MARGINS = MARGINS
 _FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
-__all__ = ["Frame", "Framer", "MapGrid", "MapVerdicts", "draw_all_maps", "make_frame", "map_grid", "render_analysis_maps", "render_maps"]
+__all__ = ["Frame", "Framer", "MapGrid", "MapVerdicts", "draw_all_maps", "make_frame", "map_grid",
+           "render_analysis_maps", "render_maps"]
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ import numpy as np
 
 from job.analysis.suspects import VERDICTS
 from job.maps.placement import nearest_points
+from job.render.maps import HIGHLIGHT_COLOURS
 from job.report.rundata import RunData
 
 MAX_POINTS = 200_000  # faces drawn as points; above, a sample over a density image of every face
@@ -42,12 +43,13 @@ class Blob:
     index: dict[str, list[Any]] = field(default_factory=dict)
     size: int = 0
 
-    def add(self, name: str, values: np.ndarray) -> None:
-        """Append ``values`` (1-D) as little-endian bytes, 8-byte aligned (a typed array's view needs it)."""
+    def add(self, name: str, values: np.ndarray, width: int = 1) -> None:
+        """Append ``values`` (1-D; ``width`` values per item) as little-endian bytes, 8-byte aligned (a typed
+        array's view needs it); the index holds [dtype, byte offset, length, width]."""
         values = np.ascontiguousarray(values)
         dtype = values.dtype.newbyteorder("<")
         data = values.astype(dtype, copy=False).tobytes()
-        self.index[name] = [dtype.str.lstrip("<|"), self.size, int(values.size)]
+        self.index[name] = [dtype.str.lstrip("<|"), self.size, int(values.size), width]
         pad = (-len(data)) % 8
         self.parts.append(data + b"\0" * pad)
         self.size += len(data) + pad
@@ -66,10 +68,13 @@ class PageContent:
     underlay: bytes
 
 
-def page_content(run: RunData, highlight: list[int], color_by: str) -> PageContent:
-    """The page's data for ``run``, opening coloured by ``color_by`` with ``highlight`` ids highlighted."""
+def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed: int = 0) -> PageContent:
+    """The page's data for ``run``, opening coloured by ``color_by`` with ``highlight`` ids highlighted (ids
+    not in the run are left out), identities in the PNG maps' colours (``render.palette_seed``)."""
     columns, model = run.columns, run.model
     identity_ids = model.identity
+    known = set(identity_ids.tolist())
+    highlight = [int(i) for i in highlight if int(i) in known]
     codes = np.searchsorted(identity_ids, columns["id"])
     coords = run.coords
     frame = page_frame(coords)
@@ -77,7 +82,8 @@ def page_content(run: RunData, highlight: list[int], color_by: str) -> PageConte
     sampled = len(shown) < run.n_faces
     blob = Blob()
     _add_points(blob, run, codes, shown, identity_ids)
-    _add_identities(blob, run, codes)
+    _add_identities(blob, run, codes, palette_seed)
+    _add_cluster_colours(blob, np.asarray(columns["cluster"])[shown], np.unique(columns["cluster"]), palette_seed)
     grid = _add_nearest(blob, run, frame)
     underlay = density_png(coords, frame)
     verdict = columns["verdict"]
@@ -86,6 +92,8 @@ def page_content(run: RunData, highlight: list[int], color_by: str) -> PageConte
         "max_points": MAX_POINTS, "color_by": color_by, "highlight": [int(i) for i in highlight],
         "verdicts": list(VERDICTS), "nearest": grid, "names": _names_list(run, identity_ids),
         "suspects": int(np.sum(columns["suspect"])),
+        "suspects_drawn": int(np.sum(np.asarray(columns["suspect"], dtype=bool)[shown])),
+        "highlight_colours": list(HIGHLIGHT_COLOURS),
         "verdict_counts": {name: int(np.sum(verdict == name)) for name in VERDICTS},
         "lookalikes": [[a, b, round(s, 4), same] for a, b, s, same in run.lookalikes],
         "similar_known": run.similar() is not None, "blob": blob.index,
@@ -105,12 +113,15 @@ def page_frame(coords: np.ndarray) -> dict[str, float]:
 def pick_points(columns: dict[str, np.ndarray], codes: np.ndarray, highlight_codes: np.ndarray,
                 limit: int) -> np.ndarray:
     """Face positions (sorted) the page draws: all of them up to ``limit``, else every suspect and every
-    face of a highlighted identity, then a seeded random draw of the others up to ``limit``."""
+    face of a highlighted identity (the most certain suspects, should they alone exceed ``limit``), then a
+    random draw of the others up to ``limit`` (seeded: the same files give the same page)."""
     on_map = np.isfinite(columns["x"]) & np.isfinite(columns["y"])
     if int(on_map.sum()) <= limit:
         return np.flatnonzero(on_map)
     must = on_map & (np.asarray(columns["suspect"], dtype=bool) | np.isin(codes, highlight_codes))
-    chosen = np.flatnonzero(must)[:limit]
+    chosen = np.flatnonzero(must)
+    if len(chosen) > limit:  # more suspects than room: the most certain (highest score) first
+        chosen = chosen[np.argsort(-np.asarray(columns["outlier_score"])[chosen], kind="stable")[:limit]]
     rest = np.flatnonzero(on_map & ~must)
     room = max(limit - len(chosen), 0)
     drawn = np.random.default_rng(_SAMPLE_SEED).choice(rest, size=min(room, len(rest)), replace=False)
@@ -137,15 +148,32 @@ def _add_points(blob: Blob, run: RunData, codes: np.ndarray, shown: np.ndarray, 
         ids, cosine = similar
         ids, cosine = ids[shown], cosine[shown]
         found = np.isin(ids, identity_ids)
-        blob.add("sim_ident", np.where(found, np.searchsorted(identity_ids, ids), -1).astype(np.int32).ravel())
-        blob.add("sim_cos", np.where(found, cosine, np.nan).astype(np.float32).ravel())
-        blob.index["sim_ident"].append(ids.shape[1])
+        blob.add("sim_ident", np.where(found, np.searchsorted(identity_ids, ids), -1).astype(np.int32).ravel(),
+                 ids.shape[1])
+        blob.add("sim_cos", np.where(found, cosine, np.nan).astype(np.float32).ravel(), ids.shape[1])
 
 
 def _compact(values: np.ndarray) -> np.ndarray:
     """Integers (ids, rows) as int32 when they fit, else as float64 (exact up to 2**53: JavaScript's numbers)."""
     fits = len(values) == 0 or (int(values.min()) >= -(2**31) and int(values.max()) < 2**31)
     return values.astype(np.int32) if fits else values.astype(np.float64)
+
+
+def _add_cluster_colours(blob: Blob, clusters: np.ndarray, labels: np.ndarray, palette_seed: int) -> None:
+    """Each drawn face's colour index ``cluster_colour`` into ``cluster_palette``: map_clusters.png's colours
+    (one per label present, by rank, noise light grey)."""
+    from job.render.maps import NOISE_RGB, identity_palette
+
+    palette = identity_palette(len(labels), palette_seed + 1)
+    if len(labels) and labels[0] < 0:
+        palette[0] = NOISE_RGB
+    blob.add("cluster_palette", _bytes(palette), 3)
+    blob.add("cluster_colour", np.searchsorted(labels, clusters).astype(np.int32))
+
+
+def _bytes(rgb: np.ndarray) -> np.ndarray:
+    """Colours (n, 3) in [0, 1] as flat bytes 0..255."""
+    return (np.asarray(rgb) * 255).round().astype(np.uint8).ravel()
 
 
 def _verdict_codes(verdict: np.ndarray) -> np.ndarray:
@@ -156,8 +184,12 @@ def _verdict_codes(verdict: np.ndarray) -> np.ndarray:
     return codes
 
 
-def _add_identities(blob: Blob, run: RunData, codes: np.ndarray) -> None:
+def _add_identities(blob: Blob, run: RunData, codes: np.ndarray, palette_seed: int) -> None:
+    from job.render.maps import identity_palette
+
     model = run.model
+    # the colours of map_identities.png, so the page and the PNG agree
+    blob.add("palette", _bytes(identity_palette(len(model.identity), palette_seed)), 3)
     blob.add("id", _compact(model.identity))
     blob.add("anchor_x", model.anchor[:, 0].astype(np.float32))
     blob.add("anchor_y", model.anchor[:, 1].astype(np.float32))
@@ -220,7 +252,7 @@ def density_png(coords: np.ndarray, frame: dict[str, float], width: int = UNDERL
     from job.render.raster import Frame, rasterise
 
     span_x, span_y = frame["x1"] - frame["x0"], frame["y1"] - frame["y0"]
-    height = max(1, round(width * span_y / span_x))
+    height = int(np.clip(round(width * span_y / span_x), width // 4, 4 * width))  # the page stretches it to fit
     grid_frame = Frame((frame["x0"], frame["x1"]), (frame["y0"], frame["y1"]), width, height, width, height)
     counts = np.flipud(rasterise(coords, grid_frame).paint(0))
     filled = counts > 0

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from job.maps.mapmodel import MapModel
-from job.report.content import page_content
+from job.report.content import PageContent, page_content
 from job.report.rundata import REPORT_FILE, RunData, read_run
 from job.report.summary import clusters_html, esc, summary_html
 
@@ -34,19 +34,14 @@ _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour
 def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str:
     """The page for ``run``, its map coloured by ``color_by`` (one of :data:`COLOR_BY`) at first, with the
     ``highlight`` identity ids highlighted."""
-    content = page_content(run, highlight, color_by)
+    render = _section(_section(run.record, "config"), "render")
+    seed = render.get("palette_seed", 0)
+    content = page_content(run, highlight, color_by, seed if isinstance(seed, int) and seed >= 0 else 0)
     script, style = _asset("atlas.js"), _asset("atlas.css")
     policy = ("default-src 'none'; " f"script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
               "img-src data:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
               "frame-src 'none'; worker-src 'none'; base-uri 'none'; form-action 'none'")
-    record = run.record
-    source = str((record.get("input") or {}).get("path", run.folder.name))
-    meta = content.meta
-    sample_note = (f"Drawn: a sample of {meta['n_points']:,} of the {run.n_faces:,} faces (every suspect and every "
-                   "highlighted identity's faces among them), over a density image of all faces."
-                   if meta["sampled"] else f"All {run.n_faces:,} faces drawn.")
-    three_d = " This is a 3-D map: the page shows its x/y plane." if run.model.n_components == 3 else ""
-    underlay = base64.b64encode(content.underlay).decode("ascii")
+    source = str(_section(run.record, "input").get("path", "?"))
     return "\n".join([
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -55,6 +50,23 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         '<meta name="referrer" content="no-referrer">',
         f"<title>faceatlas \u2013 {esc(source)}</title>",
         f"<style>{style}</style></head><body>",
+        _header(run, content.meta, source),
+        _map_section(run, content),
+        f'<section id="summary"><h2>Summary</h2>{summary_html(run)}</section>',
+        f'<section id="maps"><h2>Maps</h2>{_figures(run, color_by)}</section>',
+        _tables(run, content.meta),
+        f'<section id="clusters"><h2>Clusters</h2>{clusters_html(run)}</section>',
+        f'<script type="application/json" id="fa-meta">{safe_json(content.meta)}</script>',
+        f'<script type="application/octet-stream" id="fa-blob">{content.blob.encoded()}</script>',
+        f"<script>{script}</script>",
+        "</body></html>",
+        "",
+    ])
+
+
+def _header(run: RunData, meta: dict[str, Any], source: str) -> str:
+    record = run.record
+    return "\n".join([
         "<header>",
         f"<h1>faceatlas atlas: {esc(source)}</h1>",
         f"<p>{run.n_faces:,} faces \u00b7 {len(run.model.identity):,} identities \u00b7 "
@@ -63,6 +75,18 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         '<nav><a href="#atlas">Map</a><a href="#summary">Summary</a><a href="#maps">Maps</a>'
         '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a><a href="#clusters">Clusters</a></nav>',
         "</header>",
+    ])
+
+
+def _map_section(run: RunData, content: PageContent) -> str:
+    meta = content.meta
+    note = (f"Drawn: a sample of {meta['n_points']:,} of the {run.n_faces:,} faces (every suspect and every "
+            "highlighted identity's faces among them), over a density image of all faces."
+            if meta["sampled"] else f"All {run.n_faces:,} faces drawn.")
+    if run.model.n_components == 3:
+        note += " This is a 3-D map: the page shows its x/y plane."
+    underlay = base64.b64encode(content.underlay).decode("ascii")
+    return "\n".join([
         '<section id="atlas"><h2>The map</h2>',
         '<div id="fa-controls">',
         '<label>Colour by <select id="fa-color">'
@@ -78,12 +102,17 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         '<aside id="fa-panel" aria-live="polite"><h3>Point at the map</h3><p>Hover a face for its row, id and '
         "name. Click a face for its identity, verdict and most similar identities; click empty space for the "
         "identities nearest that point. Drag to pan, scroll to zoom.</p></aside></div>",
-        f'<p class="note">{esc(sample_note + three_d)}</p>',
+        f'<p class="note">{esc(note)}</p>',
         f'<img id="fa-underlay" hidden alt="" src="data:image/png;base64,{underlay}">',
         "</section>",
-        f'<section id="summary"><h2>Summary</h2>{summary_html(run)}</section>',
-        f'<section id="maps"><h2>Maps</h2>{_figures(run, color_by)}</section>',
+    ])
+
+
+def _tables(run: RunData, meta: dict[str, Any]) -> str:
+    """The suspects and look-alikes sections; the script fills their rows from the page's data."""
+    return "\n".join([
         f'<section id="suspects"><h2>Suspected misfiled faces ({meta["suspects"]:,})</h2>',
+        f'<p class="note">{esc(_suspects_note(meta))}</p>' if meta["suspects_drawn"] < meta["suspects"] else "",
         '<p class="note">Click a column to sort; click a row to show the face on the map.</p>',
         '<table id="fa-suspects" class="sortable"><thead><tr><th>row</th><th>filed id</th>'
         '<th class="name-col">filed name</th><th>suggested id</th><th class="name-col">suggested name</th>'
@@ -95,13 +124,12 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th></tr></thead>'
         "<tbody></tbody></table>",
         '<button class="more" hidden></button></section>',
-        f'<section id="clusters"><h2>Clusters</h2>{clusters_html(run)}</section>',
-        f'<script type="application/json" id="fa-meta">{safe_json(meta)}</script>',
-        f'<script type="application/octet-stream" id="fa-blob">{content.blob.encoded()}</script>',
-        f"<script>{script}</script>",
-        "</body></html>",
-        "",
     ])
+
+
+def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
 
 
 def write_page(folder: Path, record: dict[str, Any], files: dict[str, Path], highlight: list[int],
@@ -124,6 +152,11 @@ def write_report(path: Path, run: RunData, highlight: list[int], color_by: str =
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def _suspects_note(meta: dict[str, Any]) -> str:
+    return (f"More suspects than the page draws: the {meta['suspects_drawn']:,} most certain are drawn and listed "
+            "here; suspects.csv has them all.")
 
 
 def safe_json(value: Any) -> str:

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 
-from job.errors import UsageError
+from job import __version__
+from job.config import RenderConfig
+from job.errors import InputError, InternalError, UsageError
 from job.io.formats import file_sha256
 from job.report.page import COLOR_BY, write_report
 from job.report.rundata import REPORT_FILE, RunData, read_run
-from job.store.outputs import RUN_FILE, staged_outputs, write_json
+from job.store.outputs import RUN_FILE, foreign_files, staged_outputs, write_json
 from job.store.runs import open_run
 
 Log = Callable[[str], None]
@@ -37,7 +39,7 @@ def report_again(folder: Path, color_by: str | None = None, log: Log = lambda me
     def make(staging: Path) -> dict[str, Path]:
         return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour)}
 
-    _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE}, {"report": {"color_by": colour}}, log)
+    _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE}, _report_facts(colour, "report"), log)
     return folder / REPORT_FILE
 
 
@@ -45,21 +47,24 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
                  log: Log = lambda message: None) -> dict[str, Path]:
     """Draw the five PNG maps and the page of the run in ``folder`` again, with ``highlight`` identity ids
     (None: the run's) and the page opening coloured by ``color_by`` (None: as before); returns {role: path}."""
-    from job.config import RenderConfig
+    from job.render.maps import require_render_memory
 
     finished = open_run(folder)
     run = read_run(folder, finished.record, finished.files)
     chosen = _recorded_highlight(finished.record) if highlight is None else _checked(highlight, run)
     colour = _colour(color_by, finished.record)
-    recorded = finished.record.get("config", {}).get("render", {})
-    render = RenderConfig(**{**(recorded if isinstance(recorded, dict) else {}), "highlight": chosen})
+    render = _render_config(finished.record, chosen, folder)
+    require_render_memory(render, None)
+    if run.names is None and _section(_section(finished.record, "config"), "input").get("names"):
+        log("warning: this run's names are not in its folder (it was made before faceatlas 0.6 kept names.json); "
+            "the maps and the page show ids only")
 
     def make(staging: Path) -> dict[str, Path]:
         files = draw_maps(run, chosen, render, staging)
         files["report"] = write_report(staging / REPORT_FILE, _in(run, staging), chosen, colour)
         return files
 
-    updates = {"highlight": chosen, "report": {"color_by": colour}}
+    updates = {"highlight": chosen, **_report_facts(colour, "render")}
     from job.render.maps import MAP_FILES
 
     written = _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE, *MAP_FILES.values()}, updates,
@@ -67,7 +72,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
     return {role: folder / path.name for role, path in written.items()}
 
 
-def draw_maps(run: RunData, highlight: list[int], render: Any, out_dir: Path) -> dict[str, Path]:
+def draw_maps(run: RunData, highlight: list[int], render: RenderConfig, out_dir: Path) -> dict[str, Path]:
     """The run's five PNG maps from its files: the drawing code and inputs of the run itself."""
     from job.render.maps import MapVerdicts, draw_all_maps
 
@@ -82,7 +87,7 @@ def draw_maps(run: RunData, highlight: list[int], render: Any, out_dir: Path) ->
     drawn = MapVerdicts.of(np.asarray(columns["suspect"], dtype=bool), verdict == "low_quality",
                            np.asarray(columns["suggested_id"], dtype=np.int64), ids,
                            np.asarray(columns["cluster"], dtype=np.int64), model.identity, model.anchor)
-    title = Path(str(run.record.get("input", {}).get("path", "faceatlas"))).name
+    title = Path(str(_section(run.record, "input").get("path", "faceatlas"))).name
     return draw_all_maps(coords, ids, codes, highlight, labels, drawn, render, out_dir, title)
 
 
@@ -92,6 +97,11 @@ def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make:
     """Replace ``folder`` by itself: its files but ``replaced`` linked into a staging folder, then the files
     ``make`` writes there (the names in ``replaced``: never written through a link into the old files), and a
     run.json that lists them; returns ``make``'s {role: path}."""
+    foreign = foreign_files(folder) if folder.is_dir() else []
+    if foreign:
+        shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
+        raise UsageError(f"{folder}: holds {shown}, which no faceatlas run wrote, and the run folder is replaced "
+                         "as a whole; move it out of the folder and retry")
     with staged_outputs(folder, log) as staging:
         for name, path in files.items():
             if name not in replaced:
@@ -99,14 +109,14 @@ def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make:
         new = make(staging)
         unexpected = sorted(path.name for path in new.values() if path.name not in replaced)
         if unexpected:
-            raise AssertionError(f"wrote {unexpected}, not among the files it replaces")
+            raise InternalError(f"rewriting {folder} wrote {unexpected}, not among the files it replaces")
         roles = dict(record.get("files", {}))
         roles.update({role: path.name for role, path in new.items()})
         checksums = dict(record.get("file_sha256", {}))
         checksums.update({path.name: file_sha256(path) for path in new.values()})
         updated = {**record, **updates, "files": roles, "file_sha256": checksums}
         if config_render is not None and isinstance(record.get("config"), dict):
-            render = {**record["config"].get("render", {}), **config_render}
+            render = {**_section(record["config"], "render"), **config_render}
             updated["config"] = {**record["config"], "render": render}
         write_json(staging / RUN_FILE, updated)
     return new
@@ -143,11 +153,35 @@ def _recorded_highlight(record: dict[str, Any]) -> list[int]:
         else []
 
 
+def _report_facts(colour: str, command: str) -> dict[str, Any]:
+    """run.json's ``report``: how the page opens, and which faceatlas remade it with which command."""
+    return {"report": {"color_by": colour, "written_by": f"faceatlas {command} {__version__}"}}
+
+
+def _render_config(record: dict[str, Any], highlight: list[int], folder: Path) -> RenderConfig:
+    """The run's render settings from its run.json, with ``highlight``; refused when the record was edited."""
+    from pydantic import ValidationError
+
+    recorded = _section(record.get("config") if isinstance(record.get("config"), dict) else {}, "render")
+    try:
+        return RenderConfig(**{**recorded, "highlight": highlight})
+    except (ValidationError, TypeError) as exc:
+        problem = " ".join(str(exc).split())[:200]
+        raise InputError(f"{folder / RUN_FILE}: config.render is not a faceatlas render section ({problem}); the "
+                         "record was edited, rerun faceatlas run") from None
+
+
+def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
+
+
 def _checked(highlight: list[int], run: RunData) -> list[int]:
     chosen = list(dict.fromkeys(highlight))
     if len(chosen) > 10:
         raise UsageError(f"--highlight: {len(chosen)} ids, at most 10 can be highlighted (one colour each)")
-    missing = [i for i in chosen if i not in set(run.model.identity.tolist())]
+    known = set(run.model.identity.tolist())
+    missing = [i for i in chosen if i not in known]
     if missing:
         ids = run.model.identity
         raise UsageError(f"--highlight: ids {', '.join(map(str, missing[:10]))} are not in this run (its ids run "

@@ -102,8 +102,8 @@ def summary_html(run: RunData) -> str:
         ("Faces", f"{run.n_faces:,} faces, {len(run.model.identity):,} identities, {given.get('dim', '?')}-D"),
         ("Backend", f"{record.get('backend', '?')}: {record.get('backend_reason', '')}"),
         ("kNN graph", f"{record.get('knn_method', '?')}: {record.get('knn_reason', '')}"),
-        ("Fit", f"{fit.get('fitted', '?'):,} faces fitted, {fit.get('placed', 0):,} placed on the fitted map, "
-                f"{fit.get('held_out', 0):,} held out" if isinstance(fit.get('fitted'), int) else "?"),
+        ("Fit", f"{_count(fit.get('fitted'))} faces fitted, {_count(fit.get('placed'))} placed on the fitted map, "
+                f"{_count(fit.get('held_out'))} held out"),
         ("faceatlas", str(record.get("version", "?"))),
     ]
     parts = ['<table class="facts">'] + [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts]
@@ -111,6 +111,11 @@ def summary_html(run: RunData) -> str:
     parts.append(_timings_html(record.get("timings")))
     parts.append(_metrics_html(record.get("metrics")))
     return "\n".join(parts)
+
+
+def _count(value: Any) -> str:
+    """A count from run.json as text: ``1,234``, or ``?`` for anything that is not an integer."""
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
 
 
 def _timings_html(timings: Any) -> str:

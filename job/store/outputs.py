@@ -88,11 +88,17 @@ def check_output_folder(out_dir: Path) -> None:
     if not os.access(existing, os.W_OK | os.X_OK):
         raise UsageError(f"--out {out_dir}: {existing} is not writable; pick a folder you can write to")
     if existing == out_dir:
-        foreign = sorted(set(_entries(out_dir)) - _owned_names(out_dir))
+        foreign = foreign_files(out_dir)
         if foreign:
             shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
             raise UsageError(f"--out {out_dir}: holds files no faceatlas run wrote ({shown}) and faceatlas "
                              "replaces its output folder as a whole; pick a new or empty folder")
+
+
+def foreign_files(folder: Path) -> list[str]:
+    """Names in an existing ``folder`` that no faceatlas run wrote (neither run.json nor a file it lists, nor our
+    hidden leftovers), sorted."""
+    return sorted(set(_entries(folder)) - _owned_names(folder))
 
 
 def _resolved(out_dir: Path) -> Path:

@@ -38,23 +38,23 @@
     var name = names ? names[code] : null;
     return String(I.id[code]) + (name ? " (" + name + ")" : "");
   }
-  function fmt(value, digits) { return isFinite(value) ? value.toFixed(digits) : "\u2013"; }
+  function fmt(value, digits) {
+    return typeof value === "number" && isFinite(value) ? value.toFixed(digits) : "\u2013";
+  }
 
-  /* colours: an identity's or cluster's hue from its index (golden-ratio steps), packed as canvas RGBA */
-  function hsl(h, s, l) {
-    var a = s * Math.min(l, 1 - l);
-    function f(n) { var k = (n + h * 12) % 12; return l - a * Math.max(-1, Math.min(k - 3, 9 - k, 1)); }
-    return [Math.round(f(0) * 255), Math.round(f(8) * 255), Math.round(f(4) * 255)];
-  }
+  /* colours packed as canvas RGBA (little-endian ABGR) */
   function pack(rgb, alpha) { return ((alpha << 24) | (rgb[2] << 16) | (rgb[1] << 8) | rgb[0]) >>> 0; }
-  function hue(i) {
-    return hsl((i * 0.6180339887) % 1, 0.55 + 0.35 * ((i * 7919) % 13) / 12, 0.32 + 0.22 * ((i * 104729) % 7) / 6);
+  /* identities and clusters in the PNG maps' colours (map_identities.png, map_clusters.png) */
+  function packed(bytes) {
+    var out = new Uint32Array(bytes.length / 3);
+    for (var j = 0; j < out.length; j++) out[j] = pack([bytes[3 * j], bytes[3 * j + 1], bytes[3 * j + 2]], 255);
+    return out;
   }
-  var palette = new Uint32Array(NI);
-  for (var c = 0; c < NI; c++) palette[c] = pack(hue(c), 255);
+  var palette = packed(arr("palette")), clusterPalette = packed(arr("cluster_palette"));
+  var clusterColour = arr("cluster_colour");
+  var HIGHLIGHTS = meta.highlight_colours;
   var GREY = pack([170, 170, 170], 255), LIGHT = pack([214, 214, 214], 255), RED = pack([214, 39, 40], 255);
   var PURPLE = pack([142, 68, 173], 255), INK = pack([8, 48, 107], 150);
-  function cssColour(rgb) { return "rgb(" + rgb[0] + "," + rgb[1] + "," + rgb[2] + ")"; }
 
   /* state */
   var state = { colorBy: meta.color_by, suspects: false, highlight: new Set(), dim: false, selected: -1, cell: -1 };
@@ -117,7 +117,7 @@
 
   function colourOf(i) {
     switch (state.colorBy) {
-      case "cluster": return P.cluster[i] < 0 ? LIGHT : palette[P.cluster[i] % NI];
+      case "cluster": return clusterPalette[clusterColour[i]];
       case "suspect": return P.verdict[i] === MISFILED ? RED : P.verdict[i] === LOWQ ? PURPLE : GREY;
       case "density": return INK;
       default: return palette[P.ident[i]];
@@ -131,7 +131,7 @@
     ctx.setTransform(1, 0, 0, 1, 0, 0);
     ctx.fillStyle = "#fff"; ctx.fillRect(0, 0, canvas.width, canvas.height);
     ctx.setTransform(dpr, 0, 0, dpr, 0, 0);
-    if (state.colorBy === "density" || meta.sampled) {
+    if ((state.colorBy === "density" || meta.sampled) && underlay.naturalWidth) {
       ctx.imageSmoothingEnabled = view.scale / view.base < 4;
       ctx.drawImage(underlay, sx(F.x0), sy(F.y1), (F.x1 - F.x0) * view.scale, (F.y1 - F.y0) * view.scale);
     }
@@ -169,8 +169,8 @@
     if (state.suspects) {
       for (var i = 0; i < N; i++) if (P.verdict[i] === MISFILED) ring(P.x[i], P.y[i], 4, "rgb(214,39,40)", 1.5);
     }
-    state.highlight.forEach(function (code) {
-      var colour = cssColour(hue(code));
+    Array.from(state.highlight).forEach(function (code, order) {
+      var colour = HIGHLIGHTS[order % HIGHLIGHTS.length];
       pointsOf(code).forEach(function (i) { ring(P.x[i], P.y[i], 5, colour, 2); });
       if (isFinite(I.ax[code])) {  // the identity's place on the map, also when none of its faces is drawn
         var x = sx(I.ax[code]), y = sy(I.ay[code]);
@@ -223,6 +223,7 @@
   function showFace(i) {
     state.selected = i; state.cell = -1;
     clearPanel("Face row " + P.row[i]);
+    delete panel.dataset.cell;
     panel.dataset.row = String(P.row[i]); panel.dataset.id = String(I.id[P.ident[i]]);
     line(panel, "Filed under", label(P.ident[i]));
     var verdict = meta.verdicts[P.verdict[i]];
@@ -373,6 +374,7 @@
     if (i >= 0) showFace(i); else showPoint(mapX(at[0]), mapY(at[1]));
   });
   canvas.addEventListener("pointerleave", function () { tip.hidden = true; });
+  canvas.addEventListener("pointercancel", function () { drag = null; });
   canvas.addEventListener("wheel", function (event) {
     event.preventDefault();
     var at = local(event), x = mapX(at[0]), y = mapY(at[1]);
@@ -419,6 +421,8 @@
         order.key = key;
         rows.sort(function (a, b) {
           var u = key(a), v = key(b);
+          if (u !== u) u = -Infinity;  // NaN (an unknown number) sorts as the smallest
+          if (v !== v) v = -Infinity;
           return (u < v ? -1 : u > v ? 1 : 0) * order.dir;
         });
         Array.prototype.forEach.call(table.tHead.rows[0].cells, function (cell) { cell.removeAttribute("aria-sort"); });
@@ -492,5 +496,6 @@
     };
     document.documentElement.dataset.faceatlas = "ready";
   }
-  if (underlay.complete) start(); else underlay.addEventListener("load", start);
+  if (underlay.complete) start();
+  else { underlay.addEventListener("load", start); underlay.addEventListener("error", start); }
 })();
