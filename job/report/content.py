@@ -168,7 +168,8 @@ def _add_cluster_colours(blob: Blob, clusters: np.ndarray, labels: np.ndarray, p
     if len(labels) and labels[0] < 0:
         palette[0] = NOISE_RGB
     blob.add("cluster_palette", _bytes(palette), 3)
-    blob.add("cluster_colour", np.searchsorted(labels, clusters).astype(np.int32))
+    rank = np.searchsorted(labels, clusters)
+    blob.add("cluster_colour", rank.astype(np.uint16) if len(labels) <= 2**16 else rank.astype(np.int32))
 
 
 def _bytes(rgb: np.ndarray) -> np.ndarray:

@@ -56,7 +56,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
     render = _render_config(finished.record, chosen, folder)
     require_render_memory(render, None)
     if run.names is None and _section(_section(finished.record, "config"), "input").get("names"):
-        log("warning: this run's names are not in its folder (it was made before faceatlas 0.6 kept names.json); "
+        log("warning: this run's names are not in its folder (it was made before faceatlas kept names.json); "
             "the maps and the page show ids only")
 
     def make(staging: Path) -> dict[str, Path]:

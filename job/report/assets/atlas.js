@@ -6,7 +6,8 @@
   "use strict";
   var started = performance.now();
   var meta = JSON.parse(document.getElementById("fa-meta").textContent);
-  var TYPES = { f4: Float32Array, f8: Float64Array, u4: Uint32Array, i4: Int32Array, u1: Uint8Array };
+  var TYPES = { f4: Float32Array, f8: Float64Array, u4: Uint32Array, i4: Int32Array, u2: Uint16Array,
+                u1: Uint8Array };
   var buffer = decode(document.getElementById("fa-blob").textContent);
   function decode(text) {
     var raw = atob(text.trim()), bytes = new Uint8Array(raw.length);
@@ -243,7 +244,7 @@
       }
       panel.appendChild(list);
     } else {
-      panel.appendChild(el("p", "This run did not record each face's most similar identities (faceatlas < 0.6)."));
+      panel.appendChild(el("p", "This run did not record each face's most similar identities (an older faceatlas made it)."));
     }
     line(panel, "Map position", fmt(P.x[i], 4) + ", " + fmt(P.y[i], 4));
     var button = el("button", "Highlight identity " + I.id[P.ident[i]]);
