@@ -21,7 +21,7 @@ from job.errors import InputError, UsageError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
 from job.store.outputs import existing_ancestor, temporary_path
 from job.maps.placement import Placement, place
-from job.store.runs import FinishedRun, open_run
+from job.store.runs import FinishedRun, open_run, section
 
 
 @dataclass(frozen=True)
@@ -34,7 +34,7 @@ class OpenMap:
     @property
     def input_fields(self) -> tuple[str, str]:
         """The id and embedding field names the run read its database with."""
-        recorded = _section(_section(self.run.record, "config"), "input")
+        recorded = section(section(self.run.record, "config"), "input")
         return str(recorded.get("id_field", "id")), str(recorded.get("embedding_field", "embedding"))
 
 
@@ -44,7 +44,7 @@ def open_map(folder: Path) -> OpenMap:
     if MODEL_FILE not in finished.files:
         raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
                          "make a map that can place faces and answer map points")
-    recorded = _section(finished.record, "input")
+    recorded = section(finished.record, "input")
     size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
     bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
     model = load_model(finished.files[MODEL_FILE], bound)
@@ -54,10 +54,6 @@ def open_map(folder: Path) -> OpenMap:
                          f"{dim}; rerun faceatlas run")
     return OpenMap(finished, model)
 
-
-def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
 
 
 def _outside(folder: Path, out: Path) -> None:
@@ -138,7 +134,7 @@ def _check_out(opened: OpenMap, out: Path, example: str, inputs: list[object] | 
     if out.is_dir():
         raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / example}")
     _outside(opened.run.folder, out)
-    _not_an_input(out, [*(inputs or []), _section(opened.run.record, "input").get("path")])
+    _not_an_input(out, [*(inputs or []), section(opened.run.record, "input").get("path")])
 
 
 def _not_an_input(out: Path, inputs: list[object]) -> None:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
-import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from job.maps.mapmodel import MapModel
 from job.report.content import PageContent, page_content
 from job.report.rundata import REPORT_FILE, RunData, read_run
 from job.report.summary import clusters_html, esc, summary_html
+from job.store.runs import section
 
 COLOR_BY = ("id", "cluster", "suspect", "density")
 _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour"),
@@ -34,14 +34,14 @@ _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour
 def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str:
     """The page for ``run``, its map coloured by ``color_by`` (one of :data:`COLOR_BY`) at first, with the
     ``highlight`` identity ids highlighted."""
-    render = _section(_section(run.record, "config"), "render")
+    render = section(section(run.record, "config"), "render")
     seed = render.get("palette_seed", 0)
     content = page_content(run, highlight, color_by, seed if isinstance(seed, int) and seed >= 0 else 0)
     script, style = _asset("atlas.js"), _asset("atlas.css")
     policy = ("default-src 'none'; " f"script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
               "img-src data:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
               "frame-src 'none'; worker-src 'none'; base-uri 'none'; form-action 'none'")
-    source = str(_section(run.record, "input").get("path", "?"))
+    source = str(section(run.record, "input").get("path", "?"))
     return "\n".join([
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -127,10 +127,6 @@ def _tables(run: RunData, meta: dict[str, Any]) -> str:
     ])
 
 
-def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
-
 
 def write_page(folder: Path, record: dict[str, Any], files: dict[str, Path], highlight: list[int],
                model: MapModel | None = None, color_by: str = "id") -> Path:
@@ -142,16 +138,9 @@ def write_page(folder: Path, record: dict[str, Any], files: dict[str, Path], hig
 
 def write_report(path: Path, run: RunData, highlight: list[int], color_by: str = "id") -> Path:
     """Write the page to ``path`` atomically."""
-    from job.store.outputs import temporary_path
+    from job.store.outputs import write_text
 
-    text = report_html(run, highlight, color_by)
-    tmp = temporary_path(path)
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_text(path, report_html(run, highlight, color_by))
 
 
 def _suspects_note(meta: dict[str, Any]) -> str:

@@ -24,7 +24,7 @@ from job.io.formats import file_sha256
 from job.report.page import COLOR_BY, write_report
 from job.report.rundata import REPORT_FILE, RunData, read_run
 from job.store.outputs import RUN_FILE, foreign_files, staged_outputs, write_json
-from job.store.runs import open_run
+from job.store.runs import open_run, section
 
 Log = Callable[[str], None]
 
@@ -47,7 +47,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
                  log: Log = lambda message: None) -> dict[str, Path]:
     """Draw the five PNG maps and the page of the run in ``folder`` again, with ``highlight`` identity ids
     (None: the run's) and the page opening coloured by ``color_by`` (None: as before); returns {role: path}."""
-    from job.render.maps import require_render_memory
+    from job.render.maps import MAP_FILES, require_render_memory
 
     finished = open_run(folder)
     run = read_run(folder, finished.record, finished.files)
@@ -55,7 +55,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
     colour = _colour(color_by, finished.record)
     render = _render_config(finished.record, chosen, folder)
     require_render_memory(render, None)
-    if run.names is None and _section(_section(finished.record, "config"), "input").get("names"):
+    if run.names is None and section(section(finished.record, "config"), "input").get("names"):
         log("warning: this run's names are not in its folder (it was made before faceatlas kept names.json); "
             "the maps and the page show ids only")
 
@@ -65,8 +65,6 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
         return files
 
     updates = {"highlight": chosen, **_report_facts(colour, "render")}
-    from job.render.maps import MAP_FILES
-
     written = _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE, *MAP_FILES.values()}, updates,
                        log, config_render={"highlight": chosen})
     return {role: folder / path.name for role, path in written.items()}
@@ -87,7 +85,7 @@ def draw_maps(run: RunData, highlight: list[int], render: RenderConfig, out_dir:
     drawn = MapVerdicts.of(np.asarray(columns["suspect"], dtype=bool), verdict == "low_quality",
                            np.asarray(columns["suggested_id"], dtype=np.int64), ids,
                            np.asarray(columns["cluster"], dtype=np.int64), model.identity, model.anchor)
-    title = Path(str(_section(run.record, "input").get("path", "faceatlas"))).name
+    title = Path(str(section(run.record, "input").get("path", "faceatlas"))).name
     return draw_all_maps(coords, ids, codes, highlight, labels, drawn, render, out_dir, title)
 
 
@@ -116,7 +114,7 @@ def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make:
         checksums.update({path.name: file_sha256(path) for path in new.values()})
         updated = {**record, **updates, "files": roles, "file_sha256": checksums}
         if config_render is not None and isinstance(record.get("config"), dict):
-            render = {**_section(record["config"], "render"), **config_render}
+            render = {**section(record["config"], "render"), **config_render}
             updated["config"] = {**record["config"], "render": render}
         write_json(staging / RUN_FILE, updated)
     return new
@@ -162,7 +160,7 @@ def _render_config(record: dict[str, Any], highlight: list[int], folder: Path) -
     """The run's render settings from its run.json, with ``highlight``; refused when the record was edited."""
     from pydantic import ValidationError
 
-    recorded = _section(record.get("config") if isinstance(record.get("config"), dict) else {}, "render")
+    recorded = section(section(record, "config"), "render")
     try:
         return RenderConfig(**{**recorded, "highlight": highlight})
     except (ValidationError, TypeError) as exc:
@@ -170,10 +168,6 @@ def _render_config(record: dict[str, Any], highlight: list[int], folder: Path) -
         raise InputError(f"{folder / RUN_FILE}: config.render is not a faceatlas render section ({problem}); the "
                          "record was edited, rerun faceatlas run") from None
 
-
-def _section(record: dict[str, Any], key: str) -> dict[str, Any]:
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
 
 
 def _checked(highlight: list[int], run: RunData) -> list[int]:

@@ -19,6 +19,7 @@ import numpy as np
 from job.errors import InputError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
 from job.store.outputs import PROJECTION_FILE
+from job.store.runs import section
 
 NAMES_FILE = "names.json"
 REPORT_FILE = "report.html"
@@ -75,7 +76,7 @@ def read_run(folder: Path, record: dict[str, Any], files: dict[str, Path], model
     if projection is None or model_path is None:
         missing = PROJECTION_FILE if projection is None else MODEL_FILE
         raise InputError(f"{folder}: has no {missing} (made by faceatlas < 0.3?); rerun faceatlas run")
-    recorded = record.get("input") if isinstance(record.get("input"), dict) else {}
+    recorded = section(record, "input")
     size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
     bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
     model = load_model(model_path, bound) if model is None else model

@@ -15,6 +15,7 @@ import numpy as np
 
 from job.report.content import clean_text
 from job.report.rundata import RunData
+from job.store.runs import section
 
 _TOP_CLUSTERS = 15
 
@@ -95,8 +96,7 @@ def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, A
 def summary_html(run: RunData) -> str:
     """The summary section's body: the run, how it was made, its timings, and its quality metrics."""
     record = run.record
-    given = record.get("input") if isinstance(record.get("input"), dict) else {}
-    fit = record.get("fit") if isinstance(record.get("fit"), dict) else {}
+    given, fit = section(record, "input"), section(record, "fit")
     facts = [
         ("Input", f"{given.get('path', '?')} (sha256 {str(given.get('sha256', '?'))[:16]}…)"),
         ("Faces", f"{run.n_faces:,} faces, {len(run.model.identity):,} identities, {given.get('dim', '?')}-D"),

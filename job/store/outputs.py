@@ -210,7 +210,11 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
 
 def write_json(path: Path, payload: dict[str, Any]) -> Path:
     """Write indented JSON atomically."""
-    text = json.dumps(finite(payload), indent=2, default=_plain, allow_nan=False) + "\n"
+    return write_text(path, json.dumps(finite(payload), indent=2, default=_plain, allow_nan=False) + "\n")
+
+
+def write_text(path: Path, text: str) -> Path:
+    """Write UTF-8 ``text`` atomically (a hidden temporary file, then ``os.replace``)."""
     tmp = temporary_path(path)
     try:
         tmp.write_text(text, encoding="utf-8")

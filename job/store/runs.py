@@ -62,6 +62,12 @@ def open_run(folder: Path) -> FinishedRun:
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def section(record: dict[str, Any], key: str) -> dict[str, Any]:
+    """``record[key]`` when it is a dict (a run.json section), else an empty one: records are read as untrusted."""
+    value = record.get(key)
+    return value if isinstance(value, dict) else {}
 _TYPES = {"version": str, "backend": str, "files": dict, "input": dict, "config": dict, "metrics": dict}
 _INPUT_TYPES = {"n_faces": int, "n_identities": int, "dim": int, "sha256": str, "path": str}
 
