@@ -1,6 +1,7 @@
 """Map analysis against baselines, side by side on the same faces in one run.
 
-1. Misfiled faces, on the standard, hard and wild demo shapes and several seeds: faceatlas's verdicts vs
+1. Misfiled faces, on the standard, hard, wild and uncentred demo shapes and several seeds, each in the working
+   space a run computes in (job/analysis/geometry.py): faceatlas's verdicts vs
    (a) the leave-one-out centroid margin (other - own > 0, every identity compared), (b) faceatlas 0.4's rule
    (the same margin over the run's candidates, with the majority rule), (c) kNN-classifier label-issue
    baselines (the cleanlab approach: an out-of-sample k=10 neighbour vote as predicted probabilities): an
@@ -32,13 +33,14 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from job.analysis.candidates import find_candidates
+from job.analysis.geometry import centre_in_place, measure_geometry, neighbour_quality
 from job.analysis.identities import IdentityTable, identity_table, rowwise_dot, top_similar
 from job.analysis.lookalikes import find_lookalikes
 from job.analysis.quality import model_from_map, top_pair_recall
 from job.analysis.suspects import DUPLICATE, LOW_QUALITY, judge_faces, leave_one_out, score_faces
 from job.config import UmapConfig
 from job.io.database import check_arrays, face_quality
-from job.io.demo import HARD, WILD, DemoSpec, DemoTruth, make_demo
+from job.io.demo import HARD, UNCENTRED, WILD, DemoSpec, DemoTruth, make_demo
 from job.knn.exact import exact_knn
 from job.knn.graph import normalise
 from job.knn.index import face_graph
@@ -47,7 +49,9 @@ from job.reduce.sample import pick_holdout
 
 SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD),
           ("hard s1", replace(HARD, seed=1)), ("wild", WILD), ("wild s1", replace(WILD, seed=1)),
-          ("wild s2", replace(WILD, seed=2)), ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3))]
+          ("wild s2", replace(WILD, seed=2)), ("wild 600 ids s3", replace(WILD, n_identities=600, seed=3)),
+          ("uncentred", UNCENTRED), ("uncentred s1", replace(UNCENTRED, seed=1)),
+          ("uncentred s2", replace(UNCENTRED, seed=2))]
 TOPS = (10, 50, 100)
 
 
@@ -117,17 +121,23 @@ class Case:
 
 
 def judge_case(spec: DemoSpec) -> Case:
-    """The run's verdict path on ``spec``'s database (loader checks, one graph, candidates, verdicts, pairs)."""
+    """The run's verdict path on ``spec``'s database (loader checks, the geometry and its working space, one
+    graph, candidates, quality from the norms or the neighbours, verdicts, pairs)."""
     records, truth = make_demo(spec)
     checked = check_arrays(records["id"], records["embedding"], "demo")
     ids, unit = checked.ids, np.asarray(checked.unit, dtype=np.float32)
     start = time.perf_counter()
+    geometry = measure_geometry(unit, ids, checked.log_norms)
+    centre_in_place(unit, geometry)
     table = identity_table(unit, ids)
     graph = face_graph(unit, np.arange(len(ids)), 11, "auto", 50_000, seed=0)
     found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 50_000, seed=0)
-    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows,
-                                   face_quality(checked.log_norms, len(ids)))
-    pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike)
+    quality = (face_quality(checked.log_norms, len(ids)) if geometry.quality_from == "norms"
+               else neighbour_quality(graph))
+    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows, quality,
+                                   geometry.calibration())
+    pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike,
+                            baseline=geometry.working.impostor_median)
     seconds = time.perf_counter() - start
     candidates = np.concatenate([found.nearby, found.similar[table.codes]], axis=1)
     return Case(ids, unit, truth, table, graph.indices, candidates, scores, original, seconds, pairs)

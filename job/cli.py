@@ -235,17 +235,21 @@ def invert(
 ) -> None:
     """The unit embedding vector for a map point, with its estimated fidelity (cosine to a face there)."""
     with _errors_to_exit_codes():
+        from job.analysis.geometry import to_input_space
         from job.maps.placement import invert as invert_point
         from job.maps.queries import check_vector_out, map_point, open_map, write_vector
 
         opened = open_map(folder)
         check_vector_out(opened, out)
-        inversion = invert_point(opened.model, map_point(opened, x, y, z))
+        model = opened.model
+        inversion = invert_point(model, map_point(opened, x, y, z))
+        # the vector in the input's own space (the run's centre added back), comparable with the database's
+        vector = to_input_space(inversion.vector, model.centre, model.centre_scale)
         if out is not None:
-            write_vector(out, inversion.vector)
+            write_vector(out, vector)
         if as_json:
             _echo(json.dumps({"fidelity": round(inversion.fidelity, 6), "distance": round(inversion.distance, 6),
-                                   "vector": [round(float(v), 7) for v in inversion.vector]}))
+                              "vector": [round(float(v), 7) for v in vector]}))
             return
         _echo(f"fidelity {inversion.fidelity:.3f} (estimated cosine to a face at this point); nearest face "
                    f"{inversion.distance:.3g} map units away; {len(inversion.vector)}-D unit vector")
@@ -295,9 +299,10 @@ def demo_db(
     hard: Annotated[bool, typer.Option("--hard", help="The harder setting: looser identities, 1-30 faces each "
                                        "(--faces-per-identity is then the mean), misfiled faces from look-alikes.")]
     = False,
-    shape: Annotated[str, typer.Option(help="standard, hard (as --hard) or wild: raw norms that track face "
+    shape: Annotated[str, typer.Option(help="standard, hard (as --hard), wild: raw norms that track face "
                                        "quality, low-quality faces, near-twins, misfiles from twins, re-enrolled "
-                                       "photos, 1-30 faces each.")] = "standard",
+                                       "photos, 1-30 faces each; or uncentred: wild as dlib gives it (128-D, one "
+                                       "mean direction in every face, lengths without quality).")] = "standard",
 ) -> None:
     """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers
     (pass it to faceatlas run --truth to score a run against them)."""

@@ -50,9 +50,10 @@ class InputConfig(_Section):
     allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
     url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
     url_max_bytes: int = Field(64 * 2**30, ge=1, le=COUNT_MAX, description="largest download accepted, in bytes")
-    demo: Literal["standard", "hard", "wild"] = Field(
+    demo: Literal["standard", "hard", "wild", "uncentred"] = Field(
         "standard", description='built-in demo when path is "": "hard" = looser identities, 1-30 faces, look-alike '
-        'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins')
+        'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins; "uncentred" = the wild '
+        'shape as dlib gives it (128-D, one mean direction shared by every face, lengths without quality)')
 
 
     @field_validator("path", "names", "truth")
@@ -194,6 +195,9 @@ class MetricsConfig(_Section):
 class AnalysisConfig(_Section):
     """Misfiled faces, look-alikes, clusters and the held-out check of transform/invert (all in 512-D)."""
 
+    centre: Literal["auto", "on", "off"] = Field("auto", description='subtract the database\'s mean direction '
+                                                 'before anything is compared: "auto" when impostor pairs are not '
+                                                 'centred (run.json geometry says why), "on", "off"')
     neighbours: int = Field(10, ge=1, le=100, description="nearest faces whose identities are suspect candidates")
     suspect_margin: float = Field(0.0, ge=0.0, le=2.0, description="misfiled needs the face's mean cosine to the "
                                   "other identity, over sqrt(that identity's own), to beat its own by this much")

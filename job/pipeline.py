@@ -1,5 +1,5 @@
-"""One faceatlas run: load -> plan the fit -> kNN graph -> verdicts -> UMAP -> place -> analyse -> render -> write
--> the atlas page (report.html, :mod:`job.report`).
+"""One faceatlas run: load -> measure the geometry -> plan the fit -> kNN graph -> verdicts -> UMAP -> place ->
+analyse -> render -> write -> the atlas page (report.html, :mod:`job.report`).
 
 Each stage is a function that takes frozen values and returns one; :func:`run` only chains them, times them
 and writes the outputs. Never prints: it reports through ``log`` and ``progress``.
@@ -20,6 +20,7 @@ import numpy as np
 from job import stop
 from job.analysis.clusters import agreement, cluster_map
 from job.analysis.candidates import find_candidates
+from job.analysis.geometry import Geometry, centre_in_place, measure_geometry, neighbour_quality
 from job.analysis.identities import IdentityTable, identity_table
 from job.analysis.lookalikes import Lookalikes, find_lookalikes
 from job.analysis.metrics import same_id_knn, trustworthiness
@@ -100,12 +101,14 @@ class Space:
 
 @dataclass(frozen=True)
 class Verdicts:
-    """The embedding-space answers: per-face verdicts, each identity's look-alike candidates, and for each
-    re-enrolled face the face it repeats (n_faces,) int64 (-1: none)."""
+    """The embedding-space answers: per-face verdicts, each identity's look-alike candidates, for each
+    re-enrolled face the face it repeats (n_faces,) int64 (-1: none), and each face's quality (n_faces,)
+    float32, from the norms or the neighbours as the geometry decided."""
 
     scores: SuspectScores
     lookalike: IdArray
     original: IdArray
+    quality: FloatArray
 
 
 @dataclass(frozen=True)
@@ -145,15 +148,18 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
         log(f"loaded {database.source}: {database.n_faces:,} faces, {len(database.identities):,} identities, "
             f"dim {database.dim}")
         _warn_about(database, log)
+        with _timed(timings, "geometry"):
+            geometry = working_space(config, database)
+        log(f"geometry: {geometry.reason}; face quality from the {geometry.quality_from}")
         if cluster is not None:
             cluster.device = backend.uses_gpu  # a GPU run's chunk tasks run on the workers' GPUs (dask-cuda)
             with _timed(timings, "cluster check"):
-                cluster.check(face_source(config.input, database), first_and_last(database),
+                cluster.check(face_source(config.input, database, geometry.centre), first_and_last(database),
                               gpu_required=config.backend == "cuml")
         try:
             if gpu is not None:
                 require_gpu_run(config, database, gpu)
-            work = compute(config, backend, database, timings, log, progress, gpu, cluster)
+            work = compute(config, backend, database, geometry, timings, log, progress, gpu, cluster)
         except GpuOutOfMemoryError as exc:
             if config.backend != "auto":
                 raise
@@ -161,7 +167,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
             log(f"backend: {backend.name} ({reason})")
             if cluster is not None:
                 cluster.device = False
-            work = compute(config, backend, database, timings, log, progress, cluster=cluster)
+            work = compute(config, backend, database, geometry, timings, log, progress, cluster=cluster)
         plan, graph, verdicts, mapped, analysis, metrics = work
         with staged_outputs(out_dir, log, checked=True) as staging:
             with _timed(timings, "render"):
@@ -171,7 +177,7 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
             make_record = partial(run_record, config, database, backend.name, reason, mapped.knn_method,
                                   graph.reason, mapped.placement, highlight, metrics, timings,
                                   gpu=None if gpu is None else gpu_record(gpu, cluster),
-                                  cluster=None if cluster is None else cluster.record())
+                                  cluster=None if cluster is None else cluster.record(), geometry=geometry.record())
             with _timed(timings, "report"):  # the page shows the record (its files are hashed after)
                 files["report"] = write_page(staging, make_record(files={}), files, highlight, analysis.model)
             record = make_record(files=files)
@@ -180,8 +186,16 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
     return RunResult(out_dir, final, backend.name, reason, metrics, timings)
 
 
-def compute(config: Config, backend: Backend, database: FaceDatabase, timings: dict[str, float], log: Log,
-            progress: ProgressFactory, gpu: GpuRun | None = None, cluster: ClusterSession | None = None
+def working_space(config: Config, database: FaceDatabase) -> Geometry:
+    """Measure the database's geometry and move its faces into the space every later stage computes in
+    (centred in place when the geometry says so, :mod:`job.analysis.geometry`)."""
+    geometry = measure_geometry(database.unit, database.ids, database.log_norms, config.analysis.centre, config.seed)
+    centre_in_place(database.unit, geometry)
+    return geometry
+
+
+def compute(config: Config, backend: Backend, database: FaceDatabase, geometry: Geometry, timings: dict[str, float],
+            log: Log, progress: ProgressFactory, gpu: GpuRun | None = None, cluster: ClusterSession | None = None
             ) -> tuple[FitPlan, FaceGraph, Verdicts, MapResult, Analysis, dict[str, Any]]:
     """Every stage between loading and writing, where ``backend`` computes (the GPU: faces, graph and
     analysis as CuPy arrays; the results come back to the host once, at each stage's end). With a
@@ -194,16 +208,17 @@ def compute(config: Config, backend: Backend, database: FaceDatabase, timings: d
         graph = shared_graph(config, space, plan, progress, None if gpu is None else gpu.info.free_bytes)
     log(f"kNN graph: {graph.method} ({graph.reason})")
     with _timed(timings, "suspects"), gpu_memory_errors("the verdicts"):
-        verdicts = judge(config, space, plan, graph)
+        verdicts = judge(config, space, plan, graph, geometry)
     log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
     with _timed(timings, "umap"), gpu_memory_errors("the UMAP fit"):
         fitted, params, engine = fit_map(config, backend, plan, graph, space)
     log(f"UMAP done in {timings['umap']:.1f} s")
     graph = fields_to_host(graph)  # placement, the supervised check and the writers are host code
     with _timed(timings, "place"):
-        mapped = place_faces(config, plan, graph, fitted, params, engine, progress, cluster)
+        mapped = place_faces(config, plan, graph, fitted, params, engine, progress, cluster,
+                             temperature=geometry.temperature)
     with _timed(timings, "analysis"), gpu_memory_errors("the analysis"):
-        analysis = analyse(config, database, space, plan, verdicts, graph, mapped, backend.name)
+        analysis = analyse(config, database, space, plan, verdicts, graph, mapped, backend.name, geometry)
     with _timed(timings, "metrics"), gpu_memory_errors("the map quality"):
         metrics = measure(config, database, space, mapped, analysis)
     return plan, graph, verdicts, mapped, analysis, metrics
@@ -231,12 +246,12 @@ def gpu_record(gpu: GpuRun, cluster: ClusterSession | None = None) -> dict[str, 
     info = gpu.info
     on_gpu = ["identity table", "kNN graph", "verdicts", "look-alikes", "UMAP fit (cuML)", "HDBSCAN (cuML)",
               "map-model cohesion", "trustworthiness"]
-    on_cpu = ["loading", "fit sample", "placement of the other faces (numba)", "map model and held-out check",
-              "same-id share (k-d tree)", "maps", "tables"]
+    on_cpu = ["loading", "geometry (sampled pairs, centring)", "fit sample", "placement of the other faces (numba)",
+              "map model and held-out check", "same-id share (k-d tree)", "maps", "tables"]
     if cluster is not None:
         on_gpu = ["UMAP fit (cuML)", "HDBSCAN (cuML)", "on each worker's GPU: identity sums, per-face fits, best "
                   "candidates, kNN queries (CuPy; run.json cluster)"]
-        on_cpu = [*on_cpu[:2], "placement of the other faces (numba, on the workers)", *on_cpu[3:],
+        on_cpu = [*on_cpu[:3], "placement of the other faces (numba, on the workers)", *on_cpu[4:],
                   "the verdicts' per-identity model", "look-alikes", "trustworthiness"]
     return {"device": info.device, "count": info.count, "total_bytes": info.total_bytes,
             "free_bytes": info.free_bytes, "compute_capability": info.compute_capability,
@@ -289,16 +304,18 @@ def shared_graph(config: Config, space: Space, plan: FitPlan, progress: Progress
                       progress, gpu=config.gpu, gpu_free=gpu_free)
 
 
-def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph) -> Verdicts:
+def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph, geometry: Geometry) -> Verdicts:
     """Per-face verdicts from the graph's neighbours and similar identities (re-enrolled photos found in the
-    graph and left out of the identities first); look-alike candidates. Computed where ``space`` is; the
-    verdicts come back to the host."""
+    graph and left out of the identities first), read in the run's ``geometry``; look-alike candidates.
+    Computed where ``space`` is; the verdicts come back to the host."""
     settings, table = config.analysis, space.table
     candidates = find_candidates(graph, table.codes, table.centroids, settings.neighbours, SIMILAR_IDENTITIES,
                                  settings.lookalike_k, config.knn.method, config.knn.exact_max_faces, config.seed)
+    quality = space.quality if geometry.quality_from == "norms" else \
+        to_namespace(namespace(table.codes), neighbour_quality(graph))
     scores, original = judge_faces(space.unit, table, graph, candidates.nearby, candidates.similar, space.rows,
-                                   space.quality, settings.suspect_margin, settings.misfiled_score)
-    return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original))
+                                   quality, geometry.calibration(settings.suspect_margin, settings.misfiled_score))
+    return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original), to_host(quality))
 
 
 def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, space: Space
@@ -318,9 +335,11 @@ def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, s
 
 
 def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatArray, params: UmapConfig,
-                engine: str, progress: ProgressFactory, cluster: ClusterSession | None = None) -> MapResult:
+                engine: str, progress: ProgressFactory, cluster: ClusterSession | None = None, *,
+                temperature: float) -> MapResult:
     """The whole map: fitted faces where UMAP put them (``engine``: what fitted them), every other face placed on
-    that map (on the ``cluster``'s workers, chunk by chunk, when there is one)."""
+    that map (on the ``cluster``'s workers, chunk by chunk, when there is one), starting from its neighbours
+    weighted with the geometry's ``temperature``."""
     n_faces = len(plan.table.codes)
     coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
     coords[plan.fitted] = fitted
@@ -330,7 +349,7 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatAr
                                  "engine": engine}
     if len(plan.placed):
         kernel = make_kernel(fitted, params.min_dist, params.spread, params.repulsion_strength,
-                             params.place_epochs, config.seed)
+                             params.place_epochs, config.seed, temperature=temperature)
         k = min(params.n_neighbors, graph.k)
         indices, distances = graph.indices[plan.placed, :k], graph.distances[plan.placed, :k]
         if cluster is None:
@@ -346,21 +365,21 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fitted: FloatAr
 
 
 def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan, verdicts: Verdicts,
-            graph: FaceGraph, mapped: MapResult, backend: str) -> Analysis:
-    """Everything decided after the map: the map model, held-out placement and quality, clusters, look-alikes
-    (those where ``space`` is)."""
+            graph: FaceGraph, mapped: MapResult, backend: str, geometry: Geometry) -> Analysis:
+    """Everything decided after the map, in the run's ``geometry``: the map model, held-out placement and
+    quality, clusters, look-alikes (those where ``space`` is)."""
     settings, ids, scores = config.analysis, database.ids, verdicts.scores
     left_out = scores.left_out
     # one derived identity table at a time (each is n_identities x dim): the look-alikes' first, then freed
     xp = namespace(space.unit)
     pairs = fields_to_host(find_lookalikes(space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out))),
                                            to_namespace(xp, verdicts.lookalike), settings.lookalike_top,
-                                           settings.lookalike_threshold))
+                                           settings.lookalike_threshold, geometry.working.impostor_median))
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
     # the table without misfiled and held-out faces, and its cohesion (n_faces x dim), where the faces are
     clean_x = space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out | held)))
-    model = model_from_map(space.unit, clean_x, scores, on_map, mapped.coords[on_map])
+    model = model_from_map(space.unit, clean_x, scores, on_map, mapped.coords[on_map], geometry)
     clean = fields_to_host(clean_x)
     coords = mapped.coords
     if len(plan.held):
@@ -385,7 +404,7 @@ def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan,
         metrics["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())
     columns["fitted"] = fitted  # added in 0.4: the face is in the UMAP fit (else placed on the fitted map)
     # added in 0.5: the verdict of every face, its quality and fit, and the row a re-enrolment repeats
-    columns.update(verdict=scores.verdict_names(), quality=database.quality, fit=scores.own,
+    columns.update(verdict=scores.verdict_names(), quality=verdicts.quality, fit=scores.own,
                    duplicate_of=np.where(verdicts.original >= 0, database.input_rows[np.maximum(verdicts.original, 0)],
                                          -1).astype(np.int64))
     metrics["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
@@ -436,9 +455,9 @@ def write_tables(database: FaceDatabase, verdicts: Verdicts, mapped: MapResult, 
         "projection": write_projection(staging / PROJECTION_FILE, database.ids, mapped.coords, database.input_rows,
                                        analysis.columns),
         "suspects": write_suspects(staging / SUSPECTS_FILE, database.input_rows, database.ids, verdicts.scores,
-                                   database.names, database.quality, analysis.lookalikes.same_person_keys()),
+                                   database.names, verdicts.quality, analysis.lookalikes.same_person_keys()),
         "low_quality": write_low_quality(staging / LOW_QUALITY_FILE, database.input_rows, database.ids,
-                                         verdicts.scores, database.quality, database.names),
+                                         verdicts.scores, verdicts.quality, database.names),
         "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names),
         "model": save_model(analysis.model, staging / MODEL_FILE),
     }

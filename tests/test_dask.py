@@ -35,7 +35,7 @@ from job.cluster.source import chunk_digest, face_source, first_and_last, read_f
 from job.config import Config, load_config
 from job.errors import ClusterError, UsageError
 from job.io.database import demo_database, load_database
-from job.io.demo import DemoSpec, make_demo, truth_json
+from job.io.demo import UNCENTRED, DemoSpec, make_demo, truth_json
 from job.pipeline import RunResult, plan_fit, run, shared_graph
 from job.progress import no_progress
 from tests.conftest import truth_of
@@ -109,6 +109,21 @@ def test_distributed_run_matches_the_single_process_run(cluster, single: RunResu
     assert info["worker_versions"]["faceatlas"] == __version__
     assert set(info["stages"]) == {READ, SUMS, DOTS, GRAPH, CANDIDATES, PLACE, DENSITY}
     assert record["fit"]["placed"] > 10_000  # the placement ran, on the workers
+
+
+def test_a_centred_run_on_the_cluster_matches_the_single_process_run(cluster, tmp_path: Path) -> None:
+    """Workers read an uncentred (dlib-like) file and subtract the client's centre themselves: the same bits."""
+    records, truth = make_demo(replace(UNCENTRED, n_identities=500, seed=3))
+    db = tmp_path / "uncentred.npy"
+    np.save(db, records, allow_pickle=False)
+    truth_of(db).write_text(truth_json(truth), encoding="utf-8")
+    single = run(_config(db, tmp_path / "single", **{"umap.sample_above": 4000}))
+    out = tmp_path / "out"
+    run(_config(db, out, **{"umap.sample_above": 4000, "dask.address": cluster.scheduler_address,
+                            "dask.chunk_faces": 2048}))
+    _same_outputs(single, out)
+    record = json.loads((out / "run.json").read_text())
+    assert record["geometry"]["centred"] is True and READ in record["cluster"]["stages"]
 
 
 def test_the_faiss_graph_is_the_same_on_the_cluster(cluster, db20k: Path, tmp_path: Path) -> None:

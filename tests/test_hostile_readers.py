@@ -27,7 +27,7 @@ from job.errors import InputError
 from job.io.database import load_database
 from job.io.demo import DemoSpec, make_demo
 from job.io.formats import file_sha256
-from job.pipeline import RunResult, judge, plan_fit, run, shared_graph
+from job.pipeline import RunResult, judge, plan_fit, run, shared_graph, working_space
 from job.progress import no_progress
 
 ROOT = Path(__file__).parents[1]
@@ -308,8 +308,9 @@ def test_a_tiny_database_with_spectral_init_runs(tmp_path: Path) -> None:
 def _verdicts(path: Path) -> tuple[set[int], np.ndarray]:
     config = load_config(SMOKE, {"input.path": str(path)})
     database = load_database(config.input)
+    geometry = working_space(config, database)
     plan, space = plan_fit(config, database)
-    scores = judge(config, space, plan, shared_graph(config, space, plan, no_progress)).scores
+    scores = judge(config, space, plan, shared_graph(config, space, plan, no_progress), geometry).scores
     return set(np.flatnonzero(scores.suspect).tolist()), scores.suggested_id
 
 

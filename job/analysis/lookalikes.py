@@ -4,7 +4,10 @@ The similarity of identities a and b is the mean cosine between a face of a and 
 ``sum_a . sum_b / (n_a n_b)`` from the identity sums, which does not favour identities with many or few
 faces the way a centroid cosine does. It is divided by the geometric mean of each identity's own mean
 face-to-face cosine, shrunk towards the database's typical value for identities with few faces (with two
-faces, "own" is one noisy number and would make its identity look like everyone's twin). Up to
+faces, "own" is one noisy number and would make its identity look like everyone's twin). Both are measured
+above the database's impostor baseline (the cosine two strangers' faces have, about 0 once the geometry is
+centred), so the scale reads the same for every recognizer: 0 as alike as strangers, 1 as two photos of
+one person. Up to
 ``ALL_PAIRS_MAX`` identities every pair is scored; above, candidate pairs are the identities most linked to
 each other in the run's kNN graph (:func:`job.analysis.identities.identity_links`), so the cost is
 n_identities x k, not all pairs — and a pair above the threshold whose faces are never among each other's
@@ -52,12 +55,15 @@ class Lookalikes:
         return set(zip(self.id_a[chosen].tolist(), self.id_b[chosen].tolist(), strict=True))
 
 
-def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6
-                    ) -> Lookalikes:
+def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6,
+                    baseline: float = 0.0) -> Lookalikes:
     """The ``top`` most alike pairs, plus every scored pair above ``threshold`` or at ``SAME_PERSON``.
 
     Only identities with at least one face in ``table`` take part. ``linked`` (n_identities, m): candidate
-    partners of each identity (-1 padded), used above ``ALL_PAIRS_MAX`` identities.
+    partners of each identity (-1 padded), used above ``ALL_PAIRS_MAX`` identities. ``baseline``: the cosine
+    two strangers' faces have (the database's impostor median, :mod:`job.analysis.geometry`); similarities
+    are measured above it, so 0 means "as alike as strangers" and 1 "as alike as two faces of one person" in
+    any geometry.
     """
     xp = namespace(table.counts)
     present = xp.flatnonzero(table.counts > 0)
@@ -65,11 +71,13 @@ def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: in
         empty = xp.zeros(0, dtype=xp.int64)
         return Lookalikes(empty, empty, xp.zeros(0, dtype=xp.float32))
     counts = table.counts.astype(xp.float64)
-    within = _within(table.norms, counts, present)
-    scale = counts * xp.sqrt(within)  # sum_a . sum_b / scale_a scale_b = mean cross cosine / sqrt(within_a within_b)
+    within = xp.clip(_within(table.norms, counts, present) - baseline, 0.05, None)
+    # (mean cross cosine - baseline) / sqrt(within_a within_b), within measured above the baseline too
+    scale = xp.sqrt(within)
     if len(present) <= ALL_PAIRS_MAX or linked is None:  # every pair, so nothing above the threshold is missed
         sums = table.sums(present)
-        matrix = (sums @ sums.T) / xp.outer(scale[present], scale[present])
+        cross = (sums @ sums.T) / xp.outer(counts[present], counts[present])
+        matrix = (cross - baseline) / xp.outer(scale[present], scale[present])
         i, j = xp.triu_indices(len(present), k=1)
         a, b, similarity = present[i], present[j], matrix[i, j].astype(xp.float32)
     else:
@@ -84,7 +92,8 @@ def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: in
             block = slice(first, first + (1 << 16))
             cross[block] = xp.einsum("ij,ij->i", table.centroids[a[block]], table.centroids[b[block]],
                                      dtype=xp.float64)
-        similarity = (cross * table.norms[a] * table.norms[b] / (scale[a] * scale[b])).astype(xp.float32)
+        mean_cross = cross * table.norms[a] * table.norms[b] / (counts[a] * counts[b])
+        similarity = ((mean_cross - baseline) / (scale[a] * scale[b])).astype(xp.float32)
     order = xp.argsort(-similarity, kind="stable")
     keep = order[: max(top, int((similarity > min(threshold, SAME_PERSON)).sum()))]  # every same-person pair
     return Lookalikes(table.ids[a[keep]], table.ids[b[keep]], similarity[keep])

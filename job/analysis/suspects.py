@@ -17,20 +17,32 @@ Gram matrix, so a 2-face identity is judged on the evidence one other face gives
 The score is the log-likelihood ratio of "belongs to d" over "belongs to c", each with its best quality g >= 0
 (so a blurred face is not called misfiled for being unlike everyone), with the noise scale calibrated on the
 database itself (:func:`_noise`). Between near-twins, the two
-lines are close and the test is between them, along the pair; when rho is within twice its error of 1, the
+lines are close and the test is between them, along the pair; when rho is within ``SEPARABLE_Z`` errors of 1, the
 faces cannot tell the two identities apart and no face is called misfiled between them.
 
-*Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1), the face's mean cosine to d
-over sqrt(mu_d) beats that to c by more than ``margin``, and there is plain evidence besides the odds (a fit to
-d of ``LOW_FIT`` or more, or to c under ``UNLIKE_OWN``), unless more than half of c's faces say so (then c as
-a whole resembles d: a look-alike or one person filed twice, which :mod:`job.analysis.lookalikes` reports).
-The surest misfiled face of each identity of 3+ faces then leaves it, and every face is judged again.
-``low_quality``: not misfiled, weakly like every identity (both fits below ``LOW_FIT``) and a low ``quality``
-(the face's raw norm relative to the database's; when the lengths say nothing, a fit below
-``LOW_FIT_UNRATED`` alone). ``lone``: the only face of its identity, nothing to compare with (its score is
-``NO_SCORE``; its suggested id is the identity it fits as well as that identity's own faces do, else its
-own). ``duplicate``: a re-enrolment of an earlier face of the same identity (:func:`near_duplicates`, from
-:func:`judge_faces`). Precedence: duplicate, misfiled, lone, low_quality, ok.
+*Chance is not evidence.* Every face fits the best of many other identities a little, by chance: how much
+is measured on the database (:func:`chance_fit`: the best other fit of faces that fit their own identity and
+whose best other is no look-alike of it), ~0.3 for ArcFace, ~0.8 for dlib's crowded space. Only a fit beyond
+it *claims* a face. And the score is a likelihood ratio: the verdict reads it against the base rate of
+misfiled faces in this database (:func:`prior_log_odds`).
+
+*Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1) plus the base rate's log odds
+against, the face's mean cosine to d over sqrt(mu_d) beats that to c by more than ``margin``, d claims it
+(beyond chance) and there is plain evidence besides the odds (a fit to d of ``LOW_FIT`` or more, or to c under
+``UNLIKE_OWN``) — or, where face quality is measured apart from identity (norms that carry it,
+:class:`Calibration`), a recognisable face fits its own identity no better than a stranger's face does (no
+clear target: someone the database does not hold). Either way not when more than half of c's faces say so
+(then c as a whole resembles d: a look-alike or one person filed twice, which :mod:`job.analysis.lookalikes`
+reports). The surest misfiled face of each identity of 3+ faces then leaves it, and every face is judged again.
+``low_quality``: not misfiled, weakly like every identity (its own fit, and its best other fit if that claims
+it, below ``LOW_FIT``) and of a low ``quality`` (from the norms, or from the geometry: how close its nearest
+faces are, :func:`job.analysis.geometry.neighbour_quality`; unknown: a fit below ``LOW_FIT_UNRATED`` alone).
+A hard photo of the right person — turned, blurred, occluded — is unlike its identity and claimed by nobody:
+it lands here, not in ``misfiled``. ``lone``: the only face of its identity, nothing to compare with (its
+score is ``NO_SCORE``; its suggested id is the identity that claims it as well as that identity's own faces
+fit each other, else its own). ``duplicate``: a re-enrolment of an earlier face of the same identity
+(:func:`near_duplicates`, from :func:`judge_faces`, at a closeness relative to the database's genuine pairs).
+Precedence: duplicate, misfiled, lone, low_quality, ok.
 """
 
 from __future__ import annotations
@@ -55,8 +67,30 @@ DUPLICATE_COS = 0.99  # a face this close to an earlier face is a re-enrolment o
 DUPLICATE_COLUMNS = 3  # a re-enrolled photo is among a face's first few neighbours
 CALIBRATION_RHO = 0.5  # faces whose best other identity is this alike measure the noise (see _noise)
 CALIBRATION_MIN = 20
+SEPARABLE_Z = 3.0  # two identities are told apart when rho is below 1 by this many standard errors (two random
+# halves of one person's photos pass 2 standard errors 3% of the time on real embeddings: bench/bench_real.py)
+PRIOR_MAX = 0.5  # the base rate of misfiled faces is taken as at most this
+CHANCE_QUANTILE = 0.99  # a face claimed by another identity fits it better than 99% of faces fit their best stranger
 NO_SCORE = np.float32(-1000.0)  # outlier_score of a face with nothing to compare with
 _CHI2_1_MEDIAN = 0.4549364
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """The settings verdicts are read with, relative to the database's own geometry (a run's come from
+    :meth:`job.analysis.geometry.Geometry.calibration`).
+
+    ``margin`` and ``min_score``: the misfiled test's settings (``analysis.suspect_margin``,
+    ``analysis.misfiled_score``); ``duplicate_cos``: the cosine at or above which two faces of one identity
+    are one photo enrolled twice; ``stranger_cos``: the cosine a stranger's face reaches (the impostor pairs'
+    95th percentile) when face quality is measured independently of identity (raw norms that carry it), else
+    None. With it, a recognisable face (quality not low) that fits its own identity no better than a stranger
+    does is misfiled even when no other identity claims it: someone the database does not hold."""
+
+    margin: float = 0.0
+    min_score: float = MIN_SCORE
+    duplicate_cos: float = DUPLICATE_COS
+    stranger_cos: float | None = None
 
 
 @dataclass(frozen=True)
@@ -67,7 +101,8 @@ class SuspectScores:
     ``NO_SCORE`` with nothing to compare), ``suspect`` bool (verdict misfiled), ``suggested_id`` int64 (-1: no
     identity to compare with), ``own`` and ``other`` float32 fits to the filed and the best other identity
     (1 = as alike as that identity's faces are to each other; NaN: none), ``lone`` bool (its identity's only
-    face), ``verdict`` int8 index into :data:`VERDICTS`.
+    face), ``verdict`` int8 index into :data:`VERDICTS`, ``claimed`` bool (the best other identity fits the face
+    beyond what chance gives: a misfiled face without it has no clear target, see :class:`Calibration`).
     """
 
     score: FloatArray
@@ -77,6 +112,7 @@ class SuspectScores:
     other: FloatArray
     lone: BoolArray
     verdict: np.ndarray
+    claimed: BoolArray
 
     @property
     def left_out(self) -> BoolArray:
@@ -246,9 +282,9 @@ def _distances(fits: _Fits, extra_own: np.ndarray | float = 0.0) -> tuple[np.nda
     return found[0], found[1]
 
 
-def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar: IdArray | None = None,
-                margin: float = 0.0, min_score: float = MIN_SCORE, quality: FloatArray | None = None,
-                duplicate: BoolArray | None = None) -> SuspectScores:
+def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar: IdArray | None = None, *,
+                quality: FloatArray | None = None, duplicate: BoolArray | None = None,
+                calibration: Calibration = Calibration()) -> SuspectScores:
     """Verdicts for every face of ``unit`` (n_faces, dim) filed as ``table.codes`` (see the module docstring).
 
     ``nearby`` (n_faces, k): identity codes of each face's nearest other faces (-1: none); ``similar``
@@ -266,36 +302,69 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     evidence = _evidence(unit, table, candidates, counted, lone)
     # the surest misfiled face of each identity of 3+ faces leaves its identity, and every face is judged
     # again: inside, it made the other faces of a small identity look unlike their own (and outvote it)
-    surest = _surest(evidence.score, table.codes, min_score, table.counts[table.codes] - counted >= 2)
+    surest = _surest(evidence.score, table.codes, calibration.min_score, table.counts[table.codes] - counted >= 2)
     if len(surest):
         counted = counted.copy()
         counted[surest] = False
         # each face's best other identity stays: a face leaving one identity barely moves its centroid
         evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone, evidence.best)
-    return _decide(evidence, table, lone, duplicate, quality, margin, min_score)
+    return _decide(evidence, table, lone, duplicate, quality, calibration)
 
 
 def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicate: BoolArray, quality: FloatArray,
-            margin: float, min_score: float) -> SuspectScores:
+            calibration: Calibration) -> SuspectScores:
     """The verdicts and suggestions from the last pass's evidence."""
     xp = namespace(evidence.best)
+    margin, min_score = calibration.margin, calibration.min_score
     codes, fits, best, found, score = table.codes, evidence.fits, evidence.best, evidence.found, evidence.score
     with np.errstate(invalid="ignore"):
         fit_own = xp.where(lone, xp.nan, fits.own / xp.sqrt(fits.mu_own))
         fit_other = xp.where(best >= 0, fits.other / xp.sqrt(fits.mu_other), xp.nan)
+        # the best of many identities fits every face a little by chance: only a fit beyond that claims it
+        claimed = fit_other > chance_fit(fit_own, fit_other, fits.rho, found)
         # misfiled needs plain evidence besides the odds: the face fits the other identity about as well as that
         # identity's own faces do, or is plainly unlike its own identity's faces
-        plain = (fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN)
-        suspect = found & (score > min_score) & (fits.other - fits.own > margin) & plain & ~duplicate
+        plain = claimed & ((fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN))
+        candidate = found & (fits.other - fits.own > margin) & plain & ~duplicate
+        # the odds are a likelihood ratio; a database with few misfiled faces asks more evidence of each
+        suspect = candidate & (score > min_score - prior_log_odds(candidate & (score > min_score), found))
+        if calibration.stranger_cos is not None:  # a recognisable face as unlike its identity as a stranger's
+            stranger = fits.own * xp.sqrt(fits.mu_own) < calibration.stranger_cos
+            suspect |= found & ~duplicate & stranger & (quality >= QUALITY_LOW)
     flagged = xp.bincount(codes[suspect], minlength=len(table.ids))
     suspect &= flagged[codes] * 2 <= table.counts[codes]
-    verdict = _verdicts(suspect, lone, duplicate, fit_own, fit_other, quality)
+    verdict = _verdicts(suspect, lone, duplicate, fit_own, xp.where(claimed, fit_other, xp.nan), quality)
     # a lone face has no own fit: it is suggested as the identity it fits as well as that identity's own faces
-    resembles = xp.where(lone, fit_other >= LOW_FIT, found & (fits.other > fits.own))
+    resembles = xp.where(lone, (fit_other >= LOW_FIT) & claimed, found & (fits.other > fits.own))
     suggested = xp.where(suspect | resembles, table.ids[xp.maximum(best, 0)], table.ids[codes])
     suggested = xp.where((best >= 0) | ~lone, suggested, -1).astype(xp.int64)
     return SuspectScores(score.astype(xp.float32), suspect, suggested, fit_own.astype(xp.float32),
-                         fit_other.astype(xp.float32), lone, verdict)
+                         fit_other.astype(xp.float32), lone, verdict, claimed & found)
+
+
+def prior_log_odds(flagged: BoolArray, judged: BoolArray) -> float:
+    """The log prior odds that a face is misfiled, from how many faces the evidence alone flags (their share of
+    the judged faces, at least one face in all and at most ``PRIOR_MAX``). The score is a likelihood ratio;
+    added to these odds it is the posterior the verdict reads: a database with few misfiled faces asks more
+    evidence of each (LFW as it is: 3 label errors in 4,202 faces, so a tilted face that a look-alike claims at
+    odds of 50:1 is more likely a hard photo than a fourth error), one with many asks less."""
+    n = max(int(judged.sum()), 1)
+    share = min(max(int(flagged.sum()), 1) / n, PRIOR_MAX)
+    return float(np.log(share / (1.0 - share)))
+
+
+def chance_fit(fit_own: np.ndarray, fit_other: np.ndarray, rho: np.ndarray, found: BoolArray) -> float:
+    """How well the best of the other identities fits a face by chance, measured on the database: the
+    ``CHANCE_QUANTILE`` of the best other fit of faces that fit their own identity (``LOW_FIT`` or better) and
+    whose best other identity is no look-alike of it (rho below ``CALIBRATION_RHO``), so that nothing but
+    chance picked it. A crowded model (dlib: the best of 400 strangers fits ~0.65) sets it high, a sparse one
+    (ArcFace: ~0.3) low. ``-inf`` (no bar) with under ``CALIBRATION_MIN`` such faces."""
+    xp = namespace(fit_other)
+    with np.errstate(invalid="ignore"):
+        sample = found & (rho < CALIBRATION_RHO) & (fit_own >= LOW_FIT) & xp.isfinite(fit_other)
+    if int(sample.sum()) < CALIBRATION_MIN:
+        return -float("inf")
+    return float(xp.quantile(fit_other[sample], CHANCE_QUANTILE))
 
 
 def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> float:
@@ -314,8 +383,8 @@ def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> f
 
 def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
                model: Tightness) -> BoolArray:
-    """Whether the faces tell the filed and the best other identity apart: rho below 1 by more than twice its
-    standard error. Between two identities the faces cannot separate (one person under two ids, or twins
+    """Whether the faces tell the filed and the best other identity apart: rho below 1 by more than
+    ``SEPARABLE_Z`` standard errors. Between two identities the faces cannot separate (one person under two ids, or twins
     with too few faces) no face is called misfiled; the pair is a look-alike (``possible_same_person``).
 
     rho is a mean cross cosine over n_c x n_d face pairs (each as noisy as a within pair, ``pair_noise``)
@@ -327,7 +396,7 @@ def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray,
     cross = model.pair_noise / xp.maximum(n_own * n_other, 1) / (fits.mu_own * fits.mu_other)
     unsure = sum(model.variance(n) / mu**2 for n, mu in ((n_own, fits.mu_own), (n_other, fits.mu_other)))
     with np.errstate(invalid="ignore"):
-        return (1.0 - fits.rho) > 2.0 * xp.sqrt(cross + fits.rho**2 / 4 * unsure)
+        return (1.0 - fits.rho) > SEPARABLE_Z * xp.sqrt(cross + fits.rho**2 / 4 * unsure)
 
 
 @dataclass(frozen=True)
@@ -394,17 +463,18 @@ def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own
 
 
 def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby: IdArray, similar: IdArray | None,
-                rows: IdArray, quality: FloatArray | None = None, margin: float = 0.0,
-                min_score: float = MIN_SCORE) -> tuple[SuspectScores, IdArray]:
+                rows: IdArray, quality: FloatArray | None = None, calibration: Calibration = Calibration()
+                ) -> tuple[SuspectScores, IdArray]:
     """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
     ``DUPLICATE_COLUMNS`` neighbours) and left out of the identities, then :func:`score_faces`. Returns the
     scores and, per face, the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
     xp = namespace(table.codes)
     columns = slice(0, min(DUPLICATE_COLUMNS + 1, graph.k))  # a reference face is its own first neighbour
     duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,
-                                          graph.reference, table.ids[table.codes])
+                                          graph.reference, table.ids[table.codes], calibration.duplicate_cos)
     judged = table.without(unit, xp.flatnonzero(duplicate))
-    return score_faces(unit, judged, nearby, similar, margin, min_score, quality, duplicate), original
+    return score_faces(unit, judged, nearby, similar, quality=quality, duplicate=duplicate,
+                       calibration=calibration), original
 
 
 def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, reference: IdArray, ids: IdArray,

@@ -36,7 +36,9 @@ class FaceSource:
     """The input as the workers reach it.
 
     ``kind`` "file" (``location`` an absolute path) or "url"; ``sha256`` and ``size`` the file as the client
-    read it (the download, for a URL); ``n_rows`` the input's rows (faces dropped by ``--drop-invalid`` too).
+    read it (the download, for a URL); ``n_rows`` the input's rows (faces dropped by ``--drop-invalid`` too);
+    ``centre`` the mean direction the run subtracts from every unit face (:mod:`job.analysis.geometry`; None:
+    not centred), as a tuple so the source stays hashable.
     """
 
     kind: str
@@ -49,6 +51,7 @@ class FaceSource:
     allow_http: bool = False
     url_timeout: float = 30.0
     url_max_bytes: int = 0
+    centre: tuple[float, ...] | None = None
 
     @property
     def shown(self) -> str:
@@ -57,20 +60,22 @@ class FaceSource:
         return redact(self.location)
 
 
-def face_source(config: InputConfig, database: FaceDatabase) -> FaceSource | None:
+def face_source(config: InputConfig, database: FaceDatabase, centre: np.ndarray | None = None
+                ) -> FaceSource | None:
     """The source of ``database``, loaded with ``config``, for the workers (None for the built-in demo, which
-    the client sends)."""
+    the client sends); ``centre``: the run's geometry's centre, which the workers subtract as the client did."""
     from job.io.remote import is_url
 
     fields = config.id_field, config.embedding_field
+    shared = None if centre is None else tuple(float(value) for value in np.asarray(centre, dtype=np.float32))
     n_rows = database.n_faces + sum(database.dropped.values())
     if not config.path:
         return None
     if is_url(config.path):
         return FaceSource("url", config.path, *fields, database.sha256, 0, n_rows, config.allow_http,
-                          config.url_timeout, config.url_max_bytes)
+                          config.url_timeout, config.url_max_bytes, centre=shared)
     path = Path(config.path).resolve()
-    return FaceSource("file", str(path), *fields, database.sha256, path.stat().st_size, n_rows)
+    return FaceSource("file", str(path), *fields, database.sha256, path.stat().st_size, n_rows, centre=shared)
 
 
 def chunk_digest(ids: IdArray, unit: np.ndarray) -> str:
@@ -89,7 +94,8 @@ def first_and_last(database: FaceDatabase) -> tuple[IdArray, str]:
 
 
 def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
-    """The unit vectors of input ``rows`` (n, dim), as the client's loader made them; runs on a worker.
+    """The unit vectors of input ``rows`` (n, dim), as the client's loader made them and its geometry moved them
+    (``source.centre``); runs on a worker.
 
     Raises :class:`ClusterError` naming the worker when it cannot read the input or reads other faces (its
     chunk's :func:`chunk_digest` is not ``digest``).
@@ -99,6 +105,7 @@ def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
     except FaceatlasError as exc:
         raise ClusterError(f"worker {worker_name()} cannot read the input: {exc} (every worker needs the input "
                            "at the same path, e.g. on a shared filesystem, or at a URL it can reach)") from None
+    from job.analysis.geometry import centre_rows
     from job.io.database import unit_block
 
     rows = np.asarray(rows, dtype=np.int64)
@@ -107,8 +114,10 @@ def read_faces(source: FaceSource, rows: IdArray, digest: str) -> np.ndarray:
                            f"{source.n_rows:,} on the client; every worker must read the same file")
     unit = np.empty((len(rows), stored.embeddings.shape[1]),
                     dtype=np.float16 if stored.embeddings.dtype == np.float16 else np.float32)
+    centre = None if source.centre is None else np.asarray(source.centre, dtype=np.float32)
     for start in range(0, len(rows), _BLOCK):
-        unit[start:start + _BLOCK] = unit_block(np.asarray(stored.embeddings[rows[start:start + _BLOCK]]))[0]
+        block = unit_block(np.asarray(stored.embeddings[rows[start:start + _BLOCK]]))[0]
+        unit[start:start + _BLOCK] = block if centre is None else centre_rows(block, centre)
     if len(rows) and chunk_digest(stored.ids[rows], unit) != digest:
         raise ClusterError(f"worker {worker_name()}: {source.shown} holds other faces in rows {rows[0]}..{rows[-1]} "
                            "than the client read; every worker must read the same file (a stale copy?)")

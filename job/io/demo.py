@@ -67,6 +67,8 @@ class DemoSpec:
     twin_weight: tuple[float, float] = (0.8, 0.9)
     twin_misfiled: float = 0.0
     duplicate_fraction: float = 0.0
+    shared_direction: float = 0.0
+    norms_track_quality: bool = True
 
 
 @dataclass(frozen=True)
@@ -110,8 +112,16 @@ WILD = DemoSpec(same_identity_cos=(0.4, 0.65), faces_per_identity=15, uneven_fra
 1-30 faces per identity, per-face noise that varies, 4% low-quality faces, near-twin identities, misfiled
 faces from look-alikes, from twins and at random, and a few re-enrolled photos."""
 
+UNCENTRED = DemoSpec(dim=128, same_identity_cos=(0.55, 0.8), faces_per_identity=15, uneven_fraction=1.0,
+                     uneven_min_faces=1, misfiled_from="mixed", raw_norms=True, norm_scale=1.42,
+                     face_quality=(0.7, 1.0), low_quality_fraction=0.04, n_twin_pairs=15, twin_misfiled=0.6,
+                     duplicate_fraction=0.005, shared_direction=0.84, norms_track_quality=False)
+"""The wild shape as dlib's ResNet gives it (measured on LFW, bench/bench_real.py): 128-D vectors that all
+share one mean direction (two strangers' faces have cosine ~0.84, two photos of one person ~0.95), lengths
+~1.42 that vary but say nothing of quality, so its low-quality faces have no norm signal."""
 
-DEMO_SHAPES = {"standard": DemoSpec(), "hard": HARD, "wild": WILD}
+
+DEMO_SHAPES = {"standard": DemoSpec(), "hard": HARD, "wild": WILD, "uncentred": UNCENTRED}
 """The built-in demo shapes by name (``input.demo``, ``demo-db --shape``)."""
 
 
@@ -157,7 +167,8 @@ class DemoPlan:
     """Everything about a demo database but its faces: per identity centres and tightness, per face ids and
     source identities, the planted truth, and the generator whose next draws are the faces' noise.
     ``quality`` (per face, scales its tightness) and ``norms`` (per face raw length) are None for unit faces
-    of even quality; ``copies`` (per face) is the row a face re-enrols (-1: none)."""
+    of even quality; ``copies`` (per face) is the row a face re-enrols (-1: none); ``shared`` (dim,) the
+    direction every face shares (``spec.shared_direction`` of it; None: none)."""
 
     spec: DemoSpec
     centres: FloatArray
@@ -169,6 +180,7 @@ class DemoPlan:
     quality: np.ndarray | None = None
     norms: np.ndarray | None = None
     copies: IdArray | None = None
+    shared: FloatArray | None = None
 
 
 def plan_demo(spec: DemoSpec) -> DemoPlan:
@@ -203,14 +215,17 @@ def plan_demo(spec: DemoSpec) -> DemoPlan:
     duplicate: IdArray = np.zeros(0, dtype=np.int64)
     if spec.raw_norms or spec.low_quality_fraction or spec.face_quality != (1.0, 1.0):
         quality, low = _face_quality(rng, len(ids), misfiled, spec)
-        if spec.raw_norms:  # ArcFace-like: a face's length grows with its quality, loosely
+        if spec.raw_norms and spec.norms_track_quality:  # ArcFace-like: a face's length grows with its quality
             norms = (spec.norm_scale * (0.35 + 0.65 * quality) * np.exp(rng.normal(0, 0.12, len(ids))))
+        elif spec.raw_norms:  # dlib-like: lengths vary by a few percent and say nothing of quality
+            norms = spec.norm_scale * np.exp(rng.normal(0, 0.055, len(ids)))
     if spec.duplicate_fraction:
         copies, duplicate = _plant_duplicates(rng, ids, np.union1d(misfiled, low), spec.duplicate_fraction)
     truth = DemoTruth(spec=spec, misfiled_rows=misfiled.tolist(), misfiled_true_ids=source[misfiled].tolist(),
                       lookalike_pairs=pairs, families=families, twin_pairs=twins, low_quality_rows=low.tolist(),
                       duplicate_rows=duplicate.tolist())
-    return DemoPlan(spec, centres, tightness, ids, source, truth, rng, quality, norms, copies)
+    shared = _unit(rng, 1, spec.dim)[0] if spec.shared_direction else None
+    return DemoPlan(spec, centres, tightness, ids, source, truth, rng, quality, norms, copies, shared)
 
 
 def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]:
@@ -234,6 +249,8 @@ def demo_chunks(plan: DemoPlan, rows: int = CHUNK_FACES) -> Iterator[np.ndarray]
                 jitter = _unit(plan.rng, 1, plan.spec.dim)[0]
                 faces[at] = (earlier + 0.05 * jitter) / np.linalg.norm(earlier + 0.05 * jitter)
             previous = faces[-1].copy()
+        if plan.shared is not None:  # every face leans on one direction: strangers' faces are alike too
+            faces = _mix(np.broadcast_to(plan.shared, faces.shape), faces, plan.spec.shared_direction)
         if plan.norms is not None:
             faces *= plan.norms[chunk, None].astype(np.float32)
         records["embedding"] = faces.astype(np.float16)

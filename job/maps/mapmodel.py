@@ -12,7 +12,12 @@ the map, so a CPU-only install can use a map fitted by cuML:
 * ``coords`` (n_on_map, n_components) float32 and ``face_identity`` (n_on_map,) int32: the map position of
   every face on the map (fitted by UMAP or placed on the fitted map; not the held-out faces) and the index
   of the identity it belongs to (a suspect's suggested identity);
-* ``radius`` (scalar): how far from the nearest face a map point still counts as on the populated map.
+* ``radius`` (scalar): how far from the nearest face a map point still counts as on the populated map;
+* ``centre`` (dim,) float32 and ``centre_scale`` (scalar): the database's mean direction the run subtracted
+  before computing (:mod:`job.analysis.geometry`; a zero vector when it did not) and a centred face's typical
+  length, so new faces and inverted points move between the input's space and the run's; ``temperature``
+  (scalar): the cosine scale of placement's identity weights in that space. Models written before these
+  existed read as uncentred, with the old fixed temperature.
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -29,9 +34,14 @@ from job.errors import InputError
 from job.io.memory import require
 from job.store.outputs import temporary_path
 
+if TYPE_CHECKING:
+    from job.analysis.geometry import Geometry
+
 MODEL_FILE = "map_model.npz"
 _FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anchor": "f", "coords": "f",
            "face_identity": "i", "radius": "f"}
+_GEOMETRY_FIELDS = {"centre": "f", "centre_scale": "f", "temperature": "f"}  # added in 0.7, optional on read
+LEGACY_TEMPERATURE = 0.02  # the fixed placement temperature before the geometry was measured
 RADIUS_NEIGHBOUR = 5  # the populated map: within RADIUS_FACTOR x (99th percentile of 5th-neighbour distance)
 RADIUS_FACTOR = 2.0
 
@@ -48,6 +58,9 @@ class MapModel:
     coords: FloatArray
     face_identity: np.ndarray
     radius: float
+    centre: FloatArray | None = None
+    centre_scale: float = 1.0
+    temperature: float = LEGACY_TEMPERATURE
 
     @property
     def dim(self) -> int:
@@ -56,6 +69,12 @@ class MapModel:
     @property
     def n_components(self) -> int:
         return int(self.coords.shape[1])
+
+    def working(self, unit: np.ndarray) -> np.ndarray:
+        """Unit faces of the input's space (n, dim) in the space the run computed in (centred when it was)."""
+        from job.analysis.geometry import centre_rows
+
+        return unit if self.centre is None else centre_rows(np.asarray(unit), self.centre)
 
     def tree(self) -> Any:
         """A k-d tree over the map positions of the model's faces (built once, on first use, n log n)."""
@@ -69,8 +88,9 @@ class MapModel:
 
 
 def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
-                face_identity: np.ndarray) -> MapModel:
-    """Assemble a model from identity centroids (unit rows) and the map positions of the faces on the map."""
+                face_identity: np.ndarray, geometry: Geometry | None = None) -> MapModel:
+    """Assemble a model from identity centroids (unit rows) and the map positions of the faces on the map, in
+    the run's ``geometry`` (None: the input's own space, the legacy temperature)."""
     n_ids = len(identity)
     anchor = np.full((n_ids, coords.shape[1]), np.nan, dtype=np.float32)
     per_id = np.bincount(face_identity, minlength=n_ids)
@@ -89,8 +109,10 @@ def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesio
     if k >= 1:
         kth, _ = tree.query(coords, k=k + 1, workers=-1)  # a face is its own first neighbour
         radius = max(float(RADIUS_FACTOR * np.quantile(kth[:, -1], 0.99)), 1e-6)
+    space = {} if geometry is None else {"centre": geometry.centre, "centre_scale": geometry.centre_scale,
+                                         "temperature": geometry.temperature}
     model = MapModel(np.asarray(identity, np.int64), np.asarray(centroid, np.float32), np.asarray(count, np.int64),
-                     np.asarray(cohesion, np.float32), anchor, coords, face_identity.astype(np.int32), radius)
+                     np.asarray(cohesion, np.float32), anchor, coords, face_identity.astype(np.int32), radius, **space)
     object.__setattr__(model, "_tree", tree)
     return model
 
@@ -98,6 +120,8 @@ def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesio
 def save_model(model: MapModel, path: Path) -> Path:
     """Write ``model`` as an uncompressed ``.npz`` of plain arrays (atomically)."""
     arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS}
+    arrays.update(centre=np.zeros(0, np.float32) if model.centre is None else np.asarray(model.centre, np.float32),
+                  centre_scale=np.float64(model.centre_scale), temperature=np.float64(model.temperature))
     tmp = temporary_path(path)
     with tmp.open("wb") as handle:
         np.savez(handle, **arrays)
@@ -122,26 +146,46 @@ def load_model(path: Path, max_bytes: int | None = None, max_memory: int | None 
             missing = [name for name in _FIELDS if name not in members]
             if missing:
                 raise InputError(f"{path}: not a faceatlas map model (no array {missing[0]!r}); {fix}")
-            claimed = sum(member_header(archive, members[name], path).data_bytes for name in _FIELDS)
+            present = [name for name in (*_FIELDS, *_GEOMETRY_FIELDS) if name in members]
+            claimed = sum(member_header(archive, members[name], path).data_bytes for name in present)
             if max_bytes is not None and claimed > max_bytes:
                 raise InputError(f"{path}: its arrays claim {claimed:,} bytes, more than a map of this run's "
                                  f"size holds ({max_bytes:,}); the model was replaced, {fix}")
             require(claimed, max_memory, f"{path}: reading the map model", "use a smaller map")
             with np.load(path, allow_pickle=False) as loaded:
-                arrays = {name: loaded[name] for name in _FIELDS}
+                arrays = {name: loaded[name] for name in present}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile, zipfile.LargeZipFile, NotImplementedError,
             RuntimeError) as exc:
         raise InputError(f"{path}: not a faceatlas map model ({type(exc).__name__}); {fix}") from None
     _check_arrays(arrays, path)
+    centre, scale, temperature = _geometry_arrays(arrays, path)
     return MapModel(arrays["identity"].astype(np.int64), arrays["centroid"].astype(np.float32),
                     arrays["count"].astype(np.int64), arrays["cohesion"].astype(np.float32),
                     arrays["anchor"].astype(np.float32), arrays["coords"].astype(np.float32),
-                    arrays["face_identity"].astype(np.int32), float(arrays["radius"]))
+                    arrays["face_identity"].astype(np.int32), float(arrays["radius"]), centre, scale, temperature)
+
+
+def _geometry_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[FloatArray | None, float, float]:
+    """The model's centre (None: not centred, or a model from before 0.7), centre scale and temperature, checked."""
+    if "centre" not in arrays:
+        return None, 1.0, LEGACY_TEMPERATURE
+    centre, dim = arrays["centre"], arrays["centroid"].shape[1]
+    scalars = [arrays.get(name) for name in ("centre_scale", "temperature")]
+    fine = (all(value is not None and value.shape == () and value.dtype.kind == "f" for value in scalars)
+            and centre.dtype.kind == "f" and centre.shape in ((0,), (dim,)))
+    with np.errstate(invalid="ignore", over="ignore"):
+        fine = fine and bool(np.isfinite(centre).all() and np.linalg.norm(centre.astype(np.float64)) < 1.0)
+        scale, temperature = (float(value) for value in scalars) if fine else (0.0, 0.0)
+        fine = fine and 0.0 < scale <= 2.0 and 0.0 < temperature <= 1.0
+    if not fine:
+        raise InputError(f"{path}: a centre, centre_scale or temperature no faceatlas run writes; the model was "
+                         "edited, rerun faceatlas run")
+    return (centre.astype(np.float32) if len(centre) else None), scale, temperature
 
 
 def model_bytes(n_faces: int, n_identities: int, dim: int, n_components: int = 3) -> int:
     """The most bytes a :func:`save_model` archive of a run of this size holds (float64/int64 at worst)."""
-    return 8 * (n_identities * (dim + 3 + n_components) + n_faces * (n_components + 1) + 1)
+    return 8 * (n_identities * (dim + 3 + n_components) + n_faces * (n_components + 1) + dim + 3)
 
 
 def _check_arrays(arrays: dict[str, np.ndarray], path: Path) -> None:

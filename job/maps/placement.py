@@ -1,7 +1,8 @@
 """Moving between the map and the embedding space with a fitted :class:`~job.maps.mapmodel.MapModel`.
 
 * :func:`place` (``faceatlas transform``): a new face goes where the identities it resembles sit on the
-  map — the anchors of its most similar identity centroids, weighted by ``exp((cos - best) / temperature)``,
+  map — the anchors of its most similar identity centroids, weighted by ``exp((cos - best) / temperature)``
+  (the temperature a share of the database's genuine-impostor gap, carried by the model),
   so a face clearly of one person lands on that person and an in-between face lands in between. The
   decision is made in the embedding space; umap-learn's ``transform`` instead optimises the point against
   the fitted graph and needs the pickled model.
@@ -23,7 +24,6 @@ from job.errors import UsageError
 from job.analysis.identities import top_similar, unit_rows
 from job.maps.mapmodel import MapModel
 
-TEMPERATURE = 0.02
 VOTERS = 15
 SHARPEN = 4.0
 _RESCORED = 5  # candidates beyond k whose cosines nearest() sums again exactly
@@ -50,10 +50,11 @@ class Inversion:
 
 
 def place(model: MapModel, unit: FloatArray, candidates: int = 5) -> Placement:
-    """Map position of each unit face in ``unit`` (n, dim), without refitting."""
+    """Map position of each unit face in ``unit`` (n, dim), in the model's working space (new faces go through
+    :meth:`MapModel.working` first), without refitting."""
     usable = np.flatnonzero(np.isfinite(model.anchor[:, 0]) & (model.count > 0))
     index, sims = top_similar(unit, model.centroid[usable], candidates)
-    weights = np.exp((sims - sims[:, :1]) / TEMPERATURE)
+    weights = np.exp((sims - sims[:, :1]) / model.temperature)
     weights /= weights.sum(axis=1, keepdims=True)
     coords = np.einsum("nk,nkc->nc", weights, model.anchor[usable[index]]).astype(np.float32)
     return Placement(coords, model.identity[usable[index[:, 0]]], sims[:, 0].astype(np.float32))

@@ -79,7 +79,8 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     """Place the faces of ``new`` (any supported format, ids optional) on the map and write ``out``.
 
     ``out`` (Parquet): ``row``, ``id`` (when the input has ids), ``x``, ``y`` (``z``), ``nearest_id``,
-    ``similarity``. ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
+    ``similarity`` (the cosine in the run's working space: centred when run.json ``geometry.centred``).
+    ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
     """
     _check_out(opened, out, "placed.parquet", [new])
     run_id, run_embedding = opened.input_fields
@@ -89,7 +90,7 @@ def transform_file(opened: OpenMap, new: str, out: Path, id_field: str | None = 
     if faces.dim != opened.model.dim:
         raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "
                          f"was fitted on dim {opened.model.dim}; use embeddings from the same face recognizer")
-    placement = place(opened.model, faces.unit)
+    placement = place(opened.model, opened.model.working(faces.unit))  # in the run's geometry (centred if it was)
     write_placement(out, faces.input_rows, faces.ids if faces.has_ids else None, placement)
     same = float((placement.nearest_id == faces.ids).mean()) if faces.has_ids else None
     return Transformed(out, faces.n_faces, faces.has_ids, same)

@@ -1,7 +1,8 @@
 """Placing the faces that were not fitted onto the fitted UMAP map, chunk by chunk, with UMAP's layout step.
 
 Each face has its ``k`` nearest fitted faces in the run's kNN graph. It starts at the mean of their map
-positions weighted by ``exp((cos - best) / INIT_TEMPERATURE)`` (so a face clearly of one person starts on
+positions weighted by ``exp((cos - best) / temperature)`` (the run's geometry's placement temperature,
+:mod:`job.analysis.geometry`; so a face clearly of one person starts on
 that person), then moves under UMAP's layout step (umap-learn's ``optimize_layout_euclidean``, as ported in
 :mod:`job.reduce.layout`) against the
 fixed fitted map: pulled by its neighbours with UMAP's membership weights, pushed off random fitted faces.
@@ -31,7 +32,7 @@ import numpy as np
 from job.arrays import FloatArray
 from job.progress import ProgressFactory, no_progress
 
-INIT_TEMPERATURE = 0.02
+INIT_TEMPERATURE = 0.02  # without a measured geometry (ArcFace-like: 1/30 of a 0.6 genuine-impostor gap)
 SPACING = 1.2
 CHUNK = 1 << 16
 
@@ -50,10 +51,11 @@ class Kernel:
     rng_state: np.ndarray
     negative_sample_rate: float = 5.0
     initial_alpha: float = 0.25  # umap-learn's transform: a quarter of the fit's learning rate
+    temperature: float = INIT_TEMPERATURE  # the cosine scale of the starting point's neighbour weights
 
 
 def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float, n_epochs: int,
-                seed: int | None) -> Kernel:
+                seed: int | None, *, temperature: float = INIT_TEMPERATURE) -> Kernel:
     """The kernel for placing faces on the fitted map ``fitted`` (n_fitted, n_components)."""
     from scipy.spatial import cKDTree
 
@@ -64,7 +66,7 @@ def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float
     typical = float(np.median(gap[:, 1])) if len(fitted) > 1 else 1.0
     rng = np.random.default_rng(seed)
     state = rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3).astype(np.int64)
-    return Kernel(float(a), float(b), gamma, n_epochs, SPACING / max(typical, 1e-9), state)
+    return Kernel(float(a), float(b), gamma, n_epochs, SPACING / max(typical, 1e-9), state, temperature=temperature)
 
 
 def place_rest(fitted: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel,
@@ -98,7 +100,7 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
     found = indices >= 0
     position = np.where(found, indices, 0).astype(np.int64)
     dist = np.where(found, distances, np.inf).astype(np.float32)
-    start = _start(scaled, position, dist, found)
+    start = _start(scaled, position, dist, found, kernel.temperature)
     if kernel.n_epochs <= 0 or not n:
         return start
     # a neighbour not found counts at the row's own farthest found distance (from the row alone: chunks of any
@@ -120,9 +122,10 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
                            parallel, move_other=False)
 
 
-def _start(scaled: FloatArray, position: np.ndarray, dist: FloatArray, found: np.ndarray) -> FloatArray:
+def _start(scaled: FloatArray, position: np.ndarray, dist: FloatArray, found: np.ndarray, temperature: float
+           ) -> FloatArray:
     """Each face's starting point: its neighbours' positions weighted by exp((cos - best) / temperature)."""
-    closeness = np.where(found, -(dist - dist[:, :1]) / INIT_TEMPERATURE, -np.inf)
+    closeness = np.where(found, -(dist - dist[:, :1]) / temperature, -np.inf)
     weight = np.exp(closeness)
     weight /= np.maximum(weight.sum(axis=1, keepdims=True), 1e-30)
     return np.ascontiguousarray(np.einsum("nk,nkc->nc", weight, scaled[position]), dtype=np.float32)

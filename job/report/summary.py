@@ -35,12 +35,17 @@ class Meaning:
     good: float | None = None
     fair: float | None = None
     higher: bool = True
+    relative: bool = False
 
-    def judge(self, value: float) -> str:
-        if self.good is None or self.fair is None:
+    def judge(self, value: float, reference: float | None = None) -> str:
+        """good / fair / poor; a ``relative`` metric's bounds are shares of ``reference`` (the cosine a face of
+        the database reaches to its own identity's centre; "" without one)."""
+        if self.good is None or self.fair is None or (self.relative and not reference):
             return ""
+        scale = reference if self.relative and reference else 1.0
         better = (lambda a, b: a >= b) if self.higher else (lambda a, b: a <= b)
-        return "good" if better(value, self.good) else "fair" if better(value, self.fair) else "poor"
+        return ("good" if better(value, self.good * scale) else "fair" if better(value, self.fair * scale)
+                else "poor")
 
 
 MEANINGS: dict[str, Meaning] = {
@@ -66,11 +71,12 @@ MEANINGS: dict[str, Meaning] = {
     "inverse.id_at_1": Meaning("Inversion: own identity first", "share of held-out faces whose map position, "
                                "turned back into 512-D, is nearest their own identity", 0.9, 0.7),
     "inverse.mean_cos": Meaning("Inversion: mean cosine", "mean cosine of a held-out face to the 512-D vector of "
-                                "its map position", 0.6, 0.4),
+                                "its map position (judged against the cosine a face has to its own identity's "
+                                "centre in this database)", 0.8, 0.55, relative=True),
     "inverse.map_id_at_1": Meaning("Inversion on the map: own identity first", "as above, for map faces left "
                                    "out one at a time", 0.9, 0.7),
     "inverse.map_mean_cos": Meaning("Inversion on the map: mean cosine", "as above, for map faces left out one "
-                                    "at a time", 0.6, 0.4),
+                                    "at a time", 0.8, 0.55, relative=True),
     "clusters.n": Meaning("Clusters", "HDBSCAN clusters of the map"),
     "clusters.ari": Meaning("Clusters vs identities (ARI)", "agreement of the map's clusters with the filed "
                             "identities (1: the same partition, 0: chance)", 0.8, 0.5),
@@ -104,13 +110,47 @@ def summary_html(run: RunData) -> str:
         ("kNN graph", f"{record.get('knn_method', '?')}: {record.get('knn_reason', '')}"),
         ("Fit", f"{_count(fit.get('fitted'))} faces fitted, {_count(fit.get('placed'))} placed on the fitted map, "
                 f"{_count(fit.get('held_out'))} held out"),
+        ("Geometry", geometry_text(section(record, "geometry"))),
         ("faceatlas", str(record.get("version", "?"))),
     ]
     parts = ['<table class="facts">'] + [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts]
     parts.append("</table>")
     parts.append(_timings_html(record.get("timings")))
-    parts.append(_metrics_html(record.get("metrics")))
+    parts.append(_metrics_html(record.get("metrics"), own_cosine(section(record, "geometry"))))
     return "\n".join(parts)
+
+
+def geometry_text(geometry: dict[str, Any]) -> str:
+    """run.json's ``geometry`` in a sentence: what was measured, whether it centred and why, where quality came
+    from ("not recorded" for a run made before faceatlas measured it)."""
+    if not geometry:
+        return "not recorded (a run made before faceatlas measured it)"
+    raw, working = section(geometry, "raw"), section(geometry, "working")
+
+    def medians(block: dict[str, Any]) -> str:
+        genuine, impostor = section(block, "genuine").get("q50"), section(block, "impostor").get("q50")
+        return f"same person {_cosine(genuine)}, different people {_cosine(impostor)}"
+
+    text = f"median cosine of sampled pairs: {medians(raw)}"
+    if geometry.get("centred") is True:
+        text += f"; after centring: {medians(working)}"
+    quality = {"norms": "the raw vector lengths (they track how alike a face is to its identity)",
+               "neighbours": "the faces' nearest neighbours (the lengths say nothing of quality)"}
+    return (f"{text}. {geometry.get('reason', '')}. Face quality from "
+            f"{quality.get(str(geometry.get('quality_from')), '?')}.")
+
+
+def own_cosine(geometry: dict[str, Any]) -> float | None:
+    """The cosine a typical face has to its own identity's centre, from the genuine median (sqrt of a
+    face-pair cosine), or None when the run did not record its geometry."""
+    genuine = section(section(geometry, "working"), "genuine").get("q50")
+    if not isinstance(genuine, (int, float)) or isinstance(genuine, bool) or not 0 < genuine <= 1:
+        return None
+    return float(genuine) ** 0.5
+
+
+def _cosine(value: Any) -> str:
+    return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
 
 
 def _count(value: Any) -> str:
@@ -129,7 +169,7 @@ def _timings_html(timings: Any) -> str:
             f"{cells}</table>")
 
 
-def _metrics_html(metrics: Any) -> str:
+def _metrics_html(metrics: Any, reference: float | None = None) -> str:
     if not isinstance(metrics, dict):
         return ""
     rows = []
@@ -142,9 +182,9 @@ def _metrics_html(metrics: Any) -> str:
         elif isinstance(value, bool) or not isinstance(value, (int, float)):
             shown, verdict = str(value), ""
         elif isinstance(value, int):
-            shown, verdict = f"{value:,}", meaning.judge(float(value))
+            shown, verdict = f"{value:,}", meaning.judge(float(value), reference)
         else:
-            shown, verdict = f"{value:.3f}", meaning.judge(float(value))
+            shown, verdict = f"{value:.3f}", meaning.judge(float(value), reference)
         rows.append(f'<tr><td>{esc(meaning.label)}</td><td class=num>{esc(shown)}</td>'
                     f'<td class="judge {verdict}">{esc(verdict)}</td><td>{esc(meaning.means)}</td></tr>')
     verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}

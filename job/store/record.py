@@ -20,11 +20,12 @@ _VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "faiss-cpu", "datas
 
 def run_record(config: Config, database: FaceDatabase, backend: str, reason: str, knn_method: str, knn_reason: str,
                fit: dict[str, Any], highlight: list[int], metrics: dict[str, Any], timings: dict[str, float],
-               files: dict[str, Path], gpu: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None
-               ) -> dict[str, Any]:
+               files: dict[str, Path], gpu: dict[str, Any] | None = None, cluster: dict[str, Any] | None = None,
+               geometry: dict[str, Any] | None = None) -> dict[str, Any]:
     """The run.json payload; ``files`` are hashed here, so every file but run.json must be written already.
     ``gpu``: the GPU a GPU backend ran on and what ran where (None on CPU); ``cluster``: the Dask cluster the
-    run used and the stages that ran on it (None without ``--dask``)."""
+    run used and the stages that ran on it (None without ``--dask``); ``geometry``: what was measured of the
+    database's similarity geometry and decided from it (:meth:`job.analysis.geometry.Geometry.record`)."""
     return {
         "tool": "faceatlas",
         "version": __version__,
@@ -46,8 +47,10 @@ def run_record(config: Config, database: FaceDatabase, backend: str, reason: str
             "dropped": database.dropped,
             "duplicates": database.duplicates,
             "unit_length": database.unit_length,  # the embeddings came unit-length: their norms say nothing
-            "quality_known": database.quality_known,  # their lengths vary, so projection's quality is set
+            # their lengths vary and track how recognisable a face is, so projection's quality comes from them
+            "quality_known": database.quality_known if geometry is None else geometry["quality_from"] == "norms",
         },
+        "geometry": geometry,
         "highlight": highlight,
         "timings": {stage: round(seconds, 3) for stage, seconds in timings.items()},
         "metrics": _rounded(metrics),

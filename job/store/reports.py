@@ -23,16 +23,19 @@ def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScore
                    names: dict[int, str] | None = None, quality: FloatArray | None = None,
                    same_person: set[tuple[int, int]] | None = None) -> Path:
     """``row,id,suggested_id,score`` (+ ``name,suggested_name``), then ``fit,suggested_fit,quality,
-    same_person_pair`` for misfiled faces only, most certain first (highest score).
+    same_person_pair,clear_target`` for misfiled faces only, most certain first (highest score).
 
     ``fit``/``suggested_fit``: the face's fit to its filed and its suggested identity (1 = as alike as that
     identity's own faces); ``same_person_pair``: the two ids are a ``possible_same_person`` pair of
-    lookalikes.csv, so the face was judged between near-twins (or one person under two ids).
+    lookalikes.csv, so the face was judged between near-twins (or one person under two ids);
+    ``clear_target``: the suggested identity fits the face beyond what chance gives (``false``: a recognisable
+    face as unlike its identity as a stranger's, claimed by nobody — someone the database does not hold; its
+    suggested id is only the nearest).
     """
     chosen = np.flatnonzero(scores.suspect)
     chosen = chosen[np.argsort(-scores.score[chosen], kind="stable")]
     header = ["row", "id", "suggested_id", "score"] + (["name", "suggested_name"] if names is not None else [])
-    header += ["fit", "suggested_fit", "quality", "same_person_pair"]
+    header += ["fit", "suggested_fit", "quality", "same_person_pair", "clear_target"]
     pairs = same_person or set()
     lines = []
     for face in chosen.tolist():
@@ -42,7 +45,7 @@ def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScore
             line += [cell(names.get(filed, "")), cell(names.get(suggested, ""))]
         line += [_number(scores.own[face]), _number(scores.other[face]),
                  _number(quality[face] if quality is not None else np.nan),
-                 _flag((min(filed, suggested), max(filed, suggested)) in pairs)]
+                 _flag((min(filed, suggested), max(filed, suggested)) in pairs), _flag(bool(scores.claimed[face]))]
         lines.append(line)
     return _write_csv(path, header, lines)
 
