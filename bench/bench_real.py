@@ -106,7 +106,9 @@ def faceatlas(tree: Path | None, *arguments: str) -> None:
     env = dict(os.environ)
     if tree is not None:
         env["PYTHONPATH"] = str(tree)
-    subprocess.run([sys.executable, "-m", "job", *arguments], check=True, capture_output=True, env=env)
+    # -m puts the working folder first on sys.path: run in the tree whose job package is meant
+    subprocess.run([sys.executable, "-m", "job", *arguments], check=True, capture_output=True, env=env,
+                   cwd=tree or Path(__file__).parents[1])
 
 
 def write_database(db: Database, folder: Path) -> tuple[Path, Path]:

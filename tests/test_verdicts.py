@@ -135,10 +135,10 @@ def _centroid(unit: np.ndarray, ids: np.ndarray, identity: int) -> np.ndarray:
     return mean / np.linalg.norm(mean)
 
 
-def _twins_with_one_misfile(seed: int, background_misfiled: int = 0) -> tuple[np.ndarray, np.ndarray, int, set[int]]:
-    """Near-twins (centre cosine ~0.91, 30 faces each) in the planted background, one face of twin B filed under
-    twin A; ``background_misfiled`` background faces filed under a random other background identity. Returns
-    ids, faces, the twin misfile's row and the background misfiles' rows."""
+@pytest.mark.parametrize("seed", [3, 6, 8])
+def test_a_twin_misfile_is_found_and_said(seed: int, tmp_path: Path) -> None:
+    """Near-twins (centre cosine ~0.91, 30 faces each), one face of twin B filed under twin A: found, B
+    suggested, the pair flagged possible_same_person, and suspects.csv says the face was judged between them."""
     db = Planted(seed=seed)
     a_centre = _unit(db.rng, 1)[0]
     b_centre = np.sqrt(0.83) * a_centre + np.sqrt(0.17) * _unit(db.rng, 1)[0]
@@ -147,38 +147,15 @@ def _twins_with_one_misfile(seed: int, background_misfiled: int = 0) -> tuple[np
     db.add(_faces(db.rng, b_centre, 30, 0.55), 501)
     row = db.add(_faces(db.rng, b_centre, 1, 0.55), 500)
     ids, faces = db.arrays()
-    moved = db.rng.choice(np.arange(0, 1200, 6), size=background_misfiled, replace=False)  # one per identity
-    ids[moved] = (ids[moved] + 1 + db.rng.integers(0, 198, size=len(moved))) % 200
-    return ids, faces, row, set(moved.tolist())
-
-
-@pytest.mark.parametrize("seed", [6, 8])
-def test_a_twin_misfile_is_found_and_said(seed: int, tmp_path: Path) -> None:
-    """Near-twins, one face of twin B filed under twin A, in a database with 2% of its faces misfiled at random
-    (the base rate the odds are read against): found, B suggested, the pair flagged possible_same_person, and
-    suspects.csv says the face was judged between them."""
-    ids, faces, row, moved = _twins_with_one_misfile(seed, background_misfiled=25)
     scores, _, lookalikes = _judge(ids, faces)
     assert scores.verdict_names()[row] == "misfiled" and scores.suggested_id[row] == 501
-    flagged = set(np.flatnonzero(scores.suspect).tolist())
-    assert len(flagged - moved - {row}) <= 1 and len(flagged & moved) >= 23  # nothing else, or one face at most
+    assert scores.suspect.sum() <= 2  # nothing else, or one background face at most
     same = lookalikes.same_person_keys()
     assert (500, 501) in same
     path = write_suspects(tmp_path / "suspects.csv", np.arange(len(ids)), ids, scores, None, None, same)
     listed = {int(r["row"]): r for r in csv.DictReader(path.open())}
     assert listed[row]["same_person_pair"] == "true" and listed[row]["quality"] == ""
     assert listed[row]["clear_target"] == "true"
-
-
-def test_a_weak_twin_claim_in_a_clean_database_is_left_ok() -> None:
-    """Seed 3's twin face fits the twin it is filed under at 0.98 and the other at 1.02 (odds ~80:1). In a
-    database with no other misfiled face that is no better than what hard photos of look-alikes give (LFW
-    through dlib: tilted faces a look-alike claims at 50:1, bench/bench_real.py), so the base rate leaves it
-    ok. The pair is still listed as possibly one person."""
-    ids, faces, row, _ = _twins_with_one_misfile(3)
-    scores, _, lookalikes = _judge(ids, faces)
-    assert 3.0 < scores.score[row] < 10.0 and scores.verdict_names()[row] == "ok" and not scores.suspect.any()
-    assert (500, 501) in lookalikes.same_person_keys()
 
 
 def test_wild_demo_shape_has_what_it_promises() -> None:

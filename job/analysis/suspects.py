@@ -17,14 +17,15 @@ Gram matrix, so a 2-face identity is judged on the evidence one other face gives
 The score is the log-likelihood ratio of "belongs to d" over "belongs to c", each with its best quality g >= 0
 (so a blurred face is not called misfiled for being unlike everyone), with the noise scale calibrated on the
 database itself (:func:`_noise`). Between near-twins, the two
-lines are close and the test is between them, along the pair; when rho is within ``SEPARABLE_Z`` errors of 1, the
-faces cannot tell the two identities apart and no face is called misfiled between them.
+lines are close and the test is between them, along the pair; when rho is within ``SEPARABLE_Z`` errors of 1,
+the faces cannot tell the two identities apart and no face is called misfiled between them.
 
 *Chance is not evidence.* Every face fits the best of many other identities a little, by chance: how much
 is measured on the database (:func:`chance_fit`: the best other fit of faces that fit their own identity and
 whose best other is no look-alike of it), ~0.3 for ArcFace, ~0.8 for dlib's crowded space. Only a fit beyond
 it *claims* a face. And the score is a likelihood ratio: the verdict reads it against the base rate of
-misfiled faces in this database (:func:`prior_log_odds`).
+misfiled faces in this database (:func:`prior_log_odds`), except between near-twins (rho at or above
+``SAME_PERSON``), where the other identity is the one confusion expected rather than the best of many.
 
 *Verdicts.* ``misfiled``: the score exceeds ``min_score`` (log odds; 3 ~ 20:1) plus the base rate's log odds
 against, the face's mean cosine to d over sqrt(mu_d) beats that to c by more than ``margin``, d claims it
@@ -53,6 +54,7 @@ import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.analysis.identities import ROW_BLOCK, IdentityTable, rowwise_dot
+from job.analysis.lookalikes import SAME_PERSON
 from job.knn.graph import FaceGraph
 from job.xp import lexsort, namespace, run_starts
 
@@ -326,8 +328,11 @@ def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicat
         # identity's own faces do, or is plainly unlike its own identity's faces
         plain = claimed & ((fit_other >= LOW_FIT) | (fit_own < UNLIKE_OWN))
         candidate = found & (fits.other - fits.own > margin) & plain & ~duplicate
-        # the odds are a likelihood ratio; a database with few misfiled faces asks more evidence of each
-        suspect = candidate & (score > min_score - prior_log_odds(candidate & (score > min_score), found))
+        # the odds are a likelihood ratio; a database with few misfiled faces asks more evidence of each, except
+        # between identities as alike as one person's faces (near-twins): there the other is the one confusion
+        # expected, not the best of many
+        prior = xp.where(fits.rho >= SAME_PERSON, 0.0, prior_log_odds(candidate & (score > min_score), found))
+        suspect = candidate & (score > min_score - prior)
         if calibration.stranger_cos is not None:  # a recognisable face as unlike its identity as a stranger's
             stranger = fits.own * xp.sqrt(fits.mu_own) < calibration.stranger_cos
             suspect |= found & ~duplicate & stranger & (quality >= QUALITY_LOW)
@@ -384,8 +389,9 @@ def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> f
 def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
                model: Tightness) -> BoolArray:
     """Whether the faces tell the filed and the best other identity apart: rho below 1 by more than
-    ``SEPARABLE_Z`` standard errors. Between two identities the faces cannot separate (one person under two ids, or twins
-    with too few faces) no face is called misfiled; the pair is a look-alike (``possible_same_person``).
+    ``SEPARABLE_Z`` standard errors. Between two identities the faces cannot separate (one person under two
+    ids, or twins with too few faces) no face is called misfiled; the pair is a look-alike
+    (``possible_same_person``).
 
     rho is a mean cross cosine over n_c x n_d face pairs (each as noisy as a within pair, ``pair_noise``)
     divided by sqrt(mu_c mu_d), each mu as unsure as its identity's pairs leave it.
