@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from job.analysis.candidates import find_candidates
-from job.analysis.geometry import centre_in_place, measure_geometry, neighbour_quality
+from job.analysis.geometry import centre_in_place, measure_geometry
 from job.analysis.identities import IdentityTable, identity_table, rowwise_dot, top_similar
 from job.analysis.lookalikes import find_lookalikes
 from job.analysis.quality import model_from_map, top_pair_recall
@@ -132,10 +132,9 @@ def judge_case(spec: DemoSpec) -> Case:
     table = identity_table(unit, ids)
     graph = face_graph(unit, np.arange(len(ids)), 11, "auto", 50_000, seed=0)
     found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 50_000, seed=0)
-    quality = (face_quality(checked.log_norms, len(ids)) if geometry.quality_from == "norms"
-               else neighbour_quality(graph))
-    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows, quality,
-                                   geometry.calibration())
+    quality = geometry.face_quality(face_quality(checked.log_norms, len(ids)), graph)
+    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows, quality=quality,
+                                   calibration=geometry.calibration())
     pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike,
                             baseline=geometry.working.impostor_median)
     seconds = time.perf_counter() - start

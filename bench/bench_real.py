@@ -192,7 +192,7 @@ def _placed(out: Path, folder: Path, ids: np.ndarray, embeddings: np.ndarray, sp
             "new face nearest_id": round(float(named.mean()), 3)}
 
 
-def baselines(db: Database, centring: str = "auto") -> dict[str, tuple[float, float]]:
+def baselines(db: Database) -> dict[str, tuple[float, float]]:
     """Precision / recall of the published baselines on ``db``'s faces in the run's working space."""
     from bench_analysis import centroid_margin, cleanlab_issues
 
@@ -202,7 +202,7 @@ def baselines(db: Database, centring: str = "auto") -> dict[str, tuple[float, fl
 
     checked = check_arrays(db.ids, db.embeddings, "real")
     unit = np.asarray(checked.unit, dtype=np.float32)
-    centre_in_place(unit, measure_geometry(unit, checked.ids, checked.log_norms, centring))  # type: ignore[arg-type]
+    centre_in_place(unit, measure_geometry(unit, checked.ids, checked.log_norms))
     table = identity_table(unit, db.ids)
     planted, errata = set(db.relabelled.tolist()), {r for r, name in enumerate(db.files) if name in ERRATA}
     graph = exact_knn(unit, 11).indices

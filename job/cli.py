@@ -233,7 +233,8 @@ def invert(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the vector and its fidelity as JSON.")] = False,
 ) -> None:
-    """The unit embedding vector for a map point, with its estimated fidelity (cosine to a face there)."""
+    """The unit embedding vector for a map point, in the input's own space (comparable with the database's
+    vectors), with its estimated fidelity (cosine to a face there, in the run's working space)."""
     with _errors_to_exit_codes():
         from job.analysis.geometry import to_input_space
         from job.maps.placement import invert as invert_point

@@ -20,7 +20,7 @@ import numpy as np
 from job import stop
 from job.analysis.clusters import agreement, cluster_map
 from job.analysis.candidates import find_candidates
-from job.analysis.geometry import Geometry, centre_in_place, measure_geometry, neighbour_quality
+from job.analysis.geometry import Geometry, centre_in_place, measure_geometry
 from job.analysis.identities import IdentityTable, identity_table
 from job.analysis.lookalikes import Lookalikes, find_lookalikes
 from job.analysis.metrics import same_id_knn, trustworthiness
@@ -188,8 +188,10 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
 
 def working_space(config: Config, database: FaceDatabase) -> Geometry:
     """Measure the database's geometry and move its faces into the space every later stage computes in
-    (centred in place when the geometry says so, :mod:`job.analysis.geometry`)."""
-    geometry = measure_geometry(database.unit, database.ids, database.log_norms, config.analysis.centre, config.seed)
+    (``database.unit`` centred in place when the geometry says so, :mod:`job.analysis.geometry`; once per
+    loaded database)."""
+    geometry = measure_geometry(database.unit, database.ids, database.log_norms, centring=config.analysis.centre,
+                                seed=config.seed)
     centre_in_place(database.unit, geometry)
     return geometry
 
@@ -311,10 +313,10 @@ def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph, geometr
     settings, table = config.analysis, space.table
     candidates = find_candidates(graph, table.codes, table.centroids, settings.neighbours, SIMILAR_IDENTITIES,
                                  settings.lookalike_k, config.knn.method, config.knn.exact_max_faces, config.seed)
-    quality = space.quality if geometry.quality_from == "norms" else \
-        to_namespace(namespace(table.codes), neighbour_quality(graph))
+    quality = to_namespace(namespace(table.codes), geometry.face_quality(space.quality, graph))
     scores, original = judge_faces(space.unit, table, graph, candidates.nearby, candidates.similar, space.rows,
-                                   quality, geometry.calibration(settings.suspect_margin, settings.misfiled_score))
+                                   quality=quality,
+                                   calibration=geometry.calibration(settings.suspect_margin, settings.misfiled_score))
     return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original), to_host(quality))
 
 
@@ -374,12 +376,12 @@ def analyse(config: Config, database: FaceDatabase, space: Space, plan: FitPlan,
     xp = namespace(space.unit)
     pairs = fields_to_host(find_lookalikes(space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out))),
                                            to_namespace(xp, verdicts.lookalike), settings.lookalike_top,
-                                           settings.lookalike_threshold, geometry.working.impostor_median))
+                                           settings.lookalike_threshold, baseline=geometry.working.impostor_median))
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     held = _mask(plan.held, len(ids))
     # the table without misfiled and held-out faces, and its cohesion (n_faces x dim), where the faces are
     clean_x = space.table.without(space.unit, xp.asarray(np.flatnonzero(left_out | held)))
-    model = model_from_map(space.unit, clean_x, scores, on_map, mapped.coords[on_map], geometry)
+    model = model_from_map(space.unit, clean_x, scores, on_map, mapped.coords[on_map], geometry=geometry)
     clean = fields_to_host(clean_x)
     coords = mapped.coords
     if len(plan.held):

@@ -34,7 +34,7 @@ def _judge(spec: DemoSpec, method: str = "auto"):
     graph = face_graph(unit, np.arange(len(ids)), 11, method, 50_000, seed=0)
     candidates = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, method, 50_000, seed=0)
     scores, _ = judge_faces(unit, table, graph, candidates.nearby, candidates.similar, checked.rows,
-                            face_quality(checked.log_norms, len(ids)))
+                            quality=face_quality(checked.log_norms, len(ids)))
     return ids, unit, table, scores, truth, candidates
 
 

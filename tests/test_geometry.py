@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 import job.analysis.suspects as suspects_module
 from job.analysis.candidates import find_candidates
-from job.analysis.geometry import (CENTRE_SHARE, centre_in_place, centre_rows, measure_geometry,
-                                   neighbour_quality, to_input_space)
+from job.analysis.geometry import (CENTRE_SHARE, DEFAULT_TEMPERATURE, centre_in_place, centre_rows,
+                                   measure_geometry, neighbour_quality, to_input_space)
 from job.analysis.identities import identity_table
 from job.analysis.lookalikes import find_lookalikes
 from job.analysis.suspects import LOW_QUALITY, MISFILED, judge_faces
@@ -27,7 +27,7 @@ from job.errors import InputError
 from job.io.database import check_arrays, face_quality
 from job.io.demo import UNCENTRED, WILD, DemoSpec, make_demo, truth_json
 from job.knn.index import face_graph
-from job.maps.mapmodel import LEGACY_TEMPERATURE, MODEL_FILE, load_model
+from job.maps.mapmodel import MODEL_FILE, load_model
 from job.pipeline import run
 from tests.conftest import truth_of
 
@@ -45,13 +45,14 @@ def _checked(spec: DemoSpec):
 
 def _verdicts(unit: np.ndarray, ids: np.ndarray, log_norms: np.ndarray, rows: np.ndarray, centre: str = "auto"):
     """The run's verdict path: the geometry (centring in place), one graph, candidates, quality, verdicts."""
-    geometry = measure_geometry(unit, ids, log_norms, centre)  # type: ignore[arg-type]
+    geometry = measure_geometry(unit, ids, log_norms, centring=centre)  # type: ignore[arg-type]
     centre_in_place(unit, geometry)
     table = identity_table(unit, ids)
     graph = face_graph(unit, np.arange(len(ids)), 11, "exact", 50_000, seed=0)
     found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "exact", 50_000, seed=0)
-    quality = face_quality(log_norms, len(ids)) if geometry.quality_from == "norms" else neighbour_quality(graph)
-    scores, _ = judge_faces(unit, table, graph, found.nearby, found.similar, rows, quality, geometry.calibration())
+    quality = geometry.face_quality(face_quality(log_norms, len(ids)), graph)
+    scores, _ = judge_faces(unit, table, graph, found.nearby, found.similar, rows, quality=quality,
+                            calibration=geometry.calibration())
     pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike,
                             baseline=geometry.working.impostor_median)
     return geometry, scores, pairs, quality
@@ -94,12 +95,37 @@ def test_norms_that_track_quality_are_the_quality() -> None:
 
 def test_centring_can_be_forced_either_way() -> None:
     checked, _ = _checked(replace(UNCENTRED, n_identities=200, seed=1))
-    off = measure_geometry(checked.unit, checked.ids, checked.log_norms, "off")
+    off = measure_geometry(checked.unit, checked.ids, checked.log_norms, centring="off")
     assert not off.centred and "analysis.centre = off" in off.reason
     plain, _ = _checked(DemoSpec(n_identities=200, seed=1))
-    on = measure_geometry(plain.unit, plain.ids, plain.log_norms, "on")
+    on = measure_geometry(plain.unit, plain.ids, plain.log_norms, centring="on")
     assert on.centred and "analysis.centre = on" in on.reason
     assert on.raw.impostor_median <= CENTRE_SHARE * on.raw.genuine_median  # auto would not have centred it
+
+
+def test_faces_that_all_point_one_way_are_not_centred(tmp_path: Path) -> None:
+    """The centre of identical directions is the direction itself: subtracting it would leave nothing. The run
+    keeps the input's space, and its own map model loads."""
+    vector = np.random.default_rng(0).standard_normal(64).astype(np.float32)
+    embeddings = np.repeat(vector[None], 30, axis=0) * np.linspace(1, 2, 30, dtype=np.float32)[:, None]
+    np.savez(tmp_path / "same.npz", ids=np.repeat(np.arange(3), 10), embeddings=embeddings)
+    checked = check_arrays(np.repeat(np.arange(3), 10), embeddings, "same")
+    geometry = measure_geometry(checked.unit, checked.ids, checked.log_norms)
+    assert not geometry.centred and "all point one way" in geometry.reason and geometry.quality_from == "neighbours"
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["run", "-c", str(SMOKE), "-i", str(tmp_path / "same.npz"), "-o", str(out)])
+    assert result.exit_code == 0, result.output
+    assert load_model(out / MODEL_FILE).centre is None
+
+
+def test_impostor_pairs_are_sampled_when_one_identity_holds_nearly_every_face() -> None:
+    rng = np.random.default_rng(2)
+    faces = rng.standard_normal((5003, 32)).astype(np.float32)
+    ids = np.concatenate([np.zeros(5000, dtype=np.int64), [1, 2, 3]])
+    checked = check_arrays(ids, faces, "dominant")
+    geometry = measure_geometry(checked.unit, checked.ids, checked.log_norms)
+    assert geometry.pairs["impostor"] >= 10_000  # drawn outside each face's identity, not by rejection
+    assert geometry.pairs["genuine"] >= 10_000 and abs(geometry.raw.impostor_median) < 0.02
 
 
 def test_thresholds_are_read_relative_to_the_genuine_distribution() -> None:
@@ -237,7 +263,7 @@ def test_transform_and_invert_work_in_the_runs_geometry(tmp_path: Path) -> None:
     out = tmp_path / "out"
     run(load_config(SMOKE, {"input.path": str(db), "out": str(out)}))
     model = load_model(out / MODEL_FILE)
-    assert model.centre is not None and 0 < model.centre_scale < 1 and model.temperature < LEGACY_TEMPERATURE * 2
+    assert model.centre is not None and 0 < model.centre_scale < 1 and model.temperature < DEFAULT_TEMPERATURE * 2
     runner = CliRunner()
     placed = tmp_path / "placed.parquet"
     result = runner.invoke(app, ["transform", str(out), str(db), "--out", str(placed)])
@@ -266,7 +292,7 @@ def test_a_model_from_before_the_geometry_reads_as_uncentred(tmp_path: Path, smo
     legacy = {k: v for k, v in arrays.items() if k not in ("centre", "centre_scale", "temperature")}
     np.savez(tmp_path / "legacy.npz", **legacy)
     model = load_model(tmp_path / "legacy.npz")
-    assert model.centre is None and model.temperature == LEGACY_TEMPERATURE
+    assert model.centre is None and model.temperature == DEFAULT_TEMPERATURE
     for broken in ({"centre": np.full(arrays["centroid"].shape[1], np.nan, np.float32)},
                    {"centre": np.ones(arrays["centroid"].shape[1], np.float32)},  # longer than a unit face
                    {"temperature": np.float64(-1.0)}):

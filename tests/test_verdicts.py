@@ -73,7 +73,7 @@ def _judge(ids: np.ndarray, embeddings: np.ndarray, quality_scale: np.ndarray | 
     graph = face_graph(unit, np.arange(len(unit)), 11, "exact", 50_000, seed=0)
     candidates = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "exact", 50_000, seed=0)
     scores, original = judge_faces(unit, table, graph, candidates.nearby, candidates.similar, checked.rows,
-                                   face_quality(checked.log_norms, len(unit)))
+                                   quality=face_quality(checked.log_norms, len(unit)))
     pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.suspect)), candidates.lookalike)
     return scores, original, pairs
 

@@ -8,9 +8,10 @@ family only, so a run first measures, on sampled face pairs of its own database:
 * the **genuine** (same identity) and **impostor** (different identities) cosine distributions;
 * whether to **centre**: subtract the database's mean direction (the mean of the identities' mean faces, each
   identity weighing the same, so one large identity does not pull it) and renormalise every face. Done when
-  impostor pairs are clearly not centred (their median cosine above ``CENTRE_SHARE`` of the genuine median):
-  the mean direction then carries no identity and hides the differences that do. A centred model is left as
-  it is;
+  impostor pairs are clearly not centred (their median cosine above ``CENTRE_SHARE`` of the genuine median,
+  and above zero by more than ``CENTRE_SIGNIFICANCE`` standard errors): the mean direction then carries no
+  identity and hides the differences that do. A centred model is left as it is, and so is a database whose
+  faces all point one way (the centre would take everything);
 * whether the raw **norms carry quality** (ArcFace-family models give blurred or turned faces short vectors):
   when the lengths vary and track how alike a face is to the other faces of its identity (Spearman rank
   correlation over the genuine pairs). When they do not (unit input, or dlib's lengths), a face's quality
@@ -35,11 +36,14 @@ from job.knn.graph import FaceGraph
 from job.xp import to_host
 
 CENTRE_SHARE = 0.1  # impostor median above this share of the genuine median: a shared mean direction, subtract it
+CENTRE_SIGNIFICANCE = 5.0  # ... and above 0 by this many standard errors of the median (not sampling noise)
+MIN_CENTRED_LENGTH = 1e-3  # a centred face shorter than this (all faces one direction): not centred
 NORM_QUALITY_MIN = 0.15  # Spearman of norms with genuine similarity at or above this: norms carry quality
 PAIRS = 20_000  # genuine and impostor pairs sampled
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 DUPLICATE_SHARE = 0.03  # a re-enrolled photo: 1 - cos below this share of a typical genuine pair's 1 - cos
 TEMPERATURE_SHARE = 1 / 30  # placement weights: exp((cos - best) / (gap x this)); 0.02 for ArcFace's 0.6 gap
+DEFAULT_TEMPERATURE = 0.02  # where no geometry was measured (models written before it): ArcFace's
 QUALITY_NEIGHBOURS = 3  # neighbour quality: mean cosine to this many nearest other faces
 _BLOCK = 1 << 14
 Centring = Literal["auto", "on", "off"]
@@ -76,7 +80,7 @@ class Geometry:
     ``centre_scale``: the median length of a unit face once the centre is subtracted (to map a working-space
     vector back to the input's space); ``raw`` / ``working``: the pair distributions as given and in the space
     the run computes in; ``quality_from``: "norms" or "neighbours"; ``norm_quality``: the Spearman correlation
-    the decision rests on (None: the lengths do not vary).
+    the decision rests on (None: the lengths do not vary, or fewer than 10 genuine pairs).
     """
 
     centre: FloatArray | None
@@ -107,7 +111,13 @@ class Geometry:
         stranger test only where quality is measured apart from identity (the norms)."""
         upper = self.working.impostor[-1]
         stranger = upper if self.quality_from == "norms" and np.isfinite(upper) else None
-        return Calibration(margin, min_score, self.duplicate_cos, stranger)
+        return Calibration(margin, min_score, self.duplicate_cos, stranger, self.working.impostor_median)
+
+    def face_quality(self, from_norms: np.ndarray, graph: FaceGraph) -> np.ndarray:
+        """Each face's quality (n_faces,), 1 = typical: ``from_norms`` (the raw lengths over their median,
+        :attr:`job.io.database.FaceDatabase.quality`) when the lengths carry it, else from the neighbours in
+        ``graph`` (:func:`neighbour_quality`, host float32)."""
+        return from_norms if self.quality_from == "norms" else neighbour_quality(graph)
 
     def apply(self, unit: np.ndarray) -> np.ndarray:
         """``unit`` rows (n, dim) in the working space: centred and renormalised (as they are when not centred).
@@ -123,21 +133,25 @@ class Geometry:
                 "pairs": self.pairs}
 
 
-def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | None, centring: Centring = "auto",
+def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | None, *, centring: Centring = "auto",
                      seed: int | None = None) -> Geometry:
     """Measure the geometry of the unit faces ``unit`` (n_faces, dim) filed under ``ids`` (n_faces,) and decide
     the working space; ``log_norms`` (n_faces,) the log of each face's length as given (None: unit input)."""
     rng = np.random.default_rng(0 if seed is None else seed)
     codes, counts = _codes(ids)
-    genuine, impostor = _genuine_pairs(rng, codes, counts), _impostor_pairs(rng, codes)
+    genuine, impostor = _genuine_pairs(rng, codes, counts), _impostor_pairs(rng, codes, counts)
     raw = Distributions(_quantiles(_cosines(unit, genuine)), _quantiles(_cosines(unit, impostor)))
-    centre, reason = _decide_centre(unit, codes, counts, raw, centring)
+    centre, reason = _decide_centre(unit, codes, counts, raw, len(impostor), centring)
     centre_scale = 1.0
     working = raw
     if centre is not None:
         centre_scale = float(np.median(np.linalg.norm(_rows(unit, _sample(rng, len(codes))) - centre, axis=1)))
-        working = Distributions(_quantiles(_cosines(unit, genuine, centre)), _quantiles(_cosines(unit, impostor,
-                                                                                               centre)))
+        if 1.0 - float(np.linalg.norm(centre)) < MIN_CENTRED_LENGTH or centre_scale < MIN_CENTRED_LENGTH:
+            centre, centre_scale = None, 1.0
+            reason = "not centred: the faces all point one way, the mean direction would take everything"
+        else:
+            working = Distributions(_quantiles(_cosines(unit, genuine, centre)),
+                                    _quantiles(_cosines(unit, impostor, centre)))
     norm_quality = _norm_quality(unit, genuine, log_norms, centre)
     carries = norm_quality is not None and norm_quality >= NORM_QUALITY_MIN
     return Geometry(centre, centre_scale, reason, raw, working, "norms" if carries else "neighbours", norm_quality,
@@ -145,8 +159,9 @@ def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | Non
 
 
 def centre_rows(unit: np.ndarray, centre: FloatArray) -> np.ndarray:
-    """Rows of ``unit`` minus ``centre``, renormalised, in ``unit``'s dtype (float64 arithmetic; a row that the
-    centre cancels, which no real face does, stays the centre's opposite direction's zero: left as zeros)."""
+    """Rows of ``unit`` minus ``centre``, renormalised, in ``unit``'s dtype (float64 arithmetic, row by row). A
+    row the centre cancels stays zeros; none does, as the centre is shorter than a unit face
+    (:func:`measure_geometry` does not centre faces that all point one way)."""
     wide = np.asarray(unit, dtype=np.float64) - centre.astype(np.float64)
     lengths = np.sqrt(np.einsum("ij,ij->i", wide, wide))
     return (wide / np.where(lengths > 0, lengths, 1.0)[:, None]).astype(unit.dtype, copy=False)
@@ -188,15 +203,18 @@ def neighbour_quality(graph: FaceGraph) -> FloatArray:
     return np.where(finite, mean / max(typical, 1e-6), np.nan).astype(np.float32)
 
 
-def _decide_centre(unit: np.ndarray, codes: IdArray, counts: IdArray, raw: Distributions, centring: Centring
-                   ) -> tuple[FloatArray | None, str]:
+def _decide_centre(unit: np.ndarray, codes: IdArray, counts: IdArray, raw: Distributions, n_impostor: int,
+                   centring: Centring) -> tuple[FloatArray | None, str]:
     impostor, genuine = raw.impostor_median, raw.genuine_median
-    measured = f"impostor median cosine {impostor:.3f}, genuine {genuine:.3f}"
-    if not np.isfinite(raw.impostor[0]):
+    shown = f"{genuine:.3f}" if np.isfinite(raw.genuine[0]) else "not measured (no identity of 2+ faces)"
+    measured = f"impostor median cosine {impostor:.3f}, genuine {shown}"
+    if not n_impostor:
         return None, "not centred: a single identity, no pair of different people to measure"
     if centring == "off":
         return None, f"not centred: analysis.centre = off ({measured})"
-    if centring == "auto" and not impostor > CENTRE_SHARE * genuine:
+    # the standard error of a median: 1.2533 sigma / sqrt(n), sigma from the interquartile range
+    noise = 1.2533 * (raw.impostor[3] - raw.impostor[1]) / 1.349 / np.sqrt(n_impostor)
+    if centring == "auto" and not (impostor > CENTRE_SHARE * genuine and impostor > CENTRE_SIGNIFICANCE * noise):
         return None, f"not centred: impostor pairs already centred ({measured})"
     centre = _identity_mean(unit, codes, counts)
     why = ("analysis.centre = on" if centring == "on" else
@@ -232,13 +250,25 @@ def _genuine_pairs(rng: np.random.Generator, codes: IdArray, counts: IdArray) ->
     first = eligible[rng.integers(0, len(eligible), size=PAIRS)]
     offset = rng.integers(0, counts[codes[first]] - 1)
     offset += offset >= rank[first]  # skip the face itself
-    return np.stack([first, order[starts[codes[first]] + offset]], axis=1).astype(np.int64)
+    # each pair once: a pair drawn twice would tie with itself in the rank correlation
+    return np.unique(np.stack([first, order[starts[codes[first]] + offset]], axis=1).astype(np.int64), axis=0)
 
 
-def _impostor_pairs(rng: np.random.Generator, codes: IdArray) -> np.ndarray:
-    """Up to ``PAIRS`` random pairs of faces of different identities, (m, 2) int64."""
-    pairs = rng.integers(0, len(codes), size=(2 * PAIRS, 2))
-    return pairs[codes[pairs[:, 0]] != codes[pairs[:, 1]]][:PAIRS].astype(np.int64)
+def _impostor_pairs(rng: np.random.Generator, codes: IdArray, counts: IdArray) -> np.ndarray:
+    """``PAIRS`` (face, face of another identity) pairs, (m, 2) int64: first faces uniform among the faces that
+    have a face of another identity, partners uniform among those other faces (none: a single identity). Drawn
+    exactly, so one identity holding most faces leaves the sample as large."""
+    outside = len(codes) - counts[codes]
+    eligible = np.flatnonzero(outside > 0)
+    if not len(eligible):
+        return np.zeros((0, 2), dtype=np.int64)
+    order = np.argsort(codes, kind="stable")
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    first = eligible[rng.integers(0, len(eligible), size=PAIRS)]
+    code = codes[first]
+    offset = rng.integers(0, outside[first])
+    offset += np.where(offset >= starts[code], counts[code], 0)  # skip the first face's own identity
+    return np.unique(np.stack([first, order[offset]], axis=1).astype(np.int64), axis=0)
 
 
 def _sample(rng: np.random.Generator, n: int, size: int = PAIRS) -> IdArray:
@@ -268,14 +298,16 @@ def _norm_quality(unit: np.ndarray, genuine: np.ndarray, log_norms: np.ndarray |
                   centre: FloatArray | None) -> float | None:
     """Spearman rank correlation, over the genuine pairs, between the pair's summed log lengths and its cosine
     in the working space: do longer vectors mean more recognisable faces? None when the lengths do not vary."""
-    from job.io.database import lengths_constant
+    from job.io.database import lengths_constant  # job.io imports the analysis' neighbours, not the reverse
 
     if lengths_constant(log_norms) or len(genuine) < 10:
         return None
     assert log_norms is not None
     summed = log_norms[genuine[:, 0]].astype(np.float64) + log_norms[genuine[:, 1]]
     cosines = _cosines(unit, genuine, centre)
-    return float(np.corrcoef(_ranks(summed), _ranks(cosines))[0, 1])
+    with np.errstate(invalid="ignore", divide="ignore"):  # constant cosines (identical faces): no correlation
+        correlation = float(np.corrcoef(_ranks(summed), _ranks(cosines))[0, 1])
+    return correlation if np.isfinite(correlation) else None
 
 
 def _ranks(values: np.ndarray) -> np.ndarray:

@@ -55,7 +55,7 @@ class Lookalikes:
         return set(zip(self.id_a[chosen].tolist(), self.id_b[chosen].tolist(), strict=True))
 
 
-def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6,
+def find_lookalikes(table: IdentityTable, linked: IdArray | None = None, top: int = 100, threshold: float = 0.6, *,
                     baseline: float = 0.0) -> Lookalikes:
     """The ``top`` most alike pairs, plus every scored pair above ``threshold`` or at ``SAME_PERSON``.
 

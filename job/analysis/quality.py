@@ -27,7 +27,7 @@ from job.xp import fields_to_host, namespace, to_host, to_namespace
 
 
 def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores, on_map: IdArray,
-                   coords: FloatArray, geometry: Geometry | None = None) -> MapModel:
+                   coords: FloatArray, *, geometry: Geometry | None = None) -> MapModel:
     """The map model of the faces ``on_map`` (sorted rows) at ``coords`` (len(on_map), n_components), in the
     run's ``geometry`` (its centre and placement temperature; None: the input's space).
 
@@ -42,7 +42,7 @@ def model_from_map(unit: np.ndarray, clean: IdentityTable, scores: SuspectScores
     clean = fields_to_host(clean)
     resolved = np.where(scores.suspect & (scores.suggested_id >= 0),
                         np.searchsorted(clean.ids, np.maximum(scores.suggested_id, 0)), clean.codes)
-    return build_model(clean.ids, clean.centroids, clean.counts, cohesion, coords, resolved[on_map], geometry)
+    return build_model(clean.ids, clean.centroids, clean.counts, cohesion, coords, resolved[on_map], geometry=geometry)
 
 
 NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": None, "map_id_at_1": None},

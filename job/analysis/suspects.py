@@ -22,7 +22,8 @@ the faces cannot tell the two identities apart and no face is called misfiled be
 
 *Chance is not evidence.* Every face fits the best of many other identities a little, by chance: how much
 is measured on the database (:func:`chance_fit`: the best other fit of faces that fit their own identity and
-whose best other is no look-alike of it), ~0.3 for ArcFace, ~0.8 for dlib's crowded space. Only a fit beyond
+whose best other is no look-alike of it): its 99th percentile is ~0.5 for ArcFace, ~0.8 for dlib's crowded
+space (where the best of 400 strangers fits a typical face at ~0.65). Only a fit beyond
 it *claims* a face. And the score is a likelihood ratio: the verdict reads it against the base rate of
 misfiled faces in this database (:func:`prior_log_odds`), except between near-twins (rho at or above
 ``SAME_PERSON``), where the other identity is the one confusion expected rather than the best of many.
@@ -87,12 +88,24 @@ class Calibration:
     are one photo enrolled twice; ``stranger_cos``: the cosine a stranger's face reaches (the impostor pairs'
     95th percentile) when face quality is measured independently of identity (raw norms that carry it), else
     None. With it, a recognisable face (quality not low) that fits its own identity no better than a stranger
-    does is misfiled even when no other identity claims it: someone the database does not hold."""
+    does is misfiled even when no other identity claims it: someone the database does not hold (whatever
+    ``min_score`` says: no odds against a candidate stand for it). ``baseline``: the database's impostor
+    median cosine, above which pairs of identities are compared (:meth:`pair_similarity`)."""
 
     margin: float = 0.0
     min_score: float = MIN_SCORE
     duplicate_cos: float = DUPLICATE_COS
     stranger_cos: float | None = None
+    baseline: float = 0.0
+
+    def pair_similarity(self, rho: np.ndarray, mu_own: np.ndarray, mu_other: np.ndarray) -> np.ndarray:
+        """rho measured above the ``baseline`` (the database's impostor median), as look-alikes measure a pair
+        (:mod:`job.analysis.lookalikes`), so "as alike as one person's faces" means the same in both."""
+        if not self.baseline:
+            return rho
+        xp = namespace(rho)
+        within = xp.sqrt(xp.clip(mu_own - self.baseline, 0.05, None) * xp.clip(mu_other - self.baseline, 0.05, None))
+        return (rho * xp.sqrt(mu_own * mu_other) - self.baseline) / within
 
 
 @dataclass(frozen=True)
@@ -291,8 +304,10 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
 
     ``nearby`` (n_faces, k): identity codes of each face's nearest other faces (-1: none); ``similar``
     (n_identities, m): each identity's most similar identities (-1: none; :mod:`job.analysis.candidates`);
-    ``quality`` (n_faces,): raw norm over the database's median (NaN: unknown); ``duplicate`` (n_faces,):
-    re-enrolled faces, which ``table`` should have left out of its sums.
+    ``quality`` (n_faces,): 1 = a typical face, from the raw norms or the neighbours
+    (:meth:`job.analysis.geometry.Geometry.face_quality`; NaN: unknown); ``duplicate`` (n_faces,):
+    re-enrolled faces, which ``table`` should have left out of its sums; ``calibration``: the settings read
+    relative to the database's geometry.
     """
     xp = namespace(table.codes)
     n_faces = len(table.codes)
@@ -331,7 +346,8 @@ def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicat
         # the odds are a likelihood ratio; a database with few misfiled faces asks more evidence of each, except
         # between identities as alike as one person's faces (near-twins): there the other is the one confusion
         # expected, not the best of many
-        prior = xp.where(fits.rho >= SAME_PERSON, 0.0, prior_log_odds(candidate & (score > min_score), found))
+        twins = calibration.pair_similarity(fits.rho, fits.mu_own, fits.mu_other) >= SAME_PERSON
+        prior = xp.where(twins, 0.0, prior_log_odds(candidate & (score > min_score), found))
         suspect = candidate & (score > min_score - prior)
         if calibration.stranger_cos is not None:  # a recognisable face as unlike its identity as a stranger's
             stranger = fits.own * xp.sqrt(fits.mu_own) < calibration.stranger_cos
@@ -469,11 +485,12 @@ def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own
 
 
 def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby: IdArray, similar: IdArray | None,
-                rows: IdArray, quality: FloatArray | None = None, calibration: Calibration = Calibration()
+                rows: IdArray, *, quality: FloatArray | None = None, calibration: Calibration = Calibration()
                 ) -> tuple[SuspectScores, IdArray]:
     """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
-    ``DUPLICATE_COLUMNS`` neighbours) and left out of the identities, then :func:`score_faces`. Returns the
-    scores and, per face, the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
+    ``DUPLICATE_COLUMNS`` neighbours, closer than ``calibration.duplicate_cos``) and left out of the
+    identities, then :func:`score_faces` with ``quality`` and ``calibration``. Returns the scores and, per face,
+    the face it re-enrols (-1: none). ``rows`` (n_faces,) input rows."""
     xp = namespace(table.codes)
     columns = slice(0, min(DUPLICATE_COLUMNS + 1, graph.k))  # a reference face is its own first neighbour
     duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,

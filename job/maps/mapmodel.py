@@ -14,7 +14,7 @@ the map, so a CPU-only install can use a map fitted by cuML:
   of the identity it belongs to (a suspect's suggested identity);
 * ``radius`` (scalar): how far from the nearest face a map point still counts as on the populated map;
 * ``centre`` (dim,) float32 and ``centre_scale`` (scalar): the database's mean direction the run subtracted
-  before computing (:mod:`job.analysis.geometry`; a zero vector when it did not) and a centred face's typical
+  before computing (:mod:`job.analysis.geometry`; an empty array when it did not) and a centred face's typical
   length, so new faces and inverted points move between the input's space and the run's; ``temperature``
   (scalar): the cosine scale of placement's identity weights in that space. Models written before these
   existed read as uncentred, with the old fixed temperature.
@@ -25,23 +25,21 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from job.analysis.geometry import DEFAULT_TEMPERATURE, Geometry, centre_rows
 from job.arrays import FloatArray, IdArray
 from job.errors import InputError
 from job.io.memory import require
 from job.store.outputs import temporary_path
 
-if TYPE_CHECKING:
-    from job.analysis.geometry import Geometry
-
 MODEL_FILE = "map_model.npz"
 _FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anchor": "f", "coords": "f",
            "face_identity": "i", "radius": "f"}
 _GEOMETRY_FIELDS = {"centre": "f", "centre_scale": "f", "temperature": "f"}  # added in 0.7, optional on read
-LEGACY_TEMPERATURE = 0.02  # the fixed placement temperature before the geometry was measured
+
 RADIUS_NEIGHBOUR = 5  # the populated map: within RADIUS_FACTOR x (99th percentile of 5th-neighbour distance)
 RADIUS_FACTOR = 2.0
 
@@ -60,7 +58,7 @@ class MapModel:
     radius: float
     centre: FloatArray | None = None
     centre_scale: float = 1.0
-    temperature: float = LEGACY_TEMPERATURE
+    temperature: float = DEFAULT_TEMPERATURE
 
     @property
     def dim(self) -> int:
@@ -72,8 +70,6 @@ class MapModel:
 
     def working(self, unit: np.ndarray) -> np.ndarray:
         """Unit faces of the input's space (n, dim) in the space the run computed in (centred when it was)."""
-        from job.analysis.geometry import centre_rows
-
         return unit if self.centre is None else centre_rows(np.asarray(unit), self.centre)
 
     def tree(self) -> Any:
@@ -88,7 +84,7 @@ class MapModel:
 
 
 def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
-                face_identity: np.ndarray, geometry: Geometry | None = None) -> MapModel:
+                face_identity: np.ndarray, *, geometry: Geometry | None = None) -> MapModel:
     """Assemble a model from identity centroids (unit rows) and the map positions of the faces on the map, in
     the run's ``geometry`` (None: the input's own space, the legacy temperature)."""
     n_ids = len(identity)
@@ -168,7 +164,7 @@ def load_model(path: Path, max_bytes: int | None = None, max_memory: int | None 
 def _geometry_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[FloatArray | None, float, float]:
     """The model's centre (None: not centred, or a model from before 0.7), centre scale and temperature, checked."""
     if "centre" not in arrays:
-        return None, 1.0, LEGACY_TEMPERATURE
+        return None, 1.0, DEFAULT_TEMPERATURE
     centre, dim = arrays["centre"], arrays["centroid"].shape[1]
     scalars = [arrays.get(name) for name in ("centre_scale", "temperature")]
     fine = (all(value is not None and value.shape == () and value.dtype.kind == "f" for value in scalars)

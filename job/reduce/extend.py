@@ -29,10 +29,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from job.analysis.geometry import DEFAULT_TEMPERATURE
 from job.arrays import FloatArray
 from job.progress import ProgressFactory, no_progress
 
-INIT_TEMPERATURE = 0.02  # without a measured geometry (ArcFace-like: 1/30 of a 0.6 genuine-impostor gap)
 SPACING = 1.2
 CHUNK = 1 << 16
 
@@ -51,11 +51,11 @@ class Kernel:
     rng_state: np.ndarray
     negative_sample_rate: float = 5.0
     initial_alpha: float = 0.25  # umap-learn's transform: a quarter of the fit's learning rate
-    temperature: float = INIT_TEMPERATURE  # the cosine scale of the starting point's neighbour weights
+    temperature: float = DEFAULT_TEMPERATURE  # the cosine scale of the starting point's neighbour weights
 
 
 def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float, n_epochs: int,
-                seed: int | None, *, temperature: float = INIT_TEMPERATURE) -> Kernel:
+                seed: int | None, *, temperature: float = DEFAULT_TEMPERATURE) -> Kernel:
     """The kernel for placing faces on the fitted map ``fitted`` (n_fitted, n_components)."""
     from scipy.spatial import cKDTree
 

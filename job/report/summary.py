@@ -18,6 +18,7 @@ from job.report.rundata import RunData
 from job.store.runs import section
 
 _TOP_CLUSTERS = 15
+LEGACY_REFERENCE = 0.75  # a face's cosine to its identity's centre for ArcFace-like vectors (genuine ~0.56)
 
 
 def esc(value: object) -> str:
@@ -39,10 +40,11 @@ class Meaning:
 
     def judge(self, value: float, reference: float | None = None) -> str:
         """good / fair / poor; a ``relative`` metric's bounds are shares of ``reference`` (the cosine a face of
-        the database reaches to its own identity's centre; "" without one)."""
-        if self.good is None or self.fair is None or (self.relative and not reference):
+        the database reaches to its own identity's centre; a run that did not record its geometry is judged
+        as an ArcFace-like one, ``LEGACY_REFERENCE``)."""
+        if self.good is None or self.fair is None:
             return ""
-        scale = reference if self.relative and reference else 1.0
+        scale = (reference or LEGACY_REFERENCE) if self.relative else 1.0
         better = (lambda a, b: a >= b) if self.higher else (lambda a, b: a <= b)
         return ("good" if better(value, self.good * scale) else "fair" if better(value, self.fair * scale)
                 else "poor")

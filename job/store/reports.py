@@ -53,7 +53,8 @@ def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScore
 def write_low_quality(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores, quality: FloatArray,
                       names: dict[int, str] | None = None) -> Path:
     """``row,id,quality,fit`` (+ ``name``) for the faces judged low quality, the weakest first (lowest quality,
-    then lowest fit; quality is empty when the input was unit-length)."""
+    then lowest fit; quality from the norms or the neighbours, as run.json ``geometry.quality_from`` says, and
+    empty for a face with no neighbour)."""
     chosen = np.flatnonzero(scores.verdict == LOW_QUALITY)
     order = np.lexsort((scores.own[chosen], np.nan_to_num(quality[chosen], nan=np.inf)))
     header = ["row", "id", "quality", "fit"] + (["name"] if names is not None else [])
