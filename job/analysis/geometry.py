@@ -138,14 +138,16 @@ def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | Non
     """Measure the geometry of the unit faces ``unit`` (n_faces, dim) filed under ``ids`` (n_faces,) and decide
     the working space; ``log_norms`` (n_faces,) the log of each face's length as given (None: unit input)."""
     rng = np.random.default_rng(0 if seed is None else seed)
-    codes, counts = _codes(ids)
+    _, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
+    codes, counts = codes.reshape(-1).astype(np.int64), counts.astype(np.int64)
     genuine, impostor = _genuine_pairs(rng, codes, counts), _impostor_pairs(rng, codes, counts)
     raw = Distributions(_quantiles(_cosines(unit, genuine)), _quantiles(_cosines(unit, impostor)))
     centre, reason = _decide_centre(unit, codes, counts, raw, len(impostor), centring)
     centre_scale = 1.0
     working = raw
     if centre is not None:
-        centre_scale = float(np.median(np.linalg.norm(_rows(unit, _sample(rng, len(codes))) - centre, axis=1)))
+        sample = np.sort(rng.choice(len(codes), size=min(len(codes), PAIRS), replace=False))
+        centre_scale = float(np.median(np.linalg.norm(_rows(unit, sample) - centre, axis=1)))
         if 1.0 - float(np.linalg.norm(centre)) < MIN_CENTRED_LENGTH or centre_scale < MIN_CENTRED_LENGTH:
             centre, centre_scale = None, 1.0
             reason = "not centred: the faces all point one way, the mean direction would take everything"
@@ -232,11 +234,6 @@ def _identity_mean(unit: np.ndarray, codes: IdArray, counts: IdArray) -> FloatAr
     return total.astype(np.float32)
 
 
-def _codes(ids: IdArray) -> tuple[IdArray, IdArray]:
-    _, codes, counts = np.unique(ids, return_inverse=True, return_counts=True)
-    return codes.reshape(-1).astype(np.int64), counts.astype(np.int64)
-
-
 def _genuine_pairs(rng: np.random.Generator, codes: IdArray, counts: IdArray) -> np.ndarray:
     """``PAIRS`` (face, another face of its identity) pairs, (m, 2) int64: first faces uniform among the faces
     of identities of 2+ faces, partners uniform among the rest of the identity (none: no such identity)."""
@@ -269,10 +266,6 @@ def _impostor_pairs(rng: np.random.Generator, codes: IdArray, counts: IdArray) -
     offset = rng.integers(0, outside[first])
     offset += np.where(offset >= starts[code], counts[code], 0)  # skip the first face's own identity
     return np.unique(np.stack([first, order[offset]], axis=1).astype(np.int64), axis=0)
-
-
-def _sample(rng: np.random.Generator, n: int, size: int = PAIRS) -> IdArray:
-    return np.sort(rng.choice(n, size=min(n, size), replace=False))
 
 
 def _rows(unit: np.ndarray, rows: IdArray) -> np.ndarray:
