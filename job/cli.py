@@ -304,6 +304,8 @@ def demo_db(
                                        "quality, low-quality faces, near-twins, misfiles from twins, re-enrolled "
                                        "photos, 1-30 faces each; or uncentred: wild as dlib gives it (128-D, one "
                                        "mean direction in every face, lengths without quality).")] = "standard",
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT and OUT.truth.json if they exist (refused "
+                                        "otherwise: OUT may be someone's real database).")] = False,
 ) -> None:
     """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers
     (pass it to faceatlas run --truth to score a run against them)."""
@@ -323,11 +325,14 @@ def demo_db(
         uneven = base.uneven_fraction >= 1.0 and faces_per_identity == 5
         spec = replace(spec, faces_per_identity=base.faces_per_identity if uneven else faces_per_identity)
         truth_path = out.with_name(out.name.removesuffix(".npy") + ".truth.json")
-        check_demo_request(spec, out, truth_path)
+        check_demo_request(spec, out, truth_path, force=force)
         try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            n_faces, truth = write_demo(out, spec)
+            n_faces, truth = write_demo(out, spec, force=force)
             write_json(truth_path, truth.to_json())
+        except FileExistsError:
+            raise UsageError(f"{out}: appeared while demo-db wrote it, and demo-db replaces no file unasked; pick "
+                             "a new name, or pass --force to replace it") from None
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
         _echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
@@ -368,11 +373,20 @@ def backends(
 def warm_up() -> None:
     """Compile the CPU layout kernels into numba's cache now (a machine's first run does it otherwise)."""
     with _errors_to_exit_codes():
+        from job.caches import numba_cache
         from job.reduce.layout import warm_kernels
 
+        cache = numba_cache()
+        if not cache.kept:
+            raise UsageError(f"warm-up: {cache.wanted} cannot hold numba's compiled kernels ({cache.problem}), so "
+                             "nothing compiled now would be kept; set XDG_CACHE_HOME or NUMBA_CACHE_DIR to a "
+                             "writable folder")
         seconds = warm_kernels()
-        _echo(f"layout kernels ready in {os.environ.get('NUMBA_CACHE_DIR', 'numba cache')} ({seconds:.1f} s); "
-              "runs on this machine now compile nothing")
+        if not any(cache.folder.rglob("*.nbi")):
+            raise UsageError(f"warm-up: compiled the kernels, but numba wrote no index to {cache.folder}; check "
+                             "that NUMBA_CACHE_DIR names a writable folder and that NUMBA_DISABLE_JIT is unset")
+        _echo(f"layout kernels ready in {cache.folder} ({seconds:.1f} s); runs on this machine now compile "
+              "nothing")
 
 
 def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
@@ -398,9 +412,10 @@ def _parse_ids(text: str) -> list[int]:
 
 def main() -> None:
     """Console-script entry point."""
-    from job.caches import default_numba_cache
+    from job.caches import numba_cache
 
-    default_numba_cache()
+    if numba_cache().warning():
+        _echo(f"faceatlas: {numba_cache().warning()}", err=True)
     signal.signal(signal.SIGTERM, _stop)  # `docker stop`, batch schedulers: unwind like Ctrl-C
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`cmd &`)
         signal.signal(signal.SIGINT, _stop)

@@ -69,6 +69,24 @@ def _path_text(value: str) -> str:
     return value
 
 
+def _curve_fits(spread: float, min_dist: float) -> bool:
+    """UMAP's curve fitted to ``spread`` and ``min_dist`` has a finite positive ``a`` and ``b`` (not so for
+    spreads far below 0.3 or min_dist near 10, where umap-learn's own fit also turns negative)."""
+    import warnings
+
+    import numpy as np
+
+    from job.reduce.layout import ab_params
+
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore")
+        try:
+            a, b = ab_params(spread, min_dist)
+        except (ArithmeticError, ValueError, np.linalg.LinAlgError):
+            return False
+    return bool(np.isfinite(a) and np.isfinite(b) and a > 0 and b > 0)
+
+
 class UmapConfig(_Section):
     """UMAP parameters, named as in umap-learn and cuML."""
 
@@ -95,6 +113,11 @@ class UmapConfig(_Section):
     def _min_dist_within_spread(self) -> UmapConfig:
         if self.min_dist != "auto" and self.min_dist > self.spread:
             raise ValueError(f"min_dist ({self.min_dist}) must not exceed spread ({self.spread})")
+        for min_dist in (0.0, 0.1) if self.min_dist == "auto" else (self.min_dist,):  # "auto" is one of these
+            if not _curve_fits(self.spread, min(min_dist, self.spread)):
+                raise ValueError(f"spread {self.spread:g} with min_dist {min_dist:g}: UMAP's curve 1 / (1 + a d^2b) "
+                                 "has no positive a and b for them (a map would not form); use spread 0.3..5 "
+                                 "and min_dist 0..spread")
         return self
 
     @field_validator("min_dist")
@@ -352,5 +375,7 @@ def _describe(exc: ValidationError, source: str) -> str:
     from job.io.files import shown
 
     found = error.get("input")
-    got = "" if isinstance(found, dict) else f", got {shown(found)}"
+    # an address's own message shows it without credentials: never echo one that may hold them (user:pw@...)
+    secret = key == "dask.address" or (isinstance(found, str) and "@" in found)
+    got = "" if isinstance(found, dict) or secret else f", got {shown(found)}"
     return f"{source}: key '{key}' is invalid ({error['msg']}{got}); see configs/default.toml"

@@ -58,6 +58,15 @@ def smoke_run(smoke_config: Config) -> RunResult:
     return run(smoke_config)
 
 
+def copy_of_run(run_result: RunResult, tmp_path_factory: pytest.TempPathFactory, name: str) -> Path:
+    """A copy of ``run_result``'s folder a module may edit (the session's run stays as it was written)."""
+    import shutil
+
+    copy = tmp_path_factory.mktemp(name) / "run"
+    shutil.copytree(run_result.out_dir, copy)
+    return copy
+
+
 @pytest.fixture(params=["numpy", "fake-cupy", pytest.param("cupy", marks=pytest.mark.gpu)])
 def xp(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
     """The array namespace a GPU-capable function runs in: NumPy, the FAKE CuPy of ``tests/fakes`` (CPU,

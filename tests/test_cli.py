@@ -113,6 +113,21 @@ def test_demo_db_writes_the_seed_format_and_truth(tmp_path: Path) -> None:
     assert all(records["id"][m["row"]] != m["true_id"] for m in truth["misfiled"])
 
 
+@pytest.mark.parametrize("existing", ["actor.npy", "actor.truth.json"])
+def test_demo_db_refuses_an_existing_file_unless_forced(tmp_path: Path, existing: str) -> None:
+    """``demo-db actor.npy`` must not replace someone's real database (nor its truth file) unasked."""
+    (tmp_path / existing).write_bytes(b"someone's real faces")
+    before = sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir())
+    refused = runner.invoke(app, ["demo-db", str(tmp_path / "actor.npy"), "--identities", "20"])
+    assert refused.exit_code == 2, refused.output
+    errors = refused.stderr.strip().splitlines()
+    assert len(errors) == 1 and f"{tmp_path / existing}: already exists" in errors[0] and "--force" in errors[0]
+    assert sorted((p.name, p.read_bytes()) for p in tmp_path.iterdir()) == before
+    forced = runner.invoke(app, ["demo-db", str(tmp_path / "actor.npy"), "--identities", "20", "--force"])
+    assert forced.exit_code == 0, forced.output
+    assert np.load(tmp_path / "actor.npy", allow_pickle=False)["id"].max() == 19
+
+
 def test_demo_db_writes_the_wild_shape(tmp_path: Path) -> None:
     out = tmp_path / "wild.npy"
     result = runner.invoke(app, ["demo-db", str(out), "--identities", "120", "--shape", "wild"])

@@ -126,13 +126,14 @@ def test_names_follow_sorted_ids_not_line_numbers(tmp_path: Path) -> None:
     np.savez(tmp_path / "a.npz", ids=IDS + 100, embeddings=VECTORS)
     names = tmp_path / "actor.jsonl"
     lines = [json.dumps({"name": f"Person {i}"}) for i in range(30)]
-    lines[5] = json.dumps({"id": 999, "name": "Explicit"})
     names.write_text("\ufeff" + "\n\n".join(lines) + "\n", encoding="utf-8")  # BOM and blank lines
     database = load_database(InputConfig(path=str(tmp_path / "a.npz"), names=str(names)))
     assert database.label(100) == "id 100 Person 0"
     assert database.label(129) == "id 129 Person 29"
-    assert database.label(999) == "id 999 Explicit"
-    assert database.label(105) == "id 105"
+    lines[5] = json.dumps({"id": 999, "name": "Explicit"})  # by id on one line, by position on the others
+    names.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with pytest.raises(InputError, match='line 6 has an "id" key, unlike line 1'):
+        load_database(InputConfig(path=str(tmp_path / "a.npz"), names=str(names)))
 
 
 def test_names_apply_to_the_demo_database(tmp_path: Path) -> None:

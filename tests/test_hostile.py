@@ -414,6 +414,23 @@ CASES: dict[str, Case] = {
     "--out holds names like faceatlas's temporaries": Case(_look_alike_leftovers, 2,
                                                            "holds files no faceatlas run wrote (.draft.2024.tmp, "
                                                            ".staging-1-deadbeef)"),
+    # third round (issue 25): no wrong answer with exit 0
+    "names id 1.5": Case(_names_bytes(b'{"id": 1.5, "name": "a"}\n'), 3, 'line 1: "id" is 1.5, expected an integer'),
+    "names id true": Case(_names_bytes(b'{"id": true, "name": "a"}\n'), 3, 'line 1: "id" is True'),
+    "names id text not a number": Case(_names_bytes(b'{"id": "ada", "name": "a"}\n'), 3, 'line 1: "id" is \'ada\''),
+    "names name 7 (not text)": Case(_names_bytes(b'{"name": 7, "alias": "A7"}\n'), 3, 'line 1: "name" is 7'),
+    "names line without text": Case(_names_bytes(b'{"id": 3, "age": 7}\n'), 3, "line 1 has no text to show"),
+    "names with ids on some lines only": Case(_names_bytes(b'{"id": 3, "name": "a"}\n{"name": "b"}\n'), 3,
+                                              'line 2 has no "id" key, unlike line 1'),
+    "names with a name of 131,073 characters": Case(_names_bytes(b'{"name": "' + b"x" * 131_073 + b'"}\n'), 3,
+                                                    "line 1 holds a name of 131,073 characters"),
+    "umap.spread=1e-300": Case(_args("--set", "umap.spread=1e-300"), 2, "has no positive a and b"),
+    "--truth row true": Case(_truth_file(ROWS_BEYOND.replace("999999", "true")), 3,
+                             "not a faceatlas demo truth file"),
+    "--truth row 3.0": Case(_truth_file(ROWS_BEYOND.replace("999999", "3.0")), 3, "not a faceatlas demo truth file"),
+    "--truth low-quality rows beyond the input": Case(_truth_file(ROWS_BEYOND.replace(
+        '"row": 999999', '"row": 1').replace('"lookalike_pairs": []', '"lookalike_pairs": [], "low_quality_rows": '
+                                                                        '[5, 999999]')), 3, "names rows beyond the"),
     "render 10000 x 10000 over max_memory": Case(_args("--set", "render.width=10000", "--set", "render.height=10000",
                                                        "--set", "max_memory=4GiB"), 5,
                                                  "rendering 10000 x 10000 maps needs"),
@@ -484,3 +501,19 @@ def test_unreadable_file(tmp_path: Path) -> None:
     path.chmod(0)
     result = CliRunner().invoke(app, ["run", "-c", SMOKE, "-i", str(path), "-o", str(tmp_path / "out")])
     assert result.exit_code == 3 and "Permission denied" in result.stderr and not (tmp_path / "out").exists()
+
+
+def test_names_keyed_by_text_or_float_ids_name_the_identity_of_their_id(tmp_path: Path) -> None:
+    """``{"id": "42"}`` and ``{"id": 42.0}`` name identity 42, wherever the line sits (they were once read by
+    line position, giving every identity another person's name)."""
+    import json
+
+    identities = sorted(set(IDS.tolist()))
+    lines = [{"id": str(i) if k % 2 else float(i), "name": f"person {i}"} for k, i in enumerate(reversed(identities))]
+    (tmp_path / "names.jsonl").write_text("".join(json.dumps(line) + "\n" for line in lines))
+    args = _npy(RECORDS)(tmp_path)
+    result = CliRunner().invoke(app, ["run", "-c", SMOKE, *args, "--names", str(tmp_path / "names.jsonl"),
+                                      "-o", str(tmp_path / "out")])
+    assert result.exit_code == 0, result.output
+    written = json.loads((tmp_path / "out" / "names.json").read_text())
+    assert dict(zip(written["ids"], written["names"], strict=True)) == {i: f"person {i}" for i in identities}

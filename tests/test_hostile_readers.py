@@ -358,3 +358,34 @@ def test_command_lines_that_do_not_parse_get_one_line(tmp_path: Path, args: list
     done = subprocess.run([*FACEATLAS, *args], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     _one_error(done.stderr, 2, done.returncode, fragment)
     assert done.stdout == "" and list(tmp_path.iterdir()) == []
+
+
+def test_an_unwritable_cache_folder_writes_no_kernel_into_the_package(tmp_path: Path) -> None:
+    """With ``XDG_CACHE_HOME`` unwritable, numba would fall back to ``__pycache__`` folders inside the installed
+    package; faceatlas gives it a private temporary folder instead, warns, and ``warm-up`` refuses."""
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")  # mkdir under a regular file fails even for root
+    env = {key: value for key, value in os.environ.items() if key != "NUMBA_CACHE_DIR"}
+    env["XDG_CACHE_HOME"] = str(blocker / "cache")
+    package = ROOT / "job"
+
+    def tree() -> dict[str, int]:
+        return {str(p): p.stat().st_mtime_ns for p in package.rglob("*") if p.is_file()}
+
+    before = tree()
+    warm = subprocess.run([sys.executable, "-m", "job", "warm-up"], capture_output=True, text=True, env=env,
+                          timeout=300, cwd=tmp_path)
+    assert warm.returncode == 2, warm.stderr
+    assert warm.stderr.strip().splitlines()[-1].startswith(f"faceatlas: error: warm-up: {blocker / 'cache'}/faceatlas/"
+                                                           "numba cannot hold numba's compiled kernels")
+    code = ("import numpy as np; from job.caches import numba_cache; cache = numba_cache(); "
+            "from job.knn.pairs import pair_similarities; "
+            "pair_similarities(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), np.zeros((2, 1), np.int64)); "
+            "print(cache.folder, len(list(cache.folder.rglob('*.nbi'))), cache.warning())")
+    compiled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
+                              cwd=tmp_path)
+    assert compiled.returncode == 0, compiled.stderr
+    folder, indexes, warning = compiled.stdout.split(" ", 2)
+    assert int(indexes) >= 1 and "they last this run only" in warning
+    assert not Path(folder).exists()  # the temporary folder went with the process
+    assert tree() == before  # nothing written into the package's own folders

@@ -310,6 +310,41 @@ def test_a_file_dropped_in_under_a_name_the_run_writes_is_kept(tmp_path: Path, m
     assert len(said) == 1 and "kept as notes.csv.kept" in said[0]
 
 
+@pytest.mark.parametrize("mode", ["swap", "file-by-file"])
+def test_a_run_file_edited_since_its_run_is_kept_on_rerun(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          mode: str) -> None:
+    """A rerun never silently replaces a file the user changed since the run wrote it (notes in suspects.csv,
+    rows deleted from a corrections list): run.json's checksum tells the edit, and the file is kept."""
+    import hashlib
+
+    out = tmp_path / "out"
+
+    def write_run(staging: Path, text: str) -> None:
+        for name in ("notes.csv", "old.csv"):
+            (staging / name).write_text(text)
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        (staging / "run.json").write_text(json.dumps({"tool": "faceatlas", "files": {"a": "notes.csv", "b": "old.csv"},
+                                                      "file_sha256": {"notes.csv": digest, "old.csv": digest}}))
+
+    with staged_outputs(out) as staging:
+        write_run(staging, "first run")
+    (out / "notes.csv").write_text("first run, and my notes")
+    (out / "old.csv").write_text("first run, edited; the next run writes no old.csv")
+    if mode == "file-by-file":
+        monkeypatch.chdir(out)
+    said: list[str] = []
+    with staged_outputs(out, said.append) as staging:
+        write_run(staging, "second run")
+        (staging / "old.csv").unlink()
+    assert (out / "notes.csv").read_text() == "second run"
+    assert (out / "notes.csv.kept").read_text() == "first run, and my notes"
+    assert (out / "old.csv").read_text() == "first run, edited; the next run writes no old.csv"
+    assert sorted(said) == [f"warning: {out / 'notes.csv'} was changed since the run that wrote it; it is kept as "
+                            "notes.csv.kept",
+                            f"warning: {out / 'old.csv'} was changed since the run that wrote it; it is kept as "
+                            "old.csv"]
+
+
 def test_a_ctrl_c_swallowed_by_a_c_callback_still_stops_the_run(tmp_path: Path,
                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from job import stop
@@ -336,10 +371,11 @@ def test_a_file_dropped_into_out_during_a_run_is_kept_and_the_run_lands(small_db
 
     def render_while_someone_writes(*args: object, **kwargs: object) -> object:
         (out / "notes.txt").write_text("mine")  # after the up-front check of --out, before the swap
-        (out / "suspects.csv").write_text("my edited copy")  # a name the previous run owns: it is the run's
+        (out / "suspects.csv").write_text("my edited copy")  # edited since its run: kept, not replaced
         return render(*args, **kwargs)
 
     monkeypatch.setattr(pipeline, "render", render_while_someone_writes)
     run(_config(small_db, out))
     assert (out / "notes.txt").read_text() == "mine"
+    assert (out / "suspects.csv.kept").read_text() == "my edited copy"
     open_run(out)

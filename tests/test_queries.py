@@ -19,7 +19,7 @@ from job.cli import app
 from job.io.demo import make_demo
 from job.io.formats import file_sha256
 from job.pipeline import RunResult
-from tests.conftest import SMALL
+from tests.conftest import SMALL, copy_of_run
 
 runner = CliRunner()
 
@@ -37,9 +37,7 @@ def _one_line_error(result, code: int, fragment: str) -> None:
 
 @pytest.fixture(scope="module")
 def run_dir(smoke_run: RunResult, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    copy = tmp_path_factory.mktemp("map") / "run"
-    shutil.copytree(smoke_run.out_dir, copy)
-    return copy
+    return copy_of_run(smoke_run, tmp_path_factory, "map")
 
 
 @pytest.fixture(scope="module")

@@ -176,7 +176,7 @@ def test_faceatlas_render_redraws_the_maps_and_the_page(run_copy: Path) -> None:
     assert record["highlight"] == [3, 5] and record["config"]["render"]["highlight"] == [3, 5]
     assert record["report"]["color_by"] == "cluster" and record["report"]["written_by"].startswith("faceatlas render")
     meta = page_meta((run_copy / "report.html").read_text(encoding="utf-8"))
-    assert meta["color_by"] == "cluster" and meta["highlight"] == [3, 5]
+    assert meta["color_by"] == "cluster" and meta["highlight"] == [3, 5]  # codes: the demo's ids are 0..n-1
     assert faceatlas("verify", run_copy).returncode == 0
     # the page keeps its colouring when it is remade
     assert faceatlas("report", run_copy).returncode == 0

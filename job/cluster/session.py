@@ -15,7 +15,7 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from job.cluster.address import ClusterAddress, parse_address, shown_address
+from job.cluster.address import ClusterAddress, parse_address, require_transport, shown_address
 from job.errors import ClusterError, FaceatlasError
 
 if TYPE_CHECKING:
@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 POLL_SECONDS = 0.05  # how often unfinished tasks are looked at
+HANDSHAKE_GRACE = 2.0  # seconds past dask.timeout before an unanswered handshake is given up
+LOOP_STOP_SECONDS = 10.0  # for the IO loop's thread to end (it is a daemon: exit never waits on it)
+WORKER_BYTES = 140 * 2**20  # one LocalCluster worker process (Python, NumPy, Dask, faceatlas) before any faces
 INSTALL_FIX = "install the client's faceatlas on every worker (pip install 'faceatlas[dask]=={version}')"
 
 
@@ -210,25 +213,140 @@ def open_cluster(config: DaskConfig, log: Log = lambda message: None) -> Iterato
 @contextmanager
 def _client(where: ClusterAddress, timeout: float) -> Iterator[tuple[Any, str]]:
     from distributed import Client, LocalCluster
+
     if where.kind == "local":
+        _require_local_memory(where.n_workers)
         with LocalCluster(n_workers=where.n_workers, threads_per_worker=1, processes=True, host="127.0.0.1",
                           dashboard_address="127.0.0.1:0", silence_logs=logging.ERROR) as cluster, \
                 Client(cluster, set_as_default=False) as client:
             yield client, f"local:{where.n_workers}"
         return
     shown = shown_address(where.address)
-    try:
-        client = Client(where.address, timeout=timeout, set_as_default=False)
-    except (OSError, TimeoutError) as exc:
-        raise ClusterError(f"--dask {shown}: cannot reach the scheduler ({_brief(exc)}); start it (dask scheduler) "
-                           f"and check the address and port, or use --dask local:2") from None
-    with client:
+    require_transport(where.address)
+    with _io_loop() as loop:
+        client = _handshake(loop, where.address, shown, timeout)
         try:
-            client.wait_for_workers(1, timeout=timeout)
-        except (OSError, TimeoutError):
-            raise ClusterError(f"--dask {shown}: the scheduler has no workers after {timeout:g} s; start some "
-                               f"(dask worker {shown})") from None
-        yield client, shown
+            try:
+                client.wait_for_workers(1, timeout=timeout)
+            except (OSError, TimeoutError):
+                raise ClusterError(f"--dask {shown}: the scheduler has no workers after {timeout:g} s; start some "
+                                   f"(dask worker {shown})") from None
+            yield client, shown
+        finally:
+            _close(client, timeout)
+
+
+def _require_local_memory(n_workers: int) -> None:
+    """Refuse a LocalCluster whose worker processes would not fit in the memory available now, naming how many
+    would (:class:`~job.errors.OutOfMemoryError`: the same ``local:N`` runs on a machine with more memory)."""
+    from job.io.memory import available_bytes, require
+
+    fit = (available_bytes() or 0) // WORKER_BYTES
+    fix = f"use --dask local:{fit} (at most {fit} fit)" if fit else "run without --dask"
+    require(n_workers * WORKER_BYTES, None, f"--dask local:{n_workers}: starting {n_workers} worker processes "
+            f"(about {WORKER_BYTES >> 20} MiB each)", fix)
+
+
+@contextmanager
+def _io_loop() -> Iterator[Any]:
+    """A Tornado IO loop in a daemon thread of this module's own, stopped (its leftover tasks cancelled, as
+    ``asyncio.run`` does) on the way out. A Client made on it is asynchronous there and synchronous everywhere
+    else (``distributed.utils.SyncMethodMixin``), and its handshake can be abandoned at a deadline."""
+    import asyncio
+    import threading
+    from concurrent.futures import Future
+
+    ready: Future[tuple[Any, asyncio.Event]] = Future()
+
+    async def serve() -> None:
+        from tornado.ioloop import IOLoop
+
+        stop = asyncio.Event()
+        ready.set_result((IOLoop.current(), stop))
+        await stop.wait()
+
+    thread = threading.Thread(target=asyncio.run, args=(serve(),), name="faceatlas-dask-loop", daemon=True)
+    thread.start()
+    loop, stop = ready.result(timeout=LOOP_STOP_SECONDS)
+    try:
+        yield loop
+    finally:
+        loop.add_callback(stop.set)
+        thread.join(timeout=LOOP_STOP_SECONDS)
+
+
+def _handshake(loop: Any, address: str, shown: str, timeout: float) -> Any:
+    """A Client of the scheduler at ``address``, connected within ``timeout`` + ``HANDSHAKE_GRACE`` seconds: the
+    whole of Dask's handshake (TCP connect, the comm handshake, the identity and register-client exchanges) runs
+    under one deadline, since Dask bounds only the TCP connect and a server that accepts and never answers (or
+    answers in HTTP) would hold it forever. Any failure is one :class:`ClusterError` line."""
+    from distributed import Client
+    from distributed.utils import sync
+
+    deadline = timeout + HANDSHAKE_GRACE  # Dask's own "cannot connect" after ``timeout`` comes first
+
+    async def new() -> Any:  # made on ``loop``, so Client.__init__ schedules its start there and returns
+        return Client(address, asynchronous=True, timeout=timeout, set_as_default=False)
+
+    async def started(client: Any) -> None:
+        import asyncio
+
+        await asyncio.wait_for(client, deadline)  # on the deadline, cancels the start (its comm is aborted)
+
+    try:
+        client = sync(loop, new)
+    except Exception as exc:  # before any connection: a configured security loader or preload that fails
+        raise ClusterError(f"--dask {shown}: Dask's client could not be set up ({_brief(exc)}); check Dask's "
+                           "distributed.client.* config") from None
+    try:
+        sync(loop, started, client, callback_timeout=deadline + HANDSHAKE_GRACE)
+    except Exception as exc:
+        _close(client, timeout)
+        raise _handshake_error(exc, shown, timeout) from None
+    except BaseException:  # Ctrl-C: close what was opened, then stop
+        _close(client, timeout)
+        raise
+    return client
+
+
+def _handshake_error(exc: Exception, shown: str, timeout: float) -> ClusterError:
+    """What a failed handshake means: nothing there, something that is not a Dask scheduler, or a scheduler that
+    refused this client."""
+    from distributed.comm import CommClosedError
+
+    port_fix = "check the port (a Dask scheduler listens on 8786, its dashboard on 8787)"
+    if isinstance(exc, TimeoutError):
+        return ClusterError(f"--dask {shown}: something there accepted the connection but did not answer Dask's "
+                            f"handshake within {timeout:g} s, so it is not a Dask scheduler (or one too busy to "
+                            f"answer); {port_fix}, or raise dask.timeout")
+    if isinstance(exc, CommClosedError):
+        return ClusterError(f"--dask {shown}: the server there closed the connection during Dask's handshake: not a "
+                            f"Dask scheduler, or one that speaks another protocol (tls://); {port_fix} and the "
+                            "protocol")
+    if isinstance(exc, OSError):
+        return ClusterError(f"--dask {shown}: cannot reach the scheduler ({_brief(exc)}); start it (dask scheduler) "
+                            "and check the address and port, or use --dask local:2")
+    if isinstance(exc, ImportError):  # the scheduler's own refusal (Dask versions it cannot work with)
+        return ClusterError(f"--dask {shown}: the scheduler refused this client ({_brief(exc)}); install the "
+                            "scheduler's dask and distributed versions here")
+    # MemoryError: the first 8 bytes of an HTTP reply ("HTTP/1.1") read as a Dask frame length of 3 EiB
+    return ClusterError(f"--dask {shown}: the server there is not a Dask scheduler (it answered in another protocol, "
+                        f"e.g. HTTP: reading its reply as a Dask message failed with {_kind(exc)}); {port_fix}")
+
+
+def _kind(exc: BaseException) -> str:
+    """The exception's most telling name: its first built-in class short of Exception (numpy's
+    _ArrayMemoryError -> MemoryError), else its own, with its module (struct.error)."""
+    for cls in type(exc).__mro__:
+        if cls.__module__ == "builtins" and cls not in (Exception, BaseException, object):
+            return cls.__name__
+    return f"{type(exc).__module__}.{type(exc).__qualname__}"
+
+
+def _close(client: Any, timeout: float) -> None:
+    """Close ``client`` from this thread; one that failed to start, or a scheduler already gone, is fine."""
+    with suppress(Exception):
+        client.close(timeout=timeout)
 
 
 @contextmanager

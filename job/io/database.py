@@ -7,6 +7,7 @@ decides what a usable database is. Nothing unpickles: object dtypes are refused 
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
@@ -18,6 +19,7 @@ from job.arrays import BoolArray, FloatArray, IdArray
 from job.config import InputConfig
 from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.errors import InputError, UsageError
+from job.io.files import shown
 from job.io.formats import file_sha256, read_arrays, sniff_format
 from job.io.memory import format_size, require
 from job.io.remote import fetch, is_url, redact
@@ -203,7 +205,7 @@ def read_truth(path: Path, source: str, n_rows: int) -> DemoTruth:
         truth = truth_from_json(payload)
     except (ValueError, TypeError, KeyError, AttributeError, OverflowError) as exc:
         raise InputError(f"{path}: not a faceatlas demo truth file ({type(exc).__name__}); {fix}") from None
-    if any(not 0 <= row < n_rows for row in truth.misfiled_rows):
+    if any(not 0 <= row < n_rows for row in (*truth.misfiled_rows, *truth.low_quality_rows, *truth.duplicate_rows)):
         raise InputError(f"{path}: names rows beyond the {n_rows:,} faces of {source}; it belongs to another "
                          f"file: {fix}")
     return truth
@@ -395,12 +397,15 @@ def _first(rows: np.ndarray, n: int = 5) -> str:
 
 
 def read_names(path: Path, identities: IdArray) -> dict[int, str]:
-    """Read a JSONL names file: one object per identity, in id order (like the seed's ``actor.jsonl``).
+    """Read a JSONL names file: one object per identity (like the seed's ``actor.jsonl``).
 
-    The k-th object names the k-th smallest identity id, unless it has an integer ``id`` key, which wins.
-    Its ``name`` key, else its first string value, is the display name. Blank lines are skipped. A file that
-    names by position must have one line per identity (else every name after a gap would sit on the wrong
-    face); an id named twice, a name that is not text (a lone surrogate) and an id beyond int64 are refused.
+    Each line names the identity of its ``id`` key (an integer, an integral float such as ``42.0``, or a digit
+    string such as ``"42"``), or, in a file where no line has an ``id``, the k-th smallest identity id on the
+    k-th line. Its ``name`` key, else its first text value, is the display name. Blank lines are skipped.
+    Anything else is refused with the line's number: an ``id`` of another kind or beyond int64, a file that
+    gives ids on some lines only, a name that is not text, a line naming nobody, an id named twice, and a file
+    naming by position whose line count differs from the identities' (every name after a gap would sit on
+    the wrong face).
     """
     from job.io.files import parse_json, read_text
 
@@ -408,46 +413,83 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
                      memory_factor=8)
     names: dict[int, str] = {}
     first_line: dict[int, int] = {}
-    position, by_position = 0, 0
+    keyed: int | None = None  # the first line's kind (has an "id" key or not); every line must be the same
+    position = 0
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a name
         if not line.strip():
             continue
-        record = parse_json(line, f"{path}: line {number}", "write one JSON object per line")
+        where = f"{path}: line {number}"
+        record = parse_json(line, where, "write one JSON object per line")
         if not isinstance(record, dict):
-            raise InputError(f"{path}: line {number} is not a JSON object; write {{\"name\": ...}} per line")
-        identity = _named_identity(record.get("id"), path, number)
-        if identity is None:
-            by_position += 1
+            raise InputError(f"{where} is not a JSON object; write {{\"id\": 7, \"name\": \"Ada\"}} per line")
+        if keyed is None:
+            keyed = number if "id" in record else -number
+        elif ("id" in record) != (keyed > 0):
+            raise InputError(f"{where} {'has an' if 'id' in record else 'has no'} \"id\" key, unlike line "
+                             f"{abs(keyed)}; give an \"id\" on every line, or on none (names in id order)")
+        if "id" in record:
+            identity = names_file_id(record["id"], where)
+        else:
             identity = int(identities[position]) if position < len(identities) else None
         position += 1
-        text_value = record.get("name", next((v for v in record.values() if isinstance(v, str)), None))
-        if identity is None or not isinstance(text_value, str):
-            continue
+        name = _display_name(record, where)
+        if identity is None:
+            continue  # beyond the identities: refused below with the line count
         if identity in first_line:
-            raise InputError(f"{path}: line {number} names id {identity} again (first on line "
-                             f"{first_line[identity]}); keep one line per identity")
-        _check_text(text_value, path, number)
-        names[identity], first_line[identity] = text_value, number
-    if by_position and position != len(identities):
+            raise InputError(f"{where} names id {identity} again (first on line {first_line[identity]}); keep one "
+                             "line per identity")
+        _check_text(name, path, number)
+        names[identity], first_line[identity] = name, number
+    if keyed is not None and keyed < 0 and position != len(identities):
         raise InputError(f"{path}: {position:,} lines for the {len(identities):,} identities of the database, and "
-                         f"{by_position:,} of them name an identity by position (no \"id\" key); give one line per "
-                         "identity in id order, or an \"id\" key on every line")
+                         "they name identities by position (no \"id\" key); give one line per identity in id order, "
+                         "or an \"id\" key on every line")
     return names
 
 
 NAMES_MAX_BYTES = 4 << 30
+MAX_NAME_CHARS = 4096  # far above any person's name; CSV readers refuse fields of 131,072 characters and more
+_ID_TEXT = re.compile(r"-?[0-9]{1,19}")
 
 
-def _named_identity(value: object, path: Path, number: int) -> int | None:
-    """The ``id`` key of a names line: an integer within int64, or None when absent or not an integer."""
-    if isinstance(value, bool) or not isinstance(value, int):
-        return None
-    if not -(2**63) <= value < 2**63:
-        raise InputError(f"{path}: line {number} has an id beyond int64; use the database's own ids")
-    return value
+def names_file_id(value: object, where: str) -> int:
+    """The ``id`` of a names line as an int64: an integer, an integral float (``42.0``, exact below 2**53) or
+    a digit string (``"42"``, ``"-3"``); anything else is an :class:`InputError` naming ``where``."""
+    identity: int | None = None
+    if isinstance(value, bool):
+        identity = None
+    elif isinstance(value, int):
+        identity = value
+    elif isinstance(value, float) and value.is_integer() and abs(value) <= 2**53:
+        identity = int(value)
+    elif isinstance(value, str) and _ID_TEXT.fullmatch(value.strip()):
+        identity = int(value.strip())
+    if identity is None:
+        raise InputError(f"{where}: \"id\" is {shown(value)}, expected an integer id (7, 7.0 or \"7\"); write "
+                         "the identity's id as the database stores it")
+    if not -(2**63) <= identity < 2**63:
+        raise InputError(f"{where}: \"id\" {identity} is beyond int64; use the database's own ids")
+    return identity
+
+
+def _display_name(record: dict[str, object], where: str) -> str:
+    """A names line's ``name`` (text), else its first text value; else an :class:`InputError`."""
+    if "name" in record:
+        name = record["name"]
+        if not isinstance(name, str):
+            raise InputError(f"{where}: \"name\" is {shown(name)}, expected text; quote it (\"name\": \"7\")")
+        return name
+    text = next((value for key, value in record.items() if key != "id" and isinstance(value, str)), None)
+    if text is None:
+        raise InputError(f"{where} has no text to show (no \"name\" key, no text value); give each line a "
+                         "\"name\" key")
+    return text
 
 
 def _check_text(text: str, path: Path, number: int) -> None:
+    if len(text) > MAX_NAME_CHARS:
+        raise InputError(f"{path}: line {number} holds a name of {len(text):,} characters; names label faces in "
+                         f"tables, maps and the page: keep each under {MAX_NAME_CHARS:,} characters")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:

@@ -126,20 +126,55 @@ DEMO_SHAPES = {"standard": DemoSpec(), "hard": HARD, "wild": WILD, "uncentred": 
 
 
 def truth_from_json(payload: Any) -> DemoTruth:
-    """The inverse of :meth:`DemoTruth.to_json`; raises ValueError/TypeError/KeyError on anything else."""
+    """The inverse of :meth:`DemoTruth.to_json`; raises ValueError/TypeError/KeyError on anything else,
+    including a row or id that is not a JSON integer (``true``, ``3.5``, ``"3"``) and a spec value of another
+    type than the generator's."""
     if not isinstance(payload, dict) or payload.get("generator") != "faceatlas.demo":
         raise ValueError("not a faceatlas demo truth file")
-    known = {f for f in DemoSpec.__dataclass_fields__}
-    spec_fields = {k: tuple(v) if isinstance(v, list) else v for k, v in payload["spec"].items() if k in known}
+    spec = payload["spec"]
+    if not isinstance(spec, dict):
+        raise TypeError("spec is not an object")
+    defaults = asdict(DemoSpec())
+    spec_fields = {key: _spec_value(value, defaults[key]) for key, value in spec.items() if key in defaults}
     misfiled = payload["misfiled"]
-    rows = [int(item["row"]) for item in misfiled]
-    true_ids = [int(item["true_id"]) for item in misfiled]
-    pairs = [(int(a), int(b)) for a, b in payload["lookalike_pairs"]]
-    families = [[int(i) for i in family] for family in payload.get("families", [])]
-    twins = [(int(a), int(b)) for a, b in payload.get("twin_pairs", [])]
-    low = [int(row) for row in payload.get("low_quality_rows", [])]
-    duplicates = [int(row) for row in payload.get("duplicate_rows", [])]
+    rows = [_whole(item["row"]) for item in _listed(misfiled)]
+    true_ids = [_whole(item["true_id"]) for item in misfiled]
+    pairs = [_pair(pair) for pair in _listed(payload["lookalike_pairs"])]
+    families = [[_whole(i) for i in _listed(family)] for family in _listed(payload.get("families", []))]
+    twins = [_pair(pair) for pair in _listed(payload.get("twin_pairs", []))]
+    low = [_whole(row) for row in _listed(payload.get("low_quality_rows", []))]
+    duplicates = [_whole(row) for row in _listed(payload.get("duplicate_rows", []))]
     return DemoTruth(DemoSpec(**spec_fields), rows, true_ids, pairs, families, twins, low, duplicates)
+
+
+def _whole(value: Any) -> int:
+    """A JSON integer (not a bool, a float or text), else TypeError."""
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"{value!r:.40} is not an integer")
+    return value
+
+
+def _listed(value: Any) -> list[Any]:
+    if not isinstance(value, list):
+        raise TypeError("expected a list")
+    return value
+
+
+def _pair(value: Any) -> tuple[int, int]:
+    first, second = _listed(value)
+    return _whole(first), _whole(second)
+
+
+def _spec_value(value: Any, default: Any) -> Any:
+    """``value`` as the type of the generator's ``default`` (a list for a tuple; an int where a float is
+    allowed), else TypeError."""
+    if isinstance(default, tuple):
+        return tuple(_spec_value(item, default[0]) for item in _listed(value))
+    if isinstance(default, float) and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not type(default):
+        raise TypeError(f"spec value {value!r:.40} is not a {type(default).__name__}")
+    return value
 
 
 def seed_dtype(n_identities: int, dim: int) -> np.dtype:
@@ -261,9 +296,10 @@ MAX_IDENTITIES = 2**32  # the seed's format stores ids as uint32 at most
 MAX_FACES_PER_IDENTITY = 100_000
 
 
-def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
-    """Refuse, before generating anything, a demo that cannot be written: a folder as the file, counts beyond
-    the format, or a database larger than the memory its plan needs or the disk space left."""
+def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path, *, force: bool = False) -> None:
+    """Refuse, before generating anything, a demo that cannot be written: a folder as the file, an existing file
+    (someone's database, perhaps the seed's real ``actor.npy``) unless ``force``, counts beyond the format, or a
+    database larger than the memory its plan needs or the disk space left."""
     import shutil
 
     from job.errors import UsageError
@@ -273,6 +309,9 @@ def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
     for target in (path, truth_path):
         if target.is_dir():
             raise UsageError(f"{target}: is a folder; pass a file name such as {target / 'demo.npy'}")
+        if os.path.lexists(target) and not force:
+            raise UsageError(f"{target}: already exists, and demo-db replaces no file unasked; pick a new name, or "
+                             "pass --force to replace it")
     if not 2 <= spec.n_identities <= MAX_IDENTITIES or not 1 <= spec.faces_per_identity <= MAX_FACES_PER_IDENTITY:
         raise UsageError(f"demo-db: {spec.n_identities} identities x {spec.faces_per_identity} faces; the demo "
                          f"format holds 2..{MAX_IDENTITIES:,} identities of 1..{MAX_FACES_PER_IDENTITY:,} faces, "
@@ -288,10 +327,13 @@ def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path) -> None:
                          "ask for fewer identities or write elsewhere")
 
 
-def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES) -> tuple[int, DemoTruth]:
+def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES, *, force: bool = False
+               ) -> tuple[int, DemoTruth]:
     """Stream a demo database to ``path`` (.npy) chunk by chunk, never holding its faces in memory.
 
-    Writes a temporary sibling and renames it into place; returns the number of faces and the truth.
+    Writes a temporary sibling and moves it into place, replacing an existing ``path`` only with ``force``
+    (else a file that appeared meanwhile raises :class:`FileExistsError`); returns the number of faces and
+    the truth.
     """
     plan = plan_demo(spec)
     dtype = seed_dtype(spec.n_identities, spec.dim)
@@ -302,7 +344,10 @@ def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES) -> tuple[int
             np.lib.format.write_array_header_2_0(handle, header)
             for records in demo_chunks(plan, rows):
                 handle.write(records.tobytes())
-        os.replace(tmp, path)
+        if force:
+            os.replace(tmp, path)
+        else:
+            os.link(tmp, path)  # never replaces: fails if the name was taken since the check
     finally:
         tmp.unlink(missing_ok=True)
     return len(plan.ids), plan.truth

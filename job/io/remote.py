@@ -59,8 +59,9 @@ def redact(text: str) -> str:
 
 def cache_dir() -> Path:
     """``$XDG_CACHE_HOME/faceatlas/downloads`` (default ``~/.cache/faceatlas/downloads``)."""
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "faceatlas" / "downloads"
+    from job.caches import user_cache_dir
+
+    return user_cache_dir() / "downloads"
 
 
 def fetch(url: str, *, sha256: str = "", allow_http: bool = False, timeout: float = 30.0,

@@ -40,6 +40,7 @@ _FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anc
            "face_identity": "i", "radius": "f"}
 _GEOMETRY_FIELDS = {"centre": "f", "centre_scale": "f", "temperature": "f"}  # added in 0.7, optional on read
 
+MAP_LIMIT = 1e6  # no map position beyond: UMAP layouts start within +-10 (umap-learn, cuML) and move a few units
 RADIUS_NEIGHBOUR = 5  # the populated map: within RADIUS_FACTOR x (99th percentile of 5th-neighbour distance)
 RADIUS_FACTOR = 2.0
 
@@ -213,15 +214,24 @@ def _value_problem(arrays: dict[str, np.ndarray]) -> str:
         centroid = arrays["centroid"]  # squared lengths summed in float64 without a float64 copy of the table
         lengths = np.sqrt(np.einsum("ij,ij->i", centroid, centroid, dtype=np.float64))
         radius = float(arrays["radius"])
+        coords = arrays["coords"].astype(np.float64)
+        extent = coords.max(axis=0) - coords.min(axis=0)
+        size = max(1.0, float(np.abs(coords).max()))
         checks = {
             "identities not sorted and unique": bool(np.any(np.diff(identity) <= 0)),
             "NaN or inf centroids or map positions": not (np.isfinite(arrays["centroid"]).all()
-                                                           and np.isfinite(arrays["coords"]).all()),
+                                                           and np.isfinite(coords).all()),
+            f"map positions beyond +-{MAP_LIMIT:g}": not (np.abs(coords).max() <= MAP_LIMIT and
+                                                           np.all(np.isnan(anchor) | (np.abs(anchor) <= MAP_LIMIT))),
+            # the page and the PNG maps scale the faces' x/y extent to their width: it cannot be a point
+            "faces that all sit at one point": not float(extent[:2].max()) > 1e-4 * size,
             "centroids that are not unit vectors": bool(np.any(np.abs(lengths[count > 0] - 1.0) > 1e-3)),
             "negative face counts": bool(np.any(count < 0)),
             "cohesions outside -1..1": not bool(np.all(np.abs(arrays["cohesion"]) <= 1.0 + 1e-4)),
             "anchors partly NaN": bool(np.any(np.isnan(anchor).any(axis=1) & ~np.isnan(anchor).all(axis=1))),
             "no identity with a map position and faces": not bool(np.any(placed & (count > 0))),
             "a radius that is not a positive number": not (np.isfinite(radius) and radius > 0),
+            # the radius is twice a neighbour distance, which the map's diagonal bounds
+            "a radius larger than the map": not radius <= 2.0 * float(np.linalg.norm(extent)) * (1 + 1e-6) + 1e-6,
         }
     return next((what for what, failed in checks.items() if failed), "")

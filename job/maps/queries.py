@@ -1,7 +1,8 @@
 """Questions asked of a finished run: place new faces, and what lies at a map point.
 
 Everything starts from :func:`open_map`, which goes through :func:`job.store.runs.open_run` (every file's
-SHA-256 checked against ``run.json``) before reading ``map_model.npz`` with ``allow_pickle=False``. The
+SHA-256 checked against ``run.json``, ``map_model.npz`` read with ``allow_pickle=False``, the model proven to
+be the one of the run's projection and record). The
 model is backend-neutral, so a CPU-only install answers for maps fitted with cuML too.
 """
 
@@ -18,7 +19,7 @@ import numpy as np
 from job.config import InputConfig
 from job.io.database import load_database
 from job.errors import InputError, UsageError
-from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
+from job.maps.mapmodel import MODEL_FILE, MapModel
 from job.store.outputs import existing_ancestor, temporary_path
 from job.maps.placement import Placement, place
 from job.store.runs import FinishedRun, open_run, section
@@ -41,17 +42,10 @@ class OpenMap:
 def open_map(folder: Path) -> OpenMap:
     """Verify ``folder`` (a ``faceatlas run`` output) and load its map model."""
     finished = open_run(folder)
-    if MODEL_FILE not in finished.files:
+    model = finished.contents.model
+    if model is None:
         raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
                          "make a map that can place faces and answer map points")
-    recorded = section(finished.record, "input")
-    size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
-    bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
-    model = load_model(finished.files[MODEL_FILE], bound)
-    dim = recorded.get("dim")
-    if dim != model.dim:
-        raise InputError(f"{folder / MODEL_FILE}: holds {model.dim}-D centroids but run.json says input.dim "
-                         f"{dim}; rerun faceatlas run")
     return OpenMap(finished, model)
 
 

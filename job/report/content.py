@@ -2,7 +2,10 @@
 underlay, the answers to "who is near here?" over a grid of the map, the tables and the summary facts.
 
 The page carries its arrays as one base64 block of little-endian typed arrays (:class:`Blob`), which the
-browser reads without parsing a number at a time; everything else is JSON.
+browser reads without parsing a number at a time; everything else is JSON. Identity ids travel once, in the
+identity table ``id`` (int32, or int64 read as a ``BigInt64Array`` when an id does not fit: a JSON number or a
+float64 rounds ids above 2**53, so every id near 2**63 would read 9223372036854776000); every other mention of
+an identity (a face's, a suggestion, a highlight, a look-alike pair) is its position in that table.
 
 Above :data:`MAX_POINTS` faces the page draws a sample: every suspected misfiled face, every face of the
 highlighted identities, and a seeded random draw of the rest, over a density image of *all* faces (so the
@@ -70,11 +73,14 @@ class PageContent:
 
 def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed: int = 0) -> PageContent:
     """The page's data for ``run``, opening coloured by ``color_by`` with ``highlight`` ids highlighted (ids
-    not in the run are left out), identities in the PNG maps' colours (``render.palette_seed``)."""
+    not in the run are left out), identities in the PNG maps' colours (``render.palette_seed``).
+
+    ``meta["highlight"]`` and the two ids of each ``meta["lookalikes"]`` pair are positions in the identity
+    table (blob ``id``), as are the blob's ``ident``, ``suggested``, ``sim_ident`` and ``grid_ident``."""
     columns, model = run.columns, run.model
     identity_ids = model.identity
-    known = set(identity_ids.tolist())
-    highlight = [int(i) for i in highlight if int(i) in known]
+    position = {i: code for code, i in enumerate(identity_ids.tolist())}  # identity id -> its code
+    highlight = [int(i) for i in highlight if int(i) in position]
     codes = np.searchsorted(identity_ids, columns["id"])
     coords = run.coords
     frame = page_frame(coords)
@@ -89,13 +95,14 @@ def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed
     verdict = columns["verdict"]
     meta = {
         "frame": frame, "n_faces": run.n_faces, "n_points": int(len(shown)), "sampled": sampled,
-        "max_points": MAX_POINTS, "color_by": color_by, "highlight": [int(i) for i in highlight],
+        "max_points": MAX_POINTS, "color_by": color_by, "highlight": [position[i] for i in highlight],
         "verdicts": list(VERDICTS), "nearest": grid, "names": _names_list(run, identity_ids),
         "suspects": int(np.sum(columns["suspect"])),
         "suspects_drawn": int(np.sum(np.asarray(columns["suspect"], dtype=bool)[shown])),
         "highlight_colours": list(HIGHLIGHT_COLOURS),
         "verdict_counts": {name: int(np.sum(verdict == name)) for name in VERDICTS},
-        "lookalikes": [[a, b, round(s, 4), same] for a, b, s, same in run.lookalikes],
+        "lookalikes": [[position[a], position[b], round(s, 4), same] for a, b, s, same in run.lookalikes
+                       if a in position and b in position],
         "similar_known": run.similar() is not None, "blob": blob.index,
     }
     return PageContent(meta, blob, underlay)
@@ -133,7 +140,7 @@ def _add_points(blob: Blob, run: RunData, codes: np.ndarray, shown: np.ndarray, 
     rows = columns["row"][shown]
     blob.add("px", columns["x"][shown].astype(np.float32))
     blob.add("py", columns["y"][shown].astype(np.float32))
-    blob.add("row", _compact(rows))
+    blob.add("row", _rows(rows))
     blob.add("ident", codes[shown].astype(np.int32))
     verdict = columns["verdict"][shown]
     blob.add("verdict", _verdict_codes(verdict))
@@ -153,10 +160,19 @@ def _add_points(blob: Blob, run: RunData, codes: np.ndarray, shown: np.ndarray, 
         blob.add("sim_cos", np.where(found, cosine, np.nan).astype(np.float32).ravel(), ids.shape[1])
 
 
-def _compact(values: np.ndarray) -> np.ndarray:
-    """Integers (ids, rows) as int32 when they fit, else as float64 (exact up to 2**53: JavaScript's numbers)."""
-    fits = len(values) == 0 or (int(values.min()) >= -(2**31) and int(values.max()) < 2**31)
-    return values.astype(np.int32) if fits else values.astype(np.float64)
+def _fits_int32(values: np.ndarray) -> bool:
+    return len(values) == 0 or (int(values.min()) >= -(2**31) and int(values.max()) < 2**31)
+
+
+def _rows(rows: np.ndarray) -> np.ndarray:
+    """Input rows as int32 when they fit, else float64: exact, as a row is a position in a file, far below 2**53
+    (the page compares them with plain JavaScript numbers)."""
+    return rows.astype(np.int32) if _fits_int32(rows) else rows.astype(np.float64)
+
+
+def _identity_ids(ids: np.ndarray) -> np.ndarray:
+    """Identity ids as int32 when they fit, else int64 (the page reads a ``BigInt64Array``: exact to 2**63)."""
+    return ids.astype(np.int32) if _fits_int32(ids) else ids.astype(np.int64)
 
 
 def _add_cluster_colours(blob: Blob, clusters: np.ndarray, labels: np.ndarray, palette_seed: int) -> None:
@@ -191,7 +207,7 @@ def _add_identities(blob: Blob, run: RunData, codes: np.ndarray, palette_seed: i
     model = run.model
     # the colours of map_identities.png, so the page and the PNG agree
     blob.add("palette", _bytes(identity_palette(len(model.identity), palette_seed)), 3)
-    blob.add("id", _compact(model.identity))
+    blob.add("id", _identity_ids(model.identity))
     blob.add("anchor_x", model.anchor[:, 0].astype(np.float32))
     blob.add("anchor_y", model.anchor[:, 1].astype(np.float32))
     blob.add("faces", np.bincount(codes, minlength=len(model.identity)).astype(np.uint32))

@@ -22,7 +22,7 @@ from job.config import RenderConfig
 from job.errors import InputError, InternalError, UsageError
 from job.io.formats import file_sha256
 from job.report.page import COLOR_BY, write_report
-from job.report.rundata import REPORT_FILE, RunData, read_run
+from job.report.rundata import REPORT_FILE, RunData, run_data
 from job.store.outputs import RUN_FILE, foreign_files, staged_outputs, write_json
 from job.store.runs import open_run, section
 
@@ -32,7 +32,7 @@ Log = Callable[[str], None]
 def report_again(folder: Path, color_by: str | None = None, log: Log = lambda message: None) -> Path:
     """Write ``folder/report.html`` anew from the run's files; returns its path."""
     finished = open_run(folder)
-    run = read_run(folder, finished.record, finished.files)
+    run = run_data(finished)
     colour = _colour(color_by, finished.record)
     highlight = _recorded_highlight(finished.record)
 
@@ -50,7 +50,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
     from job.render.maps import MAP_FILES, require_render_memory
 
     finished = open_run(folder)
-    run = read_run(folder, finished.record, finished.files)
+    run = run_data(finished)
     chosen = _recorded_highlight(finished.record) if highlight is None else _checked(highlight, run)
     colour = _colour(color_by, finished.record)
     render = _render_config(finished.record, chosen, folder)

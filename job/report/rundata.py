@@ -2,14 +2,13 @@
 
 Everything comes from the files the run wrote (``run.json``, ``projection.parquet``, ``map_model.npz``,
 ``lookalikes.csv``, ``names.json``), never from the input database, so ``faceatlas report`` and ``faceatlas
-render`` need neither the database nor a refit. Read through :func:`job.store.runs.open_run` (every file's
-checksum verified) by the commands; the run itself reads its staging folder before run.json exists.
+render`` need neither the database nor a refit. The commands take it from :func:`job.store.runs.open_run`
+(every file's checksum verified, the files proven to belong together: :func:`run_data`); the run itself reads
+its staging folder before run.json exists (:func:`read_run`).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -18,12 +17,12 @@ import numpy as np
 
 from job.errors import InputError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
+from job.store.coherence import NAMES_FILE, read_lookalikes, read_names, read_projection
 from job.store.outputs import PROJECTION_FILE
-from job.store.runs import section
+from job.store.reports import LOOKALIKES_FILE
+from job.store.runs import FinishedRun, section
 
-NAMES_FILE = "names.json"
 REPORT_FILE = "report.html"
-_COLUMNS = ("row", "id", "x", "y", "suspect", "suggested_id", "cluster", "outlier_score", "verdict")
 
 
 @dataclass(frozen=True)
@@ -67,43 +66,35 @@ class RunData:
         return ids, cosine
 
 
+def run_data(finished: FinishedRun) -> RunData:
+    """The run :func:`job.store.runs.open_run` opened, its files already read and proven to belong together."""
+    columns, model = finished.contents.columns, finished.contents.model
+    if columns is None or model is None:
+        raise _missing(finished.folder, PROJECTION_FILE if columns is None else MODEL_FILE)
+    return RunData(finished.folder, finished.record, columns, model, finished.contents.names,
+                   finished.contents.lookalikes or [])
+
+
 def read_run(folder: Path, record: dict[str, Any], files: dict[str, Path], model: MapModel | None = None
              ) -> RunData:
     """The run in ``folder`` whose record is ``record`` and whose files by name are ``files`` (``model``: its
-    map model, when the caller holds it already: the run itself)."""
+    map model, when the caller holds it already: the run itself, which reads what it has just written)."""
     projection = files.get(PROJECTION_FILE)
     model_path = files.get(MODEL_FILE)
     if projection is None or model_path is None:
-        missing = PROJECTION_FILE if projection is None else MODEL_FILE
-        raise InputError(f"{folder}: has no {missing} (made by faceatlas < 0.3?); rerun faceatlas run")
+        raise _missing(folder, PROJECTION_FILE if projection is None else MODEL_FILE)
     recorded = section(record, "input")
     size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
     bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
     model = load_model(model_path, bound) if model is None else model
-    columns = _read_projection(projection)
-    names = _read_names(files[NAMES_FILE]) if NAMES_FILE in files else None
-    lookalikes = _read_lookalikes(files["lookalikes.csv"]) if "lookalikes.csv" in files else []
+    columns = read_projection(projection)
+    names = read_names(files[NAMES_FILE]) if NAMES_FILE in files else None
+    lookalikes = read_lookalikes(files[LOOKALIKES_FILE]) if LOOKALIKES_FILE in files else []
     return RunData(folder, record, columns, model, names, lookalikes)
 
 
-def _read_projection(path: Path) -> dict[str, np.ndarray]:
-    import pyarrow.parquet as pq
-
-    try:
-        table = pq.read_table(path)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}); rerun faceatlas run") from None
-    missing = [name for name in _COLUMNS if name not in table.column_names]
-    if missing:
-        raise InputError(f"{path}: has no column {missing[0]!r} (made by faceatlas < 0.5?); rerun faceatlas run")
-    columns: dict[str, np.ndarray] = {}
-    for name in table.column_names:
-        column = table.column(name)
-        if name == "verdict":
-            columns[name] = np.asarray(column.cast("string").to_pylist(), dtype=object)
-        else:
-            columns[name] = column.to_numpy(zero_copy_only=False)
-    return columns
+def _missing(folder: Path, name: str) -> InputError:
+    return InputError(f"{folder}: has no {name} (made by faceatlas < 0.3?); rerun faceatlas run")
 
 
 def write_names(path: Path, names: dict[int, str]) -> Path:
@@ -112,31 +103,3 @@ def write_names(path: Path, names: dict[int, str]) -> Path:
 
     ordered = sorted(names.items())
     return write_json(path, {"ids": [i for i, _ in ordered], "names": [n for _, n in ordered]})
-
-
-def _read_names(path: Path) -> dict[int, str]:
-    from job.io.files import parse_json, read_text
-
-    fix = "rerun faceatlas run"
-    payload = parse_json(read_text(path, "a run's names file", fix, 1 << 30), str(path), fix)
-    ids, names = (payload.get("ids"), payload.get("names")) if isinstance(payload, dict) else (None, None)
-    if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names)
-            and all(isinstance(i, int) and not isinstance(i, bool) for i in ids)
-            and all(isinstance(n, str) for n in names)):
-        raise InputError(f"{path}: not a faceatlas names file (expected ids and names lists); {fix}")
-    return dict(zip(ids, names, strict=True))
-
-
-def _read_lookalikes(path: Path) -> list[tuple[int, int, float, bool]]:
-    from job.io.files import read_text
-
-    text = read_text(path, "a run's look-alikes table", "rerun faceatlas run", 1 << 30)
-    pairs = []
-    try:
-        for line in csv.DictReader(io.StringIO(text)):
-            pairs.append((int(line["id_a"]), int(line["id_b"]), float(line["similarity"]),
-                          line["possible_same_person"] == "true"))
-    except (KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"{path}: not a faceatlas look-alikes table ({type(exc).__name__}); rerun faceatlas "
-                         "run") from None
-    return pairs

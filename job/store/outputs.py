@@ -168,17 +168,19 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
     committed = False
     try:
         yield staging
+        edited = edited_files(out_dir) if out_dir.is_dir() else set()  # before the swap: its window stays short
         stop.check()  # last chance: a swallowed Ctrl-C must not put the outputs in place
         (staging / _MARKER).unlink(missing_ok=True)  # the folder becomes the run: it must not carry the mark
         if beside:
-            kept = _swap_in(staging, out_dir)
+            kept = _swap_in(staging, out_dir, edited)
         else:
             with _locked(out_dir):  # two runs replacing file by file take turns
-                kept = _replace_file_by_file(staging, out_dir)
+                kept = _replace_file_by_file(staging, out_dir, edited)
         committed = True
         for name, new_name in kept.items():
-            log(f"warning: {out_dir / name} was put there while the run wrote a file of that name; it is kept "
-                f"as {new_name}")
+            why = "was changed since the run that wrote it" if name in edited else \
+                "was put there while the run wrote a file of that name"
+            log(f"warning: {out_dir / name} {why}; it is kept as {new_name}")
     finally:
         if held is not None:
             os.close(held)
@@ -281,6 +283,29 @@ def _owned_names(out_dir: Path) -> set[str]:
     return owned
 
 
+def edited_files(folder: Path) -> set[str]:
+    """Files of the run in ``folder`` whose SHA-256 is no longer the one its run.json records: someone edited
+    them since (notes added to ``suspects.csv``, rows deleted from a corrections list). A rerun keeps them
+    (``NAME.kept``) rather than replacing them."""
+    from job.io.formats import file_sha256
+
+    try:
+        record = _read_own_json(folder / RUN_FILE)
+        checksums = record["file_sha256"] if _ours(record) else {}
+        listed = checksums.items() if isinstance(checksums, dict) else ()
+    except (OSError, ValueError, KeyError, TypeError):
+        return set()
+    edited = set()
+    for name, expected in listed:
+        path = folder / name
+        try:
+            if _plain_name(name) and stat.S_ISREG(path.lstat().st_mode) and file_sha256(path) != expected:
+                edited.add(name)
+        except (OSError, ValueError):  # gone or unreadable: nothing of the user's to keep
+            continue
+    return edited
+
+
 def _read_own_json(path: Path) -> Any:
     """A record faceatlas left in an output folder, read as untrusted (a pipe or a device there cannot hang)."""
     from job.errors import FaceatlasError
@@ -365,8 +390,9 @@ def _rmdir_quietly(folder: Path) -> None:
         pass
 
 
-def _swap_in(staging: Path, out_dir: Path) -> dict[str, str]:
-    """Put the staged run in place of ``out_dir``; returns {name: kept-as name} for colliding foreign files."""
+def _swap_in(staging: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
+    """Put the staged run in place of ``out_dir``; returns {name: kept-as name} for colliding foreign files and
+    the ``edited`` files of the previous run (:func:`edited_files`)."""
     if not out_dir.exists():
         os.rename(staging, out_dir)
         return {}
@@ -377,8 +403,8 @@ def _swap_in(staging: Path, out_dir: Path) -> dict[str, str]:
         if exc.errno not in _NO_SWAP:
             raise
         with _locked(out_dir):
-            return _replace_file_by_file(staging, out_dir)
-    return _retire(staging, out_dir)  # staging now holds the previous run
+            return _replace_file_by_file(staging, out_dir, edited)
+    return _retire(staging, out_dir, edited)  # staging now holds the previous run
 
 
 def _keep_access(old: Path, new: Path) -> None:
@@ -391,10 +417,11 @@ def _keep_access(old: Path, new: Path) -> None:
         pass
 
 
-def _retire(old: Path, out_dir: Path) -> dict[str, str]:
-    """Empty the swapped-out previous run: delete what a run wrote, move anything else into ``out_dir`` (under
-    ``NAME.kept`` when the new run wrote that name). Returns {name: kept-as name} for those."""
-    owned, kept = _owned_names(old), {}
+def _retire(old: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
+    """Empty the swapped-out previous run: delete what a run wrote and nobody changed since, move anything else
+    into ``out_dir`` (under ``NAME.kept`` when the new run wrote that name). Returns {name: kept-as name} for
+    those, and for edited files kept under their own name."""
+    owned, kept = _owned_names(old) - edited, {}
     for entry in old.iterdir():
         if entry.name in owned and not entry.is_symlink() and entry.is_dir():
             shutil.rmtree(entry, ignore_errors=True)
@@ -403,7 +430,7 @@ def _retire(old: Path, out_dir: Path) -> dict[str, str]:
         else:  # put there by someone while the run was writing
             target = _free_name(out_dir, entry.name)
             os.rename(entry, out_dir / target)
-            if target != entry.name:
+            if target != entry.name or entry.name in edited:
                 kept[entry.name] = target
     return kept
 
@@ -432,14 +459,14 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(code, os.strerror(code), str(b))
 
 
-def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
+def _replace_file_by_file(staging: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
     """Fallback when folders cannot be swapped: retire run.json first, move files, write run.json last.
 
     A pending list of every name involved is written first, so a run killed half-way leaves a folder the
     next run still recognises as its own.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    owned = _owned_names(out_dir)
+    owned = _owned_names(out_dir) - edited
     previous = {name for name in owned if _plain_name(name)} - {RUN_FILE}
     new = [entry for entry in staging.iterdir() if entry.name not in (RUN_FILE, _MARKER)]
     kept: dict[str, str] = {}
@@ -447,6 +474,7 @@ def _replace_file_by_file(staging: Path, out_dir: Path) -> None:
         if os.path.lexists(out_dir / entry.name) and entry.name not in owned:
             kept[entry.name] = _free_name(out_dir, entry.name)
             os.rename(out_dir / entry.name, out_dir / kept[entry.name])
+    kept |= {name: name for name in edited - {entry.name for entry in new} if os.path.lexists(out_dir / name)}
     write_json(out_dir / _PENDING, {"names": sorted(previous | {entry.name for entry in new})})
     (out_dir / RUN_FILE).unlink(missing_ok=True)
     for entry in new:

@@ -1,9 +1,10 @@
 """Opening a finished run's folder and proving its files are the ones the run wrote.
 
 ``run.json`` records the SHA-256 of every other file of the run (``file_sha256``). Anything that reads a
-run back (``faceatlas verify``, and later ``transform``/``nearest``/``invert``) goes through
-:func:`open_run`, which refuses a folder whose files were changed, swapped or left half-written, and
-never unpickles anything.
+run back (``faceatlas verify``, ``report``, ``render``, ``transform``, ``nearest``, ``invert``) goes through
+:func:`open_run`, which refuses a folder whose files were changed, swapped or left half-written, then reads
+its data files and proves they belong together (:func:`job.store.coherence.check_run`: a file edited and
+re-hashed into run.json is caught there), and never unpickles anything.
 """
 
 from __future__ import annotations
@@ -12,33 +13,41 @@ import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from job.errors import InputError
 from job.io.files import parse_json, read_text, shown
 from job.io.formats import file_sha256
 from job.store.outputs import RUN_FILE
 
+if TYPE_CHECKING:
+    from job.store.coherence import RunContents
+
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """A run folder whose files all match ``run.json``: the record, and each verified file by name."""
+    """A run folder whose files all match ``run.json`` and belong together: the record, each verified file by
+    name, and the data files' contents (projection, map model, names) as read and checked."""
 
     folder: Path
     record: dict[str, Any]
     files: dict[str, Path]
+    contents: RunContents
 
 
 def open_run(folder: Path) -> FinishedRun:
-    """Read ``folder/run.json`` and check every file it lists against its recorded SHA-256.
+    """Read ``folder/run.json``, check every file it lists against its recorded SHA-256, then read the data files
+    and check that they and the record are one run's (:func:`job.store.coherence.check_run`).
 
     Raises
     ------
     InputError
         No or unreadable run.json (a pipe, a device, not UTF-8, not JSON, too large), a run.json without
         checksums or with fields of the wrong type, a missing file, a listed file that is not a regular file,
-        or a file whose SHA-256 differs from the record.
+        a file whose SHA-256 differs from the record, or files that do not belong together.
     """
+    from job.store.coherence import check_run
+
     record = _read_record(folder)
     checksums = record.get("file_sha256")
     if not isinstance(checksums, dict) or not checksums:
@@ -58,7 +67,7 @@ def open_run(folder: Path) -> FinishedRun:
             raise InputError(f"{path}: differs from the file this run wrote (sha256 mismatch with run.json); "
                              "it was changed or replaced, rerun faceatlas run")
         files[name] = path
-    return FinishedRun(folder, record, files)
+    return FinishedRun(folder, record, files, check_run(folder, record, files))
 
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")

@@ -1,13 +1,16 @@
 /* faceatlas atlas page: the interactive map and the tables. Hand-written canvas code, no library.
    Data comes from two blocks in the page: #fa-meta (JSON) and #fa-blob (base64 typed arrays, indexed by
    meta.blob: name -> [dtype, byte offset, length]). Every user-given string reaches the page through
-   textContent, never as markup. The page makes no network request (its Content-Security-Policy forbids it). */
+   textContent, never as markup. The page makes no network request (its Content-Security-Policy forbids it).
+   Identity ids live only in the identity table I.id, an Int32Array or, when an id does not fit, a
+   BigInt64Array (exact to 2**63, where a Number rounds above 2**53); everything else holds identity codes,
+   positions in that table. Ids are shown with String(), compared as BigInts, never turned into Numbers. */
 (function () {
   "use strict";
   var started = performance.now();
   var meta = JSON.parse(document.getElementById("fa-meta").textContent);
   var TYPES = { f4: Float32Array, f8: Float64Array, u4: Uint32Array, i4: Int32Array, u2: Uint16Array,
-                u1: Uint8Array };
+                u1: Uint8Array, i8: BigInt64Array };
   var buffer = decode(document.getElementById("fa-blob").textContent);
   function decode(text) {
     var raw = atob(text.trim()), bytes = new Uint8Array(raw.length);
@@ -59,13 +62,14 @@
 
   /* state */
   var state = { colorBy: meta.color_by, suspects: false, highlight: new Set(), dim: false, selected: -1, cell: -1 };
-  (meta.highlight || []).forEach(function (id) { var code = findId(id); if (code >= 0) state.highlight.add(code); });
-  function findId(id) {
-    var lo = 0, hi = NI - 1;
+  (meta.highlight || []).forEach(function (code) { if (code >= 0 && code < NI) state.highlight.add(code); });
+  /* the code of the identity whose id is the decimal text ``text`` (-?digits), or -1: exact at any size */
+  function findId(text) {
+    var id = BigInt(text), lo = 0, hi = NI - 1;
     while (lo <= hi) {
-      var mid = (lo + hi) >> 1;
-      if (I.id[mid] === id) return mid;
-      if (I.id[mid] < id) lo = mid + 1; else hi = mid - 1;
+      var mid = (lo + hi) >> 1, at = BigInt(I.id[mid]);
+      if (at === id) return mid;
+      if (at < id) lo = mid + 1; else hi = mid - 1;
     }
     return -1;
   }
@@ -319,7 +323,7 @@
     var query = search.value.trim(), found = [];
     matches.textContent = "";
     if (!query) { setHighlight([], false); return; }
-    if (/^-?\d+$/.test(query)) { var code = findId(Number(query)); if (code >= 0) found.push(code); }
+    if (/^-?\d+$/.test(query)) { var code = findId(query); if (code >= 0) found.push(code); }
     if (names) {
       var lower = query.toLowerCase();
       for (var c = 0; c < NI && found.length < 50; c++) {
@@ -460,15 +464,14 @@
     return tr;
   }, 100);
   var pairTable = $("fa-lookalikes");
-  sortable(pairTable, meta.lookalikes.slice(), [
-    function (p) { return p[0]; }, function (p) { return nameOf(findId(p[0])); }, function (p) { return p[1]; },
-    function (p) { return nameOf(findId(p[1])); }, function (p) { return p[2]; }, function (p) { return p[3] ? 1 : 0; }
+  sortable(pairTable, meta.lookalikes.slice(), [  /* p: [code a, code b, similarity, possibly the same] */
+    function (p) { return I.id[p[0]]; }, function (p) { return nameOf(p[0]); }, function (p) { return I.id[p[1]]; },
+    function (p) { return nameOf(p[1]); }, function (p) { return p[2]; }, function (p) { return p[3] ? 1 : 0; }
   ], function (p) {
-    var tr = cells(el("tr"), [p[0], nameOf(findId(p[0])), p[1], nameOf(findId(p[1])), fmt(p[2], 4),
+    var tr = cells(el("tr"), [I.id[p[0]], nameOf(p[0]), I.id[p[1]], nameOf(p[1]), fmt(p[2], 4),
                               p[3] ? "possibly" : ""], [1, 3]);
     tr.addEventListener("click", function () {
-      var pair = [findId(p[0]), findId(p[1])].filter(function (c) { return c >= 0; });
-      setHighlight(pair, true); canvas.scrollIntoView({ block: "center" });
+      setHighlight([p[0], p[1]], true); canvas.scrollIntoView({ block: "center" });
     });
     return tr;
   }, 100);

@@ -1,0 +1,343 @@
+"""Proving that a finished run's files belong together: the second half of :func:`job.store.runs.open_run`.
+
+A SHA-256 in ``run.json`` proves a file is the one the record vouches for, not that the record is the run's:
+whoever can edit a file can re-hash it into ``run.json``. So every command that opens a run (``verify``,
+``report``, ``render``, ``nearest``, ``transform``, ``invert``) also gets, from :func:`check_run`, one proof
+that the files are one run's, read as untrusted input:
+
+* ``run.json``: every number one faceatlas writes (an integer within int64, a finite float), and the
+  counts and times read back from it within their ranges (:func:`recorded`);
+* ``map_model.npz``: each array within its own ranges (:func:`job.maps.mapmodel.load_model`), its dim and
+  identity count those of run.json;
+* ``projection.parquet``: one row per face of run.json (counted before it is read), the columns a run writes
+  with their dtypes, map positions finite float32 within :data:`~job.maps.mapmodel.MAP_LIMIT`, cluster labels
+  within the faces, and, against the model, exactly its identities and its faces where the model puts them;
+* ``names.json``: integer ids within int64;
+* ``lookalikes.csv``: pairs of the model's identities with finite similarities.
+
+Anything else is refused with one line naming the file, what is wrong, and the fix (:data:`FIX`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.analysis.suspects import VERDICTS
+from job.config import COUNT_MAX
+from job.errors import InputError
+from job.io.files import parse_json, read_text, shown
+from job.maps.mapmodel import MAP_LIMIT, MODEL_FILE, MapModel, load_model, model_bytes
+from job.store.outputs import PROJECTION_FILE, RUN_FILE
+from job.store.reports import LOOKALIKES_FILE
+
+NAMES_FILE = "names.json"
+FIX = "the folder's files do not belong together or were edited; rerun faceatlas run"
+INT64 = 2**63
+ROW_LIMIT = 2**53  # input rows and row numbers: positions in a file, which the page carries as exact float64
+SECONDS_MAX = 1e9  # a stage's time in run.json (some 30 years)
+
+# projection.parquet: the columns a run writes, by kind; the first five kinds must be present (faceatlas >= 0.5)
+_POSITIONS = ("x", "y", "z")
+_INTEGERS = ("row", "id", "suggested_id", "cluster", "duplicate_of")
+_FLOATS = ("outlier_score", "quality", "fit")
+_FLAGS = ("suspect", "held_out", "fitted", "supervised_disagreement")
+_REQUIRED = ("row", "id", "x", "y", "suspect", "suggested_id", "cluster", "outlier_score", "verdict")
+_SIMILAR = ("similar_id_", "similar_cos_")
+
+
+@dataclass(frozen=True)
+class RunContents:
+    """A finished run's data files, read and proven to belong together (None: the run has no such file).
+
+    Attributes
+    ----------
+    columns : projection.parquet columns by name, each ndarray of shape (n_faces,) (``verdict`` as str objects)
+    model : the map model (identity ids, centroids, anchors, the map faces' positions)
+    names : identity id -> display name
+    lookalikes : lookalikes.csv's (id_a, id_b, similarity, possible_same_person), most alike first
+    """
+
+    columns: dict[str, np.ndarray] | None
+    model: MapModel | None
+    names: dict[int, str] | None
+    lookalikes: list[tuple[int, int, float, bool]] | None = None
+
+
+@dataclass(frozen=True)
+class _Sizes:
+    """run.json's ``input`` counts, each checked (None: not recorded)."""
+
+    n_faces: int | None
+    n_identities: int | None
+    dim: int | None
+
+
+def check_run(folder: Path, record: dict[str, Any], files: dict[str, Path]) -> RunContents:
+    """Read the run's projection, map model and names (those it has) and prove they and ``record`` are one run's.
+
+    Raises
+    ------
+    InputError
+        A number in run.json no run writes, a file that cannot be read, or files that disagree (see the module).
+    """
+    sizes = _record_sizes(record, folder / RUN_FILE)
+    model = _read_model(files.get(MODEL_FILE), sizes)
+    columns = None
+    if PROJECTION_FILE in files:
+        columns = read_projection(files[PROJECTION_FILE], sizes.n_faces)
+        _refuse(files[PROJECTION_FILE], _value_problem(columns))
+        if model is not None:
+            _refuse(files[MODEL_FILE], _model_problem(model, columns))
+    names = read_names(files[NAMES_FILE]) if NAMES_FILE in files else None
+    lookalikes = None
+    if LOOKALIKES_FILE in files:
+        lookalikes = read_lookalikes(files[LOOKALIKES_FILE], model.identity if model is not None else None)
+    return RunContents(columns, model, names, lookalikes)
+
+
+def recorded(record: dict[str, Any], key: str, path: Path, *, low: float, high: float, integer: bool = True
+             ) -> Any:
+    """The number at dotted ``key`` of the untrusted ``record`` read from ``path`` (None when absent or null),
+    refused unless it is an integer (``integer=False``: any number) from ``low`` to ``high``."""
+    value: Any = record
+    for part in key.split("."):
+        value = value.get(part) if isinstance(value, dict) else None
+    return _number(value, key, path, low=low, high=high, integer=integer)
+
+
+def _number(value: Any, key: str, path: Path, *, low: float, high: float, integer: bool) -> Any:
+    if value is None:
+        return None
+    kinds = int if integer else (int, float)
+    if not (isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high):
+        kind = "an integer" if integer else "a number"
+        raise InputError(f"{path}: field {key!r} is {shown(value)}, expected {kind} from {_text(low)} to "
+                         f"{_text(high)}; {FIX}")
+    return value
+
+
+def _text(bound: float) -> str:
+    return f"{bound:,}" if isinstance(bound, int) else f"{bound:g}"
+
+
+def _record_sizes(record: dict[str, Any], path: Path) -> _Sizes:
+    """The record's every number representable, and the counts and times faceatlas reads back in range."""
+    _check_numbers(record, path)
+    n_faces = recorded(record, "input.n_faces", path, low=1, high=COUNT_MAX)
+    faces = n_faces or COUNT_MAX
+    sizes = _Sizes(n_faces, recorded(record, "input.n_identities", path, low=1, high=faces),
+                   recorded(record, "input.dim", path, low=1, high=1 << 20))
+    counts = [f"fit.{key}" for key in ("fitted", "placed", "held_out")]
+    counts += [f"metrics.{key}" for key in ("suspects", "held_out", "clusters.n", "supervised_disagreement")]
+    for key in counts:
+        recorded(record, key, path, low=0, high=faces)
+    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
+    for name, value in _items(metrics.get("verdicts")):
+        _number(value, f"metrics.verdicts.{name}", path, low=0, high=faces, integer=True)
+    for name, value in _items(record.get("timings")):
+        _number(value, f"timings.{name}", path, low=0, high=SECONDS_MAX, integer=False)
+    return sizes
+
+
+def _items(section: Any) -> list[tuple[str, Any]]:
+    return [(str(key), value) for key, value in section.items()] if isinstance(section, dict) else []
+
+
+def _check_numbers(record: dict[str, Any], path: Path) -> None:
+    """Every number anywhere in ``record`` is one JSON gives faceatlas back as it wrote it: an integer within
+    int64 (``json`` reads 10**400 as an int no float holds) and a finite float (``json`` reads 1e400 as inf)."""
+    stack: list[tuple[str, Any]] = [("", record)]
+    while stack:  # a loop, not recursion: a record nested a few hundred deep still parses
+        key, value = stack.pop()
+        if isinstance(value, dict):
+            stack += [(f"{key}.{name}" if key else str(name), item) for name, item in value.items()]
+        elif isinstance(value, list):
+            stack += [(f"{key}[{index}]", item) for index, item in enumerate(value)]
+        elif (isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64
+              or isinstance(value, float) and not math.isfinite(value)):
+            what = f"an integer of {len(str(abs(value))):,} digits" if isinstance(value, int) else shown(value)
+            raise InputError(f"{path}: field {key!r} is {what}, but a run writes only integers within int64 and "
+                             f"finite numbers; {FIX}")
+
+
+def _read_model(path: Path | None, sizes: _Sizes) -> MapModel | None:
+    """The model (its size bounded by the record's, before it is read) with the record's dim and identity count."""
+    if path is None:
+        return None
+    size = (sizes.n_faces, sizes.n_identities, sizes.dim)
+    model = load_model(path, model_bytes(*size) if None not in size else None)
+    if sizes.dim is not None and model.dim != sizes.dim:
+        raise InputError(f"{path}: holds {model.dim}-D centroids but run.json says input.dim {sizes.dim}; {FIX}")
+    if sizes.n_identities is not None and len(model.identity) != sizes.n_identities:
+        raise InputError(f"{path}: holds {len(model.identity):,} identities but run.json says input.n_identities "
+                         f"{sizes.n_identities:,}; {FIX}")
+    n_faces = sizes.n_faces
+    if n_faces is not None and (len(model.coords) > n_faces or int(model.count.sum()) > n_faces):
+        raise InputError(f"{path}: holds more faces than run.json's input.n_faces {n_faces:,}; {FIX}")
+    return model
+
+
+def read_projection(path: Path, n_faces: int | None = None) -> dict[str, np.ndarray]:
+    """``projection.parquet`` as {column: ndarray of shape (n_faces,)} (``verdict`` as str objects); its rows
+    (``n_faces`` when given) and the columns' presence and types are checked before any column is read."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        with path.open("rb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
+            source = pq.ParquetFile(handle)
+            _check_schema(source.schema_arrow, source.metadata.num_rows, path, n_faces)
+            table = source.read()
+        columns: dict[str, np.ndarray] = {}
+        for name in table.column_names:
+            column = table.column(name)
+            if column.null_count:
+                raise InputError(f"{path}: column {name!r} has empty cells, which no faceatlas run writes; {FIX}")
+            columns[name] = (np.asarray(column.cast(pa.string()).to_pylist(), dtype=object) if name == "verdict"
+                             else column.to_numpy(zero_copy_only=False))
+    except (OSError, ValueError, TypeError, NotImplementedError, pa.ArrowException) as exc:
+        raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}); {FIX}") from None
+    return columns
+
+
+def _check_schema(schema: Any, n_rows: int, path: Path, n_faces: int | None) -> None:
+    """The columns a run writes, each of its type; the similar-identity columns in pairs 1..k."""
+    import pyarrow as pa
+
+    missing = [name for name in _REQUIRED if name not in schema.names]
+    if missing:
+        raise InputError(f"{path}: has no column {missing[0]!r} (made by faceatlas < 0.5?); rerun faceatlas run")
+    if n_faces is not None and n_rows != n_faces:
+        raise InputError(f"{path}: holds {n_rows:,} face rows but run.json says input.n_faces {n_faces:,}; {FIX}")
+    unpaired = _unpaired_similar(schema.names)
+    if unpaired:
+        raise InputError(f"{path}: column {unpaired!r} is not one of the pairs similar_id_k, similar_cos_k (k = 1, "
+                         f"2, ...) a run writes; {FIX}")
+    for field in schema:
+        expected = _type_problem(field.name, field.type)
+        if expected:
+            raise InputError(f"{path}: column {field.name!r} has type {field.type}, expected {expected}; {FIX}")
+
+
+def _unpaired_similar(names: list[str]) -> str:
+    """The first similar-identity column outside the pairs ``similar_id_k``/``similar_cos_k``, k = 1..n, or ""."""
+    n = 0
+    while all(f"{prefix}{n + 1}" in names for prefix in _SIMILAR):
+        n += 1
+    paired = {f"{prefix}{rank}" for prefix in _SIMILAR for rank in range(1, n + 1)}
+    return next((name for name in names if name.startswith(_SIMILAR) and name not in paired), "")
+
+
+def _type_problem(name: str, kind: Any) -> str:
+    """The type a run writes column ``name`` with, when the Arrow type ``kind`` is not it; "" when it is (or when
+    faceatlas does not read the column)."""
+    import pyarrow as pa
+
+    if name in _POSITIONS:  # float32, as the map's positions are everywhere
+        return "" if kind == pa.float32() else "float32"
+    if name in _INTEGERS or name.startswith(_SIMILAR[0]):
+        return "" if pa.types.is_signed_integer(kind) else "a signed integer"
+    if name in _FLOATS or name.startswith(_SIMILAR[1]):
+        return "" if pa.types.is_floating(kind) else "a floating point type"
+    if name in _FLAGS:
+        return "" if pa.types.is_boolean(kind) else "bool"
+    if name == "verdict":
+        values = kind.value_type if pa.types.is_dictionary(kind) else kind
+        return "" if pa.types.is_string(values) or pa.types.is_large_string(values) else "text"
+    return ""
+
+
+def _refuse(path: Path, problem: str) -> None:
+    if problem:
+        raise InputError(f"{path}: {problem}; {FIX}")
+
+
+def _value_problem(columns: dict[str, np.ndarray]) -> str:
+    """What is wrong with the projection's own values, or "" (what the page, the maps and the queries rest on)."""
+    n_faces = len(columns["id"])
+    ranges = {**{name: (-MAP_LIMIT, MAP_LIMIT, "map positions") for name in _POSITIONS},
+              "row": (0, ROW_LIMIT - 1, "input rows"), "duplicate_of": (-1, ROW_LIMIT - 1, "input rows or -1"),
+              "cluster": (-1, n_faces - 1, "cluster labels (at most one cluster per face) or -1")}
+    with np.errstate(invalid="ignore"):
+        for name, (low, high, what) in ranges.items():
+            values = columns.get(name)
+            inside = (values >= low) & (values <= high) if values is not None else None
+            if inside is not None and not inside.all():
+                return (f"column {name!r} holds {shown(values[~inside][0].item())}, expected {what} from "
+                        f"{_text(low)} to {_text(high)}")
+        for name in (name for name in columns if name in _FLOATS or name.startswith(_SIMILAR[1])):
+            if not np.all(np.isnan(columns[name]) | (np.abs(columns[name]) <= np.finfo(np.float32).max)):
+                return f"column {name!r} holds inf or numbers beyond float32, expected finite scores or NaN"
+    unknown = set(columns["verdict"].tolist()) - set(VERDICTS)
+    if unknown:
+        first = shown(sorted(map(str, unknown))[0])
+        return f"column 'verdict' holds {first}, expected one of {', '.join(VERDICTS)}"
+    return ""
+
+
+def _model_problem(model: MapModel, columns: dict[str, np.ndarray]) -> str:
+    """How ``model`` (already checked on its own) and the projection disagree, or "" when they are one run's."""
+    ids = np.unique(columns["id"])
+    if not np.array_equal(ids, model.identity):
+        strangers = int(np.count_nonzero(~np.isin(model.identity, ids)))
+        unknown = int(np.count_nonzero(~np.isin(ids, model.identity)))
+        return (f"its {len(model.identity):,} identities are not the {len(ids):,} ids of {PROJECTION_FILE} "
+                f"({strangers:,} of them are not there, {unknown:,} of its ids are not in the model)")
+    if ("z" in columns) != (model.n_components == 3):
+        has = "a" if "z" in columns else "no"
+        return f"a {model.n_components}-D map, but {PROJECTION_FILE} has {has} z column"
+    for name in ("suggested_id", *(name for name in columns if name.startswith(_SIMILAR[0]))):
+        known = np.isin(columns[name], model.identity) | (columns[name] == -1)
+        if not known.all():
+            return (f"{PROJECTION_FILE} column {name!r} holds {int(columns[name][~known][0])}, which is none of its "
+                    "identities")
+    if "held_out" in columns:  # the model holds the position of every face not held out, in row order
+        on_map = ~columns["held_out"]
+        positions = np.column_stack([columns[axis][on_map] for axis in _POSITIONS[:model.n_components]])
+        if positions.shape != model.coords.shape or not np.array_equal(positions, model.coords):
+            return f"its faces are not where {PROJECTION_FILE} puts them (the faces not held out, in row order)"
+    return ""
+
+
+def read_names(path: Path) -> dict[int, str]:
+    """``names.json``: identity id -> display name (ids within int64)."""
+    fix = "rerun faceatlas run"
+    payload = parse_json(read_text(path, "a run's names file", fix, 1 << 30), str(path), fix)
+    ids, names = (payload.get("ids"), payload.get("names")) if isinstance(payload, dict) else (None, None)
+    if not (isinstance(ids, list) and isinstance(names, list) and len(ids) == len(names)
+            and all(isinstance(i, int) and not isinstance(i, bool) and -INT64 <= i < INT64 for i in ids)
+            and all(isinstance(n, str) for n in names)):
+        raise InputError(f"{path}: not a faceatlas names file (expected ids within int64 and names lists); {fix}")
+    return dict(zip(ids, names, strict=True))
+
+
+def read_lookalikes(path: Path, identities: np.ndarray | None = None) -> list[tuple[int, int, float, bool]]:
+    """``lookalikes.csv``'s pairs; with ``identities`` (the map model's, sorted), a pair naming another id or a
+    similarity that is not finite is refused (a file edited and re-hashed into run.json)."""
+    text = read_text(path, "a run's look-alikes table", "rerun faceatlas run", 1 << 30)
+    pairs = []
+    limit = csv.field_size_limit(len(text) + 1)  # a long name must not fail the read (the default cap: 131,072)
+    try:
+        for line in csv.DictReader(io.StringIO(text)):
+            pairs.append((int(line["id_a"]), int(line["id_b"]), float(line["similarity"]),
+                          line["possible_same_person"] == "true"))
+    except (KeyError, ValueError, TypeError, csv.Error) as exc:
+        raise InputError(f"{path}: not a faceatlas look-alikes table ({type(exc).__name__}); rerun faceatlas "
+                         "run") from None
+    finally:
+        csv.field_size_limit(limit)
+    if identities is not None:
+        known = set(identities.tolist())
+        wrong = next((pair for pair in pairs if pair[0] not in known or pair[1] not in known
+                      or not np.isfinite(pair[2])), None)
+        if wrong is not None:
+            raise InputError(f"{path}: the pair {wrong[0]}, {wrong[1]} (similarity {wrong[2]}) is not a pair of this "
+                             f"run's identities with a finite similarity; {FIX}")
+    return pairs
