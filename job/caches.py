@@ -15,6 +15,7 @@ import tempfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 
 @dataclass(frozen=True)
@@ -58,9 +59,16 @@ def numba_cache() -> NumbaCache:
     return NumbaCache(folder, wanted, problem)
 
 
-def default_numba_cache() -> NumbaCache:
-    """:func:`numba_cache` (the name callers used before it could refuse a folder)."""
-    return numba_cache()
+def cached_numba() -> Any:
+    """The ``numba`` module, its on-disk cache confined to :func:`numba_cache`'s folder: what every module that
+    declares ``cache=True`` kernels imports, so a library or Dask-worker use (no CLI to set the cache up first)
+    never writes kernels into the installed package either. Setting ``numba.config.CACHE_DIR`` as well covers a
+    numba that was imported before faceatlas."""
+    cache = numba_cache()
+    import numba
+
+    numba.config.CACHE_DIR = str(cache.folder)
+    return numba
 
 
 def user_cache_dir() -> Path:

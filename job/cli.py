@@ -374,7 +374,7 @@ def warm_up() -> None:
     """Compile the CPU layout kernels into numba's cache now (a machine's first run does it otherwise)."""
     with _errors_to_exit_codes():
         from job.caches import numba_cache
-        from job.reduce.layout import warm_kernels
+        from job.reduce.layout import kernel_caches, warm_kernels
 
         cache = numba_cache()
         if not cache.kept:
@@ -382,9 +382,12 @@ def warm_up() -> None:
                              "nothing compiled now would be kept; set XDG_CACHE_HOME or NUMBA_CACHE_DIR to a "
                              "writable folder")
         seconds = warm_kernels()
-        if not any(cache.folder.rglob("*.nbi")):
-            raise UsageError(f"warm-up: compiled the kernels, but numba wrote no index to {cache.folder}; check "
-                             "that NUMBA_CACHE_DIR names a writable folder and that NUMBA_DISABLE_JIT is unset")
+        astray = [folder for folder in kernel_caches()
+                  if not folder.is_relative_to(cache.folder) or not any(folder.glob("*.nbi"))]
+        if astray:
+            raise UsageError(f"warm-up: compiled the kernels, but numba keeps them in {astray[0]}, not in "
+                             f"{cache.folder}; check that NUMBA_CACHE_DIR names a writable folder and that "
+                             "NUMBA_DISABLE_JIT is unset")
         _echo(f"layout kernels ready in {cache.folder} ({seconds:.1f} s); runs on this machine now compile "
               "nothing")
 

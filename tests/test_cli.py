@@ -194,3 +194,18 @@ def test_unwritable_out_is_one_line(small_db: Path, tmp_path: Path) -> None:
     errors = [line for line in result.stderr.splitlines() if line.startswith("faceatlas: error:")]
     assert len(errors) == 1 and "not a folder" in errors[0]
     assert "UMAP done" not in result.stderr  # refused before the heavy work
+
+
+def test_demo_db_writes_where_the_file_system_has_no_hard_links(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    import errno
+    import os
+
+    def no_links(source: object, target: object) -> None:
+        raise OSError(errno.EPERM, "Operation not permitted")  # FAT, some network mounts
+
+    monkeypatch.setattr(os, "link", no_links)
+    result = runner.invoke(app, ["demo-db", str(tmp_path / "a.npy"), "--identities", "20"])
+    assert result.exit_code == 0, result.output
+    assert np.load(tmp_path / "a.npy", allow_pickle=False)["id"].max() == 19
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.npy", "a.truth.json"]  # no temporary left

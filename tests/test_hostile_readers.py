@@ -378,14 +378,15 @@ def test_an_unwritable_cache_folder_writes_no_kernel_into_the_package(tmp_path: 
     assert warm.returncode == 2, warm.stderr
     assert warm.stderr.strip().splitlines()[-1].startswith(f"faceatlas: error: warm-up: {blocker / 'cache'}/faceatlas/"
                                                            "numba cannot hold numba's compiled kernels")
-    code = ("import numpy as np; from job.caches import numba_cache; cache = numba_cache(); "
-            "from job.knn.pairs import pair_similarities; "
+    code = ("import numpy as np; from pathlib import Path; from job.knn.pairs import _pair_dots, pair_similarities; "
             "pair_similarities(np.ones((2, 3), np.float32), np.ones((2, 3), np.float32), np.zeros((2, 1), np.int64)); "
-            "print(cache.folder, len(list(cache.folder.rglob('*.nbi'))), cache.warning())")
+            "from job.caches import numba_cache; cache = numba_cache(); "
+            "print(cache.folder, Path(_pair_dots._cache.cache_path).is_relative_to(cache.folder), "
+            "len(list(cache.folder.rglob('*.nbi'))), cache.warning())")  # as a library: no CLI set the cache up
     compiled = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=300,
                               cwd=tmp_path)
     assert compiled.returncode == 0, compiled.stderr
-    folder, indexes, warning = compiled.stdout.split(" ", 2)
-    assert int(indexes) >= 1 and "they last this run only" in warning
+    folder, confined, indexes, warning = compiled.stdout.split(" ", 3)
+    assert confined == "True" and int(indexes) >= 1 and "they last this run only" in warning
     assert not Path(folder).exists()  # the temporary folder went with the process
     assert tree() == before  # nothing written into the package's own folders

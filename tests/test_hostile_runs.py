@@ -202,3 +202,39 @@ def test_a_name_of_200_000_characters_in_the_look_alikes_reads_back(genuine: Pat
     _lookalikes(long_name)(folder, folder)
     result = CliRunner().invoke(app, ["report", str(folder)])
     assert result.exit_code == 0, result.output
+
+
+def test_an_older_run_without_the_page_columns_still_verifies_and_answers(genuine: Path, tmp_path: Path) -> None:
+    """A run made before the verdict columns existed opens for verify/nearest/invert (only report and render need
+    them, and say so)."""
+    folder = tmp_path / "run"
+    shutil.copytree(genuine, folder)
+    _projection(lambda table: table.select(["row", "id", "x", "y", "held_out"]))(folder, folder)
+    for command in (["verify"], ["nearest", "--x", "0", "--y", "0"], ["invert", "--x", "0", "--y", "0"]):
+        result = CliRunner().invoke(app, [command[0], str(folder), *command[1:]])
+        assert result.exit_code == 0, (command, result.output)
+    refused = CliRunner().invoke(app, ["report", str(folder)])
+    assert refused.exit_code == 3 and "has no column 'suspect' (made by an older faceatlas)" in refused.stderr
+
+
+def test_a_huge_column_is_refused_or_left_unread(genuine: Path, tmp_path: Path) -> None:
+    """A re-hashed projection with huge cells is not read whole into memory: a column faceatlas reads is refused
+    by its stored size, before reading; one it does not read is left unread."""
+    folder = tmp_path / "run"
+    shutil.copytree(genuine, folder)
+    big = pa.array([f"{i}" + "x" * 100_000 for i in range(300)])  # all different: no dictionary shrinks them
+
+    def with_column(name: str) -> Callable[[pa.Table], pa.Table]:
+        def change(table: pa.Table) -> pa.Table:
+            column = pa.concat_arrays([big, pa.array([""] * (len(table) - len(big)))])
+            if name in table.column_names:
+                return table.set_column(table.column_names.index(name), name, column)
+            return table.append_column(name, column)
+        return change
+
+    _projection(with_column("notes"))(folder, folder)
+    assert CliRunner().invoke(app, ["verify", str(folder)]).exit_code == 0
+    _projection(with_column("verdict"))(folder, folder)
+    refused = CliRunner().invoke(app, ["verify", str(folder)])
+    assert refused.exit_code == 3 and "column 'verdict' holds" in refused.stderr and "more than a run writes" in \
+        refused.stderr, refused.output

@@ -185,9 +185,23 @@ def load_database(config: InputConfig, max_memory: int | None = None,
         database = FaceDatabase(checked.ids, checked.unit, source, dtype, digest, truth=truth, rows=checked.rows,
                                 dropped=checked.dropped, duplicates=checked.duplicates, has_ids=has_ids,
                                 log_norms=checked.log_norms)
+        if truth is not None:
+            check_truth_ids(truth, database.identities, Path(config.truth), source)
     if not config.names:
         return database
-    return replace(database, names=read_names(Path(config.names), database.identities))
+    return replace(database, names=names_of(Path(config.names), database.identities, database.source))
+
+
+def names_of(path: Path, identities: IdArray, source: str) -> dict[int, str]:
+    """The names file's names of the database's ``identities`` (:func:`read_names`); one naming none of them is
+    another database's (:class:`InputError`), names of other ids are left out."""
+    names = read_names(path, identities)
+    known = set(identities.tolist())
+    kept = {identity: name for identity, name in names.items() if identity in known}
+    if names and not kept:
+        raise InputError(f"{path}: names {len(names):,} ids (e.g. id {min(names)}) and none of them is an identity of "
+                         f"{source}; pass the names file of this database")
+    return kept
 
 
 def read_truth(path: Path, source: str, n_rows: int) -> DemoTruth:
@@ -209,6 +223,18 @@ def read_truth(path: Path, source: str, n_rows: int) -> DemoTruth:
         raise InputError(f"{path}: names rows beyond the {n_rows:,} faces of {source}; it belongs to another "
                          f"file: {fix}")
     return truth
+
+
+def check_truth_ids(truth: DemoTruth, identities: IdArray, path: Path, source: str) -> None:
+    """Every identity the planted truth names (true ids of misfiled faces, look-alike and near-twin pairs,
+    families) is one of the database's; else the truth belongs to another file (:class:`InputError`)."""
+    named = {*truth.misfiled_true_ids, *(i for pair in (*truth.lookalike_pairs, *truth.twin_pairs) for i in pair),
+             *(i for family in truth.families for i in family)}
+    unknown = sorted(named - set(identities.tolist()))
+    if unknown:
+        raise InputError(f"{path}: names identity {unknown[0]}, which {source} does not hold; it belongs to another "
+                         "file: pass the NAME.truth.json that faceatlas demo-db wrote with the --input file, or drop "
+                         "--truth")
 
 
 def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:

@@ -347,10 +347,28 @@ def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES, *, force: bo
         if force:
             os.replace(tmp, path)
         else:
-            os.link(tmp, path)  # never replaces: fails if the name was taken since the check
+            _move_without_replacing(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     return len(plan.ids), plan.truth
+
+
+def _move_without_replacing(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless something took that name since the request was checked
+    (:class:`FileExistsError`): a hard link, or, where the file system has none (FAT, some network mounts), the
+    name claimed with ``O_EXCL`` and then replaced."""
+    import errno
+
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    os.replace(tmp, path)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> FloatArray:

@@ -10,8 +10,11 @@ Kept apart from :mod:`job.knn.index` so that importing the index compiles nothin
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from job.caches import cached_numba
+
+numba = cached_numba()  # before any kernel is declared: the cache stays in faceatlas's cache folder
 
 
 LANES = 8  # independent partial sums: the CPU can run them side by side, and their order is fixed in the code

@@ -14,7 +14,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
-from job.caches import default_numba_cache
+from job.caches import cached_numba
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
 from job.gpu import probe_gpu
@@ -138,7 +138,7 @@ def import_umap() -> Any:
     runs reuse the machine code. ``NUMBA_CACHE_DIR`` defaults to a user cache dir so this also works in
     containers whose site-packages are read-only (umap-learn issue #715).
     """
-    default_numba_cache()
+    cached_numba()
     import umap
     import umap.layouts
     import umap.spectral

@@ -23,6 +23,7 @@ thread the very same layout from the same start and random state.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -250,6 +251,14 @@ def warm_kernels() -> float:
         embedding = np.zeros((2, 2), dtype=np.float32)
         optimize_layout(embedding, embedding, graph, 1, 1.0, 1.0, np.zeros(3, dtype=np.int64), parallel=parallel)
     return time.perf_counter() - start
+
+
+def kernel_caches() -> list[Path]:
+    """The folders numba keeps the warmed kernels' machine code in (``dispatcher._cache.cache_path``)."""
+    from job.knn.pairs import _pair_dots
+    from job.reduce import sgd
+
+    return [Path(kernel._cache.cache_path) for kernel in (sgd.epochs_serial, sgd.epochs_parallel, _pair_dots)]
 
 
 def scale_start(start: FloatArray) -> FloatArray:

@@ -10,8 +10,11 @@ the GIL. Kept apart from :mod:`job.reduce.layout` so that importing the layout c
 
 from __future__ import annotations
 
-import numba
 import numpy as np
+
+from job.caches import cached_numba
+
+numba = cached_numba()  # before any kernel is declared: the cache stays in faceatlas's cache folder
 
 _FLAGS = {"fastmath": True, "cache": True, "nogil": True}
 

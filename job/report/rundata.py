@@ -17,7 +17,7 @@ import numpy as np
 
 from job.errors import InputError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
-from job.store.coherence import NAMES_FILE, read_lookalikes, read_names, read_projection
+from job.store.coherence import NAMES_FILE, read_lookalikes, read_run_names, read_projection, require_page_columns
 from job.store.outputs import PROJECTION_FILE
 from job.store.reports import LOOKALIKES_FILE
 from job.store.runs import FinishedRun, section
@@ -71,6 +71,7 @@ def run_data(finished: FinishedRun) -> RunData:
     columns, model = finished.contents.columns, finished.contents.model
     if columns is None or model is None:
         raise _missing(finished.folder, PROJECTION_FILE if columns is None else MODEL_FILE)
+    require_page_columns(columns, finished.files[PROJECTION_FILE])
     return RunData(finished.folder, finished.record, columns, model, finished.contents.names,
                    finished.contents.lookalikes or [])
 
@@ -88,7 +89,7 @@ def read_run(folder: Path, record: dict[str, Any], files: dict[str, Path], model
     bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
     model = load_model(model_path, bound) if model is None else model
     columns = read_projection(projection)
-    names = read_names(files[NAMES_FILE]) if NAMES_FILE in files else None
+    names = read_run_names(files[NAMES_FILE]) if NAMES_FILE in files else None
     lookalikes = read_lookalikes(files[LOOKALIKES_FILE]) if LOOKALIKES_FILE in files else []
     return RunData(folder, record, columns, model, names, lookalikes)
 

@@ -48,8 +48,10 @@ _POSITIONS = ("x", "y", "z")
 _INTEGERS = ("row", "id", "suggested_id", "cluster", "duplicate_of")
 _FLOATS = ("outlier_score", "quality", "fit")
 _FLAGS = ("suspect", "held_out", "fitted", "supervised_disagreement")
-_REQUIRED = ("row", "id", "x", "y", "suspect", "suggested_id", "cluster", "outlier_score", "verdict")
+_BASE = ("row", "id", "x", "y")  # every run since 0.1; the rest are cross-checked where present
+PAGE_COLUMNS = ("row", "id", "x", "y", "suspect", "suggested_id", "cluster", "outlier_score", "verdict")
 _SIMILAR = ("similar_id_", "similar_cos_")
+_CELL_BYTES = 64  # a generous bound on one cell of a column a run writes, as stored (verdict text included)
 
 
 @dataclass(frozen=True)
@@ -95,7 +97,7 @@ def check_run(folder: Path, record: dict[str, Any], files: dict[str, Path]) -> R
         _refuse(files[PROJECTION_FILE], _value_problem(columns))
         if model is not None:
             _refuse(files[MODEL_FILE], _model_problem(model, columns))
-    names = read_names(files[NAMES_FILE]) if NAMES_FILE in files else None
+    names = read_run_names(files[NAMES_FILE]) if NAMES_FILE in files else None
     lookalikes = None
     if LOOKALIKES_FILE in files:
         lookalikes = read_lookalikes(files[LOOKALIKES_FILE], model.identity if model is not None else None)
@@ -194,26 +196,66 @@ def read_projection(path: Path, n_faces: int | None = None) -> dict[str, np.ndar
         with path.open("rb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
             source = pq.ParquetFile(handle)
             _check_schema(source.schema_arrow, source.metadata.num_rows, path, n_faces)
-            table = source.read()
+            known = [name for name in source.schema_arrow.names if _known(name)]  # others are never read
+            _check_stored_size(source.metadata, known, path)
+            table = source.read(columns=known)
         columns: dict[str, np.ndarray] = {}
         for name in table.column_names:
             column = table.column(name)
             if column.null_count:
                 raise InputError(f"{path}: column {name!r} has empty cells, which no faceatlas run writes; {FIX}")
-            columns[name] = (np.asarray(column.cast(pa.string()).to_pylist(), dtype=object) if name == "verdict"
-                             else column.to_numpy(zero_copy_only=False))
+            columns[name] = _verdicts(column) if name == "verdict" else column.to_numpy(zero_copy_only=False)
     except (OSError, ValueError, TypeError, NotImplementedError, pa.ArrowException) as exc:
         raise InputError(f"{path}: not a readable Parquet file ({type(exc).__name__}); {FIX}") from None
     return columns
 
 
-def _check_schema(schema: Any, n_rows: int, path: Path, n_faces: int | None) -> None:
-    """The columns a run writes, each of its type; the similar-identity columns in pairs 1..k."""
+def _known(name: str) -> bool:
+    """A column faceatlas reads back (any other a file holds is left unread)."""
+    return name in (*_POSITIONS, *_INTEGERS, *_FLOATS, *_FLAGS, "verdict") or name.startswith(_SIMILAR)
+
+
+def _check_stored_size(metadata: Any, names: list[str], path: Path) -> None:
+    """Refuse, before reading, columns larger than a run's rows can make them (a re-hashed file with huge cells
+    would otherwise be read whole into memory)."""
+    n_rows, wanted = metadata.num_rows, set(names)
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            bound = row_group.num_rows * _CELL_BYTES + (1 << 20)
+            if chunk.path_in_schema in wanted and chunk.total_uncompressed_size > bound:
+                raise InputError(f"{path}: column {chunk.path_in_schema!r} holds {chunk.total_uncompressed_size:,} "
+                                 f"bytes for {n_rows:,} faces, more than a run writes; {FIX}")
+
+
+def _verdicts(column: Any) -> np.ndarray:
+    """The verdict column as str objects, decoded through its dictionary (a run writes a handful of values)."""
     import pyarrow as pa
 
-    missing = [name for name in _REQUIRED if name not in schema.names]
+    if not pa.types.is_dictionary(column.type):
+        return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
+    array = column.combine_chunks()
+    values = np.asarray(array.dictionary.cast(pa.string()).to_pylist(), dtype=object)
+    return values[array.indices.to_numpy(zero_copy_only=False)]
+
+
+def require_page_columns(columns: dict[str, np.ndarray], path: Path) -> None:
+    """The columns the page and the maps are drawn from (written since faceatlas 0.3), else an InputError."""
+    missing = [name for name in PAGE_COLUMNS if name not in columns]
     if missing:
-        raise InputError(f"{path}: has no column {missing[0]!r} (made by faceatlas < 0.5?); rerun faceatlas run")
+        raise InputError(f"{path}: has no column {missing[0]!r} (made by an older faceatlas); rerun faceatlas run "
+                         "to draw its page and maps")
+
+
+def _check_schema(schema: Any, n_rows: int, path: Path, n_faces: int | None) -> None:
+    """The columns every run writes, each column faceatlas reads of its type; similar-identity columns in pairs
+    1..k."""
+    import pyarrow as pa
+
+    missing = [name for name in _BASE if name not in schema.names]
+    if missing:
+        raise InputError(f"{path}: has no column {missing[0]!r}, which every faceatlas run writes; {FIX}")
     if n_faces is not None and n_rows != n_faces:
         raise InputError(f"{path}: holds {n_rows:,} face rows but run.json says input.n_faces {n_faces:,}; {FIX}")
     unpaired = _unpaired_similar(schema.names)
@@ -275,7 +317,7 @@ def _value_problem(columns: dict[str, np.ndarray]) -> str:
         for name in (name for name in columns if name in _FLOATS or name.startswith(_SIMILAR[1])):
             if not np.all(np.isnan(columns[name]) | (np.abs(columns[name]) <= np.finfo(np.float32).max)):
                 return f"column {name!r} holds inf or numbers beyond float32, expected finite scores or NaN"
-    unknown = set(columns["verdict"].tolist()) - set(VERDICTS)
+    unknown = set(columns["verdict"].tolist()) - set(VERDICTS) if "verdict" in columns else set()
     if unknown:
         first = shown(sorted(map(str, unknown))[0])
         return f"column 'verdict' holds {first}, expected one of {', '.join(VERDICTS)}"
@@ -293,7 +335,7 @@ def _model_problem(model: MapModel, columns: dict[str, np.ndarray]) -> str:
     if ("z" in columns) != (model.n_components == 3):
         has = "a" if "z" in columns else "no"
         return f"a {model.n_components}-D map, but {PROJECTION_FILE} has {has} z column"
-    for name in ("suggested_id", *(name for name in columns if name.startswith(_SIMILAR[0]))):
+    for name in (name for name in columns if name == "suggested_id" or name.startswith(_SIMILAR[0])):
         known = np.isin(columns[name], model.identity) | (columns[name] == -1)
         if not known.all():
             return (f"{PROJECTION_FILE} column {name!r} holds {int(columns[name][~known][0])}, which is none of its "
@@ -306,7 +348,7 @@ def _model_problem(model: MapModel, columns: dict[str, np.ndarray]) -> str:
     return ""
 
 
-def read_names(path: Path) -> dict[int, str]:
+def read_run_names(path: Path) -> dict[int, str]:
     """``names.json``: identity id -> display name (ids within int64)."""
     fix = "rerun faceatlas run"
     payload = parse_json(read_text(path, "a run's names file", fix, 1 << 30), str(path), fix)

@@ -28,6 +28,7 @@ import stat
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -168,7 +169,7 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
     committed = False
     try:
         yield staging
-        edited = edited_files(out_dir) if out_dir.is_dir() else set()  # before the swap: its window stays short
+        edited = edited_files(out_dir) if out_dir.is_dir() else Edits()  # hashed before the swap, re-checked after
         stop.check()  # last chance: a swallowed Ctrl-C must not put the outputs in place
         (staging / _MARKER).unlink(missing_ok=True)  # the folder becomes the run: it must not carry the mark
         if beside:
@@ -178,9 +179,7 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
                 kept = _replace_file_by_file(staging, out_dir, edited)
         committed = True
         for name, new_name in kept.items():
-            why = "was changed since the run that wrote it" if name in edited else \
-                "was put there while the run wrote a file of that name"
-            log(f"warning: {out_dir / name} {why}; it is kept as {new_name}")
+            log(f"warning: {_kept_message(out_dir, name, new_name, edited=name in edited.names)}")
     finally:
         if held is not None:
             os.close(held)
@@ -246,6 +245,14 @@ def _plain(value: Any) -> Any:
     raise TypeError(f"cannot write {type(value).__name__} to JSON")
 
 
+def _kept_message(out_dir: Path, name: str, new_name: str, *, edited: bool) -> str:
+    why = "was changed since the run that wrote it" if edited else \
+        "was put there while the run wrote a file of that name"
+    where = f"kept as {new_name}" if new_name != name else "left in place (the new run writes no such file)"
+    return (f"{out_dir / name} {why}; it is {where}: move it out of {out_dir.name} before the next run, which "
+            "refuses a folder holding files no run wrote")
+
+
 def _entries(folder: Path) -> list[str]:
     return [entry.name for entry in folder.iterdir()]
 
@@ -283,10 +290,26 @@ def _owned_names(out_dir: Path) -> set[str]:
     return owned
 
 
-def edited_files(folder: Path) -> set[str]:
-    """Files of the run in ``folder`` whose SHA-256 is no longer the one its run.json records: someone edited
-    them since (notes added to ``suspects.csv``, rows deleted from a corrections list). A rerun keeps them
-    (``NAME.kept``) rather than replacing them."""
+@dataclass(frozen=True)
+class Edits:
+    """Files of a run folder someone changed since its run wrote them (``names``), and what every other file the
+    run lists looked like when that was decided (``seen``: name -> inode, size, mtime, mode), so a change made
+    after the check still counts (:meth:`since`)."""
+
+    names: frozenset[str] = frozenset()
+    seen: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    def since(self, folder: Path) -> set[str]:
+        """``names``, and every file of ``seen`` that changed since, in ``folder`` (the same files, maybe moved)."""
+        return set(self.names) | {name for name, signature in self.seen.items()
+                                  if _signature(folder / name) != signature}
+
+
+def edited_files(folder: Path) -> Edits:
+    """Files of the run in ``folder`` whose SHA-256 is no longer the one its run.json records, or that are no
+    longer regular files (a folder or a link put under the name): someone changed them since (notes added to
+    ``suspects.csv``, rows deleted from a corrections list). A rerun keeps them (``NAME.kept``) rather than
+    replacing them."""
     from job.io.formats import file_sha256
 
     try:
@@ -294,16 +317,30 @@ def edited_files(folder: Path) -> set[str]:
         checksums = record["file_sha256"] if _ours(record) else {}
         listed = checksums.items() if isinstance(checksums, dict) else ()
     except (OSError, ValueError, KeyError, TypeError):
-        return set()
-    edited = set()
+        return Edits()
+    edited, seen = set(), {}
     for name, expected in listed:
         path = folder / name
+        signature = _signature(path)
+        if not _plain_name(name) or signature is None:
+            continue  # not a name of this folder, or gone: nothing of the user's to keep
         try:
-            if _plain_name(name) and stat.S_ISREG(path.lstat().st_mode) and file_sha256(path) != expected:
-                edited.add(name)
-        except (OSError, ValueError):  # gone or unreadable: nothing of the user's to keep
-            continue
-    return edited
+            changed = not stat.S_ISREG(signature[3]) or file_sha256(path) != expected
+        except (OSError, ValueError):  # unreadable: keep it rather than guess
+            changed = True
+        if changed:
+            edited.add(name)
+        else:
+            seen[name] = signature
+    return Edits(frozenset(edited), seen)
+
+
+def _signature(path: Path) -> tuple[int, int, int, int] | None:
+    try:
+        info = path.lstat()
+    except OSError:
+        return None
+    return info.st_ino, info.st_size, info.st_mtime_ns, info.st_mode
 
 
 def _read_own_json(path: Path) -> Any:
@@ -390,7 +427,7 @@ def _rmdir_quietly(folder: Path) -> None:
         pass
 
 
-def _swap_in(staging: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
+def _swap_in(staging: Path, out_dir: Path, edited: Edits) -> dict[str, str]:
     """Put the staged run in place of ``out_dir``; returns {name: kept-as name} for colliding foreign files and
     the ``edited`` files of the previous run (:func:`edited_files`)."""
     if not out_dir.exists():
@@ -417,10 +454,11 @@ def _keep_access(old: Path, new: Path) -> None:
         pass
 
 
-def _retire(old: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
+def _retire(old: Path, out_dir: Path, edits: Edits) -> dict[str, str]:
     """Empty the swapped-out previous run: delete what a run wrote and nobody changed since, move anything else
     into ``out_dir`` (under ``NAME.kept`` when the new run wrote that name). Returns {name: kept-as name} for
     those, and for edited files kept under their own name."""
+    edited = edits.since(old)
     owned, kept = _owned_names(old) - edited, {}
     for entry in old.iterdir():
         if entry.name in owned and not entry.is_symlink() and entry.is_dir():
@@ -459,13 +497,14 @@ def _exchange(a: Path, b: Path) -> None:
         raise OSError(code, os.strerror(code), str(b))
 
 
-def _replace_file_by_file(staging: Path, out_dir: Path, edited: set[str]) -> dict[str, str]:
+def _replace_file_by_file(staging: Path, out_dir: Path, edits: Edits) -> dict[str, str]:
     """Fallback when folders cannot be swapped: retire run.json first, move files, write run.json last.
 
     A pending list of every name involved is written first, so a run killed half-way leaves a folder the
     next run still recognises as its own.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
+    edited = edits.since(out_dir)
     owned = _owned_names(out_dir) - edited
     previous = {name for name in owned if _plain_name(name)} - {RUN_FILE}
     new = [entry for entry in staging.iterdir() if entry.name not in (RUN_FILE, _MARKER)]
