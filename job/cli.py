@@ -417,8 +417,9 @@ def main() -> None:
     """Console-script entry point."""
     from job.caches import numba_cache
 
-    if numba_cache().warning():
-        _echo(f"faceatlas: {numba_cache().warning()}", err=True)
+    warning = numba_cache().warning()
+    if warning:
+        _echo(f"faceatlas: {warning}", err=True)
     signal.signal(signal.SIGTERM, _stop)  # `docker stop`, batch schedulers: unwind like Ctrl-C
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not when the shell ignores it (`cmd &`)
         signal.signal(signal.SIGINT, _stop)

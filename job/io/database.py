@@ -439,7 +439,7 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
                      memory_factor=8)
     names: dict[int, str] = {}
     first_line: dict[int, int] = {}
-    keyed: int | None = None  # the first line's kind (has an "id" key or not); every line must be the same
+    first: tuple[bool, int] | None = None  # the first line's kind (has an "id" key) and number; all alike
     position = 0
     for number, line in enumerate(text.split("\n"), start=1):  # not splitlines: U+2028 may sit inside a name
         if not line.strip():
@@ -448,11 +448,11 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
         record = parse_json(line, where, "write one JSON object per line")
         if not isinstance(record, dict):
             raise InputError(f"{where} is not a JSON object; write {{\"id\": 7, \"name\": \"Ada\"}} per line")
-        if keyed is None:
-            keyed = number if "id" in record else -number
-        elif ("id" in record) != (keyed > 0):
+        if first is None:
+            first = ("id" in record, number)
+        elif ("id" in record) != first[0]:
             raise InputError(f"{where} {'has an' if 'id' in record else 'has no'} \"id\" key, unlike line "
-                             f"{abs(keyed)}; give an \"id\" on every line, or on none (names in id order)")
+                             f"{first[1]}; give an \"id\" on every line, or on none (names in id order)")
         if "id" in record:
             identity = names_file_id(record["id"], where)
         else:
@@ -464,9 +464,9 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
         if identity in first_line:
             raise InputError(f"{where} names id {identity} again (first on line {first_line[identity]}); keep one "
                              "line per identity")
-        _check_text(name, path, number)
+        _check_text(name, where)
         names[identity], first_line[identity] = name, number
-    if keyed is not None and keyed < 0 and position != len(identities):
+    if first is not None and not first[0] and position != len(identities):
         raise InputError(f"{path}: {position:,} lines for the {len(identities):,} identities of the database, and "
                          "they name identities by position (no \"id\" key); give one line per identity in id order, "
                          "or an \"id\" key on every line")
@@ -512,12 +512,12 @@ def _display_name(record: dict[str, object], where: str) -> str:
     return text
 
 
-def _check_text(text: str, path: Path, number: int) -> None:
+def _check_text(text: str, where: str) -> None:
     if len(text) > MAX_NAME_CHARS:
-        raise InputError(f"{path}: line {number} holds a name of {len(text):,} characters; names label faces in "
+        raise InputError(f"{where} holds a name of {len(text):,} characters; names label faces in "
                          f"tables, maps and the page: keep each under {MAX_NAME_CHARS:,} characters")
     try:
         text.encode("utf-8")
     except UnicodeEncodeError as exc:
-        raise InputError(f"{path}: line {number} holds a name that is not text ({exc.reason} at character "
+        raise InputError(f"{where} holds a name that is not text ({exc.reason} at character "
                          f"{exc.start}, e.g. a lone \\u{ord(text[exc.start]):04x} escape); fix that name") from None

@@ -179,7 +179,7 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
                 kept = _replace_file_by_file(staging, out_dir, edited)
         committed = True
         for name, new_name in kept.items():
-            log(f"warning: {_kept_message(out_dir, name, new_name, edited=name in edited.names)}")
+            log(f"warning: {_kept_message(out_dir, name, new_name, edited=edited.lists(name))}")
     finally:
         if held is not None:
             os.close(held)
@@ -298,6 +298,10 @@ class Edits:
 
     names: frozenset[str] = frozenset()
     seen: dict[str, tuple[int, int, int, int]] = field(default_factory=dict)
+
+    def lists(self, name: str) -> bool:
+        """``name`` is a file of the previous run (so, if kept, one changed since it was written)."""
+        return name in self.names or name in self.seen
 
     def since(self, folder: Path) -> set[str]:
         """``names``, and every file of ``seen`` that changed since, in ``folder`` (the same files, maybe moved)."""
