@@ -34,18 +34,20 @@ import numpy as np
 
 from job.analysis.candidates import find_candidates
 from job.analysis.geometry import centre_in_place, measure_geometry
-from job.analysis.identities import IdentityTable, identity_table, rowwise_dot, top_similar
+from job.analysis.identities import IdentityTable, identity_table, top_similar
 from job.analysis.lookalikes import find_lookalikes
-from job.analysis.quality import model_from_map, top_pair_recall
+from job.analysis.quality import top_pair_recall
 from job.analysis.suspects import DUPLICATE, LOW_QUALITY, judge_faces, leave_one_out, score_faces
-from job.config import UmapConfig
+from job.config import KnnConfig, UmapConfig
 from job.io.database import check_arrays, face_quality
 from job.io.demo import HARD, UNCENTRED, WILD, DemoSpec, DemoTruth, make_demo
 from job.knn.exact import exact_knn
 from job.knn.graph import normalise
 from job.knn.index import face_graph
 from job.maps.placement import invert, place
+from job.maps.quality import model_from_map
 from job.reduce.sample import pick_holdout
+from job.space.kernels import rowwise_dot
 
 SHAPES = [("standard", DemoSpec()), ("standard s3", DemoSpec(seed=3)), ("hard", HARD),
           ("hard s1", replace(HARD, seed=1)), ("wild", WILD), ("wild s1", replace(WILD, seed=1)),
@@ -130,10 +132,12 @@ def judge_case(spec: DemoSpec) -> Case:
     geometry = measure_geometry(unit, ids, checked.log_norms)
     centre_in_place(unit, geometry)
     table = identity_table(unit, ids)
-    graph = face_graph(unit, np.arange(len(ids)), 11, "auto", 50_000, seed=0)
-    found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 50_000, seed=0)
+    knn = KnnConfig(method="auto")
+    graph = face_graph(unit, np.arange(len(ids)), 11, knn, seed=0)
+    found = find_candidates(graph, table.codes, table.centroids, width=10, similar=5, k=10, knn=knn, seed=0)
     quality = geometry.face_quality(face_quality(checked.log_norms, len(ids)), graph)
-    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, checked.rows, quality=quality,
+    scores, original = judge_faces(unit, table, graph, found.nearby, found.similar, rows=checked.rows,
+                                   quality=quality,
                                    calibration=geometry.calibration())
     pairs = find_lookalikes(table.without(unit, np.flatnonzero(scores.left_out)), found.lookalike,
                             baseline=geometry.working.impostor_median)
@@ -265,10 +269,11 @@ def scaling_section(repeats: int) -> None:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            graph = face_graph(unit, rows, 11, "auto", 0, seed=None)
+            knn = KnnConfig(method="auto", exact_max_faces=0)
+            graph = face_graph(unit, rows, 11, knn, seed=None)
             table = identity_table(unit, ids)
-            found = find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "auto", 0)
-            scores, _ = judge_faces(unit, table, graph, found.nearby, found.similar, rows)
+            found = find_candidates(graph, table.codes, table.centroids, width=10, similar=5, k=10, knn=knn)
+            scores, _ = judge_faces(unit, table, graph, found.nearby, found.similar, rows=rows)
             find_lookalikes(table.without(unit, np.flatnonzero(scores.suspect)), found.lookalike)
             times.append(time.perf_counter() - start)
         median = statistics.median(times)

@@ -33,7 +33,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_scale import SIZES, database, machine, truth_of  # noqa: E402
+from bench_scale import SIZES, database, machine, truth_of
 
 CHUNK_TASKS = ("read_faces", "chunk_sums", "chunk_rowwise_dot", "chunk_best_candidate", "chunk_graph", "chunk_place")
 """Tasks run once per chunk of faces (their count grows with the database); the rest are per merge or per map."""

@@ -42,11 +42,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-import real_faces  # noqa: E402  (bench/real_faces.py)
+import real_faces
 
-from job.analysis.geometry import measure_geometry  # noqa: E402
-from job.io.database import check_arrays  # noqa: E402
-from job.maps.mapmodel import MODEL_FILE, load_model  # noqa: E402
+from job.analysis.geometry import measure_geometry
+from job.io.database import check_arrays
+from job.maps.mapmodel import MODEL_FILE, load_model
 
 MIN_PHOTOS, CAP = 5, 20
 SPLITS, RELABEL = 20, 0.03
@@ -93,7 +93,7 @@ def damaged(base: Database, seed: int) -> Database:
         names[next_id] = names[int(identity)] + " (2)"
         splits.append((int(identity), next_id))
         next_id += 1
-    relabelled = np.sort(rng.choice(len(ids), int(round(RELABEL * len(ids))), replace=False))
+    relabelled = np.sort(rng.choice(len(ids), round(RELABEL * len(ids)), replace=False))
     identities = np.unique(ids)
     for row in relabelled:
         others = identities[identities != ids[row]]
@@ -122,9 +122,9 @@ def write_database(db: Database, folder: Path) -> tuple[Path, Path]:
 
 
 def run_database(db: Database, folder: Path, new_faces: tuple[np.ndarray, np.ndarray] | None,
-                 tree: Path | None = None) -> dict[str, object]:
+                 tree: Path | None = None, errata: tuple[str, ...] = ERRATA) -> dict[str, object]:
     """``faceatlas run`` with defaults on ``db`` (``tree``: an older checkout's); the outputs read back into one
-    column of figures."""
+    column of figures (``errata``: the file names of known label errors)."""
     path, names = write_database(db, folder)
     out = folder / "out"
     faceatlas(tree, "run", "--input", str(path), "--names", str(names), "--out", str(out), "--seed", "0")
@@ -136,14 +136,14 @@ def run_database(db: Database, folder: Path, new_faces: tuple[np.ndarray, np.nda
 
     projection = pq.read_table(out / "projection.parquet", columns=["verdict"]).to_pydict()
     verdicts = np.asarray(projection["verdict"])
-    errata = {row for row, name in enumerate(db.files) if name in ERRATA}
+    errata_rows = {row for row, name in enumerate(db.files) if name in errata}
     planted = set(db.relabelled.tolist())
     flagged = set(suspects)
     found = len(flagged & planted)
     true_splits = {tuple(sorted(pair)) for pair in db.splits}
     figures: dict[str, object] = {
         "suspects": len(suspects),
-        "errata ranks": [suspects.index(row) + 1 if row in flagged else None for row in sorted(errata)],
+        "errata ranks": [suspects.index(row) + 1 if row in flagged else None for row in sorted(errata_rows)],
         "low_quality": int((verdicts == "low_quality").sum()),
         "duplicate": int((verdicts == "duplicate").sum()),
         "lookalikes rows": len(pairs),
@@ -158,7 +158,7 @@ def run_database(db: Database, folder: Path, new_faces: tuple[np.ndarray, np.nda
         "seconds (stages)": round(sum(record["timings"].values()), 1),
     }
     if planted:
-        false_alarms = len(flagged - planted - errata)
+        false_alarms = len(flagged - planted - errata_rows)
         figures.update({
             "misfiled precision": round(found / max(found + false_alarms, 1), 3),
             "misfiled recall": round(found / len(planted), 3),
@@ -167,11 +167,11 @@ def run_database(db: Database, folder: Path, new_faces: tuple[np.ndarray, np.nda
             "false same-person per true": round(len(same - true_splits) / max(len(same & true_splits), 1), 2),
         })
     if new_faces is not None:
-        figures.update(_placed(out, folder, *new_faces, dict(pair[::-1] for pair in db.splits), tree))
+        figures.update(_placed(out, folder, *new_faces, split_of=dict(pair[::-1] for pair in db.splits), tree=tree))
     return figures
 
 
-def _placed(out: Path, folder: Path, ids: np.ndarray, embeddings: np.ndarray, split_of: dict[int, int],
+def _placed(out: Path, folder: Path, ids: np.ndarray, embeddings: np.ndarray, *, split_of: dict[int, int],
             tree: Path | None) -> dict[str, object]:
     """New faces (people's later photos) through ``faceatlas transform``: the share whose nearest face on the
     map has their id, and whose ``nearest_id`` is their id (either half of a split identity counts)."""
@@ -192,8 +192,9 @@ def _placed(out: Path, folder: Path, ids: np.ndarray, embeddings: np.ndarray, sp
             "new face nearest_id": round(float(named.mean()), 3)}
 
 
-def baselines(db: Database) -> dict[str, tuple[float, float]]:
-    """Precision / recall of the published baselines on ``db``'s faces in the run's working space."""
+def baselines(db: Database, errata: tuple[str, ...] = ERRATA) -> dict[str, tuple[float, float]]:
+    """Precision / recall of the published baselines on ``db``'s faces in the run's working space (``errata``:
+    the file names of known label errors)."""
     from bench_analysis import centroid_margin, cleanlab_issues
 
     from job.analysis.geometry import centre_in_place
@@ -204,7 +205,7 @@ def baselines(db: Database) -> dict[str, tuple[float, float]]:
     unit = np.asarray(checked.unit, dtype=np.float32)
     centre_in_place(unit, measure_geometry(unit, checked.ids, checked.log_norms))
     table = identity_table(unit, db.ids)
-    planted, errata = set(db.relabelled.tolist()), {r for r, name in enumerate(db.files) if name in ERRATA}
+    planted, errata_rows = set(db.relabelled.tolist()), {r for r, name in enumerate(db.files) if name in errata}
     graph = exact_knn(unit, 11).indices
     flags = {"sub-center ArcFace drop (> 75 deg from dominant sub-centre)": _subcentre_drop(unit, table.codes),
              "leave-one-out centroid margin (other - own > 0)": centroid_margin(unit, table, None, False)[0]}
@@ -215,7 +216,7 @@ def baselines(db: Database) -> dict[str, tuple[float, float]]:
     for name, flagged in flags.items():
         chosen = set(np.flatnonzero(flagged).tolist())
         found = len(chosen & planted)
-        out[name] = (found / max(found + len(chosen - planted - errata), 1), found / max(len(planted), 1))
+        out[name] = (found / max(found + len(chosen - planted - errata_rows), 1), found / max(len(planted), 1))
     return out
 
 
@@ -253,9 +254,9 @@ def main() -> None:
     parser.add_argument("--errata", type=Path, default=None, help="file names of known label errors, one a line")
     parser.add_argument("--before", type=Path, default=None, help="an older checkout to run side by side")
     args = parser.parse_args()
+    errata = ERRATA
     if args.errata is not None:
-        global ERRATA
-        ERRATA = tuple(line.strip() for line in args.errata.read_text().splitlines() if line.strip())
+        errata = tuple(line.strip() for line in args.errata.read_text().splitlines() if line.strip())
     seeds = [int(s) for s in args.seeds.split(",")]
     for model in args.models.split(","):
         real = real_faces.load_or_build(args.photos, model.strip(), args.cache)
@@ -269,9 +270,9 @@ def main() -> None:
                 for prefix, tree in trees.items():
                     folder = Path(tmp) / f"{prefix}{label}".replace(" ", "_").replace(":", "")
                     folder.mkdir()
-                    columns[prefix + label] = run_database(db, folder, new_faces, tree)
+                    columns[prefix + label] = run_database(db, folder, new_faces, tree, errata)
                 if len(db.relabelled):
-                    for name, (precision, recall) in baselines(db).items():
+                    for name, (precision, recall) in baselines(db, errata).items():
                         lines.setdefault(name, {})[label] = f"{precision:.3f} / {recall:.3f}"
         print(f"\n## {model}: {len(base.ids):,} faces of {len(base.names):,} people, {len(later):,} new faces\n")
         names = [key for column in columns.values() for key in column]

@@ -56,7 +56,7 @@ def main() -> None:
     import pandas as pd
 
     from job.config import RenderConfig
-    from job.render.maps import _colour_image, identity_palette, make_frame, map_grid, render_maps
+    from job.render.maps import MapIdentities, _colour_image, identity_palette, make_frame, map_grid, render_maps
 
     coords, ids = _synthetic(args.faces, args.identities)
     config = RenderConfig()
@@ -66,7 +66,8 @@ def main() -> None:
     palette = identity_palette(args.identities)
     labelled = pd.DataFrame({"x": coords[:, 0], "y": coords[:, 1],
                              "id": pd.Categorical(ids, categories=range(args.identities))})
-    key = {i: "#%02x%02x%02x" % tuple((palette[i] * 255).astype(int)) for i in range(args.identities)}
+    key = {i: "#" + "".join(f"{channel:02x}" for channel in (palette[i] * 255).astype(int))
+           for i in range(args.identities)}
 
     def baseline() -> object:
         return tf.shade(canvas.points(labelled, "x", "y", agg=ds.by("id", ds.count())), color_key=key,
@@ -87,7 +88,7 @@ def main() -> None:
         for n in sorted({5_000, args.faces, args.big}):
             coords, ids = _synthetic(n, max(args.identities, n // 5))
             start = time.perf_counter()
-            render_maps(coords, ids, [0, 1, 2, 3, 4], {}, config, Path(tmp), f"{n:,} faces", codes=ids)
+            render_maps(coords, MapIdentities(ids, [0, 1, 2, 3, 4], {}, codes=ids), config, Path(tmp), f"{n:,} faces")
             print(f"render_maps, three PNGs, {n:>12,} faces: {time.perf_counter() - start:6.2f} s")
 
 

@@ -260,7 +260,7 @@ def knn(size: str, data: Path, n_queries: int) -> None:
             print(f"| {name} | not installed ({exc.name}) | | |")
             continue
         truth = found if truth is None else truth
-        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth)])
+        recall = np.mean([len(set(a) & set(b)) / k for a, b in zip(found, truth, strict=True)])
         print(f"| {name} | {seconds:.1f} | {recall:.3f} | {np.mean(found[:, 0] == truth[:, 0]):.3f} |", flush=True)
 
 

@@ -32,17 +32,18 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from job.analysis.candidates import find_candidates  # noqa: E402
-from job.analysis.identities import identity_table  # noqa: E402
-from job.analysis.lookalikes import find_lookalikes  # noqa: E402
-from job.analysis.metrics import trustworthiness  # noqa: E402
-from job.analysis.suspects import judge_faces, leave_one_out  # noqa: E402
-from job.io.demo import DemoSpec, make_demo  # noqa: E402
-from job.knn.exact import ExactIndex  # noqa: E402
-from job.knn.graph import normalise  # noqa: E402
-from job.knn.index import face_graph  # noqa: E402
-from job.reduce.start import pca_start  # noqa: E402
-from job.xp import fields_to_host  # noqa: E402
+from job.analysis.candidates import find_candidates
+from job.analysis.identities import identity_table
+from job.analysis.lookalikes import find_lookalikes
+from job.analysis.metrics import trustworthiness
+from job.analysis.suspects import judge_faces, leave_one_out
+from job.config import KnnConfig
+from job.io.demo import DemoSpec, make_demo
+from job.knn.exact import ExactIndex
+from job.knn.graph import normalise
+from job.knn.index import face_graph
+from job.reduce.start import pca_start
+from job.xp import fields_to_host
 
 FIT_SAMPLE = 200_000
 K = 16  # max(n_neighbors 15, neighbours 10 + 1)
@@ -55,7 +56,7 @@ def sync(xp: Any) -> None:
         xp.cuda.Device().synchronize()
 
 
-def stages(xp: Any, unit: np.ndarray, ids: np.ndarray, reference: np.ndarray, graph: Any, coords: np.ndarray
+def stages(xp: Any, unit: np.ndarray, ids: np.ndarray, reference: np.ndarray, *, graph: Any, coords: np.ndarray
            ) -> tuple[dict[str, float], dict[str, Any]]:
     """The GPU-capable stages in namespace ``xp`` on the given graph; seconds per stage and host answers."""
     times: dict[str, float] = {}
@@ -74,13 +75,15 @@ def stages(xp: Any, unit: np.ndarray, ids: np.ndarray, reference: np.ndarray, gr
     table = timed("identity table", lambda: identity_table(space, ids))
     timed("leave-one-out", lambda: leave_one_out(space, table))
     if graph is None:
-        graph = timed("kNN graph (cupy-exact)", lambda: face_graph(space, reference, K, "exact", 0, 0, gpu=GPU))
+        exact = KnnConfig(method="exact", exact_max_faces=0)
+        graph = timed("kNN graph (cupy-exact)", lambda: face_graph(space, reference, K, exact, seed=0, gpu=GPU))
         answers["graph"] = graph
-    candidates = timed("candidates", lambda: find_candidates(graph, table.codes, table.centroids, 10, 5, 10, "exact",
-                                                             10**12, 0))
+    knn = KnnConfig(method="exact", exact_max_faces=10**12)
+    candidates = timed("candidates", lambda: find_candidates(graph, table.codes, table.centroids, width=10, similar=5,
+                                                             k=10, knn=knn, seed=0))
     rows = xp.arange(len(ids))
     scores, _ = timed("verdicts", lambda: judge_faces(space, table, graph, candidates.nearby, candidates.similar,
-                                                      rows))
+                                                      rows=rows))
     pairs = timed("look-alikes", lambda: find_lookalikes(table.without(space, xp.flatnonzero(scores.left_out)),
                                                          candidates.lookalike, 100, 0.6))
     trust = timed("trustworthiness", lambda: trustworthiness(space, coords, 15, 5000, 0))
@@ -110,10 +113,10 @@ def check(n_faces: int, xp: Any) -> None:
     print(f"\n## {len(ids):,} faces, {n_ids:,} identities, {len(reference):,} reference faces "
           f"(made in {time.perf_counter() - start:.1f} s)")
 
-    gpu_first, gpu = stages(xp, unit, ids, reference, None, coords)
-    gpu_again, _ = stages(xp, unit, ids, reference, None, coords)
+    gpu_first, gpu = stages(xp, unit, ids, reference, graph=None, coords=coords)
+    gpu_again, _ = stages(xp, unit, ids, reference, graph=None, coords=coords)
     graph = fields_to_host(gpu["graph"])
-    cpu_times, cpu = stages(np, unit, ids, reference, graph, coords)
+    cpu_times, cpu = stages(np, unit, ids, reference, graph=graph, coords=coords)
 
     sample = np.sort(rng.choice(len(ids), size=min(len(ids), CPU_GRAPH_QUERIES), replace=False))
     seconds, found, similarity = cpu_graph_on_sample(unit, reference, sample)

@@ -19,7 +19,7 @@ TAKE_BLOCK = 1 << 15
 def take_rows(array: np.ndarray, rows: IdArray, dtype: npt.DTypeLike) -> np.ndarray:
     """``array[rows]`` as ``dtype``, gathered block by block into one new array (no full-size temporary of
     the source dtype, as ``array[rows].astype(dtype)`` makes)."""
-    out = np.empty((len(rows),) + array.shape[1:], dtype=dtype)
+    out = np.empty((len(rows), *array.shape[1:]), dtype=dtype)
     for start in range(0, len(rows), TAKE_BLOCK):
         out[start:start + TAKE_BLOCK] = array[rows[start:start + TAKE_BLOCK]]
     return out

@@ -67,7 +67,8 @@ def cached_numba() -> Any:
     cache = numba_cache()
     import numba
 
-    numba.config.CACHE_DIR = str(cache.folder)
+    # numba's config module makes its settings at runtime from the environment (_EnvReloader), out of mypy's sight
+    numba.config.CACHE_DIR = str(cache.folder)  # type: ignore[attr-defined]
     return numba
 
 

@@ -10,14 +10,29 @@ import time
 import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
-from enum import Enum
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any, NoReturn, Optional
+from typing import Annotated, Any, NoReturn
 
 import typer
 
 from job import __version__
-from job.errors import FaceatlasError, InternalError, OutOfMemoryError, UsageError
+from job.errors import FaceatlasError, InternalError, OutOfMemoryError, UsageError, one_line
+from job.io.files import display_text
+
+
+def _click_errors() -> tuple[type[Exception], ...]:
+    """click's errors as typer raises them: typer vendors click from 0.26 (its BadParameter derives from the
+    vendored ClickException); older typers raise click's own."""
+    found: set[type[Exception]] = {base for base in typer.BadParameter.__mro__ if base.__name__ == "ClickException"}
+    try:
+        import click
+    except ImportError:
+        return tuple(found)
+    return tuple(found | {click.ClickException})
+
+
+_CLICK_ERRORS = _click_errors()
 
 app = typer.Typer(
     name="faceatlas",
@@ -30,7 +45,7 @@ _state = {"debug": False}
 INTERRUPTED = 130  # the shell's code for a run stopped by a signal (128 + SIGINT)
 
 
-class BackendChoice(str, Enum):
+class BackendChoice(StrEnum):
     auto = "auto"
     cuml = "cuml"
     umap_learn = "umap-learn"
@@ -38,7 +53,7 @@ class BackendChoice(str, Enum):
 
 def _echo(text: str, err: bool = False) -> None:
     """Print one line; a file name that is not UTF-8 (Linux names are bytes) shows U+FFFD instead of failing."""
-    typer.echo(text.encode("utf-8", "surrogateescape").decode("utf-8", "replace"), err=err)
+    typer.echo(display_text(text, flatten=False), err=err)
 
 
 def _say(message: str) -> None:
@@ -63,18 +78,18 @@ def _errors_to_exit_codes() -> Iterator[None]:
     except MemoryError:
         _fail(OutOfMemoryError("out of memory; use a machine with more memory or a smaller database"))
     except OSError as exc:  # files we write: an unwritable --out, a full disk
-        problem = " ".join(str(exc.strerror or exc).split())[:300]
+        problem = one_line(exc.strerror or exc, 300)
         _fail(UsageError(f"{exc.filename or 'output'}: {problem}; check the path, its permissions and free space"))
     except Exception as exc:  # noqa: BLE001 - anything else is our bug: say so in one line
-        text = " ".join(str(exc).split())[:300]
+        text = one_line(exc, 300)
         _fail(InternalError(f"internal error ({type(exc).__name__}: {text}); rerun with --debug and report it"))
 
 
 def _fail(error: FaceatlasError) -> NoReturn:
     if _state["debug"]:
         traceback.print_exc()
-    text = " ".join(str(error).split())  # file and field names, server replies: never more than one line
-    _echo(f"faceatlas: error: {text if len(text) <= 1000 else text[:997] + '...'}", err=True)
+    text = one_line(error, 1000, ellipsis="...")  # file and field names, server replies: never more than one line
+    _echo(f"faceatlas: error: {text}", err=True)
     raise typer.Exit(error.exit_code) from None
 
 
@@ -95,36 +110,37 @@ def _main(
 
 @app.command()
 def run(
-    config: Annotated[Optional[Path], typer.Option("--config", "-c", help="TOML config (see configs/).")] = None,
-    input: Annotated[Optional[str], typer.Option("--input", "-i", help="Database: .npy, .npz or .parquet; "
+    *,
+    config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Database: .npy, .npz or .parquet; "
                                                  "default: the built-in demo database.")] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="Output folder [default: ./faceatlas-out].")]
+    out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder [default: ./faceatlas-out].")]
     = None,
-    backend: Annotated[Optional[BackendChoice], typer.Option(help="UMAP backend [default: auto].")] = None,
-    supervised: Annotated[Optional[bool], typer.Option("--supervised/--unsupervised",
+    backend: Annotated[BackendChoice | None, typer.Option(help="UMAP backend [default: auto].")] = None,
+    supervised: Annotated[bool | None, typer.Option("--supervised/--unsupervised",
                                                        help="Use identity ids as UMAP labels "
                                                        "[default: unsupervised].")] = None,
-    n_components: Annotated[Optional[int], typer.Option(help="Map dimensions, 2 or 3 [default: 2].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed: reproducible, single-threaded on CPU.")]
+    n_components: Annotated[int | None, typer.Option(help="Map dimensions, 2 or 3 [default: 2].")] = None,
+    seed: Annotated[int | None, typer.Option(help="Random seed: reproducible, single-threaded on CPU.")]
     = None,
-    highlight: Annotated[Optional[str], typer.Option(help="Ids to colour on the grey map, e.g. 0,1,2,3,4 "
+    highlight: Annotated[str | None, typer.Option(help="Ids to colour on the grey map, e.g. 0,1,2,3,4 "
                                                      "[default: the first five identities].")] = None,
-    names: Annotated[Optional[str], typer.Option(help="JSONL with one object per id (display names).")]
+    names: Annotated[str | None, typer.Option(help="JSONL with one object per id (display names).")]
     = None,
-    truth: Annotated[Optional[str], typer.Option(help="The NAME.truth.json faceatlas demo-db wrote with the "
+    truth: Annotated[str | None, typer.Option(help="The NAME.truth.json faceatlas demo-db wrote with the "
                                                  "--input file: score the run against its planted answers.")]
     = None,
-    drop_invalid: Annotated[Optional[bool], typer.Option("--drop-invalid", help="Leave out faces with NaN/inf "
+    drop_invalid: Annotated[bool | None, typer.Option("--drop-invalid", help="Leave out faces with NaN/inf "
                                                          "or all-zero embeddings instead of refusing the input.")]
     = None,
-    sha256: Annotated[Optional[str], typer.Option(help="Expected SHA-256 of the input, verified before use.")]
+    sha256: Annotated[str | None, typer.Option(help="Expected SHA-256 of the input, verified before use.")]
     = None,
-    allow_http: Annotated[Optional[bool], typer.Option("--allow-http", help="Accept a plain http:// --input URL.")]
+    allow_http: Annotated[bool | None, typer.Option("--allow-http", help="Accept a plain http:// --input URL.")]
     = None,
-    dask: Annotated[Optional[str], typer.Option("--dask", help="Run the face-parallel stages on a Dask cluster: a "
+    dask: Annotated[str | None, typer.Option("--dask", help="Run the face-parallel stages on a Dask cluster: a "
                                                 "scheduler address (tcp://host:8786), or local[:N] for N local "
                                                 "worker processes [default: none].")] = None,
-    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Override a config key: KEY=VALUE, "
+    set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE, "
                                                       "e.g. umap.n_neighbors=30 (repeatable).")] = None,
 ) -> None:
     """Map a face database with UMAP and draw it: projection.parquet, three PNG maps, run.json."""
@@ -161,11 +177,10 @@ def verify(
     with _errors_to_exit_codes():
         from job.store.runs import open_run
 
-        from job.io.files import display_text
-
         finished = open_run(folder)
-        version = display_text(str(finished.record.get("version", "?")), 80)
-        digest = display_text(str(finished.record.get("input", {}).get("sha256", "?")), 80)
+        record = finished.record
+        version = display_text("?" if record.version is None else record.version, 80)
+        digest = display_text("?" if record.input.sha256 is None else record.input.sha256, 80)
         _echo(f"ok: {len(finished.files)} files in {folder} match run.json (faceatlas {version}, input sha256 "
                    f"{digest})")
 
@@ -174,20 +189,22 @@ def verify(
 def transform(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
     new: Annotated[str, typer.Argument(help="New faces: .npy, .npz or .parquet (ids optional) or an https URL.")],
+    *,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the placed faces (.parquet).")]
     = Path("transform.parquet"),
-    id_field: Annotated[Optional[str], typer.Option(help="Id field/column [default: the run's].")] = None,
-    embedding_field: Annotated[Optional[str], typer.Option(help="Embedding field/column [default: the run's].")]
+    id_field: Annotated[str | None, typer.Option(help="Id field/column [default: the run's].")] = None,
+    embedding_field: Annotated[str | None, typer.Option(help="Embedding field/column [default: the run's].")]
     = None,
     drop_invalid: Annotated[bool, typer.Option("--drop-invalid", help="Skip faces with NaN/inf or all-zero "
                                                "embeddings instead of refusing the file.")] = False,
 ) -> None:
     """Place new faces on an existing map without refitting: row, id, x, y, nearest_id, similarity."""
     with _errors_to_exit_codes():
-        from job.maps.queries import open_map, transform_file
+        from job.queries import open_map, transform_file
 
         start = time.perf_counter()
-        result = transform_file(open_map(folder), new, out, id_field, embedding_field, drop_invalid, log=_say)
+        result = transform_file(open_map(folder), new, out, id_field=id_field, embedding_field=embedding_field,
+                                drop_invalid=drop_invalid, log=_say)
         same = f"; nearest_id equals the face's own id for {result.same_id:.1%}" if result.same_id is not None \
             else ""
         _echo(f"placed {result.n_faces:,} faces in {time.perf_counter() - start:.1f} s{same}")
@@ -200,9 +217,10 @@ _POINT_HELP = "Map coordinate (as in projection.parquet)."
 @app.command()
 def nearest(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
+    *,
     x: Annotated[float, typer.Option("--x", help=_POINT_HELP)],
     y: Annotated[float, typer.Option("--y", help=_POINT_HELP)],
-    z: Annotated[Optional[float], typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
+    z: Annotated[float | None, typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
     k: Annotated[int, typer.Option("-k", "--k", min=1, max=10_000, help="How many identities.")] = 10,
     as_json: Annotated[bool, typer.Option("--json", help="Print a JSON list.")] = False,
 ) -> None:
@@ -210,7 +228,7 @@ def nearest(
     map_distance)."""
     with _errors_to_exit_codes():
         from job.maps.placement import nearest as nearest_identities
-        from job.maps.queries import map_point, open_map
+        from job.queries import map_point, open_map
 
         opened = open_map(folder)
         answers = nearest_identities(opened.model, map_point(opened, x, y, z), k)
@@ -226,10 +244,11 @@ def nearest(
 @app.command()
 def invert(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
+    *,
     x: Annotated[float, typer.Option("--x", help=_POINT_HELP)],
     y: Annotated[float, typer.Option("--y", help=_POINT_HELP)],
-    z: Annotated[Optional[float], typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write the vector here (.npy, float32).")]
+    z: Annotated[float | None, typer.Option("--z", help="Third coordinate, for 3-D maps only.")] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write the vector here (.npy, float32).")]
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the vector and its fidelity as JSON.")] = False,
 ) -> None:
@@ -238,7 +257,7 @@ def invert(
     with _errors_to_exit_codes():
         from job.analysis.geometry import to_input_space
         from job.maps.placement import invert as invert_point
-        from job.maps.queries import check_vector_out, map_point, open_map, write_vector
+        from job.queries import check_vector_out, map_point, open_map, write_vector
 
         opened = open_map(folder)
         check_vector_out(opened, out)
@@ -260,7 +279,7 @@ def invert(
 @app.command()
 def report(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
-    color_by: Annotated[Optional[str], typer.Option("--color-by", help="The page's map colouring at first: id, "
+    color_by: Annotated[str | None, typer.Option("--color-by", help="The page's map colouring at first: id, "
                                                     "cluster, suspect or density [default: as before].")] = None,
 ) -> None:
     """Write the run's atlas page (report.html) again from its files, without refitting."""
@@ -275,9 +294,9 @@ def report(
 @app.command()
 def render(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
-    highlight: Annotated[Optional[str], typer.Option(help="Ids to colour on the grey map and mark on the page, "
+    highlight: Annotated[str | None, typer.Option(help="Ids to colour on the grey map and mark on the page, "
                                                      "e.g. 0,1,2 [default: the run's].")] = None,
-    color_by: Annotated[Optional[str], typer.Option("--color-by", help="The page's map colouring at first: id, "
+    color_by: Annotated[str | None, typer.Option("--color-by", help="The page's map colouring at first: id, "
                                                     "cluster, suspect or density [default: as before].")] = None,
 ) -> None:
     """Redraw the run's five PNG maps and its atlas page from its files, without refitting."""
@@ -294,6 +313,7 @@ def render(
 @app.command("demo-db")
 def demo_db(
     out: Annotated[Path, typer.Argument(help="Where to write the database (.npy).")],
+    *,
     identities: Annotated[int, typer.Option(min=2, help="Number of identities.")] = 1000,
     faces_per_identity: Annotated[int, typer.Option(min=1, help="Typical faces per identity.")] = 5,
     seed: Annotated[int, typer.Option(min=0, help="Generator seed.")] = 0,
@@ -425,9 +445,7 @@ def main() -> None:
         signal.signal(signal.SIGINT, _stop)
     try:
         code = app(prog_name="faceatlas", standalone_mode=False)
-    except Exception as exc:  # noqa: BLE001 - click's UsageError: typer vendors click in some versions
-        if not (hasattr(exc, "format_message") and hasattr(exc, "exit_code")):
-            raise
+    except _CLICK_ERRORS as exc:
         sys.exit(_usage_error(exc))
     sys.exit(code if isinstance(code, int) else 0)
 
@@ -439,7 +457,7 @@ def _usage_error(exc: Any) -> int:
         return int(exc.exit_code)
     context = getattr(exc, "ctx", None)
     command = context.command_path if context is not None else "faceatlas"
-    text = " ".join(str(exc.format_message()).split()).rstrip(".")
+    text = one_line(exc.format_message()).rstrip(".")
     _echo(f"faceatlas: error: {text[:300]}; see '{command} --help'", err=True)
     return int(exc.exit_code)
 

@@ -76,7 +76,7 @@ def _curve_fits(spread: float, min_dist: float) -> bool:
 
     import numpy as np
 
-    from job.reduce.layout import ab_params
+    from job.curve import ab_params
 
     with warnings.catch_warnings(), np.errstate(all="ignore"):
         warnings.simplefilter("ignore")
@@ -101,11 +101,12 @@ class UmapConfig(_Section):
     repulsion_strength: float | Literal["auto"] = "auto"
     supervised: bool = False
     target_weight: float = Field(0.5, ge=0.0, le=1.0)
-    fit_sample: int = Field(200_000, ge=100, le=COUNT_MAX, description="the most faces UMAP is fitted on; above this many "
-                            "faces (or above sample_above) it is fitted on a sample drawn by identity and the "
-                            "other faces are placed on the fitted map")
-    sample_above: int = Field(50_000, ge=0, le=COUNT_MAX, description="above this many faces the map is fitted on a sample "
-                              "even when fit_sample would hold them all (a map of every face crowds identities)")
+    fit_sample: int = Field(200_000, ge=100, le=COUNT_MAX, description="the most faces UMAP is fitted on; above "
+                            "this many faces (or above sample_above) it is fitted on a sample drawn by identity and "
+                            "the other faces are placed on the fitted map")
+    sample_above: int = Field(50_000, ge=0, le=COUNT_MAX, description="above this many faces the map is fitted on "
+                              "a sample even when fit_sample would hold them all (a map of every face crowds "
+                              "identities)")
     place_epochs: int = Field(30, ge=0, le=1000, description="layout epochs refining each placed face against "
                               "the fitted map (0 = stay at the weighted mean of its nearest fitted faces)")
 
@@ -148,7 +149,8 @@ class KnnConfig(_Section):
 
     method: Literal["auto", "exact", "approximate", "faiss-ivf", "cuvs-brute-force", "cupy-exact",
                     "cuvs-nn-descent"] = "auto"
-    exact_max_faces: int = Field(50_000, ge=0, le=COUNT_MAX, description="auto: exact search up to this many reference faces")
+    exact_max_faces: int = Field(50_000, ge=0, le=COUNT_MAX,
+                                 description="auto: exact search up to this many reference faces")
 
 
 class GpuConfig(_Section):
@@ -188,7 +190,7 @@ class DaskConfig(_Section):
     @field_validator("address")
     @classmethod
     def _known_address(cls, value: str) -> str:
-        from job.cluster.address import parse_address
+        from job.address import parse_address
 
         try:
             parse_address(value)
@@ -233,8 +235,8 @@ class AnalysisConfig(_Section):
                            "transform/invert (placed on the map afterwards); 0 = fit every face")
     holdout_max: int = Field(1000, ge=0, le=COUNT_MAX, description="at most this many held-out faces")
     cluster_min_size: int = Field(5, ge=2, le=COUNT_MAX, description="HDBSCAN min_cluster_size on the map")
-    cluster_sample: int = Field(20_000, ge=100, le=COUNT_MAX, description="CPU: HDBSCAN on at most this many faces (its tree "
-                                "is quadratic); the others take the cluster of their nearest sampled face")
+    cluster_sample: int = Field(20_000, ge=100, le=COUNT_MAX, description="CPU: HDBSCAN on at most this many faces "
+                                "(its tree is quadratic); the others take the cluster of their nearest sampled face")
     disagreement_k: int = Field(5, ge=1, le=100, description="--supervised: neighbours compared map vs 512-D")
 
 
@@ -345,7 +347,7 @@ def known_keys(model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
 def _read_toml(path: Path) -> dict[str, Any]:
     from job.io.files import parse_toml, read_text
 
-    text = read_text(path, "the config", "check the --config path", CONFIG_MAX_BYTES, UsageError)
+    text = read_text(path, "the config", "check the --config path", CONFIG_MAX_BYTES, error=UsageError)
     return parse_toml(text, str(path), "fix the file or start from configs/default.toml", UsageError)
 
 

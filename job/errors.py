@@ -11,7 +11,8 @@ Tree::
     ├── ClusterError            exit 7   the Dask cluster cannot be reached, or its workers cannot run the job
     └── InternalError           exit 70  a bug in faceatlas: please report it
 
-Messages are one line: what was expected, what was found, and the fix.
+Messages are one line: what was expected, what was found, and the fix. :func:`one_line` makes a message, or an
+exception's own text quoted in one, a single line.
 """
 
 from __future__ import annotations
@@ -65,3 +66,14 @@ class InternalError(FaceatlasError):
     """Something that should not happen did."""
 
     exit_code = 70
+
+
+def one_line(text: object, limit: int | None = None, *, ellipsis: str = "") -> str:
+    """``str(text)`` (a message, an exception) as one line: every run of whitespace (line breaks, tabs) one space,
+    none at either end; cut to at most ``limit`` characters, the last of them ``ellipsis`` where it was cut (if
+    ``limit`` leaves room for more than the ``ellipsis``)."""
+    flat = " ".join(str(text).split())
+    if limit is None or len(flat) <= limit:
+        return flat
+    marker = ellipsis if len(ellipsis) < limit else ""
+    return flat[: max(limit - len(marker), 0)] + marker

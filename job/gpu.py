@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Literal
 
-from job.errors import GpuOutOfMemoryError
+from job.errors import GpuOutOfMemoryError, one_line
 
 MemoryMode = Literal["pool", "managed", "default"]
 GPU_OOM_FIX = ("set gpu.memory=managed (can exceed the GPU's memory, slower), raise gpu.knn_n_clusters (smaller "
@@ -84,7 +84,7 @@ def probe_gpu() -> GpuInfo:
                        int(total), int(free), f"{properties['major']}.{properties['minor']}",
                        _cuda_version(runtime.driverGetVersion()), _cuda_version(runtime.runtimeGetVersion()))
     except Exception as exc:  # noqa: BLE001 - see module docstring
-        return GpuInfo("gpu", False, f"CUDA GPU probe failed ({type(exc).__name__}: {' '.join(str(exc).split())})")
+        return GpuInfo("gpu", False, f"CUDA GPU probe failed ({type(exc).__name__}: {one_line(exc)})")
 
 
 def _cuda_version(number: int) -> str:

@@ -16,11 +16,14 @@ from __future__ import annotations
 import dataclasses
 import sys
 from types import ModuleType
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 
-T = TypeVar("T")
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
+T = TypeVar("T", bound="DataclassInstance")
 
 
 def namespace(*arrays: Any) -> ModuleType:
@@ -49,9 +52,9 @@ def to_namespace(xp: ModuleType, array: Any) -> Any:
 
 def fields_to_host(value: T) -> T:
     """A frozen dataclass with every array field moved to the host (other fields as they are)."""
-    values = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}  # type: ignore[arg-type]
+    values = {field.name: getattr(value, field.name) for field in dataclasses.fields(value)}
     changes = {name: to_host(array) for name, array in values.items() if on_device(namespace(array))}
-    return dataclasses.replace(value, **changes) if changes else value  # type: ignore[type-var]
+    return dataclasses.replace(value, **changes) if changes else value
 
 
 def group_sums(values: Any, starts: Any) -> Any:

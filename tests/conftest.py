@@ -23,7 +23,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return
     skip = pytest.mark.skip(reason="needs a CUDA GPU (CuPy; cuML where the test fits with it); run with --run-gpu")
     for item in items:
-        if "gpu" in item.keywords:
+        if item.get_closest_marker("gpu") is not None:  # the marker, not a keyword: tests/gpu/ is a folder
             item.add_marker(skip)
 
 
@@ -89,9 +89,8 @@ def xp(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
 def fake_gpu(monkeypatch: pytest.MonkeyPatch):
     """A pretend GPU machine: the FAKE CuPy (CPU arrays that act like device arrays, a fake CUDA runtime) and the
     FAKE cuML and cuVS of ``tests/fakes/fake_rapids.py`` (recorded signatures, real CPU libraries behind)."""
-    from tests.fakes import fake_cupy, fake_rapids
-
     import job.gpu
+    from tests.fakes import fake_cupy, fake_rapids
 
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
     monkeypatch.setattr(fake_cupy, "GPU", dict(fake_cupy.GPU))

@@ -12,6 +12,7 @@ together (each misses pairs the other finds: measured at 300k faces, README).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -19,6 +20,9 @@ from job.arrays import IdArray
 from job.knn.graph import FaceGraph
 from job.knn.index import identity_neighbours
 from job.xp import lexsort, namespace
+
+if TYPE_CHECKING:
+    from job.config import KnnConfig
 
 
 @dataclass(frozen=True)
@@ -32,12 +36,14 @@ class Candidates:
     lookalike: IdArray
 
 
-def find_candidates(graph: FaceGraph, codes: IdArray, centroids: np.ndarray, width: int, similar: int, k: int,
-                    method: str, exact_max: int, seed: int | None = None) -> Candidates:
-    """All candidate lists of a run (see the module docstring); on the GPU when the graph is there."""
+def find_candidates(graph: FaceGraph, codes: IdArray, centroids: np.ndarray, *, width: int, similar: int, k: int,
+                    knn: KnnConfig, seed: int | None = None) -> Candidates:
+    """All candidate lists of a run (see the module docstring); on the GPU when the graph is there. ``width``
+    nearby faces, ``similar`` identities by centroid, ``k`` look-alike candidates of each kind; ``knn``: the
+    run's index settings for the centroid search."""
     xp = namespace(codes)
     nearby = nearby_codes(graph, codes, width)
-    near_ids, _ = identity_neighbours(centroids, max(similar, k), method, exact_max, seed)
+    near_ids, _ = identity_neighbours(centroids, max(similar, k), knn.method, knn.exact_max_faces, seed)
     lookalike = xp.concatenate([near_ids[:, :k], identity_links(codes, nearby, len(centroids), k)], axis=1)
     return Candidates(nearby, near_ids[:, :similar], lookalike)
 
@@ -52,7 +58,8 @@ def nearby_codes(graph: FaceGraph, codes: IdArray, width: int) -> IdArray:
     others = xp.where(rows == xp.arange(len(rows))[:, None], -1, rows)
     order = xp.argsort((others < 0).astype(xp.int8), axis=1, kind="stable")
     others = xp.take_along_axis(others, order, axis=1)[:, :width]
-    return xp.where(others >= 0, codes[xp.maximum(others, 0)], -1)
+    found: IdArray = xp.where(others >= 0, codes[xp.maximum(others, 0)], -1)
+    return found
 
 
 def identity_links(codes: IdArray, neighbour_codes: IdArray, n_identities: int, m: int) -> IdArray:
@@ -77,6 +84,6 @@ def identity_links(codes: IdArray, neighbour_codes: IdArray, n_identities: int, 
     first, second = first[order], second[order]
     rank = xp.arange(len(first)) - xp.searchsorted(first, first)
     keep = rank < m
-    linked = xp.full((n_identities, m), -1, dtype=xp.int64)
+    linked: IdArray = xp.full((n_identities, m), -1, dtype=xp.int64)
     linked[first[keep], rank[keep]] = second[keep]
     return linked

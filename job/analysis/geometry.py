@@ -43,7 +43,6 @@ PAIRS = 20_000  # genuine and impostor pairs sampled
 QUANTILES = (0.05, 0.25, 0.5, 0.75, 0.95)
 DUPLICATE_SHARE = 0.03  # a re-enrolled photo: 1 - cos below this share of a typical genuine pair's 1 - cos
 TEMPERATURE_SHARE = 1 / 30  # placement weights: exp((cos - best) / (gap x this)); 0.02 for ArcFace's 0.6 gap
-DEFAULT_TEMPERATURE = 0.02  # where no geometry was measured (models written before it): ArcFace's
 QUALITY_NEIGHBOURS = 3  # neighbour quality: mean cosine to this many nearest other faces
 _BLOCK = 1 << 14
 Centring = Literal["auto", "on", "off"]
@@ -142,7 +141,7 @@ def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | Non
     codes, counts = codes.reshape(-1).astype(np.int64), counts.astype(np.int64)
     genuine, impostor = _genuine_pairs(rng, codes, counts), _impostor_pairs(rng, codes, counts)
     raw = Distributions(_quantiles(_cosines(unit, genuine)), _quantiles(_cosines(unit, impostor)))
-    centre, reason = _decide_centre(unit, codes, counts, raw, len(impostor), centring)
+    centre, reason = _decide_centre(unit, codes, counts, raw, len(impostor), centring=centring)
     centre_scale = 1.0
     working = raw
     if centre is not None:
@@ -157,7 +156,7 @@ def measure_geometry(unit: np.ndarray, ids: IdArray, log_norms: np.ndarray | Non
     norm_quality = _norm_quality(unit, genuine, log_norms, centre)
     carries = norm_quality is not None and norm_quality >= NORM_QUALITY_MIN
     return Geometry(centre, centre_scale, reason, raw, working, "norms" if carries else "neighbours", norm_quality,
-                    {"genuine": int(len(genuine)), "impostor": int(len(impostor))})
+                    {"genuine": len(genuine), "impostor": len(impostor)})
 
 
 def centre_rows(unit: np.ndarray, centre: FloatArray) -> np.ndarray:
@@ -205,7 +204,7 @@ def neighbour_quality(graph: FaceGraph) -> FloatArray:
     return np.where(finite, mean / max(typical, 1e-6), np.nan).astype(np.float32)
 
 
-def _decide_centre(unit: np.ndarray, codes: IdArray, counts: IdArray, raw: Distributions, n_impostor: int,
+def _decide_centre(unit: np.ndarray, codes: IdArray, counts: IdArray, raw: Distributions, n_impostor: int, *,
                    centring: Centring) -> tuple[FloatArray | None, str]:
     impostor, genuine = raw.impostor_median, raw.genuine_median
     shown = f"{genuine:.3f}" if np.isfinite(raw.genuine[0]) else "not measured (no identity of 2+ faces)"
@@ -278,7 +277,8 @@ def _cosines(unit: np.ndarray, pairs: np.ndarray, centre: FloatArray | None = No
     a, b = _rows(unit, pairs[:, 0]), _rows(unit, pairs[:, 1])
     if centre is not None:
         a, b = centre_rows(a, centre), centre_rows(b, centre)
-    return np.einsum("ij,ij->i", a, b)
+    cosines: np.ndarray = np.einsum("ij,ij->i", a, b)
+    return cosines
 
 
 def _quantiles(values: np.ndarray) -> tuple[float, ...]:

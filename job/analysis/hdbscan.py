@@ -2,7 +2,7 @@
 selection, ``min_samples = min_cluster_size``, no single cluster, no epsilon), and cluster-vs-identity scores.
 
 Why not scikit-learn itself: ``import sklearn.cluster`` costs 1.3 s of a 5k run whose whole budget is 3 s
-(README "The everyday run"); the clustering itself takes 0.1 s. ``tests/test_clusters.py`` checks the labels
+(README "The everyday run"); the clustering itself takes 0.1 s. ``tests/analysis/test_clusters.py`` checks the labels
 and scores against scikit-learn's on several point sets.
 
 Steps: core distance = distance to the ``min_samples``-th nearest point (itself first); Prim's minimum
@@ -31,7 +31,8 @@ def hdbscan_labels(points: FloatArray, min_cluster_size: int) -> IdArray:
     if n < 2:
         return np.full(n, -1, dtype=np.int64)
     k = min(min_cluster_size, n)
-    distances, _ = cKDTree(x).query(x, k=k)
+    found, _ = cKDTree(x).query(x, k=k)
+    distances = np.asarray(found)  # an array (the stubs allow a scalar too)
     core = distances if k == 1 else distances[:, -1]
     source, target, weight = spanning_tree(x, core)
     order = np.argsort(weight)
@@ -92,7 +93,7 @@ def single_linkage(source: np.ndarray, target: np.ndarray, weight: np.ndarray
     left, right = np.empty(n - 1, np.int64), np.empty(n - 1, np.int64)
     size = np.empty(n - 1, np.int64)
     up = [-1] * (2 * n - 1)  # each cluster's parent merge, -1 for a root
-    for i, (a, b) in enumerate(zip(source.tolist(), target.tolist())):
+    for i, (a, b) in enumerate(zip(source.tolist(), target.tolist(), strict=True)):
         ra, rb = _find(up, a), _find(up, b)
         left[i], right[i] = ra, rb
         size[i] = sizes[ra] + sizes[rb]
@@ -169,7 +170,7 @@ def _labels(parent: np.ndarray, child: np.ndarray, lam: np.ndarray, count: np.nd
     clusters = child[count > 1]
     cluster_parent = parent[count > 1]
     children: dict[int, list[int]] = {}
-    for p, c in zip(cluster_parent.tolist(), clusters.tolist()):
+    for p, c in zip(cluster_parent.tolist(), clusters.tolist(), strict=True):
         children.setdefault(p, []).append(c)
     chosen = dict.fromkeys(range(top, root, -1), True)  # every cluster but the root, last-made first
     for node in chosen:
@@ -186,7 +187,7 @@ def _labels(parent: np.ndarray, child: np.ndarray, lam: np.ndarray, count: np.nd
     number = {c: i for i, c in enumerate(selected)}
     # each cluster's nearest selected ancestor (itself if selected): parents are numbered before children
     owner = np.full(top + 1, -1, dtype=np.int64)
-    up = dict(zip(clusters.tolist(), cluster_parent.tolist()))
+    up = dict(zip(clusters.tolist(), cluster_parent.tolist(), strict=True))
     for c in range(root + 1, top + 1):
         owner[c] = number[c] if c in number else owner[up[c]]
     points = count == 1
@@ -204,7 +205,7 @@ def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:
     with identities of a few faces each.)
     """
     solo = labels < 0
-    return {"n": int(len(np.unique(labels[~solo]))), "ari": adjusted_rand(ids, labels),
+    return {"n": len(np.unique(labels[~solo])), "ari": adjusted_rand(ids, labels),
             "nmi": normalised_mutual_information(ids, labels), "noise": float(solo.mean()) if len(labels) else 0.0}
 
 

@@ -13,9 +13,8 @@ import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.knn.graph import top_k
-from job.xp import group_sums, namespace, run_starts
-
-ROW_BLOCK = 1 << 15
+from job.space.faces import Faces, as_faces
+from job.xp import namespace
 
 
 @dataclass(frozen=True)
@@ -41,9 +40,10 @@ class IdentityTable:
 
     def sums(self, index: IdArray | slice = slice(None)) -> np.ndarray:
         """Sums of unit faces of the identities ``index``: (len, dim) float64."""
-        return self.norms[index, None] * self.centroids[index].astype(self.norms.dtype)
+        sums: np.ndarray = self.norms[index, None] * self.centroids[index].astype(self.norms.dtype)
+        return sums
 
-    def without(self, unit: np.ndarray, rows: IdArray) -> IdentityTable:
+    def without(self, unit: Faces | np.ndarray, rows: IdArray) -> IdentityTable:
         """The same identities with the faces ``rows`` left out of the sums (cost: those rows, not all)."""
         xp = namespace(self.codes)
         rows = xp.asarray(rows, dtype=xp.int64)
@@ -51,8 +51,9 @@ class IdentityTable:
             return self
         touched, slot = xp.unique(self.codes[rows], return_inverse=True)
         slot = slot.reshape(-1)  # NumPy 2.0 shaped the inverse like its input
-        removed = xp.zeros((len(touched), unit.shape[1]), dtype=xp.float64)
-        xp.add.at(removed, slot, unit[rows].astype(xp.float64))
+        faces = as_faces(unit)
+        removed = xp.zeros((len(touched), faces.dim), dtype=xp.float64)
+        xp.add.at(removed, slot, faces.rows(rows).astype(xp.float64))
         sums = self.sums(touched) - removed
         counts = self.counts.copy()
         counts[touched] -= xp.bincount(slot, minlength=len(touched))
@@ -61,86 +62,40 @@ class IdentityTable:
         centroids[touched] = unit_rows(sums)
         return IdentityTable(self.ids, self.codes, counts, centroids, norms)
 
-    def cohesion(self, unit: np.ndarray, keep: BoolArray | None = None) -> FloatArray:
+    def cohesion(self, unit: Faces | np.ndarray, keep: BoolArray | None = None) -> FloatArray:
         """Mean cosine of each identity's faces (those in ``keep``) to its centroid: (n_identities,) float32."""
         xp = namespace(self.codes)
         rows = xp.flatnonzero(keep) if keep is not None else xp.arange(len(self.codes))
-        sims = rowwise_dot(unit, self.centroids, self.codes[rows], rows)
-        return (xp.bincount(self.codes[rows], weights=sims, minlength=len(self.ids)) /
-                xp.maximum(self.counts, 1)).astype(xp.float32)
+        sims = as_faces(unit).rowwise_dot(self.centroids, self.codes[rows], rows)
+        mean: FloatArray = (xp.bincount(self.codes[rows], weights=sims, minlength=len(self.ids)) /
+                            xp.maximum(self.counts, 1)).astype(xp.float32)
+        return mean
 
 
-def identity_table(unit: np.ndarray, ids: IdArray, keep: BoolArray | None = None) -> IdentityTable:
+def identity_table(unit: Faces | np.ndarray, ids: IdArray, keep: BoolArray | None = None) -> IdentityTable:
     """Group the unit faces ``unit`` (n_faces, dim) by ``ids`` (n_faces,); ``keep`` leaves faces out of the sums.
 
     Faces left out still get a code (their identity's), but count towards neither ``counts`` nor the sums.
-    Summed in row blocks of faces sorted by identity, each identity's float64 sum finished and stored as a
-    float32 unit row as soon as its last face is seen: the temporaries stay at ``ROW_BLOCK`` x dim at any
-    database size, and memory is the float32 centroids alone (no n_identities x dim float64 array).
+    The sums are one pass over the faces where they are held (:meth:`job.space.faces.Faces.identity_sums`);
+    memory is the float32 centroids alone (no n_identities x dim float64 array).
     """
-    xp = namespace(unit)
+    faces = as_faces(unit)
+    xp = faces.xp
     ids = xp.asarray(ids)
     unique, codes = xp.unique(ids, return_inverse=True)
     codes = codes.reshape(-1)
     weight = xp.ones(len(ids), dtype=bool) if keep is None else xp.asarray(keep)
     counts = xp.bincount(codes[weight], minlength=len(unique)).astype(xp.int64)
-    if hasattr(unit, "identity_sums"):  # faces held by a Dask cluster's workers (job.cluster.faces)
-        centroids, norms = unit.identity_sums(np.where(weight, codes, -1), len(unique))
-        return IdentityTable(unique.astype(np.int64), codes.astype(np.int64), counts, centroids, norms)
-    centroids = xp.zeros((len(unique), unit.shape[1]), dtype=xp.float32)
-    norms = xp.zeros(len(unique), dtype=xp.float64)
-    kept = xp.flatnonzero(weight)
-    kept = kept[xp.argsort(codes[kept], kind="stable")]
-    carry_code, carry = -1, xp.zeros((0, unit.shape[1]))
-    for first in range(0, len(kept), ROW_BLOCK):
-        rows = kept[first : first + ROW_BLOCK]
-        block_codes = codes[rows]
-        starts = run_starts(block_codes)
-        group_codes = block_codes[starts]
-        sums = group_sums(unit[rows].astype(xp.float64), starts)
-        if len(carry) and int(group_codes[0]) == carry_code:  # a group spanning blocks: finish it here
-            sums[0] += carry[0]
-        elif len(carry):
-            store_sums(centroids, norms, xp.asarray([carry_code]), carry)
-        # the block's last group may go on in the next block: hold it back
-        carry_code, carry = int(group_codes[-1]), sums[-1:].copy()
-        store_sums(centroids, norms, group_codes[:-1], sums[:-1])
-    if len(carry):
-        store_sums(centroids, norms, xp.asarray([carry_code]), carry)
+    centroids, norms = faces.identity_sums(xp.where(weight, codes, -1), len(unique))
     return IdentityTable(unique.astype(xp.int64), codes.astype(xp.int64), counts, centroids, norms)
-
-
-def store_sums(centroids: FloatArray, norms: np.ndarray, codes: IdArray, sums: np.ndarray) -> None:
-    """Write the unit rows and lengths of the float64 ``sums`` of the identities ``codes``."""
-    xp = namespace(sums)
-    lengths = xp.linalg.norm(sums, axis=1)
-    norms[codes] = lengths
-    centroids[codes] = sums / xp.where(lengths > 0, lengths, 1.0)[:, None]
-
-
-def rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
-    """``unit[rows[i]] . others[index[i]]`` for every i, in row blocks (no n_faces x dim temporaries).
-
-    ``rows`` None means all rows of ``unit`` in order. Returns float64 of shape (len(index),). Faces held by a
-    Dask cluster (:class:`job.cluster.faces.ClusterFaces`) compute it there, chunk by chunk.
-    """
-    if hasattr(unit, "rowwise_dot"):
-        return unit.rowwise_dot(others, index, rows)
-    xp = namespace(index)
-    out = xp.empty(len(index), dtype=xp.float64)
-    for first in range(0, len(index), ROW_BLOCK):
-        chosen = slice(first, first + ROW_BLOCK)
-        faces = unit[chosen] if rows is None else unit[rows[chosen]]
-        out[chosen] = xp.einsum("ij,ij->i", faces.astype(xp.float32, copy=False), others[index[chosen]],
-                                dtype=xp.float64)
-    return out
 
 
 def unit_rows(vectors: np.ndarray) -> FloatArray:
     """Rows scaled to unit length (zero rows stay zero), float32."""
     xp = namespace(vectors)
     norms = xp.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / xp.where(norms > 0, norms, 1.0)).astype(xp.float32)
+    unit: FloatArray = (vectors / xp.where(norms > 0, norms, 1.0)).astype(xp.float32)
+    return unit
 
 
 def top_similar(queries: np.ndarray, centroids: FloatArray, k: int, block_bytes: int = 64 << 20

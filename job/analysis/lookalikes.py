@@ -27,8 +27,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from job.arrays import FloatArray, IdArray
 from job.analysis.identities import IdentityTable
+from job.arrays import FloatArray, IdArray
 from job.xp import namespace
 
 ALL_PAIRS_MAX = 2000
@@ -113,4 +113,5 @@ def _within(norms: np.ndarray, counts: np.ndarray, present: IdArray) -> np.ndarr
     typical = float(xp.median(measured)) if len(measured) else 1.0
     weight = pairs / 2  # unordered pairs behind each value
     shrunk = (xp.nan_to_num(raw) * weight + typical * PRIOR_PAIRS) / (weight + PRIOR_PAIRS)
-    return xp.clip(shrunk, 0.05, None)
+    clipped: np.ndarray = xp.clip(shrunk, 0.05, None)
+    return clipped

@@ -57,12 +57,14 @@ def map_neighbours(coords: FloatArray, k: int) -> np.ndarray:
     from scipy.spatial import cKDTree
 
     n_faces = len(coords)
-    _, neighbours = cKDTree(coords).query(coords, k=k + 1, workers=-1)
+    _, found = cKDTree(coords).query(coords, k=k + 1, workers=-1)
+    neighbours: np.ndarray = np.asarray(found)  # (n_faces, k + 1): an array (the stubs allow a scalar too)
     is_self = neighbours == np.arange(n_faces)[:, None]
     # drop the face itself; where a duplicate point displaced it, drop the farthest instead
     keep = ~is_self
     keep[~is_self.any(axis=1), -1] = False
-    return neighbours[keep].reshape(n_faces, k)
+    others: np.ndarray = neighbours[keep].reshape(n_faces, k)
+    return others
 
 
 def _sample_rows(n: int, size: int, seed: int | None) -> np.ndarray:

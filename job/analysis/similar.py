@@ -77,7 +77,7 @@ def _block(graph: FaceGraph, codes: IdArray, start: int, stop: int, n: int) -> t
     keep = first & (rank < n)
     out_codes = np.full((stop - start, n), -1, dtype=np.int64)
     out_cos = np.full((stop - start, n), np.nan, dtype=np.float32)
-    line, column = np.nonzero(keep)
-    out_codes[line, rank[line, column]] = neighbour[line, column]
-    out_cos[line, rank[line, column]] = 1.0 - graph.distances[start:stop][line, column]
+    line, entry = np.nonzero(keep)
+    out_codes[line, rank[line, entry]] = neighbour[line, entry]
+    out_cos[line, rank[line, entry]] = 1.0 - graph.distances[start:stop][line, entry]
     return out_codes, out_cos

@@ -53,10 +53,12 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from job.arrays import BoolArray, FloatArray, IdArray
-from job.analysis.identities import ROW_BLOCK, IdentityTable, rowwise_dot
+from job.analysis.identities import IdentityTable
 from job.analysis.lookalikes import SAME_PERSON
+from job.arrays import BoolArray, FloatArray, IdArray
 from job.knn.graph import FaceGraph
+from job.space.faces import Faces, as_faces
+from job.space.kernels import rowwise_dot
 from job.xp import lexsort, namespace, run_starts
 
 VERDICTS = ("ok", "misfiled", "low_quality", "lone", "duplicate")
@@ -105,7 +107,8 @@ class Calibration:
             return rho
         xp = namespace(rho)
         within = xp.sqrt(xp.clip(mu_own - self.baseline, 0.05, None) * xp.clip(mu_other - self.baseline, 0.05, None))
-        return (rho * xp.sqrt(mu_own * mu_other) - self.baseline) / within
+        measured: np.ndarray = (rho * xp.sqrt(mu_own * mu_other) - self.baseline) / within
+        return measured
 
 
 @dataclass(frozen=True)
@@ -132,11 +135,13 @@ class SuspectScores:
     @property
     def left_out(self) -> BoolArray:
         """Faces that must not vouch for an identity: misfiled ones and re-enrolments (n_faces,) bool."""
-        return self.suspect | (self.verdict == DUPLICATE)
+        left_out: BoolArray = self.suspect | (self.verdict == DUPLICATE)
+        return left_out
 
     def verdict_names(self) -> np.ndarray:
         """The verdict of each face as text, (n_faces,) object."""
-        return np.asarray(VERDICTS, dtype=object)[self.verdict]
+        names: np.ndarray = np.asarray(VERDICTS, dtype=object)[self.verdict]
+        return names
 
 
 @dataclass(frozen=True)
@@ -156,7 +161,8 @@ class Tightness:
         xp = namespace(squared, counts)
         pairs = counts * (counts - 1) / 2
         raw = xp.where(pairs > 0, (squared - counts) / xp.where(pairs > 0, 2 * pairs, 1), self.typical)
-        return xp.clip(self.typical + self._weight(pairs) * (raw - self.typical), 0.05, None)
+        mu: np.ndarray = xp.clip(self.typical + self._weight(pairs) * (raw - self.typical), 0.05, None)
+        return mu
 
     def variance(self, counts: np.ndarray) -> np.ndarray:
         """How unsure the shrunk mu of an identity of ``counts`` faces is (its posterior variance)."""
@@ -165,7 +171,8 @@ class Tightness:
 
     def _weight(self, pairs: np.ndarray) -> np.ndarray:
         xp = namespace(pairs)
-        return self.spread / (self.spread + self.pair_noise / xp.maximum(pairs, 1e-9))
+        weight: np.ndarray = self.spread / (self.spread + self.pair_noise / xp.maximum(pairs, 1e-9))
+        return weight
 
 
 def within_similarity(table: IdentityTable, dim: int) -> tuple[np.ndarray, Tightness]:
@@ -191,40 +198,13 @@ def within_similarity(table: IdentityTable, dim: int) -> tuple[np.ndarray, Tight
     return model.shrunk(table.norms**2, counts), model
 
 
-def best_candidate(unit: np.ndarray, centroids: FloatArray, scale: np.ndarray, candidates: IdArray, codes: IdArray
-                   ) -> tuple[np.ndarray, IdArray]:
-    """Each face's highest ``unit . centroids[d] * scale[d]`` over its candidate identities other than its own
-    (n_faces,) float64, and that identity d (-1: none).
-
-    ``candidates`` (n_faces, m) identity codes, -1 = none. Faces are converted once per block of rows, then
-    each candidate column is one gathered dot product (on a Dask cluster's workers, chunk by chunk, for the
-    faces they hold: :class:`job.cluster.faces.ClusterFaces`).
-    """
-    if hasattr(unit, "best_candidate"):
-        return unit.best_candidate(centroids, scale, candidates, codes)
-    xp = namespace(codes)
-    n_faces = len(codes)
-    best_value = xp.full(n_faces, -xp.inf)
-    best = xp.full(n_faces, -1, dtype=xp.int64)
-    for first in range(0, n_faces, ROW_BLOCK):
-        rows = slice(first, first + ROW_BLOCK)
-        faces = unit[rows].astype(xp.float32, copy=False)
-        own, top, top_value = codes[rows], best[rows], best_value[rows]
-        for candidate in candidates[rows].T:
-            safe = xp.maximum(candidate, 0)
-            value = xp.einsum("ij,ij->i", faces, centroids[safe]) * scale[safe]  # float32: only compared
-            better = (candidate >= 0) & (candidate != own) & (value > top_value)
-            top_value[better], top[better] = value[better], candidate[better]
-    return best_value, best
-
-
-def leave_one_out(unit: np.ndarray, table: IdentityTable) -> tuple[FloatArray, BoolArray]:
+def leave_one_out(unit: Faces | np.ndarray, table: IdentityTable) -> tuple[FloatArray, BoolArray]:
     """Each face's cosine to the mean of its identity's *other* faces (n_faces,) float32, and which faces are
     their identity's only face (whose value is then the database's median). Used to draw the fit sample."""
     xp = namespace(table.codes)
     codes, counts = table.codes, table.counts
     # |s - u|^2 = |s|^2 - 2 u.s + 1 for a unit u, with s = norm * centroid
-    dot = rowwise_dot(unit, table.centroids, codes) * table.norms[codes]
+    dot = as_faces(unit).rowwise_dot(table.centroids, codes) * table.norms[codes]
     squared = table.norms[codes] ** 2 - 2.0 * dot + 1.0
     lone = counts[codes] <= 1
     with np.errstate(invalid="ignore", divide="ignore"):
@@ -248,14 +228,14 @@ class _Fits:
     mu_other: np.ndarray
 
 
-def _fits(unit: np.ndarray, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
+def _fits(faces: Faces, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray, *,
           mu: np.ndarray, model: Tightness) -> _Fits:
     """The coordinates of every face against its own identity (leave-one-out) and ``best`` (-1 rows: NaN)."""
     xp = namespace(best)
     counts, norms, centroids = table.counts.astype(xp.float64), table.norms, table.centroids
     other_id = xp.maximum(best, 0)
-    f_own = rowwise_dot(unit, centroids, codes) * norms[codes]  # f . S_c
-    f_other = rowwise_dot(unit, centroids, other_id) * norms[other_id]  # f . S_d
+    f_own = faces.rowwise_dot(centroids, codes) * norms[codes]  # f . S_c
+    f_other = faces.rowwise_dot(centroids, other_id) * norms[other_id]  # f . S_d
     inside = counted.astype(xp.float64)  # a face left out of the sums (a duplicate) is not taken out again
     rest = counts[codes] - inside  # faces of c besides f
     rest_squared = norms[codes] ** 2 - inside * (2.0 * f_own - 1.0)  # |S_c - f|^2
@@ -284,7 +264,8 @@ def _distances(fits: _Fits, extra_own: np.ndarray | float = 0.0) -> tuple[np.nda
         det = xp.maximum(a * d - b * b, 1e-9 * a * d)
 
     def quad(x1: np.ndarray, x2: np.ndarray, y1: np.ndarray, y2: np.ndarray) -> np.ndarray:
-        return (x1 * (d * y1 - b * y2) + x2 * (a * y2 - b * y1)) / det
+        value: np.ndarray = (x1 * (d * y1 - b * y2) + x2 * (a * y2 - b * y1)) / det
+        return value
 
     x, y = fits.own, fits.other
     one = xp.ones_like(x)
@@ -297,7 +278,7 @@ def _distances(fits: _Fits, extra_own: np.ndarray | float = 0.0) -> tuple[np.nda
     return found[0], found[1]
 
 
-def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar: IdArray | None = None, *,
+def score_faces(unit: Faces | np.ndarray, table: IdentityTable, nearby: IdArray, similar: IdArray | None = None, *,
                 quality: FloatArray | None = None, duplicate: BoolArray | None = None,
                 calibration: Calibration = Calibration()) -> SuspectScores:
     """Verdicts for every face of ``unit`` (n_faces, dim) filed as ``table.codes`` (see the module docstring).
@@ -309,6 +290,7 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     re-enrolled faces, which ``table`` should have left out of its sums; ``calibration``: the settings read
     relative to the database's geometry.
     """
+    faces = as_faces(unit)
     xp = namespace(table.codes)
     n_faces = len(table.codes)
     duplicate = xp.zeros(n_faces, dtype=bool) if duplicate is None else duplicate
@@ -316,7 +298,7 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
     candidates = nearby if similar is None else xp.concatenate([nearby, similar[table.codes]], axis=1)
     counted = ~duplicate  # the caller's table holds every face but the duplicates
     lone = (table.counts[table.codes] - counted) < 1
-    evidence = _evidence(unit, table, candidates, counted, lone)
+    evidence = _evidence(faces, table, candidates, counted, lone)
     # the surest misfiled face of each identity of 3+ faces leaves its identity, and every face is judged
     # again: inside, it made the other faces of a small identity look unlike their own (and outvote it)
     surest = _surest(evidence.score, table.codes, calibration.min_score, table.counts[table.codes] - counted >= 2)
@@ -324,12 +306,12 @@ def score_faces(unit: np.ndarray, table: IdentityTable, nearby: IdArray, similar
         counted = counted.copy()
         counted[surest] = False
         # each face's best other identity stays: a face leaving one identity barely moves its centroid
-        evidence = _evidence(unit, table.without(unit, surest), candidates, counted, lone, evidence.best)
-    return _decide(evidence, table, lone, duplicate, quality, calibration)
+        evidence = _evidence(faces, table.without(faces, surest), candidates, counted, lone, best=evidence.best)
+    return _decide(evidence, table, lone, duplicate, quality, calibration=calibration)
 
 
 def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicate: BoolArray, quality: FloatArray,
-            calibration: Calibration) -> SuspectScores:
+            *, calibration: Calibration) -> SuspectScores:
     """The verdicts and suggestions from the last pass's evidence."""
     xp = namespace(evidence.best)
     margin, min_score = calibration.margin, calibration.min_score
@@ -354,7 +336,7 @@ def _decide(evidence: _Evidence, table: IdentityTable, lone: BoolArray, duplicat
             suspect |= found & ~duplicate & stranger & (quality >= QUALITY_LOW)
     flagged = xp.bincount(codes[suspect], minlength=len(table.ids))
     suspect &= flagged[codes] * 2 <= table.counts[codes]
-    verdict = _verdicts(suspect, lone, duplicate, fit_own, xp.where(claimed, fit_other, xp.nan), quality)
+    verdict = _verdicts(suspect, lone, duplicate, fit_own, xp.where(claimed, fit_other, xp.nan), quality=quality)
     # a lone face has no own fit: it is suggested as the identity it fits as well as that identity's own faces
     resembles = xp.where(lone, (fit_other >= LOW_FIT) & claimed, found & (fits.other > fits.own))
     suggested = xp.where(suspect | resembles, table.ids[xp.maximum(best, 0)], table.ids[codes])
@@ -402,7 +384,7 @@ def _noise(to_own: np.ndarray, usable: BoolArray, typical: float, dim: int) -> f
     return max(float(xp.median(to_own[usable])) / _CHI2_1_MEDIAN, isotropic)
 
 
-def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray,
+def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray, counted: BoolArray, *,
                model: Tightness) -> BoolArray:
     """Whether the faces tell the filed and the best other identity apart: rho below 1 by more than
     ``SEPARABLE_Z`` standard errors. Between two identities the faces cannot separate (one person under two
@@ -418,7 +400,8 @@ def _separable(fits: _Fits, table: IdentityTable, codes: IdArray, best: IdArray,
     cross = model.pair_noise / xp.maximum(n_own * n_other, 1) / (fits.mu_own * fits.mu_other)
     unsure = sum(model.variance(n) / mu**2 for n, mu in ((n_own, fits.mu_own), (n_other, fits.mu_other)))
     with np.errstate(invalid="ignore"):
-        return (1.0 - fits.rho) > SEPARABLE_Z * xp.sqrt(cross + fits.rho**2 / 4 * unsure)
+        separable: BoolArray = (1.0 - fits.rho) > SEPARABLE_Z * xp.sqrt(cross + fits.rho**2 / 4 * unsure)
+    return separable
 
 
 @dataclass(frozen=True)
@@ -432,27 +415,27 @@ class _Evidence:
     score: np.ndarray
 
 
-def _evidence(unit: np.ndarray, table: IdentityTable, candidates: IdArray, counted: BoolArray, lone: BoolArray,
+def _evidence(faces: Faces, table: IdentityTable, candidates: IdArray, counted: BoolArray, lone: BoolArray, *,
               best: IdArray | None = None) -> _Evidence:
     """Score every face against ``table`` (whose sums hold the faces ``counted``) and its best candidate
     (found here unless ``best`` is given)."""
     xp = namespace(table.codes)
     codes = table.codes
-    mu, model = within_similarity(table, unit.shape[1])
+    mu, model = within_similarity(table, faces.dim)
     if best is None:
         # an identity with no face left in the sums is no candidate (NaN never compares as better)
         scale = xp.where(table.counts > 0, table.norms / xp.maximum(table.counts, 1) / xp.sqrt(mu), xp.nan)
-        _, best = best_candidate(unit, table.centroids, scale, candidates, codes)
-    fits = _fits(unit, table, codes, best, counted, mu, model)
+        _, best = faces.best_candidate(table.centroids, scale, candidates, codes)
+    fits = _fits(faces, table, codes, best, counted, mu=mu, model=model)
     found = (best >= 0) & ~lone & xp.isfinite(fits.own) & (table.counts[codes] - counted >= 1)
     to_own, _ = _distances(fits)
     noise = _noise(to_own, found & (table.counts[codes] >= 3) & (fits.rho > CALIBRATION_RHO), model.typical,
-                   unit.shape[1])
+                   faces.dim)
     # an identity of few faces has an uncertain mu of its own, which widens its own coordinate (with two
     # faces, the one pair is all it knows of how tight it is)
     unsure = model.variance((table.counts[codes] - counted).astype(xp.float64)) / fits.mu_own
     to_own, to_other = _distances(fits, unsure / max(noise, 1e-12))
-    separable = _separable(fits, table, codes, best, counted, model)
+    separable = _separable(fits, table, codes, best, counted, model=model)
     with np.errstate(invalid="ignore"):
         score = xp.where(found, (to_own - to_other) / (2.0 * max(noise, 1e-12)), NO_SCORE)
         score = xp.where(found & ~separable, xp.minimum(score, 0.0), score)
@@ -464,11 +447,12 @@ def _surest(score: np.ndarray, codes: IdArray, min_score: float, eligible: BoolA
     xp = namespace(score)
     chosen = xp.flatnonzero((score > min_score) & eligible)
     chosen = chosen[lexsort((-score[chosen], codes[chosen]))]
-    return chosen[run_starts(codes[chosen])] if len(chosen) else chosen
+    surest: IdArray = chosen[run_starts(codes[chosen])] if len(chosen) else chosen
+    return surest
 
 
 def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own: np.ndarray,
-              fit_other: np.ndarray, quality: FloatArray) -> np.ndarray:
+              fit_other: np.ndarray, *, quality: FloatArray) -> np.ndarray:
     """The verdict codes, by precedence: duplicate, misfiled, lone, low_quality, ok (a lone face has no fit
     of its own to call weak)."""
     xp = namespace(suspect)
@@ -476,7 +460,7 @@ def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own
         best_fit = xp.fmax(fit_own, fit_other)  # the face's best fit to any identity
         rated = xp.isfinite(quality)
         low = xp.where(rated, (quality < QUALITY_LOW) & (best_fit < LOW_FIT), best_fit < LOW_FIT_UNRATED)
-    verdict = xp.full(len(suspect), OK, dtype=xp.int8)
+    verdict: np.ndarray = xp.full(len(suspect), OK, dtype=xp.int8)
     verdict[lone] = LONE
     verdict[low & ~lone] = LOW_QUALITY
     verdict[suspect] = MISFILED
@@ -484,9 +468,9 @@ def _verdicts(suspect: BoolArray, lone: BoolArray, duplicate: BoolArray, fit_own
     return verdict
 
 
-def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby: IdArray, similar: IdArray | None,
-                rows: IdArray, *, quality: FloatArray | None = None, calibration: Calibration = Calibration()
-                ) -> tuple[SuspectScores, IdArray]:
+def judge_faces(unit: Faces | np.ndarray, table: IdentityTable, graph: FaceGraph, nearby: IdArray,
+                similar: IdArray | None, *, rows: IdArray, quality: FloatArray | None = None,
+                calibration: Calibration = Calibration()) -> tuple[SuspectScores, IdArray]:
     """The run's verdicts: re-enrolled photos found in ``graph`` (among each face's first
     ``DUPLICATE_COLUMNS`` neighbours, closer than ``calibration.duplicate_cos``) and left out of the
     identities, then :func:`score_faces` with ``quality`` and ``calibration``. Returns the scores and, per face,
@@ -494,14 +478,15 @@ def judge_faces(unit: np.ndarray, table: IdentityTable, graph: FaceGraph, nearby
     xp = namespace(table.codes)
     columns = slice(0, min(DUPLICATE_COLUMNS + 1, graph.k))  # a reference face is its own first neighbour
     duplicate, original = near_duplicates(graph.neighbour_rows(columns), graph.distances[:, columns], rows,
-                                          graph.reference, table.ids[table.codes], calibration.duplicate_cos)
-    judged = table.without(unit, xp.flatnonzero(duplicate))
-    return score_faces(unit, judged, nearby, similar, quality=quality, duplicate=duplicate,
+                                          graph.reference, table.ids[table.codes], cos=calibration.duplicate_cos)
+    faces = as_faces(unit)
+    judged = table.without(faces, xp.flatnonzero(duplicate))
+    return score_faces(faces, judged, nearby, similar, quality=quality, duplicate=duplicate,
                        calibration=calibration), original
 
 
 def near_duplicates(neighbours: IdArray, distances: np.ndarray, rows: IdArray, reference: IdArray, ids: IdArray,
-                    cos: float = DUPLICATE_COS) -> tuple[BoolArray, IdArray]:
+                    *, cos: float = DUPLICATE_COS) -> tuple[BoolArray, IdArray]:
     """Faces that re-enrol another face of the same identity: (n_faces,) bool, and the first face of each chain
     of copies (-1: none).
 

@@ -1,14 +1,15 @@
 """The client's handle on the faces a cluster's workers hold, and the stages that run over them.
 
-:class:`ClusterFaces` stands where a single-process run passes its (n_faces, dim) unit array: gathers of a few
-rows (``faces[rows]``, the fit sample, the faces left out of an identity) are answered from the client's own
-copy, and the passes over every face (identity sums, row-wise dot products, each face's best candidate
-identity, the kNN queries) run as one task per chunk on the worker that holds the chunk. The analysis code
-asks for these through the methods it finds on its ``unit`` argument, so it is the same code in both runs.
+:class:`ClusterFaces` is the :class:`job.space.faces.Faces` of a run with ``--dask``: gathers of a few rows (the
+fit sample, the faces left out of an identity) are answered from the client's own copy, and the passes over
+every face (identity sums, row-wise dot products, each face's best candidate identity, the kNN queries,
+placing the faces not fitted) run as one task per chunk on the worker that holds the chunk.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -18,27 +19,30 @@ from job.cluster import tasks
 from job.cluster.session import ClusterSession, failures
 from job.cluster.source import FaceSource, chunk_digest, read_faces
 from job.progress import ProgressFactory, no_progress
+from job.space.faces import CANDIDATES, CLUSTER, DOTS, GRAPH, PLACE, SUMS, Density, Faces
 
 if TYPE_CHECKING:
-    from job.config import GpuConfig
+    from job.config import GpuConfig, KnnConfig
     from job.knn.graph import FaceGraph
+    from job.reduce.extend import Kernel
 
 LOCAL_BELOW = 1 << 14
 """Row-wise products over fewer pairs than this are computed on the client (a task costs more)."""
 READ = "reading faces"
-SUMS, DOTS, CANDIDATES, GRAPH, PLACE, DENSITY = ("identity sums", "per-face fits (row-wise products)",
-                                                 "best candidate identities", "kNN graph queries",
-                                                 "placement of the faces not fitted",
-                                                 "density aggregate (datashader)")
+DENSITY = "density aggregate (datashader)"
 
 
-class ClusterFaces:
+class ClusterFaces(Faces):
     """The unit faces (n_faces, dim) of a run, held in chunks of ``session.chunk_faces`` faces by the workers
     (each read by the worker from the input ``source``; sent by the client for the built-in demo, ``source``
     None) and, for gathers, by the client (``local``)."""
 
+    where = CLUSTER
+    map_work_at = CLUSTER
+
     def __init__(self, session: ClusterSession, local: np.ndarray, source: FaceSource | None, rows: IdArray,
                  ids: IdArray) -> None:
+        super().__init__()
         self.session, self.local = session, local
         size = session.chunk_faces
         self.bounds = [(start, min(start + size, len(local))) for start in range(0, len(local), size)]
@@ -51,45 +55,33 @@ class ClusterFaces:
                            for start, stop in self.bounds]
         self._sent: list[tuple[Any, Any]] = []  # (array, its future): what was sent to every worker lately
 
-    # the array the analysis indexes
     @property
-    def shape(self) -> tuple[int, ...]:
-        return tuple(self.local.shape)
-
-    @property
-    def dtype(self) -> np.dtype:
-        return self.local.dtype
-
-    @property
-    def ndim(self) -> int:
-        return 2
-
-    def __len__(self) -> int:
-        return len(self.local)
-
-    def __getitem__(self, rows: Any) -> np.ndarray:
-        return self.local[rows]
+    def array(self) -> Any:
+        return self.local
 
     # the passes over every face
     def identity_sums(self, codes: IdArray, n_identities: int) -> tuple[FloatArray, np.ndarray]:
         """Unit centroids (n_identities, dim) float32 and sum lengths float64 of the faces with ``codes`` >= 0
         (-1: left out), summed per chunk on the workers and merged there pairwise (only float32 centroids
         come back)."""
+        self.noted(SUMS)
         client = self.session.client
         parts = [self.session.submit(SUMS, tasks.chunk_sums, chunk, codes[start:stop], self.session.device)
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
         while len(parts) > 1:
             parts = [client.submit(tasks.merge_sums, *parts[i:i + 2], pure=False) if i + 1 < len(parts)
                      else parts[i] for i in range(0, len(parts), 2)]
-        done = client.submit(tasks.finish_sums, parts[0], n_identities, self.shape[1], pure=False)
-        return self.session.gather(SUMS, done)
+        done = client.submit(tasks.finish_sums, parts[0], n_identities, self.dim, pure=False)
+        sums: tuple[FloatArray, np.ndarray] = self.session.gather(SUMS, done)
+        return sums
 
     def rowwise_dot(self, others: np.ndarray, index: IdArray, rows: IdArray | None = None) -> np.ndarray:
-        """:func:`job.analysis.identities.rowwise_dot` over these faces: one task per chunk of ``rows``."""
-        from job.analysis.identities import rowwise_dot
+        """:func:`job.space.kernels.rowwise_dot` over these faces: one task per chunk of ``rows``."""
+        from job.space.kernels import rowwise_dot
 
         if len(index) < LOCAL_BELOW:
             return rowwise_dot(self.local, others, index, rows)
+        self.noted(DOTS)
         faces = np.arange(len(index)) if rows is None else np.asarray(rows, dtype=np.int64)
         order = np.argsort(faces, kind="stable") if rows is not None else np.arange(len(faces))
         starts = np.searchsorted(faces[order], [start for start, _ in self.bounds])
@@ -108,32 +100,35 @@ class ClusterFaces:
 
     def best_candidate(self, centroids: FloatArray, scale: np.ndarray, candidates: IdArray, codes: IdArray
                        ) -> tuple[np.ndarray, IdArray]:
-        """:func:`job.analysis.suspects.best_candidate` over these faces, one task per chunk."""
+        """:func:`job.space.kernels.best_candidate` over these faces, one task per chunk."""
+        self.noted(CANDIDATES)
         shared = self._send((centroids, scale))
         calls = [(chunk, shared, candidates[start:stop], codes[start:stop], self.session.device)
                  for chunk, (start, stop) in zip(self.chunks, self.bounds, strict=True)]
         found = self.session.run(CANDIDATES, tasks.chunk_best_candidate, calls)
         return np.concatenate([value for value, _ in found]), np.concatenate([best for _, best in found])
 
-    def face_graph(self, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None,
-                   gpu: GpuConfig, progress: ProgressFactory = no_progress) -> FaceGraph:
+    def face_graph(self, reference: IdArray, k: int, *, knn: KnnConfig, seed: int | None, gpu: GpuConfig,
+                   progress: ProgressFactory = no_progress, gpu_free: int | None = None) -> FaceGraph:
         """:func:`job.knn.index.face_graph` over these faces: the index built once (on the client for a CPU index,
         sent to every worker with the reference vectors; on each GPU worker for a GPU one), one task per chunk."""
         from job.arrays import take_rows
         from job.knn.graph import FaceGraph
         from job.knn.index import GPU_EXACT, GPU_EXACT_CUPY, GPU_INDEXES, resolve
 
+        self.noted(GRAPH)
         vectors = take_rows(self.local, reference, np.float32)
         k = min(k, len(reference))
         position = np.full(len(self.local), -1, dtype=np.int64)
         position[reference] = np.arange(len(reference))
+        task: Callable[[np.ndarray, Any, int, IdArray], tuple[np.ndarray, FloatArray]]
         if self.session.device:  # exact on the workers' GPUs: NN-descent builds one graph, chunks cannot share it
             cls = GPU_INDEXES[GPU_EXACT if self.session.cuvs else GPU_EXACT_CUPY]()
-            reason = (f"knn.method={method} on a cluster of GPU workers: exact search ({cls.name}, the index built "
+            reason = (f"knn.method={knn.method} on a cluster of GPU workers: exact search ({cls.name}, the index built "
                       "once on each worker); each chunk searched on a GPU worker")
             shared, task = self.session.scatter((cls.name, vectors, seed)), tasks.chunk_graph_gpu
         else:
-            cls, reason = resolve(method, len(reference), exact_max)
+            cls, reason = resolve(knn.method, len(reference), knn.exact_max_faces)
             index = cls(seed)
             index.build(vectors)
             shared, task = self.session.scatter((index, vectors)), tasks.chunk_graph
@@ -143,6 +138,14 @@ class ClusterFaces:
         return FaceGraph(reference, np.concatenate([rows for rows, _ in found]),
                          np.concatenate([distance for _, distance in found]), cls.name, reason)
 
+    def place(self, fitted: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel, *,
+              parallel: bool, progress: ProgressFactory = no_progress) -> FloatArray:
+        """:func:`place_on_cluster`: one task per chunk of the faces placed (``parallel`` is the workers')."""
+        self.noted(PLACE)
+        return place_on_cluster(self.session, fitted, indices, distances, kernel, progress=progress)
+
+    def density(self, coords: FloatArray) -> Density | None:
+        return partial(density_on_cluster, self.session, coords)
 
     def _send(self, value: Any) -> Any:
         """``value`` (an array, or a tuple of arrays) on every worker, once: the same table's centroids serve
@@ -158,7 +161,7 @@ class ClusterFaces:
 
 
 def place_on_cluster(session: ClusterSession, fitted: FloatArray, indices: np.ndarray, distances: FloatArray,
-                     kernel: Any, progress: ProgressFactory = no_progress) -> FloatArray:
+                     kernel: Kernel, *, progress: ProgressFactory = no_progress) -> FloatArray:
     """:func:`job.reduce.extend.place_rest` with one task per chunk of faces (faces never interact, and each
     face's random state comes from its own start, so chunks do not change the answer)."""
     scaled = session.scatter(np.ascontiguousarray(fitted * kernel.scale, dtype=np.float32))
@@ -168,7 +171,8 @@ def place_on_cluster(session: ClusterSession, fitted: FloatArray, indices: np.nd
     placed = session.run(PLACE, tasks.chunk_place, calls, progress, [stop - start for start, stop in bounds])
     if not placed:
         return np.empty((0, fitted.shape[1]), dtype=np.float32)
-    return np.concatenate(placed) / np.float32(kernel.scale)
+    whole: FloatArray = np.concatenate(placed)  # the chunks' float32 (numpy's stubs lose the dtype of a list of Any)
+    return whole / np.float32(kernel.scale)
 
 
 def density_on_cluster(session: ClusterSession, coords: FloatArray, frame: Any) -> np.ndarray:

@@ -15,8 +15,8 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from job.cluster.address import ClusterAddress, parse_address, require_transport, shown_address
-from job.errors import ClusterError, FaceatlasError
+from job.address import ClusterAddress, parse_address, require_transport, shown_address
+from job.errors import ClusterError, FaceatlasError, one_line
 
 if TYPE_CHECKING:
     from job.cluster.source import FaceSource
@@ -62,7 +62,7 @@ class ClusterSession:
         fix = INSTALL_FIX.format(version=__version__)
         try:
             facts = self.client.run(worker_facts, source, probe, self.device, on_error="return")
-        except Exception as exc:  # the scheduler went away, or the client cannot send the function
+        except Exception as exc:  # noqa: BLE001 - the scheduler went away, or the client cannot send the function
             raise ClusterError(f"--dask {self.address}: the workers could not be asked ({_brief(exc)}); {fix}") \
                 from None
         if not facts:
@@ -144,7 +144,8 @@ class ClusterSession:
             elif looked - alone_since >= self.timeout:
                 raise ClusterError(f"--dask {self.address}: {stage}: no worker left for {self.timeout:g} s; start "
                                    f"workers (dask worker {self.address}) and rerun (nothing was written)")
-        return self.client.gather(futures)
+        results: list[Any] = self.client.gather(futures)
+        return results
 
     def note(self, stage: str) -> None:
         """Record that ``stage`` ran on the cluster (run.json ``cluster.stages``)."""
@@ -295,12 +296,12 @@ def _handshake(loop: Any, address: str, shown: str, timeout: float) -> Any:
 
     try:
         client = sync(loop, new)
-    except Exception as exc:  # before any connection: a configured security loader or preload that fails
+    except Exception as exc:  # noqa: BLE001 - before any connection: a security loader or preload that fails
         raise ClusterError(f"--dask {shown}: Dask's client could not be set up ({_brief(exc)}); check Dask's "
                            "distributed.client.* config") from None
     try:
         sync(loop, started, client, callback_timeout=deadline + HANDSHAKE_GRACE)
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - whatever failed, one ClusterError line (_handshake_error)
         _close(client, timeout)
         raise _handshake_error(exc, shown, timeout) from None
     except BaseException:  # Ctrl-C: close what was opened, then stop
@@ -312,7 +313,7 @@ def _handshake(loop: Any, address: str, shown: str, timeout: float) -> Any:
 def _handshake_error(exc: Exception, shown: str, timeout: float) -> ClusterError:
     """What a failed handshake means: nothing there, something that is not a Dask scheduler, or a scheduler that
     refused this client."""
-    from distributed.comm import CommClosedError
+    from distributed.comm.core import CommClosedError
 
     port_fix = "check the port (a Dask scheduler listens on 8786, its dashboard on 8787)"
     if isinstance(exc, TimeoutError):
@@ -384,5 +385,6 @@ def _forget(client: Any) -> None:
 
 
 def _brief(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
-    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+    lines = str(exc).strip().splitlines()  # the first line: a worker's error can carry its traceback
+    text = one_line(lines[0], 200) if lines else ""
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__

@@ -30,7 +30,10 @@ def worker_facts(source: Any, probe: tuple[IdArray, str] | None = None, device: 
     from job.errors import FaceatlasError
 
     facts: dict[str, Any] = {"faceatlas": __version__, "python": platform.python_version(), "numpy": np.__version__,
-                             "dask": dask.__version__, "distributed": distributed.__version__, "input": "ok"}
+                             # set in their __init__ by `from ._version import __version__`: no export to mypy
+                             "dask": dask.__version__,  # type: ignore[attr-defined]
+                             "distributed": distributed.__version__,  # type: ignore[attr-defined]
+                             "input": "ok"}
     if source is not None and probe is not None:
         from job.cluster.source import read_faces
 
@@ -101,9 +104,9 @@ def merge_sums(first: Partial, second: Partial) -> Partial:
 
 def finish_sums(total: Partial, n_identities: int, dim: int) -> tuple[FloatArray, np.ndarray]:
     """The unit centroids (n_identities, dim) float32 and sum lengths (n_identities,) float64 of the summed
-    identities (zero rows for an identity with no face summed), as :func:`job.analysis.identities.identity_table`
+    identities (zero rows for an identity with no face summed), as :func:`job.space.kernels.sum_identities`
     stores them."""
-    from job.analysis.identities import store_sums
+    from job.space.kernels import store_sums
 
     centroids = np.zeros((n_identities, dim), dtype=np.float32)
     norms = np.zeros(n_identities, dtype=np.float64)
@@ -115,17 +118,18 @@ def finish_sums(total: Partial, n_identities: int, dim: int) -> tuple[FloatArray
 def chunk_rowwise_dot(unit: np.ndarray, others: np.ndarray, index: IdArray, rows: IdArray, device: bool = False
                       ) -> np.ndarray:
     """``unit[rows[i]] . others[index[i]]`` within one chunk (float64); on the worker's GPU with ``device``."""
-    from job.analysis.identities import rowwise_dot
+    from job.space.kernels import rowwise_dot
     from job.xp import to_host
 
-    return to_host(rowwise_dot(*_on(device, unit, others, index, rows)))
+    dots: np.ndarray = to_host(rowwise_dot(*_on(device, unit, others, index, rows)))
+    return dots
 
 
 def chunk_best_candidate(unit: np.ndarray, shared: tuple[FloatArray, np.ndarray], candidates: IdArray,
                          codes: IdArray, device: bool = False) -> tuple[np.ndarray, IdArray]:
-    """:func:`job.analysis.suspects.best_candidate` for one chunk's faces (``shared``: the centroids and their
+    """:func:`job.space.kernels.best_candidate` for one chunk's faces (``shared``: the centroids and their
     scales, sent to every worker once); on the worker's GPU with ``device``."""
-    from job.analysis.suspects import best_candidate
+    from job.space.kernels import best_candidate
     from job.xp import to_host
 
     centroids, scale = shared

@@ -12,13 +12,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
+from typing import Protocol
 
 import numpy as np
 
 from job.arrays import BoolArray, FloatArray, IdArray
-from job.config import InputConfig
-from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.errors import InputError, UsageError
+from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.io.files import shown
 from job.io.formats import file_sha256, read_arrays, sniff_format
 from job.io.memory import format_size, require
@@ -119,9 +119,10 @@ def face_quality(log_norms: np.ndarray | None, n_faces: int) -> FloatArray:
     """Raw length over the median length (n_faces,) float32, from the lengths' logs (so 1e-300 and 1e300
     inputs give the same answer); NaN for every face when the lengths are all the same
     (:func:`lengths_constant`) or ``log_norms`` is None."""
-    if lengths_constant(log_norms):
+    if log_norms is None or lengths_constant(log_norms):
         return np.full(n_faces, np.nan, dtype=np.float32)
-    return np.exp(log_norms - np.median(log_norms)).astype(np.float32)
+    quality: FloatArray = np.exp(log_norms - np.median(log_norms)).astype(np.float32)
+    return quality
 
 
 @dataclass(frozen=True)
@@ -137,7 +138,35 @@ class CheckedArrays:
     log_norms: np.ndarray
 
 
-def load_database(config: InputConfig, max_memory: int | None = None,
+class InputSpec(Protocol):
+    """What :func:`load_database` reads of where the input comes from (:class:`job.config.InputConfig` is one;
+    io reads the settings, it does not own them)."""
+
+    @property
+    def path(self) -> str: ...
+    @property
+    def id_field(self) -> str: ...
+    @property
+    def embedding_field(self) -> str: ...
+    @property
+    def names(self) -> str: ...
+    @property
+    def truth(self) -> str: ...
+    @property
+    def drop_invalid(self) -> bool: ...
+    @property
+    def sha256(self) -> str: ...
+    @property
+    def allow_http(self) -> bool: ...
+    @property
+    def url_timeout(self) -> float: ...
+    @property
+    def url_max_bytes(self) -> int: ...
+    @property
+    def demo(self) -> str: ...
+
+
+def load_database(config: InputSpec, max_memory: int | None = None,
                   log: Callable[[str], None] = lambda message: None, ids_optional: bool = False,
                   working: Working | None = None) -> FaceDatabase:
     """Load and validate the database named by ``config.path`` ("" = the built-in demo, or an https URL).
@@ -177,8 +206,8 @@ def load_database(config: InputConfig, max_memory: int | None = None,
             # read before the pass over every face, so a wrong --truth costs no time
             truth = read_truth(Path(config.truth), source, len(raw.embeddings))
         ids = raw.ids if raw.ids is not None else np.full(len(raw.embeddings), -1, dtype=np.int64)
-        checked = check_arrays(ids, raw.embeddings, source, config.drop_invalid, max_memory, raw.release, working,
-                               ids_given=raw.ids is not None)
+        checked = check_arrays(ids, raw.embeddings, source, drop_invalid=config.drop_invalid, max_memory=max_memory,
+                               release=raw.release, working=working, ids_given=raw.ids is not None)
         dtype, has_ids = str(raw.embeddings.dtype), raw.ids is not None
         del raw  # a memory-mapped file's pages are released here; only the unit copy stays
         digest = digest or file_sha256(path)
@@ -237,7 +266,7 @@ def check_truth_ids(truth: DemoTruth, identities: IdArray, path: Path, source: s
                          "--truth")
 
 
-def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
+def demo_database(spec: DemoSpec = DEMO_SHAPES["standard"]) -> FaceDatabase:
     """The built-in demo database, generated in memory."""
     records, truth = make_demo(spec)
     digest = hashlib.sha256(records.tobytes()).hexdigest()
@@ -246,7 +275,7 @@ def demo_database(spec: DemoSpec = DemoSpec()) -> FaceDatabase:
                         duplicates=checked.duplicates, log_norms=checked.log_norms)
 
 
-def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, drop_invalid: bool = False,
+def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_invalid: bool = False,
                  max_memory: int | None = None, release: Callable[[int, int], None] = lambda start, stop: None,
                  working: Working | None = None, ids_given: bool = True) -> CheckedArrays:
     """Validate ids and embeddings; return int64 ids and the embeddings scaled to unit length.
@@ -345,7 +374,8 @@ def _row_keys(block: np.ndarray) -> np.ndarray:
     raw = np.ascontiguousarray(block)
     words = raw.view(np.uint8).reshape(len(raw), -1)
     columns, weights = _hash_plan(words.shape[1])
-    return (words[:, columns].astype(np.uint64) * weights).sum(axis=1)
+    keys: np.ndarray = (words[:, columns].astype(np.uint64) * weights).sum(axis=1)
+    return keys
 
 
 @lru_cache(maxsize=8)
@@ -453,6 +483,7 @@ def read_names(path: Path, identities: IdArray) -> dict[int, str]:
         elif ("id" in record) != first[0]:
             raise InputError(f"{where} {'has an' if 'id' in record else 'has no'} \"id\" key, unlike line "
                              f"{first[1]}; give an \"id\" on every line, or on none (names in id order)")
+        identity: int | None
         if "id" in record:
             identity = names_file_id(record["id"], where)
         else:

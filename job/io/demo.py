@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.atomic import atomic_write, existing_ancestor
 
 CHUNK_FACES = 1 << 16
 
@@ -244,7 +245,7 @@ def plan_demo(spec: DemoSpec) -> DemoPlan:
     else:
         source[misfiled] = _other_identities(rng, ids[misfiled], spec.n_identities)
     if twins and spec.twin_misfiled:
-        misfiled = _misfile_twins(rng, ids, source, misfiled, twins, spec.twin_misfiled)
+        misfiled = _misfile_twins(rng, ids, source, misfiled, twins, share=spec.twin_misfiled)
     quality = norms = copies = None
     low: IdArray = np.zeros(0, dtype=np.int64)
     duplicate: IdArray = np.zeros(0, dtype=np.int64)
@@ -304,7 +305,6 @@ def check_demo_request(spec: DemoSpec, path: Path, truth_path: Path, *, force: b
 
     from job.errors import UsageError
     from job.io.memory import format_size, require
-    from job.store.outputs import existing_ancestor
 
     for target in (path, truth_path):
         if target.is_dir():
@@ -338,18 +338,11 @@ def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES, *, force: bo
     plan = plan_demo(spec)
     dtype = seed_dtype(spec.n_identities, spec.dim)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(plan.ids),)}
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as handle:
-            np.lib.format.write_array_header_2_0(handle, header)
-            for records in demo_chunks(plan, rows):
-                handle.write(records.tobytes())
-        if force:
-            os.replace(tmp, path)
-        else:
-            _move_without_replacing(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    install = os.replace if force else _move_without_replacing
+    with atomic_write(path, install=install) as tmp, tmp.open("wb") as handle:
+        np.lib.format.write_array_header_2_0(handle, header)
+        for records in demo_chunks(plan, rows):
+            handle.write(records.tobytes())
     return len(plan.ids), plan.truth
 
 
@@ -373,14 +366,16 @@ def _move_without_replacing(tmp: Path, path: Path) -> None:
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> FloatArray:
     vectors = rng.standard_normal((n, dim), dtype=np.float32)
-    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    unit: FloatArray = vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+    return unit
 
 
 def _mix(base: FloatArray, other: FloatArray, weight: np.ndarray | float) -> FloatArray:
     # sqrt weights keep the result's cosine to `base` at ~sqrt(weight) and pairwise cosines at ~weight
     w = np.asarray(weight, dtype=np.float32).reshape(-1, 1) if np.ndim(weight) else np.float32(weight)
     mixed = np.sqrt(w) * base + np.sqrt(1 - w) * other
-    return mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    unit: FloatArray = mixed / np.linalg.norm(mixed, axis=1, keepdims=True)
+    return unit
 
 
 def _family_centres(rng: np.random.Generator, spec: DemoSpec) -> tuple[FloatArray, list[list[int]]]:
@@ -431,7 +426,7 @@ def _plant_twins(rng: np.random.Generator, centres: FloatArray, spec: DemoSpec, 
 
 
 def _misfile_twins(rng: np.random.Generator, ids: IdArray, source: IdArray, misfiled: IdArray,
-                   twins: list[tuple[int, int]], share: float) -> IdArray:
+                   twins: list[tuple[int, int]], *, share: float) -> IdArray:
     """File one face of a twin under the other twin, in ``share`` of the twin pairs (identities of 3+ faces
     with no misfiled face yet); returns all misfiled rows, sorted."""
     counts = np.bincount(ids)
@@ -454,7 +449,7 @@ def _face_quality(rng: np.random.Generator, n_faces: int, misfiled: IdArray, spe
     occluded: weakly like everyone, their own identity included), never a misfiled face."""
     quality = rng.uniform(*spec.face_quality, size=n_faces)
     eligible = np.setdiff1d(np.arange(n_faces), misfiled)
-    n_low = min(int(round(spec.low_quality_fraction * n_faces)), len(eligible))
+    n_low = min(round(spec.low_quality_fraction * n_faces), len(eligible))
     low = np.sort(rng.choice(eligible, size=n_low, replace=False))
     quality[low] = rng.uniform(*spec.low_quality, size=n_low)
     return quality, low
@@ -465,7 +460,7 @@ def _plant_duplicates(rng: np.random.Generator, ids: IdArray, busy: IdArray, sha
     """Faces that re-enrol the face before them (same identity, neither misfiled nor low quality)."""
     rows = np.arange(1, len(ids))
     eligible = rows[(ids[rows] == ids[rows - 1]) & ~np.isin(rows, busy) & ~np.isin(rows - 1, busy)]
-    chosen = rng.choice(eligible, size=min(int(round(share * len(ids))), len(eligible)), replace=False)
+    chosen = rng.choice(eligible, size=min(round(share * len(ids)), len(eligible)), replace=False)
     chosen = np.sort(chosen[~np.isin(chosen - 1, chosen)])  # a copy of a copy would name the wrong original
     copies = np.full(len(ids), -1, dtype=np.int64)
     copies[chosen] = chosen - 1
@@ -482,7 +477,7 @@ def _face_ids(rng: np.random.Generator, spec: DemoSpec) -> IdArray:
 def _pick_misfiled(rng: np.random.Generator, ids: IdArray, spec: DemoSpec) -> IdArray:
     counts = np.bincount(ids, minlength=spec.n_identities)
     eligible = np.flatnonzero(counts[ids] >= 3)
-    n_misfiled = min(int(round(spec.misfiled_fraction * len(ids))), len(eligible))
+    n_misfiled = min(round(spec.misfiled_fraction * len(ids)), len(eligible))
     chosen = rng.choice(eligible, size=n_misfiled, replace=False)
     # at most one misfiled face per identity, so every identity keeps a clear majority of its own faces
     _, first = np.unique(ids[chosen], return_index=True)

@@ -11,16 +11,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import stat
 import tomllib
 from pathlib import Path
 from typing import Any
 
-from job.errors import FaceatlasError, InputError
+from job.errors import FaceatlasError, InputError, one_line
 from job.io.memory import format_size, require
 
 SMALL_FILE = 16 << 20  # a config, a truth file, a run record: far below this
 _PARSE_ERRORS = (ValueError, RecursionError, MemoryError, OverflowError)  # JSONDecodeError is a ValueError
+_SURROGATE = re.compile("[\ud800-\udfff]")
 
 
 def open_regular(path: Path, what: str, fix: str, error: type[FaceatlasError] = InputError) -> int:
@@ -43,7 +45,7 @@ def open_regular(path: Path, what: str, fix: str, error: type[FaceatlasError] = 
     return fd
 
 
-def read_bytes(path: Path, what: str, fix: str, max_bytes: int = SMALL_FILE,
+def read_bytes(path: Path, what: str, fix: str, max_bytes: int = SMALL_FILE, *,
                error: type[FaceatlasError] = InputError, memory_factor: int = 0) -> bytes:
     """The bytes of a regular file of at most ``max_bytes`` (see :func:`open_regular`).
 
@@ -69,10 +71,10 @@ def read_bytes(path: Path, what: str, fix: str, max_bytes: int = SMALL_FILE,
     return content
 
 
-def read_text(path: Path, what: str, fix: str, max_bytes: int = SMALL_FILE,
+def read_text(path: Path, what: str, fix: str, max_bytes: int = SMALL_FILE, *,
               error: type[FaceatlasError] = InputError, memory_factor: int = 0) -> str:
     """:func:`read_bytes` decoded as strict UTF-8 (a byte-order mark is dropped)."""
-    content = read_bytes(path, what, fix, max_bytes, error, memory_factor)
+    content = read_bytes(path, what, fix, max_bytes, error=error, memory_factor=memory_factor)
     try:
         return content.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
@@ -101,7 +103,7 @@ def describe_parse_error(exc: BaseException) -> str:
         return "nested too deeply"
     if isinstance(exc, MemoryError):
         return "too large to parse"
-    text = " ".join(str(exc).split())
+    text = one_line(exc)
     if "int_max_str_digits" in text or "integer string conversion" in text:
         return "an integer with more digits than any id or setting has"
     return text[:160] or type(exc).__name__
@@ -116,13 +118,16 @@ def shown(value: Any, limit: int = 80) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def display_text(text: str, limit: int) -> str:
-    """``text`` as a figure or a terminal can show it: control characters and line breaks as spaces, lone
-    surrogates (from file names that are not UTF-8) as U+FFFD, at most ``limit`` characters."""
-    plain = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else " " if ch.isspace() or not ch.isprintable()
-                    else ch for ch in text[: limit + 1])
-    return plain if len(plain) <= limit else plain[: limit - 1] + "\u2026"
+def display_text(text: str, limit: int | None = None, *, flatten: bool = True) -> str:
+    """``text`` as a figure, a terminal or a page can show it: lone surrogates (from file names that are not
+    UTF-8) as U+FFFD; with ``flatten``, control characters and line breaks as spaces (without, they are kept:
+    lines printed as lines, text a page escapes itself); at most ``limit`` characters, the last ``…`` where
+    cut. The one sanitiser of shown text (the page's :func:`job.report.content.clean_text`, the CLI's output)."""
+    plain = _SURROGATE.sub("\ufffd", text if limit is None else text[: limit + 1])
+    if flatten:
+        plain = "".join(" " if ch.isspace() or not ch.isprintable() else ch for ch in plain)
+    return plain if limit is None or len(plain) <= limit else plain[: limit - 1] + "\u2026"
 
 
 def _reason(exc: OSError) -> str:
-    return " ".join(str(exc.strerror or exc).split())
+    return one_line(exc.strerror or exc)

@@ -9,6 +9,7 @@ member's stored size before it is read, and every read that must hold data in me
 from __future__ import annotations
 
 import ast
+import contextlib
 import hashlib
 import math
 import mmap
@@ -22,7 +23,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from job.errors import InputError
+from job.errors import InputError, one_line
 from job.io.memory import require
 
 _MAGIC = {b"\x93NUMPY": "npy", b"PK\x03\x04": "npz", b"PAR1": "parquet"}
@@ -207,10 +208,8 @@ def _page_release(array: np.ndarray, header: _Header) -> Callable[[int, int], No
         first = (base + start * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
         last = (base + stop * row_bytes) // mmap.PAGESIZE * mmap.PAGESIZE
         if last > first:
-            try:
+            with contextlib.suppress(OSError, ValueError):
                 handle.madvise(advice, first, last - first)
-            except (OSError, ValueError):
-                pass
 
     return release
 
@@ -345,5 +344,4 @@ def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:
 
 def _short(exc: BaseException) -> str:
     """An exception's message on one line, at most 160 characters."""
-    text = " ".join(str(exc).split()) or type(exc).__name__
-    return text if len(text) <= 160 else text[:157] + "..."
+    return one_line(exc, 160, ellipsis="...") or type(exc).__name__

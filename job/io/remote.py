@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-from job.errors import InputError, UsageError
+from job.atomic import atomic_write
+from job.errors import InputError, UsageError, one_line
 from job.io.formats import file_sha256
 
 _SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]*)://")
@@ -88,15 +89,12 @@ def fetch(url: str, *, sha256: str = "", allow_http: bool = False, timeout: floa
     except OSError as exc:
         raise UsageError(f"{folder}: cannot create the download cache ({exc.strerror}); set XDG_CACHE_HOME "
                          "to a writable folder") from None
-    partial = folder / f".{key}.{os.getpid()}.partial"
-    try:
-        digest = _download(url, shown, partial, allow_http, timeout, max_bytes, folder)
+    with atomic_write(target) as partial:  # a mismatch raises before the file takes its name
+        digest = _download(url, shown, partial, allow_http=allow_http, timeout=timeout, max_bytes=max_bytes,
+                           folder=folder)
         if expected and digest != expected:
             raise InputError(f"{shown}: downloaded file has sha256 {digest}, expected {expected}; check the URL "
                              "and --sha256 (the file was not used)")
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
     return Download(target, digest, cached=False)
 
 
@@ -118,7 +116,7 @@ def _check_scheme(url: str, shown: str, allow_http: bool) -> None:
     raise UsageError(f"{shown}: unsupported URL scheme {scheme!r}; pass a local file or an https:// URL")
 
 
-def _download(url: str, shown: str, partial: Path, allow_http: bool, timeout: float, max_bytes: int,
+def _download(url: str, shown: str, partial: Path, *, allow_http: bool, timeout: float, max_bytes: int,
               folder: Path) -> str:
     opener = urllib.request.build_opener(_SafeRedirects(allow_http),
                                          urllib.request.HTTPSHandler(context=ssl.create_default_context()))
@@ -190,8 +188,7 @@ def _content_length(value: str | None) -> int:
 
 
 def _reason(reason: Any) -> str:
-    text = " ".join(str(reason).split())
-    return text[:160]
+    return one_line(reason, 160)
 
 
 class _SafeRedirects(urllib.request.HTTPRedirectHandler):
@@ -200,7 +197,9 @@ class _SafeRedirects(urllib.request.HTTPRedirectHandler):
     def __init__(self, allow_http: bool) -> None:
         self.allow_http = allow_http
 
-    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str) -> Any:
+    def redirect_request(  # noqa: PLR0917 - urllib's HTTPRedirectHandler signature, called positionally by urllib
+        self, req: Any, fp: Any, code: int, msg: str, headers: Any, newurl: str
+    ) -> Any:
         try:
             target, origin = urlsplit(newurl), urlsplit(req.full_url)
             same_origin = (target.scheme, target.hostname, target.port) == (origin.scheme, origin.hostname,

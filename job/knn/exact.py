@@ -22,6 +22,8 @@ class ExactIndex:
     """Blocked matrix products against every reference face: exact, n_queries x n_reference x dim."""
 
     name: ClassVar[str] = "exact"
+    batched: ClassVar[bool] = False  # configured with the run's batching (configure_batches)
+    graphs_reference: ClassVar[bool] = False  # builds the reference faces' own graph (reference_graph)
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
         self.reference: FloatArray = np.zeros((0, 0), dtype=np.float32)

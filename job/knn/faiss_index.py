@@ -12,11 +12,14 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 import numpy as np
 
 from job.arrays import FloatArray
+
+if TYPE_CHECKING:
+    import faiss
 
 LIST_SIZE = 256
 NPROBE = 16  # faces: the nearest reference face is found for 99.7% of queries (1M faces, 200k reference)
@@ -32,12 +35,14 @@ class FaissIvfIndex:
     """faiss ``IndexIVFScalarQuantizer`` (fp16, not residual: inner products stay exact) over unit vectors."""
 
     name: ClassVar[str] = "faiss-ivf"
+    batched: ClassVar[bool] = False  # configured with the run's batching (configure_batches)
+    graphs_reference: ClassVar[bool] = False  # builds the reference faces' own graph (reference_graph)
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
         self.seed = 0 if seed is None else seed
         self.thorough = thorough
         self.nprobe = NPROBE_THOROUGH if thorough else NPROBE
-        self.index: object | None = None
+        self.index: faiss.IndexIVFScalarQuantizer | None = None
 
     def build(self, reference: np.ndarray) -> None:
         import faiss

@@ -19,9 +19,12 @@ Signatures are those of cuVS 26.10 (``tests/fixtures/cuvs-26.10.json``, read fro
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from job.arrays import FloatArray
+
+if TYPE_CHECKING:
+    from job.knn.index import KnnIndex
 
 SQEUCLIDEAN_TO_COS = 0.5  # on unit vectors |a - b|^2 = 2 - 2 cos
 
@@ -36,6 +39,8 @@ class CuvsBruteForceIndex:
     """Exact cosine search on the GPU (cuVS brute force)."""
 
     name: ClassVar[str] = "cuvs-brute-force"
+    batched: ClassVar[bool] = False  # configured with the run's batching (configure_batches)
+    graphs_reference: ClassVar[bool] = False  # builds the reference faces' own graph (reference_graph)
     device: ClassVar[bool] = True
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
@@ -70,6 +75,8 @@ class CupyExactIndex:
     aside."""
 
     name: ClassVar[str] = "cupy-exact"
+    batched: ClassVar[bool] = False  # configured with the run's batching (configure_batches)
+    graphs_reference: ClassVar[bool] = False  # builds the reference faces' own graph (reference_graph)
     device: ClassVar[bool] = True
     block_bytes: ClassVar[int] = 256 << 20  # one block of similarities; its top-k temporaries are ~4x this
 
@@ -106,6 +113,8 @@ class CuvsNnDescentIndex:
     """
 
     name: ClassVar[str] = "cuvs-nn-descent"
+    batched: ClassVar[bool] = True  # configured with the run's batching (configure_batches)
+    graphs_reference: ClassVar[bool] = True  # builds the reference faces' own graph (reference_graph)
     device: ClassVar[bool] = True
     n_clusters: ClassVar[int] = 1  # set from the run's gpu section by configure()
     overlap_factor: ClassVar[int] = 2
@@ -153,5 +162,6 @@ class CuvsNnDescentIndex:
         return self.exact.query(queries, k)
 
 
-INDEX_CLASSES: dict[str, Any] = {CuvsBruteForceIndex.name: CuvsBruteForceIndex, CupyExactIndex.name: CupyExactIndex,
-                                 CuvsNnDescentIndex.name: CuvsNnDescentIndex}
+INDEX_CLASSES: dict[str, type[KnnIndex]] = {CuvsBruteForceIndex.name: CuvsBruteForceIndex,
+                                            CupyExactIndex.name: CupyExactIndex,
+                                            CuvsNnDescentIndex.name: CuvsNnDescentIndex}

@@ -65,7 +65,8 @@ class FaceGraph:
         """Face rows of the neighbours in ``columns`` (n_faces, width), int64; -1 stays -1."""
         xp = namespace(self.indices)
         block = self.indices[:, columns]
-        return xp.where(block >= 0, self.reference[xp.maximum(block, 0)], -1)
+        rows: IdArray = xp.where(block >= 0, self.reference[xp.maximum(block, 0)], -1)
+        return rows
 
 
 def top_k(sims: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -126,4 +127,5 @@ def normalise(embeddings: np.ndarray) -> FloatArray:
     """
     vectors = np.asarray(embeddings, dtype=np.float64)
     norms = np.linalg.norm(vectors, axis=1, keepdims=True)
-    return (vectors / norms).astype(np.float32)
+    unit: FloatArray = (vectors / norms).astype(np.float32)
+    return unit

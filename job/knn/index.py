@@ -9,7 +9,7 @@ A GPU index (cuVS) slots in as another entry of :data:`INDEXES`.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, cast
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from job.xp import namespace, on_device, to_namespace
 
 NND_BYTES_PER_EDGE = 16  # NN-descent keeps an int64 index and a float distance per candidate, twice
 if TYPE_CHECKING:
-    from job.config import GpuConfig
+    from job.config import GpuConfig, KnnConfig
 
 QUERY_CHUNK = 1 << 17  # queries per chunk: progress granularity, and the unit a cluster would map over
 RESCORED_EXTRA = 4  # candidates beyond k scored again exactly (graph_rows): a neighbour's rank depends on no BLAS
@@ -33,6 +33,11 @@ class KnnIndex(Protocol):
     """What the run needs from a nearest-neighbour library."""
 
     name: ClassVar[str]
+    batched: ClassVar[bool]
+    """Built in batches the run configures (:func:`configure_batches`, the ``configure`` class method)."""
+    graphs_reference: ClassVar[bool]
+    """Builds the reference faces' own graph while indexing (``reference_graph(k)``), so only the other faces
+    are queried."""
 
     def __init__(self, seed: int | None = None, thorough: bool = False) -> None:
         """``thorough``: trade speed for recall (used for the few identity-level queries)."""
@@ -45,6 +50,15 @@ class KnnIndex(Protocol):
     def query(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, FloatArray]:
         """Positions in the reference set (n, k) int64 (-1: not found) and cosine similarities (n, k) float32
         of each query's ``k`` nearest reference vectors, nearest first."""
+        ...
+
+
+class GraphingIndex(KnnIndex, Protocol):
+    """An index whose ``graphs_reference`` is true: it builds the reference faces' own graph while indexing."""
+
+    def reference_graph(self, k: int) -> tuple[np.ndarray, FloatArray]:
+        """Each reference face's ``k`` nearest reference faces (itself included, as found): positions
+        (n_reference, k) int64 and cosine similarities (n_reference, k) float32."""
         ...
 
 
@@ -131,7 +145,7 @@ def _resolve_gpu(method: str, n_reference: int, gpu_exact_max: int) -> tuple[typ
     return GPU_INDEXES[name](), f"asked for with knn.method={method} (GPU)"
 
 
-def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_max: int, seed: int | None = None,
+def face_graph(unit: np.ndarray, reference: IdArray, k: int, knn: KnnConfig, *, seed: int | None = None,
                progress: ProgressFactory = no_progress, gpu: GpuConfig | None = None, gpu_free: int | None = None
                ) -> FaceGraph:
     """Each face's ``k`` nearest reference faces by cosine: the run's one kNN graph.
@@ -142,6 +156,7 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
         graph is then built by a GPU index and stays on the GPU)
     reference : ndarray of shape (n_reference,), int64 — sorted face rows the map is fitted on
     k : neighbours per face; a reference face counts itself as its first
+    knn : the run's index settings (``method``, ``exact_max_faces``: :func:`resolve`)
     gpu : the run's GPU settings (exact search limit, NN-descent batching), for a GPU run
     gpu_free : the GPU's free memory in bytes before the run's pool took any (None: asked now)
     """
@@ -150,11 +165,9 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
         from job.config import GpuConfig
 
         gpu = GpuConfig()
-    if hasattr(unit, "face_graph"):  # faces held by a Dask cluster's workers: each chunk is queried there
-        return unit.face_graph(reference, k, method, exact_max, seed, gpu, progress)
-    cls, reason = resolve(method, len(reference), exact_max, on_device(xp), gpu.exact_max_faces)
-    if hasattr(cls, "configure"):
-        cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k, gpu_free)
+    cls, reason = resolve(knn.method, len(reference), knn.exact_max_faces, on_device(xp), gpu.exact_max_faces)
+    if cls.batched:
+        cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k, free=gpu_free)
         reason += batching
         if seed is not None:  # README "Seeds on the GPU"
             reason += ("; not reproducible even with --seed (NN-descent's GPU kernels race): raise "
@@ -171,8 +184,8 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
     indices = xp.empty((n_faces, k), dtype=xp.int32)
     distances = xp.empty((n_faces, k), dtype=xp.float32)
     queried: Any = None  # every face is a query, unless the index has the reference faces' own graph
-    if hasattr(index, "reference_graph"):
-        found, similarity = index.reference_graph(k)
+    if index.graphs_reference:
+        found, similarity = cast("GraphingIndex", index).reference_graph(k)  # what graphs_reference promises
         found, similarity = self_first(found, similarity, xp.arange(len(reference)))
         indices[reference] = found
         distances[reference] = _distance(found, similarity)
@@ -192,7 +205,7 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, method: str, exact_
     return FaceGraph(reference, indices, distances, cls.name, reason)
 
 
-def configure_batches(cls: Any, gpu: GpuConfig, n_reference: int, dim: int, k: int, free: int | None = None
+def configure_batches(cls: Any, gpu: GpuConfig, n_reference: int, dim: int, k: int, *, free: int | None = None
                       ) -> tuple[Any, str]:
     """The NN-descent index class with the run's batching: ``gpu.knn_n_clusters``, or for 0 the fewest
     batches whose working set (the batch's faces as float32 plus NN-descent's graphs, ~``NND_BYTES_PER_EDGE``

@@ -21,7 +21,7 @@ LANES = 8  # independent partial sums: the CPU can run them side by side, and th
 
 
 @numba.njit(cache=True, nogil=True, parallel=True)
-def _pair_dots(queries, reference, found, out):  # noqa: ANN001, ANN202 - numba kernel
+def _pair_dots(queries, reference, found, out):
     dim = queries.shape[1]
     for i in numba.prange(found.shape[0]):
         lanes = np.zeros(LANES)

@@ -29,11 +29,12 @@ from typing import Any
 
 import numpy as np
 
-from job.analysis.geometry import DEFAULT_TEMPERATURE, Geometry, centre_rows
+from job.analysis.geometry import Geometry, centre_rows
 from job.arrays import FloatArray, IdArray
+from job.atomic import atomic_write
 from job.errors import InputError
 from job.io.memory import require
-from job.store.outputs import temporary_path
+from job.reduce.extend import DEFAULT_TEMPERATURE
 
 MODEL_FILE = "map_model.npz"
 _FIELDS = {"identity": "i", "centroid": "f", "count": "i", "cohesion": "f", "anchor": "f", "coords": "f",
@@ -84,10 +85,11 @@ class MapModel:
         return cached
 
 
-def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesion: FloatArray, coords: FloatArray,
-                face_identity: np.ndarray, *, geometry: Geometry | None = None) -> MapModel:
-    """Assemble a model from identity centroids (unit rows) and the map positions of the faces on the map, in
-    the run's ``geometry`` (None: the input's own space, the legacy temperature)."""
+def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesion: FloatArray, coords: FloatArray, *,
+                face_identity: np.ndarray, geometry: Geometry | None = None) -> MapModel:
+    """Assemble a model from identity centroids (unit rows) and the map positions ``coords`` of the faces on the
+    map (of identity index ``face_identity``), in the run's ``geometry`` (None: the input's own space, the legacy
+    temperature)."""
     n_ids = len(identity)
     anchor = np.full((n_ids, coords.shape[1]), np.nan, dtype=np.float32)
     per_id = np.bincount(face_identity, minlength=n_ids)
@@ -105,11 +107,12 @@ def build_model(identity: IdArray, centroid: FloatArray, count: IdArray, cohesio
     radius = float("inf")
     if k >= 1:
         kth, _ = tree.query(coords, k=k + 1, workers=-1)  # a face is its own first neighbour
-        radius = max(float(RADIUS_FACTOR * np.quantile(kth[:, -1], 0.99)), 1e-6)
-    space = {} if geometry is None else {"centre": geometry.centre, "centre_scale": geometry.centre_scale,
-                                         "temperature": geometry.temperature}
+        radius = max(float(RADIUS_FACTOR * np.quantile(np.asarray(kth)[:, -1], 0.99)), 1e-6)
+    centre, scale, temperature = ((None, 1.0, DEFAULT_TEMPERATURE) if geometry is None  # MapModel's defaults
+                                  else (geometry.centre, geometry.centre_scale, geometry.temperature))
     model = MapModel(np.asarray(identity, np.int64), np.asarray(centroid, np.float32), np.asarray(count, np.int64),
-                     np.asarray(cohesion, np.float32), anchor, coords, face_identity.astype(np.int32), radius, **space)
+                     np.asarray(cohesion, np.float32), anchor, coords, face_identity.astype(np.int32), radius,
+                     centre=centre, centre_scale=scale, temperature=temperature)
     object.__setattr__(model, "_tree", tree)
     return model
 
@@ -118,11 +121,11 @@ def save_model(model: MapModel, path: Path) -> Path:
     """Write ``model`` as an uncompressed ``.npz`` of plain arrays (atomically)."""
     arrays = {name: np.asarray(getattr(model, name)) for name in _FIELDS}
     arrays.update(centre=np.zeros(0, np.float32) if model.centre is None else np.asarray(model.centre, np.float32),
-                  centre_scale=np.float64(model.centre_scale), temperature=np.float64(model.temperature))
-    tmp = temporary_path(path)
-    with tmp.open("wb") as handle:
-        np.savez(handle, **arrays)
-    tmp.replace(path)
+                  centre_scale=np.asarray(model.centre_scale, np.float64),
+                  temperature=np.asarray(model.temperature, np.float64))
+    with atomic_write(path) as tmp, tmp.open("wb") as handle:
+        # numpy's stub reads a ** key as possibly its allow_pickle flag: these keys are the model's field names
+        np.savez(handle, **arrays)  # type: ignore[arg-type]
     return path
 
 
@@ -167,8 +170,8 @@ def _geometry_arrays(arrays: dict[str, np.ndarray], path: Path) -> tuple[FloatAr
     if "centre" not in arrays:
         return None, 1.0, DEFAULT_TEMPERATURE
     centre, dim = arrays["centre"], arrays["centroid"].shape[1]
-    scalars = [arrays.get(name) for name in ("centre_scale", "temperature")]
-    fine = (all(value is not None and value.shape == () and value.dtype.kind == "f" for value in scalars)
+    scalars = [arrays[name] for name in ("centre_scale", "temperature") if name in arrays]
+    fine = (len(scalars) == 2 and all(value.shape == () and value.dtype.kind == "f" for value in scalars)
             and centre.dtype.kind == "f" and centre.shape in ((0,), (dim,)))
     with np.errstate(invalid="ignore", over="ignore"):
         fine = fine and bool(np.isfinite(centre).all() and np.linalg.norm(centre.astype(np.float64)) < 1.0)

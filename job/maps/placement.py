@@ -19,9 +19,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from job.analysis.identities import top_similar, unit_rows
 from job.arrays import FloatArray, IdArray
 from job.errors import UsageError
-from job.analysis.identities import top_similar, unit_rows
 from job.maps.mapmodel import MapModel
 
 VOTERS = 15
@@ -60,7 +60,7 @@ def place(model: MapModel, unit: FloatArray, candidates: int = 5) -> Placement:
     return Placement(coords, model.identity[usable[index[:, 0]]], sims[:, 0].astype(np.float32))
 
 
-def invert(model: MapModel, point: FloatArray, leave_out: int = -1, own: tuple[int, FloatArray] | None = None
+def invert(model: MapModel, point: np.ndarray, leave_out: int = -1, own: tuple[int, FloatArray] | None = None
            ) -> Inversion:
     """The embedding-space unit vector for ``point`` (n_components,) on the map.
 
@@ -156,7 +156,7 @@ class Neighbour:
     map_distance: float
 
 
-def nearest(model: MapModel, point: FloatArray, k: int = 10) -> list[Neighbour]:
+def nearest(model: MapModel, point: np.ndarray, k: int = 10) -> list[Neighbour]:
     """The ``k`` identities most similar to the embedding-space vector of ``point``, best first."""
     point = np.asarray(point, dtype=np.float64).reshape(-1)
     invert(model, point)  # refuses a malformed point, or one off the populated map, with the reason

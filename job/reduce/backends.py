@@ -13,7 +13,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from job.arrays import FloatArray, IdArray
+from job.arrays import FloatArray
 from job.caches import cached_numba
 from job.config import KnnConfig, UmapConfig
 from job.errors import BackendUnavailable, UsageError
@@ -52,15 +52,16 @@ class UmapLearnBackend:
         return np
 
     def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+        self, unit: FloatArray, labels: np.ndarray | None, params: UmapConfig, knn: KnnConfig, seed: int | None, *,
         graph: Neighbors | None = None,
     ) -> Reduction:
+        from job.curve import ab_params
         from job.reduce import layout
 
         if graph is None or graph.indices.shape[1] < params.n_neighbors:
             from job.knn.index import face_graph
 
-            shared = face_graph(unit, np.arange(len(unit)), params.n_neighbors, knn.method, knn.exact_max_faces, seed)
+            shared = face_graph(unit, np.arange(len(unit)), params.n_neighbors, knn, seed=seed)
             graph = shared.among_reference(params.n_neighbors)
         distances = graph.distances[:, : params.n_neighbors]
         if params.metric == "euclidean":  # the graph is cosine; on unit vectors euclidean = sqrt(2 cosine)
@@ -70,17 +71,17 @@ class UmapLearnBackend:
         fuzzy = layout.prune(fuzzy, n_epochs)
         rng = np.random.default_rng(seed)
         start = layout.scale_start(_start(unit, fuzzy, params, seed, rng))
-        a, b = layout.ab_params(params.spread, float(params.min_dist))
+        a, b = ab_params(params.spread, float(params.min_dist))
         state = rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3).astype(np.int64)
-        coords = layout.optimize_layout(start, start, fuzzy, n_epochs, a, b, state, float(params.repulsion_strength),
-                                        parallel=seed is None)
+        sgd = layout.SgdSettings(n_epochs, a, b, state, float(params.repulsion_strength))
+        coords = layout.optimize_layout(start, start, fuzzy, sgd, parallel=seed is None)
         return Reduction(coords, graph.method, self.engine)
 
 
 def _start(unit: FloatArray, fuzzy: Any, params: UmapConfig, seed: int | None, rng: np.random.Generator
-           ) -> FloatArray:
-    """Where the layout starts (before umap-learn's rescaling to [0, 10]): PCA, uniform random, or umap-learn's
-    spectral layout of the fuzzy graph."""
+           ) -> np.ndarray:
+    """Where the layout starts (before umap-learn's rescaling to [0, 10]): PCA, uniform random (float32), or
+    umap-learn's spectral layout of the fuzzy graph (float64)."""
     if params.init == "pca":  # the same start as umap-learn's, without scikit-learn's centred copy
         return pca_start(np.asarray(unit, dtype=np.float32), params.n_components, seed)
     if params.init == "random":
@@ -91,7 +92,8 @@ def _start(unit: FloatArray, fuzzy: Any, params: UmapConfig, seed: int | None, r
     matrix = scipy.sparse.coo_matrix((fuzzy.weight, (fuzzy.head, fuzzy.tail)), shape=(fuzzy.n_vertices,) * 2)
     state = np.random.RandomState(seed)  # umap-learn's spectral layout takes a RandomState
     spectral = umap.spectral.spectral_layout(unit, matrix.tocsr(), params.n_components, state)
-    return umap.umap_.noisy_scale_coords(spectral, state, max_coord=10, noise=0.0001)
+    scaled: np.ndarray = umap.umap_.noisy_scale_coords(spectral, state, max_coord=10, noise=0.0001)
+    return scaled
 
 
 BACKENDS: dict[str, type[UmapLearnBackend] | type[CumlBackend]] = {
@@ -149,7 +151,8 @@ def import_umap() -> Any:
 
     for module in (umap.umap_, umap.layouts, umap.spectral, umap.utils):
         for value in vars(module).values():
-            if isinstance(value, Dispatcher) and isinstance(value._cache, NullCache):
+            # every Dispatcher has a _cache (a NullCache until caching is on), which numba's stub leaves out
+            if isinstance(value, Dispatcher) and isinstance(getattr(value, "_cache", None), NullCache):
                 value.enable_caching()
     return umap
 

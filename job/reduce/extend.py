@@ -29,11 +29,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from job.analysis.geometry import DEFAULT_TEMPERATURE
 from job.arrays import FloatArray
 from job.progress import ProgressFactory, no_progress
 
 SPACING = 1.2
+DEFAULT_TEMPERATURE = 0.02  # where no geometry was measured (models written before it): ArcFace's
 CHUNK = 1 << 16
 
 
@@ -54,22 +54,22 @@ class Kernel:
     temperature: float = DEFAULT_TEMPERATURE  # the cosine scale of the starting point's neighbour weights
 
 
-def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float, n_epochs: int,
-                seed: int | None, *, temperature: float = DEFAULT_TEMPERATURE) -> Kernel:
+def make_kernel(fitted: FloatArray, min_dist: float, spread: float, gamma: float, n_epochs: int, *,
+                seed: int | None, temperature: float = DEFAULT_TEMPERATURE) -> Kernel:
     """The kernel for placing faces on the fitted map ``fitted`` (n_fitted, n_components)."""
     from scipy.spatial import cKDTree
 
-    from job.reduce.layout import ab_params
+    from job.curve import ab_params
 
     a, b = ab_params(spread, min_dist)
     gap, _ = cKDTree(fitted).query(fitted, k=2)
-    typical = float(np.median(gap[:, 1])) if len(fitted) > 1 else 1.0
+    typical = float(np.median(np.asarray(gap)[:, 1])) if len(fitted) > 1 else 1.0
     rng = np.random.default_rng(seed)
     state = rng.integers(np.iinfo(np.int32).min, np.iinfo(np.int32).max, 3).astype(np.int64)
     return Kernel(float(a), float(b), gamma, n_epochs, SPACING / max(typical, 1e-9), state, temperature=temperature)
 
 
-def place_rest(fitted: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel,
+def place_rest(fitted: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel, *,
                parallel: bool = True, progress: ProgressFactory = no_progress) -> FloatArray:
     """Map positions of faces whose nearest fitted faces are ``indices`` (n, k) at cosine ``distances``.
 
@@ -94,7 +94,7 @@ def place_rest(fitted: FloatArray, indices: np.ndarray, distances: FloatArray, k
 def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, kernel: Kernel,
                 parallel: bool) -> FloatArray:
     """One chunk of :func:`place_rest`, in kernel units (``scaled`` = fitted map x ``kernel.scale``)."""
-    from job.reduce.layout import Graph, optimize_layout, smooth_distances
+    from job.reduce.layout import Graph, SgdSettings, optimize_layout, smooth_distances
 
     n, k = indices.shape
     found = indices >= 0
@@ -117,9 +117,10 @@ def place_chunk(scaled: FloatArray, indices: np.ndarray, distances: FloatArray, 
     edge = weight.ravel()[weight.ravel() > 0]
     if not len(edge):
         return start
-    return optimize_layout(start, scaled, Graph(head, tail, edge, len(scaled)), kernel.n_epochs, kernel.a, kernel.b,
-                           kernel.rng_state.copy(), kernel.gamma, kernel.initial_alpha, kernel.negative_sample_rate,
-                           parallel, move_other=False)
+    sgd = SgdSettings(kernel.n_epochs, kernel.a, kernel.b, kernel.rng_state.copy(), kernel.gamma, kernel.initial_alpha,
+                      kernel.negative_sample_rate)
+    return optimize_layout(start, scaled, Graph(head, tail, edge, len(scaled)), sgd, parallel=parallel,
+                           move_other=False)
 
 
 def _start(scaled: FloatArray, position: np.ndarray, dist: FloatArray, found: np.ndarray, temperature: float

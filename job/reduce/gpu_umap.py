@@ -22,6 +22,7 @@ import numpy as np
 
 from job.arrays import FloatArray, IdArray
 from job.config import KnnConfig, UmapConfig
+from job.errors import one_line
 from job.gpu import GpuInfo, gpu_memory_errors, probe_gpu
 from job.knn.graph import Neighbors
 from job.reduce.interface import Probe, Reduction
@@ -131,14 +132,14 @@ class CumlBackend:
         try:
             import cuml
         except Exception as exc:  # noqa: BLE001 - CUDA libraries raise many kinds without a driver
-            return Probe(cls.name, False, f"cuML failed to import ({type(exc).__name__}: {' '.join(str(exc).split())})")
+            return Probe(cls.name, False, f"cuML failed to import ({type(exc).__name__}: {one_line(exc)})")
         distribution, version = found if found else ("cuml", str(cuml.__version__))
         problem = cuml_problem(gpu, distribution, version)
         if problem:
             return Probe(cls.name, False, problem, version)
-        found = version_tuple(version)
-        newer = "" if found <= NEWEST_READ else " (newer than the 26.10 faceatlas was checked against)"
-        if found < SAME_LAYOUT:
+        release = version_tuple(version)
+        newer = "" if release <= NEWEST_READ else " (newer than the 26.10 faceatlas was checked against)"
+        if release < SAME_LAYOUT:
             newer = (" (its layout runs epochs in parallel from a spectral start, as before 26.06: maps differ a "
                      f"little from 26.06+; to have those, {upgrade_fix(distribution)})")
         cuvs = ("" if importlib.util.find_spec("cuvs") is not None else "; cuVS is not installed (cuML does not "
@@ -151,12 +152,12 @@ class CumlBackend:
 
         return cupy
 
-    def fit_transform(self, unit: Any, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
-                      graph: Neighbors | None = None) -> Reduction:
+    def fit_transform(self, unit: Any, labels: np.ndarray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+                      *, graph: Neighbors | None = None) -> Reduction:
         """Fit cuML UMAP on ``unit`` (n, dim), CuPy or NumPy; ``graph`` as for the CPU backend (built on the GPU
         here when not given)."""
-        import cupy
         import cuml
+        import cupy
         from cuml.manifold import UMAP
 
         unit = cupy.asarray(unit, dtype=cupy.float32)
@@ -164,7 +165,7 @@ class CumlBackend:
         if graph is None or graph.indices.shape[1] < params.n_neighbors:
             from job.knn.index import face_graph
 
-            shared = face_graph(unit, np.arange(len(unit)), params.n_neighbors, knn.method, knn.exact_max_faces, seed)
+            shared = face_graph(unit, np.arange(len(unit)), params.n_neighbors, knn, seed=seed)
             graph, method = shared.among_reference(params.n_neighbors), shared.method
         y = None if labels is None else cupy.asarray(labels, dtype=cupy.int32)
         with gpu_memory_errors("the UMAP fit"):

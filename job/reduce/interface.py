@@ -5,7 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, ClassVar, Protocol
 
-from job.arrays import FloatArray, IdArray
+import numpy as np
+
+from job.arrays import FloatArray
 from job.config import KnnConfig, UmapConfig
 from job.knn.graph import Neighbors
 
@@ -36,7 +38,7 @@ class Backend(Protocol):
         ...
 
     def fit_transform(
-        self, unit: FloatArray, labels: IdArray | None, params: UmapConfig, knn: KnnConfig, seed: int | None,
+        self, unit: FloatArray, labels: np.ndarray | None, params: UmapConfig, knn: KnnConfig, seed: int | None, *,
         graph: Neighbors | None = None,
     ) -> Reduction:
         """Fit UMAP on unit vectors of shape (n_faces, dim) float32.

@@ -16,7 +16,7 @@ umap-learn 0.5 does it for a precomputed graph:
   negative sampling with the same Tausworthe generator and per-face states, the same learning-rate decay),
   run as one numba kernel with ``cache=True`` that releases the GIL.
 
-``tests/test_layout.py`` checks each against umap-learn itself: the same sigmas, rhos and graph, and with one
+``tests/reduce/test_layout.py`` checks each against umap-learn itself: the same sigmas, rhos and graph, and with one
 thread the very same layout from the same start and random state.
 """
 
@@ -24,10 +24,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from job.arrays import FloatArray
+from job.curve import ab_params  # noqa: F401 - the layout's curve, as umap-learn's module has it
 
 SMOOTH_K_TOLERANCE = 1e-5  # as umap-learn
 MIN_K_DIST_SCALE = 1e-3
@@ -122,17 +124,17 @@ def fuzzy_graph(indices: np.ndarray, distances: FloatArray, labels: np.ndarray |
     return Graph(graph.row.astype(np.int32), graph.col.astype(np.int32), graph.data.astype(np.float32), n)
 
 
-def _union(matrix):  # noqa: ANN001, ANN202 - scipy sparse in, scipy sparse out
+def _union(matrix: Any) -> Any:
     transpose = matrix.transpose()
     graph = matrix + transpose - matrix.multiply(transpose)
     graph.eliminate_zeros()
     return graph
 
 
-def _intersect_labels(graph, labels: np.ndarray, target_weight: float):  # noqa: ANN001, ANN202
+def _intersect_labels(graph: Any, labels: np.ndarray, target_weight: float) -> Any:
     """umap-learn's categorical ``discrete_metric_simplicial_set_intersection`` and
-    ``reset_local_connectivity``: edges between faces of different labels weaken by exp(-far), far =
-    2.5 / (1 - target_weight); each row is rescaled to a maximum of 1 and the union taken again."""
+    ``reset_local_connectivity`` of the scipy.sparse ``graph``: edges between faces of different labels weaken by
+    exp(-far), far = 2.5 / (1 - target_weight); each row is rescaled to a maximum of 1 and the union taken again."""
     import scipy.sparse
 
     far = 2.5 * (1.0 / (1.0 - target_weight)) if target_weight < 1.0 else 1.0e12
@@ -167,41 +169,6 @@ def epochs_per_sample(weights: FloatArray, n_epochs: int) -> np.ndarray:
     return result
 
 
-def ab_params(spread: float, min_dist: float) -> tuple[float, float]:
-    """``a``, ``b`` of the curve 1 / (1 + a x^(2b)) nearest (least squares over 300 points of [0, 3 spread]) to
-    1 for x < min_dist and exp(-(x - min_dist) / spread) beyond: umap-learn's ``find_ab_params``, fitted by
-    Levenberg-Marquardt from (1, 1) as scipy's ``curve_fit`` does."""
-    x = np.linspace(0, spread * 3, 300)
-    y = np.where(x < min_dist, 1.0, np.exp(-(x - min_dist) / spread))
-    positive = x > 0
-    log_x = np.where(positive, np.log(np.where(positive, x, 1.0)), 0.0)
-    params, damping = np.array([1.0, 1.0]), 1e-3
-
-    def residual(p: np.ndarray) -> np.ndarray:
-        return 1.0 / (1.0 + p[0] * np.where(positive, x, 0.0) ** (2 * p[1])) - y
-
-    cost = float(residual(params) @ residual(params))
-    for _ in range(200):
-        power = np.where(positive, np.exp(2 * params[1] * log_x), 0.0)
-        f = 1.0 / (1.0 + params[0] * power)
-        jac = np.column_stack([-power * f * f, -params[0] * power * 2 * log_x * f * f])
-        r = f - y
-        normal, grad = jac.T @ jac, jac.T @ r
-        step = np.linalg.solve(normal + damping * np.diag(np.diag(normal)), -grad)
-        trial = params + step
-        trial_cost = float(residual(trial) @ residual(trial))
-        if trial_cost < cost:
-            converged = abs(cost - trial_cost) <= 1e-15 * max(cost, 1e-300) or np.abs(step).max() < 1e-12
-            params, cost, damping = trial, trial_cost, damping / 10
-            if converged:
-                break
-        else:
-            damping *= 10
-            if damping > 1e12:
-                break
-    return float(params[0]), float(params[1])
-
-
 def start_states(rng_state: np.ndarray, head_embedding: FloatArray) -> np.ndarray:
     """Each face's generator state (n, 3) int64: the run's three-int64 state offset by the bits of the face's
     starting x (umap-learn's per-sample states)."""
@@ -209,11 +176,25 @@ def start_states(rng_state: np.ndarray, head_embedding: FloatArray) -> np.ndarra
         head_embedding[:, 0].astype(np.float64).view(np.int64).reshape(-1, 1)
 
 
-def optimize_layout(head_embedding: FloatArray, tail_embedding: FloatArray, graph: Graph, n_epochs: int,
-                    a: float, b: float, rng_state: np.ndarray, gamma: float = 1.0,
-                    initial_alpha: float = INITIAL_ALPHA, negative_sample_rate: float = NEGATIVE_SAMPLE_RATE,
+@dataclass(frozen=True)
+class SgdSettings:
+    """The layout SGD's settings, as umap-learn's ``optimize_layout_euclidean`` takes them: ``n_epochs``, the
+    curve's ``a`` and ``b`` (:func:`ab_params`), the run's ``rng_state`` (three int64), the repulsion ``gamma``,
+    the learning rate ``initial_alpha`` (falling linearly to 0) and the ``negative_sample_rate`` (random faces
+    pushed off per edge sample)."""
+
+    n_epochs: int
+    a: float
+    b: float
+    rng_state: np.ndarray
+    gamma: float = 1.0
+    initial_alpha: float = INITIAL_ALPHA
+    negative_sample_rate: float = NEGATIVE_SAMPLE_RATE
+
+
+def optimize_layout(head_embedding: FloatArray, tail_embedding: FloatArray, graph: Graph, settings: SgdSettings, *,
                     parallel: bool = False, move_other: bool = True, exact: bool = False) -> FloatArray:
-    """Run UMAP's SGD for ``n_epochs`` on ``head_embedding`` (n, c) float32, in place, and return it.
+    """Run UMAP's SGD for ``settings.n_epochs`` on ``head_embedding`` (n, c) float32, in place, and return it.
 
     ``tail_embedding`` is ``head_embedding`` itself for a fit (``move_other`` True) or a fixed map that
     placed faces move against (``move_other`` False). ``parallel`` runs the edges of an epoch on every core
@@ -221,11 +202,11 @@ def optimize_layout(head_embedding: FloatArray, tail_embedding: FloatArray, grap
     """
     from job.reduce import sgd
 
-    per_sample = epochs_per_sample(graph.weight, n_epochs)
-    states = start_states(np.asarray(rng_state, dtype=np.int64), head_embedding)
-    args = (head_embedding, tail_embedding, graph.head, graph.tail, int(len(tail_embedding)), per_sample, float(a),
-            float(b), states, float(gamma), float(initial_alpha), float(negative_sample_rate), int(n_epochs),
-            bool(move_other), bool(exact))
+    per_sample = epochs_per_sample(graph.weight, settings.n_epochs)
+    states = start_states(np.asarray(settings.rng_state, dtype=np.int64), head_embedding)
+    args = (head_embedding, tail_embedding, graph.head, graph.tail, len(tail_embedding), per_sample,
+            float(settings.a), float(settings.b), states, float(settings.gamma), float(settings.initial_alpha),
+            float(settings.negative_sample_rate), int(settings.n_epochs), bool(move_other), bool(exact))
     if parallel:
         import numba
 
@@ -249,7 +230,8 @@ def warm_kernels() -> float:
     graph = Graph(np.zeros(1, dtype=np.int32), np.ones(1, dtype=np.int32), np.ones(1, dtype=np.float32), 2)
     for parallel in (False, True):
         embedding = np.zeros((2, 2), dtype=np.float32)
-        optimize_layout(embedding, embedding, graph, 1, 1.0, 1.0, np.zeros(3, dtype=np.int64), parallel=parallel)
+        optimize_layout(embedding, embedding, graph, SgdSettings(1, 1.0, 1.0, np.zeros(3, dtype=np.int64)),
+                        parallel=parallel)
     return time.perf_counter() - start
 
 
@@ -261,7 +243,9 @@ def kernel_caches() -> list[Path]:
     return [Path(kernel._cache.cache_path) for kernel in (sgd.epochs_serial, sgd.epochs_parallel, _pair_dots)]
 
 
-def scale_start(start: FloatArray) -> FloatArray:
-    """A start rescaled to [0, 10] on each axis (umap-learn does this to every start before its SGD)."""
+def scale_start(start: np.ndarray) -> FloatArray:
+    """A start (n, c) rescaled to [0, 10] on each axis, as float32 (umap-learn does this to every start before its
+    SGD)."""
     low, high = start.min(axis=0), start.max(axis=0)
-    return (10.0 * (start - low) / (high - low)).astype(np.float32, order="C")
+    scaled: FloatArray = (10.0 * (start - low) / (high - low)).astype(np.float32, order="C")
+    return scaled

@@ -23,7 +23,7 @@ def pick_holdout(ids: IdArray, share: float, cap: int, seed: int | None, min_fit
     """Faces to leave out of the fit: ``share`` of all faces, ``cap`` at most, at most one per identity and
     only from identities with 3+ faces (so each keeps 2 on the map), leaving at least ``min_fitted`` faces."""
     n_faces = len(ids)
-    wanted = min(int(round(share * n_faces)), cap, n_faces - min_fitted)
+    wanted = min(round(share * n_faces), cap, n_faces - min_fitted)
     held = np.zeros(n_faces, dtype=bool)
     if wanted <= 0:
         return held

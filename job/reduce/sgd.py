@@ -17,10 +17,12 @@ from job.caches import cached_numba
 numba = cached_numba()  # before any kernel is declared: the cache stays in faceatlas's cache folder
 
 _FLAGS = {"fastmath": True, "cache": True, "nogil": True}
+# kernel args: the kernels take umap-learn's arguments positionally, in its order (layout.optimize_layout hands both
+# epoch kernels one argument tuple, and they hand it on to _edges), hence PLR0913 / PLR0917 off on each
 
 
 @numba.njit(**_FLAGS)
-def _tau_rand_int(states, row):  # noqa: ANN001, ANN202 - numba kernel
+def _tau_rand_int(states, row):
     """The next int32 of row ``row``'s three-word Tausworthe generator (L'Ecuyer 1996), as umap-learn's
     ``tau_rand_int`` (indexed in place: no row view, so no reference counting in the inner loop)."""
     s0, s1, s2 = states[row, 0], states[row, 1], states[row, 2]
@@ -32,12 +34,12 @@ def _tau_rand_int(states, row):  # noqa: ANN001, ANN202 - numba kernel
 
 
 @numba.njit(**_FLAGS)
-def _clip(value):  # noqa: ANN001, ANN202
+def _clip(value):
     return 4.0 if value > 4.0 else -4.0 if value < -4.0 else value
 
 
 @numba.njit(**_FLAGS)
-def _squared(x, j, y, k):  # noqa: ANN001, ANN202
+def _squared(x, j, y, k):
     """Squared distance between rows ``x[j]`` and ``y[k]``, summed in float32 as umap-learn's ``rdist``."""
     result = np.float32(0.0)
     for d in range(x.shape[1]):
@@ -47,7 +49,7 @@ def _squared(x, j, y, k):  # noqa: ANN001, ANN202
 
 
 @numba.njit(**_FLAGS)
-def _edges(lo, hi, head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: ANN001, ANN202, PLR0913
+def _edges(lo, hi, head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: PLR0913, PLR0917 - kernel args
            epochs_per_sample, a, b, states, gamma, move_other, alpha, epochs_per_negative_sample, next_negative,
            next_sample, n, exact):
     """Edges ``lo``..``hi`` in epoch ``n``: each due one is pulled together, then its head pushed off random
@@ -93,16 +95,13 @@ def _edges(lo, hi, head_embedding, tail_embedding, head, tail, n_vertices,  # no
             else:
                 grad_coeff = 0.0
             for d in range(dim):
-                if grad_coeff > 0.0:
-                    grad_d = _clip(grad_coeff * (head_embedding[j, d] - tail_embedding[k, d]))
-                else:
-                    grad_d = 0
+                grad_d = _clip(grad_coeff * (head_embedding[j, d] - tail_embedding[k, d])) if grad_coeff > 0.0 else 0
                 head_embedding[j, d] += grad_d * alpha
         next_negative[i] += n_neg * epochs_per_negative_sample[i]
 
 
 @numba.njit(**_FLAGS)
-def epochs_serial(head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: ANN001, ANN201, PLR0913
+def epochs_serial(head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: PLR0913, PLR0917 - kernel args
                   epochs_per_sample, a, b, states, gamma, initial_alpha, negative_sample_rate, n_epochs, move_other,
                   exact):
     """All ``n_epochs`` on one thread (reproducible)."""
@@ -119,7 +118,7 @@ def epochs_serial(head_embedding, tail_embedding, head, tail, n_vertices,  # noq
 
 
 @numba.njit(parallel=True, **_FLAGS)
-def epochs_parallel(head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: ANN001, ANN201, PLR0913
+def epochs_parallel(head_embedding, tail_embedding, head, tail, n_vertices,  # noqa: PLR0913, PLR0917 - kernel args
                     epochs_per_sample, a, b, states, gamma, initial_alpha, negative_sample_rate, n_epochs, move_other,
                     exact, n_blocks):
     """All ``n_epochs``, each epoch's edges cut into ``n_blocks`` blocks run on every core (not reproducible:

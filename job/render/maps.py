@@ -11,17 +11,18 @@ and one count grid (:class:`MapGrid`), and one matplotlib figure frames them in 
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
-from typing import Any
+from types import TracebackType
+from typing import Any, Literal
 
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.atomic import atomic_write
 from job.config import RenderConfig
 from job.render.raster import MARGINS, Frame, Raster, as_agg, make_frame, over, rasterise, solid, spread
 
@@ -36,8 +37,9 @@ _DPI = 100
 RENDER_BYTES_PER_PIXEL = 200
 PNG_LEVEL = 3  # zlib level: measured on the 5k maps, 22 ms a map instead of 35 ms at 6, files ~15% larger
 _MARGINS = MARGINS
+Corner = Literal["upper right", "upper left", "lower left", "lower right"]  # where a legend goes
 _FONTS = ["DejaVu Sans", "Noto Sans CJK JP", "IPAGothic", "Noto Sans"]  # fallbacks for non-Latin names
-__all__ = ["Frame", "Framer", "MapGrid", "MapVerdicts", "draw_all_maps", "make_frame", "map_grid",
+__all__ = ["Frame", "Framer", "MapGrid", "MapIdentities", "MapVerdicts", "draw_all_maps", "make_frame", "map_grid",
            "render_analysis_maps", "render_maps"]
 
 
@@ -76,7 +78,8 @@ class MapGrid:
         colour mixes: shared by the identity and cluster maps."""
         import datashader.transfer_functions as tf
 
-        return tf.shade(self.agg, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
+        opacity: np.ndarray = tf.shade(self.agg, cmap=["black", "black"], how="eq_hist", min_alpha=140).data >> 24
+        return opacity
 
 
 def map_grid(coords: FloatArray, config: RenderConfig,
@@ -104,33 +107,54 @@ def identity_palette(n_identities: int, seed: int = 0) -> FloatArray:
     return hsv_to_rgb(hsv).astype(np.float32)
 
 
-def render_maps(
-    coords: FloatArray,
-    ids: IdArray,
-    highlight: list[int],
-    labels: dict[int, str],
-    config: RenderConfig,
-    out_dir: Path,
-    title: str,
-    codes: IdArray | None = None,
-    grid: MapGrid | None = None,
-    framer: Framer | None = None,
-) -> dict[str, Path]:
+@dataclass(frozen=True)
+class MapIdentities:
+    """What the identity, density and highlight maps draw: each face's identity ``ids`` (n_faces,) int64, the
+    ``highlight`` identities drawn in colour on the grey map with their legend ``labels`` (identity id -> text),
+    and ``codes`` (n_faces,) int64, each face's index into the sorted unique ids, when the caller has it (saves
+    sorting the ids again)."""
+
+    ids: IdArray
+    highlight: list[int]
+    labels: dict[int, str]
+    codes: IdArray | None = None
+
+
+@dataclass(frozen=True)
+class MapVerdicts:
+    """What the suspect and cluster maps draw: ``suspect`` and ``low_quality`` (n_faces,) bool, ``targets`` and
+    ``filed`` (n_suspects, n_components) float32 (where each suspect's suggested and filed identities sit),
+    ``clusters`` (n_faces,) int64."""
+
+    suspect: np.ndarray
+    low_quality: np.ndarray
+    targets: FloatArray
+    filed: FloatArray
+    clusters: IdArray
+
+    @classmethod
+    def of(cls, suspect: np.ndarray, low_quality: np.ndarray, suggested_id: IdArray, ids: IdArray,
+           clusters: IdArray, *, identity: IdArray, anchor: FloatArray) -> MapVerdicts:
+        """From per-face verdicts and the map model's ``identity`` ids and their ``anchor`` positions."""
+        suggested = np.searchsorted(identity, np.maximum(suggested_id[suspect], 0))
+        filed = anchor[np.searchsorted(identity, ids[suspect])]
+        return cls(suspect, low_quality, anchor[suggested], filed, clusters)
+
+
+def render_maps(coords: FloatArray, faces: MapIdentities, config: RenderConfig, out_dir: Path, title: str, *,
+                grid: MapGrid | None = None, framer: Framer | None = None) -> dict[str, Path]:
     """Draw the three maps into ``out_dir`` and return {map name: path}.
 
     Parameters
     ----------
     coords : ndarray of shape (n_faces, 2 or 3), float32; the first two columns are drawn
-    ids : ndarray of shape (n_faces,), int64
-    highlight : identity ids to draw in colour on the grey map
-    labels : identity id -> legend text
+    faces : each face's identity, the identities highlighted and their legend text
     title : shown above every map, e.g. the input's name
-    codes : ndarray of shape (n_faces,), int64 — each face's index into the sorted unique ids, when the caller
-        has it (saves sorting the ids again)
     grid : the run's :func:`map_grid` of ``coords``, shared with :func:`render_analysis_maps`
     framer : an open :class:`Framer` of ``grid.frame`` to reuse (one is opened for these maps otherwise)
     """
     grid = grid or map_grid(coords, config)
+    ids, highlight, codes = faces.ids, faces.highlight, faces.codes
     if codes is None:
         _, codes = np.unique(ids, return_inverse=True)
     n_identities = int(codes.max()) + 1 if len(codes) else 0
@@ -141,52 +165,42 @@ def render_maps(
         "density": (_density_image(grid), f"{title}: face density (eq_hist)\n{subtitle}", None),
         "highlight": (_highlight_image(grid, ids, highlight),
                       f"{title}: {len(highlight)} identities highlighted\n{subtitle}",
-                      _highlight_legend(ids, highlight, labels)),
+                      _highlight_legend(ids, highlight, faces.labels)),
     }
     with _framing(grid, framer) as framed:
         return {name: framed.save(image, map_title, legend, out_dir / MAP_FILES[name])
                 for name, (image, map_title, legend) in images.items()}
 
 
-def render_analysis_maps(
-    coords: FloatArray,
-    suspect: np.ndarray,
-    targets: FloatArray,
-    filed: FloatArray,
-    clusters: IdArray,
-    config: RenderConfig,
-    out_dir: Path,
-    title: str,
-    low_quality: np.ndarray | None = None,
-    grid: MapGrid | None = None,
-    framer: Framer | None = None,
-) -> dict[str, Path]:
+def render_analysis_maps(coords: FloatArray, verdicts: MapVerdicts, config: RenderConfig, out_dir: Path, title: str,
+                         *, grid: MapGrid | None = None, framer: Framer | None = None) -> dict[str, Path]:
     """Draw ``map_suspects.png`` and ``map_clusters.png`` into ``out_dir``.
 
     Parameters
     ----------
     coords : ndarray of shape (n_faces, 2 or 3), float32
-    suspect : ndarray of shape (n_faces,), bool — faces drawn as red dots on the grey map
-    targets : ndarray of shape (n_suspects, 2 or 3), float32 — where each suspect's suggested identity sits
-        (NaN: nowhere on the map); a line joins each suspect to its target
-    filed : ndarray of shape (n_suspects, 2 or 3), float32 — where the identity it is filed under sits (a
-        thin blue line: on an unsupervised map a misfiled face sits with its real identity, far from this)
-    clusters : ndarray of shape (n_faces,), int64 — HDBSCAN labels, -1 = noise (light grey)
-    low_quality : ndarray of shape (n_faces,), bool — faces of low quality, drawn under the suspects in their
-        own colour (filed under the right person, but too weak to say much)
+    verdicts : what is drawn —
+        ``suspect``: faces drawn as red dots on the grey map;
+        ``targets``: where each suspect's suggested identity sits (NaN: nowhere on the map); a line joins each
+        suspect to its target;
+        ``filed``: where the identity it is filed under sits (a thin blue line: on an unsupervised map a
+        misfiled face sits with its real identity, far from this);
+        ``clusters``: HDBSCAN labels, -1 = noise (light grey);
+        ``low_quality``: faces of low quality, drawn under the suspects in their own colour (filed under the
+        right person, but too weak to say much)
     grid : the run's :func:`map_grid` of ``coords``
     framer : an open :class:`Framer` of ``grid.frame`` to reuse
     """
     grid = grid or map_grid(coords, config)
+    suspect, clusters, weak = verdicts.suspect, verdicts.clusters, verdicts.low_quality
     frame = grid.frame
     image = grid.grey.copy()
     flagged = coords[suspect]
-    for ends, colour, weight in ((filed, FILED_COLOUR, 0.5), (targets, LINK_COLOUR, 0.8)):
+    for ends, colour, weight in ((verdicts.filed, FILED_COLOUR, 0.5), (verdicts.targets, LINK_COLOUR, 0.8)):
         linked = np.isfinite(ends[:, 0]) if len(ends) else np.zeros(0, dtype=bool)
         if linked.any():  # in numpy: datashader's line glyph compiles for ~6 s on every start
             mask = segment_mask(frame, flagged[linked, :2], ends[linked, :2])
             image[mask] = ((1 - weight) * image[mask] + weight * np.array(_rgb(colour))).round().astype(np.uint8)
-    weak = low_quality if low_quality is not None else np.zeros(len(coords), dtype=bool)
     for rows, colour in ((weak, LOW_QUALITY_COLOUR), (suspect, SUSPECT_COLOUR)):  # suspects on top
         if rows.any():
             image = _dots(grid, rows, colour, image)
@@ -213,40 +227,16 @@ def render_analysis_maps(
         }
 
 
-def draw_all_maps(coords: FloatArray, ids: IdArray, codes: IdArray, highlight: list[int], labels: dict[int, str],
-                  verdicts: MapVerdicts, config: RenderConfig, out_dir: Path, title: str,
-                  density: Callable[[Frame], np.ndarray] | None = None) -> dict[str, Path]:
+def draw_all_maps(coords: FloatArray, faces: MapIdentities, verdicts: MapVerdicts, config: RenderConfig,
+                  out_dir: Path, *, title: str, density: Callable[[Frame], np.ndarray] | None = None
+                  ) -> dict[str, Path]:
     """The five PNG maps of a run into ``out_dir`` (the run draws them, and ``faceatlas render`` again from its
     files): one grid and one figure for all five. ``density``: as for :func:`map_grid`."""
     grid = map_grid(coords, config, density)
     with Framer(grid.frame) as framer:
-        files = render_maps(coords, ids, highlight, labels, config, out_dir, title, codes=codes, grid=grid,
-                            framer=framer)
-        files.update(render_analysis_maps(coords, verdicts.suspect, verdicts.targets, verdicts.filed,
-                                          verdicts.clusters, config, out_dir, title, verdicts.low_quality,
-                                          grid=grid, framer=framer))
+        files = render_maps(coords, faces, config, out_dir, title, grid=grid, framer=framer)
+        files.update(render_analysis_maps(coords, verdicts, config, out_dir, title, grid=grid, framer=framer))
     return files
-
-
-@dataclass(frozen=True)
-class MapVerdicts:
-    """What the suspect and cluster maps draw: ``suspect`` and ``low_quality`` (n_faces,) bool, ``targets`` and
-    ``filed`` (n_suspects, n_components) float32 (where each suspect's suggested and filed identities sit),
-    ``clusters`` (n_faces,) int64."""
-
-    suspect: np.ndarray
-    low_quality: np.ndarray
-    targets: FloatArray
-    filed: FloatArray
-    clusters: IdArray
-
-    @classmethod
-    def of(cls, suspect: np.ndarray, low_quality: np.ndarray, suggested_id: IdArray, ids: IdArray,
-           clusters: IdArray, identity: IdArray, anchor: FloatArray) -> MapVerdicts:
-        """From per-face verdicts and the map model's ``identity`` ids and their ``anchor`` positions."""
-        suggested = np.searchsorted(identity, np.maximum(suggested_id[suspect], 0))
-        filed = anchor[np.searchsorted(identity, ids[suspect])]
-        return cls(suspect, low_quality, anchor[suggested], filed, clusters)
 
 
 def segment_mask(frame: Frame, starts: FloatArray, ends: FloatArray) -> np.ndarray:
@@ -339,14 +329,15 @@ def _highlight_image(grid: MapGrid, ids: IdArray, highlight: list[int]) -> np.nd
 
 
 def _highlight_legend(ids: IdArray, highlight: list[int], labels: dict[int, str]) -> list[tuple[str, str]]:
-    counts = {int(i): int(c) for i, c in zip(*np.unique(ids[np.isin(ids, highlight)], return_counts=True))}
+    counts = {int(i): int(c) for i, c in zip(*np.unique(ids[np.isin(ids, highlight)], return_counts=True),
+                                                strict=True)}
     entries = [(HIGHLIGHT_COLOURS[i % len(HIGHLIGHT_COLOURS)],
                 f"{labels.get(identity, f'id {identity}')} ({counts.get(identity, 0)} faces)")
                for i, identity in enumerate(highlight)]
-    return entries + [("#a0a0a0", "all other faces")]
+    return [*entries, ("#a0a0a0", "all other faces")]
 
 
-def emptiest_corner(image: np.ndarray) -> str:
+def emptiest_corner(image: np.ndarray) -> Corner:
     """The matplotlib legend location whose corner of ``image`` (H, W, 3) hides the least.
 
     matplotlib's ``loc="best"`` cannot see inside an image, so the legend could hide the faces it names;
@@ -357,8 +348,9 @@ def emptiest_corner(image: np.ndarray) -> str:
     pixels = image.astype(np.int16)
     colourful = (pixels.max(axis=-1) - pixels.min(axis=-1)) > 40
     busy = np.any(image != image[0, 0], axis=-1) + 100 * colourful
-    corners = {"upper right": busy[:height, -width:], "upper left": busy[:height, :width],
-               "lower left": busy[-height:, :width], "lower right": busy[-height:, -width:]}
+    corners: dict[Corner, np.ndarray] = {
+        "upper right": busy[:height, -width:], "upper left": busy[:height, :width],
+        "lower left": busy[-height:, :width], "lower right": busy[-height:, -width:]}
     return min(corners, key=lambda name: int(corners[name].sum()))
 
 
@@ -407,8 +399,9 @@ class Framer:
         self.plot = (slice(top, top + frame.plot_height), slice(left, left + frame.plot_width))
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self._style.__exit__(*exc)
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
+                 traceback: TracebackType | None) -> None:
+        self._style.__exit__(kind, error, traceback)
 
     def save(self, image: np.ndarray, title: str, legend: list[tuple[str, str]] | None, path: Path) -> Path:
         """Write ``image`` (plot_height, plot_width, 3) uint8 framed, titled and with ``legend`` (colour, text)
@@ -433,7 +426,6 @@ class Framer:
                                      fontsize=6 if self.frame.width < 800 else 9, framealpha=0.9)
             drawn.draw(self.renderer)
             drawn.remove()
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        Image.fromarray(np.ascontiguousarray(pixels[..., :3])).save(tmp, format="PNG", compress_level=PNG_LEVEL)
-        os.replace(tmp, path)
+        with atomic_write(path) as tmp:
+            Image.fromarray(np.ascontiguousarray(pixels[..., :3])).save(tmp, format="PNG", compress_level=PNG_LEVEL)
         return path

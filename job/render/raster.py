@@ -2,7 +2,7 @@
 
 A face falls in the pixel datashader's ``Canvas.points`` puts it in (same scale and translation, points on
 the far edges in the last row or column, NaN and out-of-frame faces dropped), and ``paint`` gives what
-``Canvas.points`` with ``ds.count()`` / ``ds.sum()`` then a disc convolution gives (``tests/test_render.py``
+``Canvas.points`` with ``ds.count()`` / ``ds.sum()`` then a disc convolution gives (``tests/render/test_render.py``
 checks both against datashader). Doing it here, not with datashader's glyph pipeline, is what makes a warm
 run compile nothing: datashader builds its aggregation kernels from generated source on every call, which
 numba cannot cache (~2 s of compiling per process, and ~2.7 s on a fresh machine). Shading (``eq_hist``,
@@ -49,7 +49,7 @@ class Raster:
     frame: Frame
     pixel: np.ndarray
 
-    def paint(self, radius: int, weights: FloatArray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
+    def paint(self, radius: int, weights: np.ndarray | None = None, rows: np.ndarray | None = None) -> np.ndarray:
         """Per pixel, the sum of ``weights`` (1 per face when None) of the faces (all, or ``rows``: a bool mask
         or row numbers) whose disc of ``radius`` pixels covers it: (plot_height, plot_width) float64, 0 where
         no face is. The same as datashader's count / sum aggregate convolved with the disc.
@@ -102,8 +102,8 @@ def make_frame(coords: FloatArray, config: RenderConfig) -> Frame:
     """Fit the map's x/y extent (2% padding) into the plot area without stretching either axis."""
     left, right, top, bottom = MARGINS
     plot_w, plot_h = config.width - left - right, config.height - top - bottom
-    lo, hi = _extent(coords[:, 0]), _extent(coords[:, 1])
-    lo, hi = np.array([lo[0], hi[0]]), np.array([lo[1], hi[1]])
+    (x_lo, x_hi), (y_lo, y_hi) = _extent(coords[:, 0]), _extent(coords[:, 1])
+    lo, hi = np.array([x_lo, y_lo]), np.array([x_hi, y_hi])
     centre, span = (lo + hi) / 2, np.maximum(hi - lo, 1e-6) * 1.04
     per_pixel = max(span[0] / plot_w, span[1] / plot_h)
     half_w, half_h = per_pixel * plot_w / 2, per_pixel * plot_h / 2

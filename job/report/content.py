@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from job.analysis.suspects import VERDICTS
+from job.io.files import display_text
 from job.maps.placement import nearest_points
 from job.render.maps import HIGHLIGHT_COLOURS
 from job.report.rundata import RunData
@@ -94,7 +95,7 @@ def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed
     underlay = density_png(coords, frame)
     verdict = columns["verdict"]
     meta = {
-        "frame": frame, "n_faces": run.n_faces, "n_points": int(len(shown)), "sampled": sampled,
+        "frame": frame, "n_faces": run.n_faces, "n_points": len(shown), "sampled": sampled,
         "max_points": MAX_POINTS, "color_by": color_by, "highlight": [position[i] for i in highlight],
         "verdicts": list(VERDICTS), "nearest": grid, "names": _names_list(run, identity_ids),
         "suspects": int(np.sum(columns["suspect"])),
@@ -256,8 +257,7 @@ def _names_list(run: RunData, identity_ids: np.ndarray) -> list[str | None] | No
 def clean_text(text: str, limit: int = 300) -> str:
     """A user-given string as the page shows it: lone surrogates as U+FFFD (they cannot be UTF-8), at most
     ``limit`` characters. Escaping is the page writer's (HTML) and the browser's (``textContent``)."""
-    plain = "".join("\ufffd" if 0xD800 <= ord(ch) <= 0xDFFF else ch for ch in text[: limit + 1])
-    return plain if len(plain) <= limit else plain[: limit - 1] + "\u2026"
+    return display_text(text, limit, flatten=False)
 
 
 def density_png(coords: np.ndarray, frame: dict[str, float], width: int = UNDERLAY_WIDTH) -> bytes:

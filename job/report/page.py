@@ -13,6 +13,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -21,7 +22,7 @@ from job.maps.mapmodel import MapModel
 from job.report.content import PageContent, page_content
 from job.report.rundata import REPORT_FILE, RunData, read_run
 from job.report.summary import clusters_html, esc, summary_html
-from job.store.runs import section
+from job.store.runrecord import RunRecord
 
 COLOR_BY = ("id", "cluster", "suspect", "density")
 _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour"),
@@ -34,14 +35,13 @@ _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour
 def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str:
     """The page for ``run``, its map coloured by ``color_by`` (one of :data:`COLOR_BY`) at first, with the
     ``highlight`` identity ids highlighted."""
-    render = section(section(run.record, "config"), "render")
-    seed = render.get("palette_seed", 0)
-    content = page_content(run, highlight, color_by, seed if isinstance(seed, int) and seed >= 0 else 0)
+    seed = (run.record.config.render or {}).get("palette_seed", 0)  # checked as a RenderConfig only by render
+    content = page_content(run, highlight, color_by, seed if type(seed) is int and seed >= 0 else 0)
     script, style = _asset("atlas.js"), _asset("atlas.css")
-    policy = ("default-src 'none'; " f"script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
+    policy = (f"default-src 'none'; script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
               "img-src data:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
               "frame-src 'none'; worker-src 'none'; base-uri 'none'; form-action 'none'")
-    source = str(section(run.record, "input").get("path", "?"))
+    source = "?" if run.record.input.path is None else run.record.input.path
     return "\n".join([
         "<!doctype html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -69,13 +69,17 @@ def _header(run: RunData, meta: dict[str, Any], source: str) -> str:
     return "\n".join([
         "<header>",
         f"<h1>faceatlas atlas: {esc(source)}</h1>",
-        f"<p>{run.n_faces:,} faces \u00b7 {len(run.model.identity):,} identities \u00b7 "
-        f"{meta['suspects']:,} suspected misfiled \u00b7 {len(run.lookalikes):,} look-alike pairs \u00b7 "
-        f"backend {esc(record.get('backend', '?'))} \u00b7 faceatlas {esc(record.get('version', '?'))}</p>",
-        '<nav><a href="#atlas">Map</a><a href="#summary">Summary</a><a href="#maps">Maps</a>'
-        '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a><a href="#clusters">Clusters</a></nav>',
+        (f"<p>{run.n_faces:,} faces \u00b7 {len(run.model.identity):,} identities \u00b7 "
+         f"{meta['suspects']:,} suspected misfiled \u00b7 {len(run.lookalikes):,} look-alike pairs \u00b7 "
+         f"backend {esc(_known(record.backend))} \u00b7 faceatlas {esc(_known(record.version))}</p>"),
+        ('<nav><a href="#atlas">Map</a><a href="#summary">Summary</a><a href="#maps">Maps</a>'
+         '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a><a href="#clusters">Clusters</a></nav>'),
         "</header>",
     ])
+
+
+def _known(value: str | None) -> str:
+    return "?" if value is None else value
 
 
 def _map_section(run: RunData, content: PageContent) -> str:
@@ -93,15 +97,15 @@ def _map_section(run: RunData, content: PageContent) -> str:
         + "".join(f'<option value="{c}">{c}</option>' for c in COLOR_BY) + "</select></label>",
         '<label><input type="checkbox" id="fa-suspects-toggle"> show suspects</label>',
         '<label>Find <input type="search" id="fa-search" placeholder="an id or a name" autocomplete="off"></label>',
-        '<button id="fa-zoom-in" title="zoom in">+</button><button id="fa-zoom-out" title="zoom out">\u2212</button>'
-        '<button id="fa-reset">Whole map</button>',
+        ('<button id="fa-zoom-in" title="zoom in">+</button><button id="fa-zoom-out" title="zoom out">\u2212</button>'
+         '<button id="fa-reset">Whole map</button>'),
         '<span id="fa-legend"></span></div>',
         '<p id="fa-status" role="status"></p><ul id="fa-matches"></ul>',
-        '<div id="fa-atlas"><div id="fa-mapwrap"><canvas id="fa-map" aria-label="map of the faces"></canvas>'
-        '<div id="fa-tip" hidden></div></div>',
-        '<aside id="fa-panel" aria-live="polite"><h3>Point at the map</h3><p>Hover a face for its row, id and '
-        "name. Click a face for its identity, verdict and most similar identities; click empty space for the "
-        "identities nearest that point. Drag to pan, scroll to zoom.</p></aside></div>",
+        ('<div id="fa-atlas"><div id="fa-mapwrap"><canvas id="fa-map" aria-label="map of the faces"></canvas>'
+         '<div id="fa-tip" hidden></div></div>'),
+        ('<aside id="fa-panel" aria-live="polite"><h3>Point at the map</h3><p>Hover a face for its row, id and '
+         "name. Click a face for its identity, verdict and most similar identities; click empty space for the "
+         "identities nearest that point. Drag to pan, scroll to zoom.</p></aside></div>"),
         f'<p class="note">{esc(note)}</p>',
         f'<img id="fa-underlay" hidden alt="" src="data:image/png;base64,{underlay}">',
         "</section>",
@@ -114,25 +118,25 @@ def _tables(run: RunData, meta: dict[str, Any]) -> str:
         f'<section id="suspects"><h2>Suspected misfiled faces ({meta["suspects"]:,})</h2>',
         f'<p class="note">{esc(_suspects_note(meta))}</p>' if meta["suspects_drawn"] < meta["suspects"] else "",
         '<p class="note">Click a column to sort; click a row to show the face on the map.</p>',
-        '<table id="fa-suspects" class="sortable"><thead><tr><th>row</th><th>filed id</th>'
-        '<th class="name-col">filed name</th><th>suggested id</th><th class="name-col">suggested name</th>'
-        "<th>score</th></tr></thead><tbody></tbody></table>",
+        ('<table id="fa-suspects" class="sortable"><thead><tr><th>row</th><th>filed id</th>'
+         '<th class="name-col">filed name</th><th>suggested id</th><th class="name-col">suggested name</th>'
+         "<th>score</th></tr></thead><tbody></tbody></table>"),
         '<button class="more" hidden></button></section>',
         f'<section id="lookalikes"><h2>Look-alike identities ({len(run.lookalikes):,} pairs)</h2>',
         '<p class="note">Click a pair to highlight both identities on the map.</p>',
-        '<table id="fa-lookalikes" class="sortable"><thead><tr><th>id a</th><th class="name-col">name a</th>'
-        '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th></tr></thead>'
-        "<tbody></tbody></table>",
+        ('<table id="fa-lookalikes" class="sortable"><thead><tr><th>id a</th><th class="name-col">name a</th>'
+         '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th></tr></thead>'
+         "<tbody></tbody></table>"),
         '<button class="more" hidden></button></section>',
     ])
 
 
 
-def write_page(folder: Path, record: dict[str, Any], files: dict[str, Path], highlight: list[int],
-               model: MapModel | None = None, color_by: str = "id") -> Path:
+def write_page(folder: Path, record: RunRecord | Mapping[str, Any], files: dict[str, Path], highlight: list[int],
+               *, model: MapModel | None = None, color_by: str = "id") -> Path:
     """Write ``folder/report.html`` for the run whose record is ``record`` and whose files (by role) are
     ``files``; ``model``: the run's map model, if at hand (else read from its file)."""
-    run = read_run(folder, record, {path.name: path for path in files.values()}, model)
+    run = read_run(folder, RunRecord.of(record), {path.name: path for path in files.values()}, model)
     return write_report(folder / REPORT_FILE, run, highlight, color_by)
 
 

@@ -19,12 +19,13 @@ import numpy as np
 
 from job import __version__
 from job.config import RenderConfig
-from job.errors import InputError, InternalError, UsageError
+from job.errors import InputError, InternalError, UsageError, one_line
 from job.io.formats import file_sha256
 from job.report.page import COLOR_BY, write_report
 from job.report.rundata import REPORT_FILE, RunData, run_data
-from job.store.outputs import RUN_FILE, foreign_files, staged_outputs, write_json
-from job.store.runs import open_run, section
+from job.store.outputs import RUN_FILE, foreign_files, staged_outputs
+from job.store.runrecord import ReportFacts, RunRecord
+from job.store.runs import open_run
 
 Log = Callable[[str], None]
 
@@ -34,12 +35,13 @@ def report_again(folder: Path, color_by: str | None = None, log: Log = lambda me
     finished = open_run(folder)
     run = run_data(finished)
     colour = _colour(color_by, finished.record)
-    highlight = _recorded_highlight(finished.record)
+    highlight = list(finished.record.highlight)
 
     def make(staging: Path) -> dict[str, Path]:
         return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour)}
 
-    _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE}, _report_facts(colour, "report"), log)
+    _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE},
+             updates=_report_facts(colour, "report"), log=log)
     return folder / REPORT_FILE
 
 
@@ -51,11 +53,11 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
 
     finished = open_run(folder)
     run = run_data(finished)
-    chosen = _recorded_highlight(finished.record) if highlight is None else _checked(highlight, run)
+    chosen = list(finished.record.highlight) if highlight is None else _checked(highlight, run)
     colour = _colour(color_by, finished.record)
     render = _render_config(finished.record, chosen, folder)
     require_render_memory(render, None)
-    if run.names is None and section(section(finished.record, "config"), "input").get("names"):
+    if run.names is None and finished.record.config.input.names:
         log("warning: this run's names are not in its folder (it was made before faceatlas kept names.json); "
             "the maps and the page show ids only")
 
@@ -65,14 +67,14 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
         return files
 
     updates = {"highlight": chosen, **_report_facts(colour, "render")}
-    written = _rewrite(folder, finished.record, finished.files, make, {REPORT_FILE, *MAP_FILES.values()}, updates,
-                       log, config_render={"highlight": chosen})
+    written = _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE, *MAP_FILES.values()},
+                       updates=updates, log=log, config_render={"highlight": chosen})
     return {role: folder / path.name for role, path in written.items()}
 
 
 def draw_maps(run: RunData, highlight: list[int], render: RenderConfig, out_dir: Path) -> dict[str, Path]:
     """The run's five PNG maps from its files: the drawing code and inputs of the run itself."""
-    from job.render.maps import MapVerdicts, draw_all_maps
+    from job.render.maps import MapIdentities, MapVerdicts, draw_all_maps
 
     columns, model = run.columns, run.model
     ids = np.asarray(columns["id"], dtype=np.int64)
@@ -84,17 +86,18 @@ def draw_maps(run: RunData, highlight: list[int], render: RenderConfig, out_dir:
     verdict = columns["verdict"]
     drawn = MapVerdicts.of(np.asarray(columns["suspect"], dtype=bool), verdict == "low_quality",
                            np.asarray(columns["suggested_id"], dtype=np.int64), ids,
-                           np.asarray(columns["cluster"], dtype=np.int64), model.identity, model.anchor)
-    title = Path(str(section(run.record, "input").get("path", "faceatlas"))).name
-    return draw_all_maps(coords, ids, codes, highlight, labels, drawn, render, out_dir, title)
+                           np.asarray(columns["cluster"], dtype=np.int64), identity=model.identity, anchor=model.anchor)
+    title = Path("faceatlas" if run.record.input.path is None else run.record.input.path).name
+    return draw_all_maps(coords, MapIdentities(ids, highlight, labels, codes), drawn, render, out_dir, title=title)
 
 
-def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make: Callable[[Path], dict[str, Path]],
+def _rewrite(folder: Path, record: RunRecord, files: dict[str, Path], make: Callable[[Path], dict[str, Path]], *,
              replaced: set[str], updates: dict[str, Any], log: Log, config_render: dict[str, Any] | None = None
              ) -> dict[str, Path]:
     """Replace ``folder`` by itself: its files but ``replaced`` linked into a staging folder, then the files
     ``make`` writes there (the names in ``replaced``: never written through a link into the old files), and a
-    run.json that lists them; returns ``make``'s {role: path}."""
+    run.json that lists them (the record as read, every key it had kept, with ``updates``); returns ``make``'s
+    {role: path}."""
     foreign = foreign_files(folder) if folder.is_dir() else []
     if foreign:
         shown = ", ".join(foreign[:3]) + (", ..." if len(foreign) > 3 else "")
@@ -108,15 +111,13 @@ def _rewrite(folder: Path, record: dict[str, Any], files: dict[str, Path], make:
         unexpected = sorted(path.name for path in new.values() if path.name not in replaced)
         if unexpected:
             raise InternalError(f"rewriting {folder} wrote {unexpected}, not among the files it replaces")
-        roles = dict(record.get("files", {}))
-        roles.update({role: path.name for role, path in new.items()})
-        checksums = dict(record.get("file_sha256", {}))
-        checksums.update({path.name: file_sha256(path) for path in new.values()})
-        updated = {**record, **updates, "files": roles, "file_sha256": checksums}
-        if config_render is not None and isinstance(record.get("config"), dict):
-            render = {**section(record["config"], "render"), **config_render}
-            updated["config"] = {**record["config"], "render": render}
-        write_json(staging / RUN_FILE, updated)
+        roles = {**record.files, **{role: path.name for role, path in new.items()}}
+        checksums = {**record.file_sha256, **{path.name: file_sha256(path) for path in new.values()}}
+        changes = {**updates, "files": roles, "file_sha256": checksums}
+        if config_render is not None and "config" in record.model_fields_set:
+            render = {**(record.config.render or {}), **config_render}
+            changes["config"] = record.config.model_copy(update={"render": render})
+        record.model_copy(update=changes).write(staging / RUN_FILE)
     return new
 
 
@@ -135,36 +136,29 @@ def _in(run: RunData, staging: Path) -> RunData:
     return replace(run, folder=staging)
 
 
-def _colour(color_by: str | None, record: dict[str, Any]) -> str:
+def _colour(color_by: str | None, record: RunRecord) -> str:
     if color_by is None:
-        report = record.get("report")
-        recorded = report.get("color_by") if isinstance(report, dict) else None
+        recorded = record.report.color_by if record.report is not None else None
         return recorded if recorded in COLOR_BY else "id"
     if color_by not in COLOR_BY:
         raise UsageError(f"--color-by {color_by!r}: expected one of {', '.join(COLOR_BY)}")
     return color_by
 
 
-def _recorded_highlight(record: dict[str, Any]) -> list[int]:
-    value = record.get("highlight")
-    return [int(i) for i in value if isinstance(i, int) and not isinstance(i, bool)] if isinstance(value, list) \
-        else []
-
-
 def _report_facts(colour: str, command: str) -> dict[str, Any]:
     """run.json's ``report``: how the page opens, and which faceatlas remade it with which command."""
-    return {"report": {"color_by": colour, "written_by": f"faceatlas {command} {__version__}"}}
+    return {"report": ReportFacts(color_by=colour, written_by=f"faceatlas {command} {__version__}")}
 
 
-def _render_config(record: dict[str, Any], highlight: list[int], folder: Path) -> RenderConfig:
+def _render_config(record: RunRecord, highlight: list[int], folder: Path) -> RenderConfig:
     """The run's render settings from its run.json, with ``highlight``; refused when the record was edited."""
     from pydantic import ValidationError
 
-    recorded = section(section(record, "config"), "render")
+    recorded = record.config.render or {}
     try:
         return RenderConfig(**{**recorded, "highlight": highlight})
     except (ValidationError, TypeError) as exc:
-        problem = " ".join(str(exc).split())[:200]
+        problem = one_line(exc, 200)
         raise InputError(f"{folder / RUN_FILE}: config.render is not a faceatlas render section ({problem}); the "
                          "record was edited, rerun faceatlas run") from None
 

@@ -11,16 +11,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from job.errors import InputError
 from job.maps.mapmodel import MODEL_FILE, MapModel, load_model, model_bytes
-from job.store.coherence import NAMES_FILE, read_lookalikes, read_run_names, read_projection, require_page_columns
+from job.store.coherence import NAMES_FILE, read_lookalikes, read_projection, read_run_names, require_page_columns
 from job.store.outputs import PROJECTION_FILE
 from job.store.reports import LOOKALIKES_FILE
-from job.store.runs import FinishedRun, section
+from job.store.runrecord import RunRecord
+from job.store.runs import FinishedRun
 
 REPORT_FILE = "report.html"
 
@@ -32,7 +32,7 @@ class RunData:
     Attributes
     ----------
     folder : the run's folder
-    record : run.json (at least the keys the page shows; the run passes its own before writing it)
+    record : run.json, typed (the run passes its own before writing it)
     columns : projection.parquet columns by name, each ndarray of shape (n_faces,) (``verdict`` as str objects)
     model : the map model (identity ids, centroids, anchors, fitted faces' coordinates)
     names : identity id -> display name, or None when the run had no names file
@@ -40,7 +40,7 @@ class RunData:
     """
 
     folder: Path
-    record: dict[str, Any]
+    record: RunRecord
     columns: dict[str, np.ndarray]
     model: MapModel
     names: dict[int, str] | None
@@ -76,17 +76,17 @@ def run_data(finished: FinishedRun) -> RunData:
                    finished.contents.lookalikes or [])
 
 
-def read_run(folder: Path, record: dict[str, Any], files: dict[str, Path], model: MapModel | None = None
-             ) -> RunData:
+def read_run(folder: Path, record: RunRecord, files: dict[str, Path], model: MapModel | None = None) -> RunData:
     """The run in ``folder`` whose record is ``record`` and whose files by name are ``files`` (``model``: its
     map model, when the caller holds it already: the run itself, which reads what it has just written)."""
     projection = files.get(PROJECTION_FILE)
     model_path = files.get(MODEL_FILE)
     if projection is None or model_path is None:
         raise _missing(folder, PROJECTION_FILE if projection is None else MODEL_FILE)
-    recorded = section(record, "input")
-    size = [recorded.get(key) for key in ("n_faces", "n_identities", "dim")]
-    bound = model_bytes(*size) if all(isinstance(n, int) and n > 0 for n in size) else None
+    n_faces, n_identities, dim = record.input.n_faces, record.input.n_identities, record.input.dim
+    bound = None
+    if n_faces is not None and n_identities is not None and dim is not None and min(n_faces, n_identities, dim) > 0:
+        bound = model_bytes(n_faces, n_identities, dim)
     model = load_model(model_path, bound) if model is None else model
     columns = read_projection(projection)
     names = read_run_names(files[NAMES_FILE]) if NAMES_FILE in files else None

@@ -8,14 +8,14 @@ Every value that came from the user or the data (file names, names, backend reas
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
 from job.report.content import clean_text
 from job.report.rundata import RunData
-from job.store.runs import section
+from job.store.runrecord import GeometryFacts, Metrics, PairQuantiles
 
 _TOP_CLUSTERS = 15
 LEGACY_REFERENCE = 0.75  # a face's cosine to its identity's centre for ArcFace-like vectors (genuine ~0.56)
@@ -45,7 +45,7 @@ class Meaning:
         if self.good is None or self.fair is None:
             return ""
         scale = (reference or LEGACY_REFERENCE) if self.relative else 1.0
-        better = (lambda a, b: a >= b) if self.higher else (lambda a, b: a <= b)
+        better: Callable[[float, float], bool] = (lambda a, b: a >= b) if self.higher else (lambda a, b: a <= b)
         return ("good" if better(value, self.good * scale) else "fair" if better(value, self.fair * scale)
                 else "poor")
 
@@ -90,92 +90,73 @@ MEANINGS: dict[str, Meaning] = {
 }
 
 
-def flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[tuple[str, Any]]:
-    """``(dotted.name, value)`` for every leaf of run.json's metrics."""
-    out: list[tuple[str, Any]] = []
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            out += flat_metrics(value, f"{prefix}{key}.")
-        else:
-            out.append((f"{prefix}{key}", value))
-    return out
-
-
 def summary_html(run: RunData) -> str:
     """The summary section's body: the run, how it was made, its timings, and its quality metrics."""
     record = run.record
-    given, fit = section(record, "input"), section(record, "fit")
+    given, fit = record.input, record.fit
     facts = [
-        ("Input", f"{given.get('path', '?')} (sha256 {str(given.get('sha256', '?'))[:16]}…)"),
-        ("Faces", f"{run.n_faces:,} faces, {len(run.model.identity):,} identities, {given.get('dim', '?')}-D"),
-        ("Backend", f"{record.get('backend', '?')}: {record.get('backend_reason', '')}"),
-        ("kNN graph", f"{record.get('knn_method', '?')}: {record.get('knn_reason', '')}"),
-        ("Fit", f"{_count(fit.get('fitted'))} faces fitted, {_count(fit.get('placed'))} placed on the fitted map, "
-                f"{_count(fit.get('held_out'))} held out"),
-        ("Geometry", geometry_text(section(record, "geometry"))),
-        ("faceatlas", str(record.get("version", "?"))),
+        ("Input", f"{_text(given.path)} (sha256 {_text(given.sha256)[:16]}…)"),
+        ("Faces", f"{run.n_faces:,} faces, {len(run.model.identity):,} identities, {_text(given.dim)}-D"),
+        ("Backend", f"{_text(record.backend)}: {record.backend_reason or ''}"),
+        ("kNN graph", f"{_text(record.knn_method)}: {record.knn_reason or ''}"),
+        ("Fit", (f"{_count(fit.fitted)} faces fitted, {_count(fit.placed)} placed on the fitted map, "
+                 f"{_count(fit.held_out)} held out")),
+        ("Geometry", geometry_text(record.geometry)),
+        ("faceatlas", _text(record.version)),
     ]
     parts = ['<table class="facts">'] + [f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in facts]
     parts.append("</table>")
-    parts.append(_timings_html(record.get("timings")))
-    parts.append(_metrics_html(record.get("metrics"), own_cosine(section(record, "geometry"))))
+    parts.append(_timings_html(record.timings))
+    parts.append(_metrics_html(record.metrics, record.geometry.own_cosine() if record.geometry else None))
     return "\n".join(parts)
 
 
-def geometry_text(geometry: dict[str, Any]) -> str:
+def geometry_text(geometry: GeometryFacts | None) -> str:
     """run.json's ``geometry`` in a sentence: what was measured, whether it centred and why, where quality came
     from ("not recorded" for a run made before faceatlas measured it)."""
-    if not geometry:
+    if geometry is None or not geometry.model_fields_set:
         return "not recorded (a run made before faceatlas measured it)"
-    raw, working = section(geometry, "raw"), section(geometry, "working")
 
-    def medians(block: dict[str, Any]) -> str:
-        genuine, impostor = section(block, "genuine").get("q50"), section(block, "impostor").get("q50")
-        return f"same person {_cosine(genuine)}, different people {_cosine(impostor)}"
+    def medians(block: PairQuantiles) -> str:
+        return f"same person {_cosine(block.genuine_median)}, different people {_cosine(block.impostor_median)}"
 
-    text = f"median cosine of sampled pairs: {medians(raw)}"
-    if geometry.get("centred") is True:
-        text += f"; after centring: {medians(working)}"
+    text = f"median cosine of sampled pairs: {medians(geometry.raw)}"
+    if geometry.centred is True:
+        text += f"; after centring: {medians(geometry.working)}"
     quality = {"norms": "the raw vector lengths (they track how alike a face is to its identity)",
                "neighbours": "the faces' nearest neighbours (the lengths say nothing of quality)"}
-    return (f"{text}. {geometry.get('reason', '')}. Face quality from "
-            f"{quality.get(str(geometry.get('quality_from')), '?')}.")
+    return (f"{text}. {geometry.reason or ''}. Face quality from "
+            f"{quality.get(str(geometry.quality_from), '?')}.")
 
 
-def own_cosine(geometry: dict[str, Any]) -> float | None:
-    """The cosine a typical face has to its own identity's centre, from the genuine median (sqrt of a
-    face-pair cosine), or None when the run did not record its geometry."""
-    genuine = section(section(geometry, "working"), "genuine").get("q50")
-    if not isinstance(genuine, (int, float)) or isinstance(genuine, bool) or not 0 < genuine <= 1:
-        return None
-    return float(genuine) ** 0.5
+def _text(value: object) -> str:
+    """A value of run.json as text, ``?`` where it was not recorded."""
+    return "?" if value is None else str(value)
 
 
-def _cosine(value: Any) -> str:
-    return f"{value:.2f}" if isinstance(value, (int, float)) and not isinstance(value, bool) else "?"
+def _cosine(value: float | None) -> str:
+    return "?" if value is None else f"{value:.2f}"
 
 
-def _count(value: Any) -> str:
-    """A count from run.json as text: ``1,234``, or ``?`` for anything that is not an integer."""
-    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else "?"
+def _count(value: int | None) -> str:
+    """A count from run.json as text: ``1,234``, or ``?`` where it was not recorded."""
+    return "?" if value is None else f"{value:,}"
 
 
-def _timings_html(timings: Any) -> str:
-    if not isinstance(timings, dict) or not timings:
+def _timings_html(timings: dict[str, float]) -> str:
+    if not timings:
         return ""
     # the page's own time is left out: the run writes the page before it knows it (and report remakes it)
-    numbers = {str(k): float(v) for k, v in timings.items() if isinstance(v, (int, float)) and k != "report"}
+    numbers = {name: float(seconds) for name, seconds in timings.items() if name != "report"}
     total = sum(numbers.values())
     cells = "".join(f"<tr><td>{esc(k)}</td><td class=num>{v:.1f} s</td></tr>" for k, v in numbers.items())
     return (f'<h3>Timings ({total:.1f} s in all)</h3><table class="timings"><tr><th>stage</th><th>time</th></tr>'
             f"{cells}</table>")
 
 
-def _metrics_html(metrics: Any, reference: float | None = None) -> str:
-    if not isinstance(metrics, dict):
-        return ""
+def _metrics_html(metrics: Metrics, reference: float | None = None) -> str:
     rows = []
-    for name, value in flat_metrics(metrics):
+    for name, value in metrics.flat():
         if name.startswith("verdicts."):
             continue
         meaning = MEANINGS.get(name, Meaning(name, ""))
@@ -189,8 +170,7 @@ def _metrics_html(metrics: Any, reference: float | None = None) -> str:
             shown, verdict = f"{value:.3f}", meaning.judge(float(value), reference)
         rows.append(f'<tr><td>{esc(meaning.label)}</td><td class=num>{esc(shown)}</td>'
                     f'<td class="judge {verdict}">{esc(verdict)}</td><td>{esc(meaning.means)}</td></tr>')
-    verdicts = metrics.get("verdicts") if isinstance(metrics.get("verdicts"), dict) else {}
-    counts = ", ".join(f"{esc(k)} {int(v):,}" for k, v in verdicts.items() if isinstance(v, int))
+    counts = ", ".join(f"{esc(k)} {v:,}" for k, v in (metrics.verdicts or {}).items())
     return ('<h3>Quality</h3><table class="metrics"><tr><th>metric</th><th>value</th><th>judged</th>'
             f'<th>what it means</th></tr>{"".join(rows)}</table>'
             + (f"<p>Verdicts per face: {counts}.</p>" if counts else ""))
@@ -215,11 +195,11 @@ def clusters_html(run: RunData) -> str:
     share = main_count / size[main_cluster]
     split = int(np.sum(np.bincount(pair_code, minlength=len(run.model.identity)) > 1))
     mixed = int(np.sum(share < 0.5))
-    lines = [f"<p>{n_clusters:,} clusters; {1 - clustered.mean():.1%} of faces in none. {mixed:,} clusters have no "
-             f"identity with half their faces (mixed); {split:,} identities have faces in more than one cluster "
-             "(split).</p>",
-             '<table class="clusters"><tr><th>cluster</th><th>faces</th><th>identities</th><th>main identity</th>'
-             "<th>its share</th></tr>"]
+    lines = [(f"<p>{n_clusters:,} clusters; {1 - clustered.mean():.1%} of faces in none. {mixed:,} clusters have "
+              f"no identity with half their faces (mixed); {split:,} identities have faces in more than one cluster "
+              "(split).</p>"),
+             ('<table class="clusters"><tr><th>cluster</th><th>faces</th><th>identities</th><th>main identity</th>'
+              "<th>its share</th></tr>")]
     for position in np.argsort(-size[main_cluster], kind="stable")[:_TOP_CLUSTERS]:
         label = int(main_cluster[position])
         identity = int(run.model.identity[main_code[position]])

@@ -5,8 +5,9 @@ whoever can edit a file can re-hash it into ``run.json``. So every command that 
 ``report``, ``render``, ``nearest``, ``transform``, ``invert``) also gets, from :func:`check_run`, one proof
 that the files are one run's, read as untrusted input:
 
-* ``run.json``: every number one faceatlas writes (an integer within int64, a finite float), and the
-  counts and times read back from it within their ranges (:func:`recorded`);
+* ``run.json``: typed as it is read (:meth:`job.store.runrecord.RunRecord.parse`: every field of its type,
+  every number one faceatlas writes, an integer within int64, a finite float), and the counts and times read
+  back from it within their ranges (:func:`check_run`);
 * ``map_model.npz``: each array within its own ranges (:func:`job.maps.mapmodel.load_model`), its dim and
   identity count those of run.json;
 * ``projection.parquet``: one row per face of run.json (counted before it is read), the columns a run writes
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import io
-import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +36,7 @@ from job.io.files import parse_json, read_text, shown
 from job.maps.mapmodel import MAP_LIMIT, MODEL_FILE, MapModel, load_model, model_bytes
 from job.store.outputs import PROJECTION_FILE, RUN_FILE
 from job.store.reports import LOOKALIKES_FILE
+from job.store.runrecord import RunRecord
 
 NAMES_FILE = "names.json"
 FIX = "the folder's files do not belong together or were edited; rerun faceatlas run"
@@ -81,13 +82,14 @@ class _Sizes:
     dim: int | None
 
 
-def check_run(folder: Path, record: dict[str, Any], files: dict[str, Path]) -> RunContents:
+def check_run(folder: Path, record: RunRecord, files: dict[str, Path]) -> RunContents:
     """Read the run's projection, map model and names (those it has) and prove they and ``record`` are one run's.
 
     Raises
     ------
     InputError
-        A number in run.json no run writes, a file that cannot be read, or files that disagree (see the module).
+        A count or time in run.json out of its range, a file that cannot be read, or files that disagree (see
+        the module).
     """
     sizes = _record_sizes(record, folder / RUN_FILE)
     model = _read_model(files.get(MODEL_FILE), sizes)
@@ -104,77 +106,47 @@ def check_run(folder: Path, record: dict[str, Any], files: dict[str, Path]) -> R
     return RunContents(columns, model, names, lookalikes)
 
 
-def recorded(record: dict[str, Any], key: str, path: Path, *, low: float, high: float, integer: bool = True
-             ) -> Any:
-    """The number at dotted ``key`` of the untrusted ``record`` read from ``path`` (None when absent or null),
-    refused unless it is an integer (``integer=False``: any number) from ``low`` to ``high``."""
-    value: Any = record
-    for part in key.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
-    return _number(value, key, path, low=low, high=high, integer=integer)
-
-
-def _number(value: Any, key: str, path: Path, *, low: float, high: float, integer: bool) -> Any:
-    if value is None:
-        return None
-    kinds = int if integer else (int, float)
-    if not (isinstance(value, kinds) and not isinstance(value, bool) and low <= value <= high):
-        kind = "an integer" if integer else "a number"
+def _number(value: float | None, key: str, path: Path, *, low: float, high: float) -> None:
+    """Refuse the record's number at dotted ``key`` (typed already; None: not recorded) outside ``low``..``high``."""
+    if value is not None and not low <= value <= high:
+        kind = "an integer" if isinstance(low, int) and isinstance(high, int) else "a number"
         raise InputError(f"{path}: field {key!r} is {shown(value)}, expected {kind} from {_text(low)} to "
                          f"{_text(high)}; {FIX}")
-    return value
 
 
 def _text(bound: float) -> str:
     return f"{bound:,}" if isinstance(bound, int) else f"{bound:g}"
 
 
-def _record_sizes(record: dict[str, Any], path: Path) -> _Sizes:
-    """The record's every number representable, and the counts and times faceatlas reads back in range."""
-    _check_numbers(record, path)
-    n_faces = recorded(record, "input.n_faces", path, low=1, high=COUNT_MAX)
-    faces = n_faces or COUNT_MAX
-    sizes = _Sizes(n_faces, recorded(record, "input.n_identities", path, low=1, high=faces),
-                   recorded(record, "input.dim", path, low=1, high=1 << 20))
-    counts = [f"fit.{key}" for key in ("fitted", "placed", "held_out")]
-    counts += [f"metrics.{key}" for key in ("suspects", "held_out", "clusters.n", "supervised_disagreement")]
-    for key in counts:
-        recorded(record, key, path, low=0, high=faces)
-    metrics = record.get("metrics") if isinstance(record.get("metrics"), dict) else {}
-    for name, value in _items(metrics.get("verdicts")):
-        _number(value, f"metrics.verdicts.{name}", path, low=0, high=faces, integer=True)
-    for name, value in _items(record.get("timings")):
-        _number(value, f"timings.{name}", path, low=0, high=SECONDS_MAX, integer=False)
-    return sizes
-
-
-def _items(section: Any) -> list[tuple[str, Any]]:
-    return [(str(key), value) for key, value in section.items()] if isinstance(section, dict) else []
-
-
-def _check_numbers(record: dict[str, Any], path: Path) -> None:
-    """Every number anywhere in ``record`` is one JSON gives faceatlas back as it wrote it: an integer within
-    int64 (``json`` reads 10**400 as an int no float holds) and a finite float (``json`` reads 1e400 as inf)."""
-    stack: list[tuple[str, Any]] = [("", record)]
-    while stack:  # a loop, not recursion: a record nested a few hundred deep still parses
-        key, value = stack.pop()
-        if isinstance(value, dict):
-            stack += [(f"{key}.{name}" if key else str(name), item) for name, item in value.items()]
-        elif isinstance(value, list):
-            stack += [(f"{key}[{index}]", item) for index, item in enumerate(value)]
-        elif (isinstance(value, int) and not isinstance(value, bool) and not -INT64 <= value < INT64
-              or isinstance(value, float) and not math.isfinite(value)):
-            what = f"an integer of {len(str(abs(value))):,} digits" if isinstance(value, int) else shown(value)
-            raise InputError(f"{path}: field {key!r} is {what}, but a run writes only integers within int64 and "
-                             f"finite numbers; {FIX}")
+def _record_sizes(record: RunRecord, path: Path) -> _Sizes:
+    """The record's counts and times that faceatlas reads back, each within its range (its types and numbers
+    were checked as it was read: :meth:`RunRecord.parse`)."""
+    given, fit, metrics = record.input, record.fit, record.metrics
+    _number(given.n_faces, "input.n_faces", path, low=1, high=COUNT_MAX)
+    faces = given.n_faces or COUNT_MAX
+    _number(given.n_identities, "input.n_identities", path, low=1, high=faces)
+    _number(given.dim, "input.dim", path, low=1, high=1 << 20)
+    counts = {"fit.fitted": fit.fitted, "fit.placed": fit.placed, "fit.held_out": fit.held_out,
+              "metrics.suspects": metrics.suspects, "metrics.held_out": metrics.held_out,
+              "metrics.clusters.n": metrics.clusters.n if metrics.clusters is not None else None,
+              "metrics.supervised_disagreement": metrics.supervised_disagreement}
+    counts.update({f"metrics.verdicts.{name}": value for name, value in (metrics.verdicts or {}).items()})
+    for key, value in counts.items():
+        _number(value, key, path, low=0, high=faces)
+    for name, seconds in record.timings.items():
+        _number(seconds, f"timings.{name}", path, low=0, high=SECONDS_MAX)
+    return _Sizes(given.n_faces, given.n_identities, given.dim)
 
 
 def _read_model(path: Path | None, sizes: _Sizes) -> MapModel | None:
     """The model (its size bounded by the record's, before it is read) with the record's dim and identity count."""
     if path is None:
         return None
-    size = (sizes.n_faces, sizes.n_identities, sizes.dim)
-    model = load_model(path, model_bytes(*size) if None not in size else None)
+    n_faces, n_identities, dim = sizes.n_faces, sizes.n_identities, sizes.dim
+    bound = None
+    if n_faces is not None and n_identities is not None and dim is not None:
+        bound = model_bytes(n_faces, n_identities, dim)
+    model = load_model(path, bound)
     if sizes.dim is not None and model.dim != sizes.dim:
         raise InputError(f"{path}: holds {model.dim}-D centroids but run.json says input.dim {sizes.dim}; {FIX}")
     if sizes.n_identities is not None and len(model.identity) != sizes.n_identities:
@@ -237,7 +209,8 @@ def _verdicts(column: Any) -> np.ndarray:
         return np.asarray(column.cast(pa.string()).to_pylist(), dtype=object)
     array = column.combine_chunks()
     values = np.asarray(array.dictionary.cast(pa.string()).to_pylist(), dtype=object)
-    return values[array.indices.to_numpy(zero_copy_only=False)]
+    verdicts: np.ndarray = values[array.indices.to_numpy(zero_copy_only=False)]
+    return verdicts
 
 
 def require_page_columns(columns: dict[str, np.ndarray], path: Path) -> None:
@@ -251,7 +224,6 @@ def require_page_columns(columns: dict[str, np.ndarray], path: Path) -> None:
 def _check_schema(schema: Any, n_rows: int, path: Path, n_faces: int | None) -> None:
     """The columns every run writes, each column faceatlas reads of its type; similar-identity columns in pairs
     1..k."""
-    import pyarrow as pa
 
     missing = [name for name in _BASE if name not in schema.names]
     if missing:
@@ -304,14 +276,16 @@ def _refuse(path: Path, problem: str) -> None:
 def _value_problem(columns: dict[str, np.ndarray]) -> str:
     """What is wrong with the projection's own values, or "" (what the page, the maps and the queries rest on)."""
     n_faces = len(columns["id"])
-    ranges = {**{name: (-MAP_LIMIT, MAP_LIMIT, "map positions") for name in _POSITIONS},
+    ranges = {**dict.fromkeys(_POSITIONS, (-MAP_LIMIT, MAP_LIMIT, "map positions")),
               "row": (0, ROW_LIMIT - 1, "input rows"), "duplicate_of": (-1, ROW_LIMIT - 1, "input rows or -1"),
               "cluster": (-1, n_faces - 1, "cluster labels (at most one cluster per face) or -1")}
     with np.errstate(invalid="ignore"):
         for name, (low, high, what) in ranges.items():
             values = columns.get(name)
-            inside = (values >= low) & (values <= high) if values is not None else None
-            if inside is not None and not inside.all():
+            if values is None:
+                continue
+            inside = (values >= low) & (values <= high)
+            if not inside.all():
                 return (f"column {name!r} holds {shown(values[~inside][0].item())}, expected {what} from "
                         f"{_text(low)} to {_text(high)}")
         for name in (name for name in columns if name in _FLOATS or name.startswith(_SIMILAR[1])):
@@ -364,12 +338,11 @@ def read_lookalikes(path: Path, identities: np.ndarray | None = None) -> list[tu
     """``lookalikes.csv``'s pairs; with ``identities`` (the map model's, sorted), a pair naming another id or a
     similarity that is not finite is refused (a file edited and re-hashed into run.json)."""
     text = read_text(path, "a run's look-alikes table", "rerun faceatlas run", 1 << 30)
-    pairs = []
+    pairs: list[tuple[int, int, float, bool]] = []
     limit = csv.field_size_limit(len(text) + 1)  # a long name must not fail the read (the default cap: 131,072)
     try:
-        for line in csv.DictReader(io.StringIO(text)):
-            pairs.append((int(line["id_a"]), int(line["id_b"]), float(line["similarity"]),
-                          line["possible_same_person"] == "true"))
+        pairs.extend((int(line["id_a"]), int(line["id_b"]), float(line["similarity"]),
+                      line["possible_same_person"] == "true") for line in csv.DictReader(io.StringIO(text)))
     except (KeyError, ValueError, TypeError, csv.Error) as exc:
         raise InputError(f"{path}: not a faceatlas look-alikes table ({type(exc).__name__}); rerun faceatlas "
                          "run") from None

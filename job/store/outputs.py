@@ -27,7 +27,7 @@ import shutil
 import stat
 import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
+from job.atomic import atomic_write, existing_ancestor, temporary_path  # noqa: F401 - re-exported for maps/
 from job.errors import UsageError
 
 PROJECTION_FILE = "projection.parquet"
@@ -44,10 +45,10 @@ _STAGING = ".staging-"
 _PENDING = ".faceatlas-replacing.json"  # file-by-file mode: the names being replaced, until run.json is in
 _STAGING_TAIL = r"\.staging-\d+-[0-9a-f]{8}"
 _MARKER = ".faceatlas-staging"  # inside every staging folder: only folders holding it are ever deleted as ours
-_OUR_FILES = r"(projection\.parquet|run\.json|truth\.json|names\.json|report\.html|suspects\.csv|lookalikes\.csv" \
-             r"|low_quality\.csv|map_[a-z_]+\.(png|npz)" \
-             r"|\.faceatlas-replacing\.json)"
-_OWN_HIDDEN = re.compile(rf"^(\.{_OUR_FILES}\.\d+\.tmp|\.faceatlas-replacing\.json|\.faceatlas-staging)$")
+_OUR_FILES = (r"(projection\.parquet|run\.json|truth\.json|names\.json|report\.html|suspects\.csv|lookalikes\.csv"
+              r"|low_quality\.csv|map_[a-z_]+\.(png|npz)"
+              r"|\.faceatlas-replacing\.json)")
+_OWN_HIDDEN = re.compile(rf"^(\.{_OUR_FILES}\.\d+(-\d+)?\.tmp|\.faceatlas-replacing\.json|\.faceatlas-staging)$")
 _OWN_STAGING = re.compile(rf"^{_STAGING_TAIL}$")
 _NO_LOCKS = (errno.EBADF, errno.ENOSYS, errno.ENOLCK, errno.EOPNOTSUPP, errno.EINVAL)  # NFS, Lustre...
 _NO_SWAP = (errno.EINVAL, errno.ENOSYS, errno.EXDEV, errno.EBUSY, errno.ENOTSUP, errno.EPERM, errno.EACCES)
@@ -55,16 +56,6 @@ _RENAME_EXCHANGE = 2
 _STAGING_EXTRA = 48  # ".", ".staging-PID-xxxxxxxx", ".new" and room for a long PID
 _LONGEST_FILE = 120  # the staging folder's name plus the longest temporary file name inside it
 _AT_FDCWD = -100
-
-
-def temporary_path(path: Path) -> Path:
-    """A hidden sibling of ``path`` to write before ``os.replace``; unique per process."""
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def existing_ancestor(path: Path) -> Path:
-    """``path`` itself if it exists, else its nearest parent that does (where it would be created)."""
-    return next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
 
 
 def check_output_folder(out_dir: Path) -> None:
@@ -202,10 +193,8 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
     for name, values in (extra or {}).items():  # text columns (verdicts) as dictionary-encoded strings
         columns[name] = pa.array(values).dictionary_encode() if values.dtype == object else values
-    tmp = temporary_path(path)
-    with tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 path strings
+    with atomic_write(path) as tmp, tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 paths
         pq.write_table(pa.table(columns), handle)
-    os.replace(tmp, path)
     return path
 
 
@@ -215,13 +204,9 @@ def write_json(path: Path, payload: dict[str, Any]) -> Path:
 
 
 def write_text(path: Path, text: str) -> Path:
-    """Write UTF-8 ``text`` atomically (a hidden temporary file, then ``os.replace``)."""
-    tmp = temporary_path(path)
-    try:
+    """Write UTF-8 ``text`` atomically (:func:`job.atomic.atomic_write`)."""
+    with atomic_write(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 
@@ -425,10 +410,8 @@ def _locked(path: Path) -> Iterator[None]:
 
 
 def _rmdir_quietly(folder: Path) -> None:
-    try:
+    with suppress(OSError):
         folder.rmdir()
-    except OSError:
-        pass
 
 
 def _swap_in(staging: Path, out_dir: Path, edited: Edits) -> dict[str, str]:
@@ -452,10 +435,8 @@ def _keep_access(old: Path, new: Path) -> None:
     """Give the new folder the old one's permissions and group (outputs can be private)."""
     info = old.stat()
     os.chmod(new, stat.S_IMODE(info.st_mode))
-    try:
+    with suppress(OSError):
         os.chown(new, -1, info.st_gid)
-    except OSError:
-        pass
 
 
 def _retire(old: Path, out_dir: Path, edits: Edits) -> dict[str, str]:

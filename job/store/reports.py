@@ -4,22 +4,21 @@ header line). Columns added later go at the end, so readers by position keep wor
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 import numpy as np
 
-from job.arrays import FloatArray, IdArray
 from job.analysis.lookalikes import Lookalikes
-from job.store.outputs import temporary_path
 from job.analysis.suspects import LOW_QUALITY, SuspectScores
+from job.arrays import FloatArray, IdArray
+from job.atomic import atomic_write
 
 SUSPECTS_FILE = "suspects.csv"
 LOW_QUALITY_FILE = "low_quality.csv"
 LOOKALIKES_FILE = "lookalikes.csv"
 
 
-def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores,
+def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores, *,
                    names: dict[int, str] | None = None, quality: FloatArray | None = None,
                    same_person: set[tuple[int, int]] | None = None) -> Path:
     """``row,id,suggested_id,score`` (+ ``name,suggested_name``), then ``fit,suggested_fit,quality,
@@ -50,7 +49,7 @@ def write_suspects(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScore
     return _write_csv(path, header, lines)
 
 
-def write_low_quality(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores, quality: FloatArray,
+def write_low_quality(path: Path, rows: IdArray, ids: IdArray, scores: SuspectScores, quality: FloatArray, *,
                       names: dict[int, str] | None = None) -> Path:
     """``row,id,quality,fit`` (+ ``name``) for the faces judged low quality, the weakest first (lowest quality,
     then lowest fit; quality from the norms or the neighbours, as run.json ``geometry.quality_from`` says, and
@@ -103,10 +102,8 @@ _FORMULA_STARTS = {"=", "+", "-", "@", "\t", "\r"}
 
 
 def _write_csv(path: Path, header: list[str], lines: list[list[object]]) -> Path:
-    tmp = temporary_path(path)
-    with tmp.open("w", encoding="utf-8", newline="") as handle:
+    with atomic_write(path) as tmp, tmp.open("w", encoding="utf-8", newline="") as handle:
         writer = csv.writer(handle, lineterminator="\n")
         writer.writerow(header)
         writer.writerows(lines)
-    os.replace(tmp, path)
     return path

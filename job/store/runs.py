@@ -2,23 +2,24 @@
 
 ``run.json`` records the SHA-256 of every other file of the run (``file_sha256``). Anything that reads a
 run back (``faceatlas verify``, ``report``, ``render``, ``transform``, ``nearest``, ``invert``) goes through
-:func:`open_run`, which refuses a folder whose files were changed, swapped or left half-written, then reads
-its data files and proves they belong together (:func:`job.store.coherence.check_run`: a file edited and
-re-hashed into run.json is caught there), and never unpickles anything.
+:func:`open_run`, which reads the record as a typed :class:`~job.store.runrecord.RunRecord` (any version),
+refuses a folder whose files were changed, swapped or left half-written, then reads its data files and
+proves they belong together (:func:`job.store.coherence.check_run`: a file edited and re-hashed into run.json
+is caught there), and never unpickles anything.
 """
 
 from __future__ import annotations
 
-import re
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from job.errors import InputError
 from job.io.files import parse_json, read_text, shown
 from job.io.formats import file_sha256
 from job.store.outputs import RUN_FILE
+from job.store.runrecord import RunRecord
 
 if TYPE_CHECKING:
     from job.store.coherence import RunContents
@@ -26,18 +27,19 @@ if TYPE_CHECKING:
 
 @dataclass(frozen=True)
 class FinishedRun:
-    """A run folder whose files all match ``run.json`` and belong together: the record, each verified file by
-    name, and the data files' contents (projection, map model, names) as read and checked."""
+    """A run folder whose files all match ``run.json`` and belong together: the record (typed), each verified
+    file by name, and the data files' contents (projection, map model, names) as read and checked."""
 
     folder: Path
-    record: dict[str, Any]
+    record: RunRecord
     files: dict[str, Path]
     contents: RunContents
 
 
 def open_run(folder: Path) -> FinishedRun:
-    """Read ``folder/run.json``, check every file it lists against its recorded SHA-256, then read the data files
-    and check that they and the record are one run's (:func:`job.store.coherence.check_run`).
+    """Read ``folder/run.json`` (:meth:`RunRecord.parse`), check every file it lists against its recorded
+    SHA-256, then read the data files and check that they and the record are one run's
+    (:func:`job.store.coherence.check_run`).
 
     Raises
     ------
@@ -48,18 +50,14 @@ def open_run(folder: Path) -> FinishedRun:
     """
     from job.store.coherence import check_run
 
-    record = _read_record(folder)
-    checksums = record.get("file_sha256")
-    if not isinstance(checksums, dict) or not checksums:
+    record = read_record(folder)
+    if not record.file_sha256:
         raise InputError(f"{folder / RUN_FILE}: has no file checksums (written by faceatlas < 0.2?); "
                          "rerun faceatlas run to make a verifiable run")
     files: dict[str, Path] = {}
-    for name, expected in checksums.items():
-        if not isinstance(name, str) or Path(name).name != name or name in ("", ".", "..", RUN_FILE):
+    for name, expected in record.file_sha256.items():
+        if Path(name).name != name or name in ("", ".", "..", RUN_FILE):
             raise InputError(f"{folder / RUN_FILE}: lists {shown(name)}, which is not a file of this folder; "
-                             "the record was edited, rerun faceatlas run")
-        if not isinstance(expected, str) or not _SHA256.fullmatch(expected):
-            raise InputError(f"{folder / RUN_FILE}: the checksum of {name!r} is {shown(expected)}, not a SHA-256; "
                              "the record was edited, rerun faceatlas run")
         path = folder / name
         _check_listed(path)
@@ -68,17 +66,6 @@ def open_run(folder: Path) -> FinishedRun:
                              "it was changed or replaced, rerun faceatlas run")
         files[name] = path
     return FinishedRun(folder, record, files, check_run(folder, record, files))
-
-
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-
-
-def section(record: dict[str, Any], key: str) -> dict[str, Any]:
-    """``record[key]`` when it is a dict (a run.json section), else an empty one: records are read as untrusted."""
-    value = record.get(key)
-    return value if isinstance(value, dict) else {}
-_TYPES = {"version": str, "backend": str, "files": dict, "input": dict, "config": dict, "metrics": dict}
-_INPUT_TYPES = {"n_faces": int, "n_identities": int, "dim": int, "sha256": str, "path": str}
 
 
 def _check_listed(path: Path) -> None:
@@ -95,7 +82,8 @@ def _check_listed(path: Path) -> None:
         raise InputError(f"{path}: {kind}, but a run writes only regular files; it was replaced, rerun faceatlas run")
 
 
-def _read_record(folder: Path) -> dict[str, Any]:
+def read_record(folder: Path) -> RunRecord:
+    """``folder/run.json`` read as untrusted input and typed (its files are not checked: :func:`open_run`)."""
     path = folder / RUN_FILE
     if not folder.is_dir():
         raise InputError(f"{folder}: not a folder; pass the --out folder of a faceatlas run")
@@ -103,35 +91,4 @@ def _read_record(folder: Path) -> dict[str, Any]:
         raise InputError(f"{path}: not found, so {folder} holds no complete run; run faceatlas run "
                          "--out there first")
     fix = "rerun faceatlas run"
-    record = parse_json(read_text(path, "a run record", fix), str(path), fix)
-    if not isinstance(record, dict):
-        raise InputError(f"{path}: not a JSON object; rerun faceatlas run")
-    _check_types(record, path)
-    return record
-
-
-def _check_types(record: dict[str, Any], path: Path) -> None:
-    """The fields faceatlas reads back have the types it wrote (an edited record fails here, not later)."""
-    wrong = [(key, kind) for key, kind in _TYPES.items() if key in record and not isinstance(record[key], kind)]
-    section = record["input"] if isinstance(record.get("input"), dict) else {}
-    wrong += [(f"input.{key}", kind) for key, kind in _INPUT_TYPES.items()
-              if key in section and (not isinstance(section[key], kind) or isinstance(section[key], bool))]
-    if isinstance(section.get("dim"), int) and not 1 <= section["dim"] <= 1 << 20:
-        wrong.append(("input.dim", int))
-    config = record["config"] if isinstance(record.get("config"), dict) else {}
-    if "input" in config and not isinstance(config["input"], dict):
-        wrong.append(("config.input", dict))
-    fields = config.get("input") if isinstance(config.get("input"), dict) else {}
-    wrong += [(f"config.input.{key}", str) for key in ("id_field", "embedding_field")
-              if key in fields and not isinstance(fields[key], str)]
-    if wrong:
-        key, kind = wrong[0]
-        raise InputError(f"{path}: field {key!r} is {shown(_field(record, key))}, expected "
-                         f"{'a small positive ' if key == 'input.dim' else 'a '}{kind.__name__}; the record was "
-                         "edited, rerun faceatlas run")
-
-
-def _field(record: dict[str, Any], key: str) -> Any:
-    for part in key.split("."):
-        record = record[part]
-    return record
+    return RunRecord.parse(parse_json(read_text(path, "a run record", fix), str(path), fix), path)

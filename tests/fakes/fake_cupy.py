@@ -21,7 +21,7 @@ import types
 from pathlib import Path
 from typing import Any
 
-import numpy as _np
+import numpy as _np  # noqa: ICN001 - private: this module is the fake cupy namespace, which has no `np`
 from numpy.lib.mixins import NDArrayOperatorsMixin
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "cupy-namespace.json"
@@ -62,7 +62,8 @@ def _wrap(value: Any) -> Any:
 # Keywords CuPy 14.2 refuses where NumPy takes them, and required arguments NumPy defaults (read from CuPy's
 # sources: ``functions_with_limits`` in tests/fixtures/cupy-namespace.json)
 REFUSED_KEYWORDS = {"argsort": {"stable", "order"}, "sort": {"stable", "order"},
-                    "clip": {"min", "max", "dtype", "where"}, "einsum": {"out", "order", "casting"}, "unique": {"sorted"}, "count_nonzero": {"keepdims"},
+                    "clip": {"min", "max", "dtype", "where"}, "einsum": {"out", "order", "casting"},
+                    "unique": {"sorted"}, "count_nonzero": {"keepdims"},
                     "isin": {"kind"}, "argpartition": {"kind", "order"}, "partition": {"kind", "order"},
                     "lexsort": {"axis"}}
 ALLOWED_VALUES = {("argsort", "kind"): {None, "stable"}, ("sort", "kind"): {None, "stable"},
@@ -93,7 +94,7 @@ def _call(function: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
 class ndarray(NDArrayOperatorsMixin):  # noqa: N801 - CuPy's name
     """A device array (FAKE): a NumPy array that refuses to meet host arrays."""
 
-    __slots__ = ("_array", "__weakref__")
+    __slots__ = ("__weakref__", "_array")
 
     def __init__(self, array: _np.ndarray) -> None:
         self._array = array

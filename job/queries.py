@@ -1,0 +1,173 @@
+"""Questions asked of a finished run: place new faces, and what lies at a map point.
+
+Everything starts from :func:`open_map`, which goes through :func:`job.store.runs.open_run` (every file's
+SHA-256 checked against ``run.json``, ``map_model.npz`` read with ``allow_pickle=False``, the model proven to
+be the one of the run's projection and record). The
+model is backend-neutral, so a CPU-only install answers for maps fitted with cuML too.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from job.atomic import atomic_write, existing_ancestor
+from job.config import InputConfig
+from job.errors import InputError, UsageError
+from job.io.database import load_database
+from job.maps.mapmodel import MODEL_FILE, MapModel
+from job.maps.placement import Placement, place
+from job.store.runs import FinishedRun, open_run
+
+
+@dataclass(frozen=True)
+class OpenMap:
+    """A verified run and its map model."""
+
+    run: FinishedRun
+    model: MapModel
+
+    @property
+    def input_fields(self) -> tuple[str, str]:
+        """The id and embedding field names the run read its database with."""
+        recorded = self.run.record.config.input
+        return ("id" if recorded.id_field is None else recorded.id_field,
+                "embedding" if recorded.embedding_field is None else recorded.embedding_field)
+
+
+def open_map(folder: Path) -> OpenMap:
+    """Verify ``folder`` (a ``faceatlas run`` output) and load its map model."""
+    finished = open_run(folder)
+    model = finished.contents.model
+    if model is None:
+        raise InputError(f"{folder}: has no {MODEL_FILE} (made by faceatlas < 0.3); rerun faceatlas run to "
+                         "make a map that can place faces and answer map points")
+    return OpenMap(finished, model)
+
+
+
+def _outside(folder: Path, out: Path) -> None:
+    """Refuse an output file inside the run folder: it would change a file run.json vouches for."""
+    if Path(os.path.realpath(out)).is_relative_to(os.path.realpath(folder)):
+        raise UsageError(f"--out {out}: is inside the run folder {folder}, whose files run.json vouches for; "
+                         "write it somewhere else")
+
+
+@dataclass(frozen=True)
+class Transformed:
+    """What ``transform`` wrote: the file, how many faces, and whether they had ids."""
+
+    path: Path
+    n_faces: int
+    has_ids: bool
+    same_id: float | None
+
+
+def transform_file(opened: OpenMap, new: str, out: Path, *, id_field: str | None = None,
+                   embedding_field: str | None = None, drop_invalid: bool = False, max_memory: int | None = None,
+                   log: Callable[[str], None] = lambda message: None) -> Transformed:
+    """Place the faces of ``new`` (any supported format, ids optional) on the map and write ``out``.
+
+    ``out`` (Parquet): ``row``, ``id`` (when the input has ids), ``x``, ``y`` (``z``), ``nearest_id``,
+    ``similarity`` (the cosine in the run's working space: centred when run.json ``geometry.centred``).
+    ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
+    """
+    _check_out(opened, out, "placed.parquet", [new])
+    run_id, run_embedding = opened.input_fields
+    config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
+                         drop_invalid=drop_invalid)
+    faces = load_database(config, max_memory, log, ids_optional=True)
+    if faces.dim != opened.model.dim:
+        raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "
+                         f"was fitted on dim {opened.model.dim}; use embeddings from the same face recognizer")
+    placement = place(opened.model, opened.model.working(faces.unit))  # in the run's geometry (centred if it was)
+    write_placement(out, faces.input_rows, faces.ids if faces.has_ids else None, placement)
+    same = float((placement.nearest_id == faces.ids).mean()) if faces.has_ids else None
+    return Transformed(out, faces.n_faces, faces.has_ids, same)
+
+
+def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placement: Placement) -> Path:
+    """Write placed faces as Parquet atomically (see :func:`transform_file` for the columns)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    columns: dict[str, Any] = {"row": rows.astype(np.int64)}
+    if ids is not None:
+        columns["id"] = ids.astype(np.int64)
+    for axis, name in enumerate("xyz"[: placement.coords.shape[1]]):
+        columns[name] = np.ascontiguousarray(placement.coords[:, axis], dtype=np.float32)
+    columns["nearest_id"] = placement.nearest_id.astype(np.int64)
+    columns["similarity"] = placement.similarity.astype(np.float32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp, tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 paths
+        pq.write_table(pa.table(columns), handle)
+    return path
+
+
+def check_vector_out(opened: OpenMap, out: Path | None) -> None:
+    """``invert --out``: a ``.npy`` file name outside the run folder (checked before any work)."""
+    if out is not None:
+        _check_out(opened, out, "point.npy")
+
+
+def _check_out(opened: OpenMap, out: Path, example: str, inputs: list[object] | None = None) -> None:
+    """An output file of a query, before any work: named like ``example``, writable, not a folder, outside the
+    run folder, and none of the files the command reads (``inputs`` and the run's own input)."""
+    suffix = Path(example).suffix
+    if out.suffix.lower() != suffix:
+        raise UsageError(f"--out {out}: expected a {suffix} file name; e.g. --out {example}")
+    check_output_file(out)
+    if out.is_dir():
+        raise UsageError(f"--out {out}: is a folder; pass a file name such as {out / example}")
+    _outside(opened.run.folder, out)
+    _not_an_input(out, [*(inputs or []), opened.run.record.input.path])
+
+
+def _not_an_input(out: Path, inputs: list[object]) -> None:
+    """Refuse an output file that is one of the command's inputs (the same file, by any name or link)."""
+    for source in inputs:
+        if not isinstance(source, str) or not source or "://" in source:
+            continue
+        try:
+            same = os.path.samefile(source, out)
+        except (OSError, ValueError):
+            continue
+        if same:
+            raise UsageError(f"--out {out}: is the input {source}, which writing would overwrite; write the "
+                             "result to another file")
+
+
+def check_output_file(out: Path) -> None:
+    """What would make writing ``out`` fail after the work: a name too long, a missing or unwritable folder."""
+    longest = max(len(os.fsencode(part)) for part in Path(os.path.abspath(out)).parts)
+    if longest + 24 > 255:  # the temporary sibling adds ".", ".PID.tmp"; 255: Linux file systems' NAME_MAX
+        raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than file systems hold "
+                         "(255, with faceatlas's temporary suffix); pick a shorter name")
+    parent = Path(os.path.abspath(out)).parent
+    existing = existing_ancestor(parent)
+    if not existing.is_dir():
+        raise UsageError(f"--out {out}: {existing} is not a folder; pick another path")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError(f"--out {out}: {existing} is not writable; pick a folder you can write to")
+
+
+def map_point(opened: OpenMap, x: float, y: float, z: float | None) -> np.ndarray:
+    """The point as an array of the map's dimensionality; a 3-D map needs ``z``, a 2-D one refuses it."""
+    if opened.model.n_components == 3 and z is None:
+        raise UsageError(f"{opened.run.folder}: is a 3-D map; pass --z as well as --x and --y")
+    if opened.model.n_components == 2 and z is not None:
+        raise UsageError(f"{opened.run.folder}: is a 2-D map; drop --z")
+    return np.array([x, y] + ([z] if z is not None else []), dtype=np.float64)
+
+
+def write_vector(path: Path, vector: np.ndarray) -> Path:
+    """Save ``vector`` as a float32 ``.npy`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_write(path) as tmp, tmp.open("wb") as handle:
+        np.save(handle, vector.astype(np.float32), allow_pickle=False)
+    return path
