@@ -164,7 +164,7 @@ def run(
         start = time.perf_counter()
         result = run_job(settings, log=_say, progress=stderr_progress())
         _echo(f"faceatlas: done in {time.perf_counter() - start:.1f} s with {result.backend}; "
-                   + ", ".join(_flat_metrics(result.metrics)))
+                   + ", ".join(_metric_text(name, value) for name, value in result.metrics.flat()))
         for role, path in result.files.items():
             _echo(f"{role:>12}: {path.resolve()}")
 
@@ -412,17 +412,9 @@ def warm_up() -> None:
               "nothing")
 
 
-def _flat_metrics(metrics: dict[str, Any], prefix: str = "") -> list[str]:
-    """``name value`` for every number in ``metrics``, nested names joined with dots."""
-    parts: list[str] = []
-    for key, value in metrics.items():
-        if isinstance(value, dict):
-            parts += _flat_metrics(value, f"{prefix}{key}.")
-        elif isinstance(value, float):
-            parts.append(f"{prefix}{key} {value:.3f}")
-        else:
-            parts.append(f"{prefix}{key} {value}")
-    return parts
+def _metric_text(name: str, value: object) -> str:
+    """``name value``, a float to three places."""
+    return f"{name} {value:.3f}" if isinstance(value, float) else f"{name} {value}"
 
 
 def _parse_ids(text: str) -> list[int]:

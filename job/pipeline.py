@@ -12,7 +12,6 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from job.analysis.geometry import Geometry
 from job.analysis.suspects import LOW_QUALITY
@@ -65,7 +64,7 @@ from job.store.reports import (
     write_low_quality,
     write_suspects,
 )
-from job.store.runrecord import RunRecord
+from job.store.runrecord import Metrics, RunRecord
 from job.where import Ledger, Site, check_cluster, choose_site, hold_faces, require_gpu_run
 from job.xp import fields_to_host
 
@@ -81,7 +80,7 @@ class RunResult:
     files: dict[str, Path]
     backend: str
     backend_reason: str
-    metrics: dict[str, Any]
+    metrics: Metrics
     timings: dict[str, float]
 
 
@@ -95,7 +94,7 @@ class Work:
     verdicts: Verdicts
     mapped: MapResult
     analysis: Analysis
-    metrics: dict[str, Any]
+    metrics: Metrics
     knn_reason: str
 
 

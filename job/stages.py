@@ -36,6 +36,7 @@ from job.reduce.interface import Backend
 from job.reduce.params import fit_params
 from job.reduce.sample import fit_sample, pick_holdout, sample_size
 from job.space.faces import Faces
+from job.store.runrecord import ClusterAgreement, Fit, InverseQuality, Metrics, TransformQuality
 from job.xp import fields_to_host, namespace, to_host, to_namespace
 
 SIMILAR_IDENTITIES = 5  # identities with the centroids nearest a face's own are suspect candidates too
@@ -91,7 +92,7 @@ class MapResult:
 
     coords: FloatArray
     knn_method: str
-    placement: dict[str, Any]
+    placement: Fit
 
 
 @dataclass(frozen=True)
@@ -112,7 +113,7 @@ class Analysis:
     model: MapModel
     lookalikes: Lookalikes
     clusters: IdArray
-    metrics: dict[str, Any]
+    metrics: Metrics
 
 
 def working_space(config: Config, database: FaceDatabase) -> Geometry:
@@ -188,20 +189,20 @@ def place_faces(config: Config, plan: FitPlan, graph: FaceGraph, fit: FitResult,
     n_faces = len(plan.table.codes)
     coords = np.full((n_faces, fitted.shape[1]), np.nan, dtype=np.float32)
     coords[plan.fitted] = fitted
-    placement: dict[str, Any] = {"fitted": len(plan.fitted), "placed": len(plan.placed),
-                                 "held_out": len(plan.held), "init": params.init, "min_dist": params.min_dist,
-                                 "repulsion_strength": params.repulsion_strength, "n_epochs": params.n_epochs,
-                                 "engine": engine}
+    # fit_params resolved every "auto": these are numbers (float() and int() refuse one left unresolved)
+    min_dist, repulsion, n_epochs = float(params.min_dist), float(params.repulsion_strength), int(params.n_epochs)
+    made = Fit(fitted=len(plan.fitted), placed=len(plan.placed), held_out=len(plan.held), init=params.init,
+               min_dist=min_dist, repulsion_strength=repulsion, n_epochs=n_epochs, engine=engine)
     if len(plan.placed):
-        # min_dist and repulsion_strength are numbers once fit_params has resolved "auto"
-        kernel = make_kernel(fitted, float(params.min_dist), params.spread, float(params.repulsion_strength),
+        kernel = make_kernel(fitted, min_dist, params.spread, repulsion,
                              params.place_epochs, seed=config.seed, temperature=temperature)
         k = min(params.n_neighbors, graph.k)
         coords[plan.placed] = faces.place(fitted, graph.indices[plan.placed, :k], graph.distances[plan.placed, :k],
                                           kernel, parallel=config.seed is None, progress=progress)
-        placement.update(method="knn-weighted start + umap-learn layout against the fixed fitted map",
-                         place_neighbors=k, place_epochs=params.place_epochs, kernel_scale=round(kernel.scale, 6))
-    return MapResult(coords, graph.method, placement)
+        made = made.model_copy(update={"method": "knn-weighted start + umap-learn layout against the fixed fitted map",
+                                       "place_neighbors": k, "place_epochs": params.place_epochs,
+                                       "kernel_scale": round(kernel.scale, 6)})
+    return MapResult(coords, graph.method, made)
 
 
 def map_model(config: Config, space: Space, plan: FitPlan, verdicts: Verdicts, mapped: MapResult, *,
@@ -240,46 +241,48 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
     # a held-out face filed under the wrong id proves nothing, nor does a re-enrolment of a fitted photo
     judged = plan.held[~left_out[plan.held]]
-    quality = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])
-    quality["inverse"].update(map_inverse_quality(model, modelled.clean, database.unit, on_map,
-                                                  sample=settings.holdout_max, seed=config.seed))
+    check = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])
+    inverse = map_inverse_quality(model, modelled.clean, database.unit, on_map, sample=settings.holdout_max,
+                                  seed=config.seed)
     clusters = cluster_map(coords, settings.cluster_min_size, use_gpu=gpu, sample=settings.cluster_sample,
                            seed=config.seed)
     columns: dict[str, np.ndarray] = {"outlier_score": scores.score, "suspect": scores.suspect,
                                       "suggested_id": scores.suggested_id, "cluster": clusters,
                                       "held_out": _mask(plan.held, len(ids))}
-    metrics: dict[str, Any] = {"suspects": int(scores.suspect.sum()), "clusters": agreement(clusters, ids),
-                               "held_out": quality["n"], "inverse": quality["inverse"],
-                               "transform": quality["transform"]}
+    measured: dict[str, Any] = {  # Metrics' fields (absent: not measured by this run)
+        "suspects": int(scores.suspect.sum()), "clusters": ClusterAgreement(**agreement(clusters, ids)),
+        "held_out": check.n, "transform": TransformQuality(id_at_1=check.transform_id_at_1),
+        "inverse": InverseQuality(mean_cos=check.mean_cos, id_at_1=check.id_at_1,
+                                  map_mean_cos=inverse.map_mean_cos, map_id_at_1=inverse.map_id_at_1)}
     if config.umap.supervised:
         columns["supervised_disagreement"] = supervised_disagreement(coords, plan.table.codes, graph,
                                                                      settings.disagreement_k)
-        metrics["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())
+        measured["supervised_disagreement"] = int(columns["supervised_disagreement"].sum())
     columns["fitted"] = _mask(plan.fitted, len(ids))  # added in 0.4: the face is in the UMAP fit
     # added in 0.5: the verdict of every face, its quality and fit, and the row a re-enrolment repeats
     columns.update(verdict=scores.verdict_names(), quality=verdicts.quality, fit=scores.own,
                    duplicate_of=np.where(verdicts.original >= 0, database.input_rows[np.maximum(verdicts.original, 0)],
                                          -1).astype(np.int64))
-    metrics["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
+    measured["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
     # added in 0.6: each face's most similar identities in 512-D (from the graph), shown by the atlas page
     columns.update(similar_identities(graph, plan.table.codes, plan.table.ids).columns())
     if database.truth is not None:
         truth = against_truth(database.truth, database.input_rows, scores, modelled.lookalikes)
-        metrics.update(suspect_precision=truth.suspect_precision, suspect_recall=truth.suspect_recall,
-                       lookalike_recall=truth.lookalike_recall, twin_recall=truth.twin_recall,
-                       low_quality_precision=truth.low_quality_precision,
-                       low_quality_recall=truth.low_quality_recall)
-    return Analysis(columns, model, modelled.lookalikes, clusters, metrics)
+        measured.update(suspect_precision=truth.suspect_precision, suspect_recall=truth.suspect_recall,
+                        lookalike_recall=truth.lookalike_recall, twin_recall=truth.twin_recall,
+                        low_quality_precision=truth.low_quality_precision,
+                        low_quality_recall=truth.low_quality_recall)
+    return Analysis(columns, model, modelled.lookalikes, clusters, Metrics(**measured))
 
 
 def measure(config: Config, database: FaceDatabase, space: Space, mapped: MapResult, analysis: Analysis
-            ) -> dict[str, Any]:
-    """Map quality of the map as written (fitted, placed and held-out faces alike), then the analysis metrics."""
+            ) -> Metrics:
+    """Map quality of the map as written (fitted, placed and held-out faces alike), with the analysis metrics."""
     settings = config.metrics
-    return {"trustworthiness": trustworthiness(space.faces.array, mapped.coords, settings.trustworthiness_k,
-                                               settings.trustworthiness_sample, config.seed),
-            "same_id_knn": same_id_knn(mapped.coords, database.ids, settings.same_id_k),
-            **analysis.metrics}
+    quality = {"trustworthiness": trustworthiness(space.faces.array, mapped.coords, settings.trustworthiness_k,
+                                                  settings.trustworthiness_sample, config.seed),
+               "same_id_knn": same_id_knn(mapped.coords, database.ids, settings.same_id_k)}
+    return analysis.metrics.model_copy(update=quality)
 
 
 def describe_plan(plan: FitPlan, n_faces: int) -> str:

@@ -14,6 +14,8 @@ each point labelled by its nearest selected ancestor (-1: noise).
 
 from __future__ import annotations
 
+from typing import TypedDict
+
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
@@ -196,7 +198,16 @@ def _labels(parent: np.ndarray, child: np.ndarray, lam: np.ndarray, count: np.nd
     return labels
 
 
-def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:
+class Agreement(TypedDict):
+    """Clusters against identities: ``n`` clusters, ``ari``, ``nmi``, and the ``noise`` share."""
+
+    n: int
+    ari: float
+    nmi: float
+    noise: float
+
+
+def agreement(labels: IdArray, ids: IdArray) -> Agreement:
     """``n`` clusters found, and their adjusted Rand index / normalised mutual information (arithmetic mean
     of the entropies) with ``ids``, as scikit-learn's ``adjusted_rand_score`` / ``normalized_mutual_info_score``.
 
@@ -205,8 +216,8 @@ def agreement(labels: IdArray, ids: IdArray) -> dict[str, float]:
     with identities of a few faces each.)
     """
     solo = labels < 0
-    return {"n": len(np.unique(labels[~solo])), "ari": adjusted_rand(ids, labels),
-            "nmi": normalised_mutual_information(ids, labels), "noise": float(solo.mean()) if len(labels) else 0.0}
+    return Agreement(n=len(np.unique(labels[~solo])), ari=adjusted_rand(ids, labels),
+                     nmi=normalised_mutual_information(ids, labels), noise=float(solo.mean()) if len(labels) else 0.0)
 
 
 def _contingency(truth: np.ndarray, found: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -38,32 +38,43 @@ def model_from_map(unit: Faces | np.ndarray, clean: IdentityTable, scores: Suspe
                        geometry=geometry)
 
 
-NULL_QUALITY = {"inverse": {"mean_cos": None, "id_at_1": None, "map_mean_cos": None, "map_id_at_1": None},
-                "transform": {"id_at_1": None}}
+@dataclass(frozen=True)
+class HeldOutCheck:
+    """How well the model recovers ``n`` held-out faces (None: no face to measure): ``transform_id_at_1``, the
+    share whose nearest face on the map has their id; ``mean_cos``, the mean cosine of a face to the inverse of
+    its position; ``id_at_1``, the share whose identity is the most similar to that inverse."""
+
+    n: int
+    transform_id_at_1: float | None = None
+    mean_cos: float | None = None
+    id_at_1: float | None = None
 
 
-def held_out_quality(model: MapModel, unit: np.ndarray, ids: IdArray, placed: FloatArray) -> dict[str, Any]:
+@dataclass(frozen=True)
+class MapInverse:
+    """``invert`` where the map put faces (leave-one-out; None: no face to measure): the mean cosine of a face
+    to the inverse of its map position, and the share whose identity ranks first there."""
+
+    map_mean_cos: float | None = None
+    map_id_at_1: float | None = None
+
+
+def held_out_quality(model: MapModel, unit: np.ndarray, ids: IdArray, placed: FloatArray) -> HeldOutCheck:
     """Score held-out faces ``unit`` (n, dim) that ``place`` put at ``placed`` (n, n_components), and the
-    inverse of those positions.
-
-    Returns ``{"n", "transform": {"id_at_1"}, "inverse": {"mean_cos", "id_at_1"}}`` (None values when there
-    is no face to measure); transform id_at_1: the nearest face on the map has the face's id; inverse
-    id_at_1: the identity most similar to the inverted vector is the face's id.
-    """
+    inverse of those positions (:class:`HeldOutCheck`)."""
     if not len(unit):
-        return {"n": 0, "inverse": dict(NULL_QUALITY["inverse"]), "transform": dict(NULL_QUALITY["transform"])}
+        return HeldOutCheck(0)
     _, nearest_face = model.tree().query(placed, k=1)
     transform_hit = model.identity[model.face_identity[nearest_face]] == ids
     inverted = invert_points(model, placed)
     best = top_similar(inverted.vectors, model.centroid, 1)[0][:, 0]
     cosines = np.where(inverted.on_map, np.einsum("nd,nd->n", inverted.vectors, np.asarray(unit, np.float32)), 0.0)
     inverse_hit = inverted.on_map & (model.identity[best] == ids)
-    return {"n": len(unit), "transform": {"id_at_1": float(transform_hit.mean())},
-            "inverse": {"mean_cos": float(cosines.mean()), "id_at_1": float(inverse_hit.mean())}}
+    return HeldOutCheck(len(unit), float(transform_hit.mean()), float(cosines.mean()), float(inverse_hit.mean()))
 
 
 def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: np.ndarray, on_map: IdArray, *, sample: int,
-                        seed: int | None) -> dict[str, float | None]:
+                        seed: int | None) -> MapInverse:
     """``invert`` where the map put faces: for up to ``sample`` non-suspect faces on the map of identities
     with 2+ such faces, each left out of the vote and out of its identity's centroid (leave-one-out), the
     cosine between the face and the inverse of its map position (``map_mean_cos``) and whether its identity
@@ -74,7 +85,7 @@ def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: np.ndarray,
     ok = (clean.counts[map_codes] >= 2) & (model.face_identity == map_codes)
     eligible = np.flatnonzero(ok)  # positions among the faces on the map
     if not len(eligible):
-        return {"map_mean_cos": None, "map_id_at_1": None}
+        return MapInverse()
     rng = np.random.default_rng(0 if seed is None else seed)
     chosen = np.sort(rng.choice(eligible, size=min(sample, len(eligible)), replace=False))
     faces, codes = on_map[chosen], map_codes[chosen]
@@ -86,4 +97,4 @@ def map_inverse_quality(model: MapModel, clean: IdentityTable, unit: np.ndarray,
     sims[np.arange(len(chosen)), codes] = np.einsum("nd,nd->n", rest, inverted.vectors)
     hits = inverted.on_map & (np.argmax(sims, axis=1) == codes)
     cosines = np.where(inverted.on_map, np.einsum("nd,nd->n", inverted.vectors, vectors.astype(np.float32)), 0.0)
-    return {"map_mean_cos": float(cosines.mean()), "map_id_at_1": float(hits.mean())}
+    return MapInverse(float(cosines.mean()), float(hits.mean()))

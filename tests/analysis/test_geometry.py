@@ -214,7 +214,7 @@ def test_a_database_of_impostor_cosine_085_gets_a_bounded_lookalike_list(tmp_pat
     assert 100 <= len(rows) <= 300  # not every pair (44,850 here) above a fixed 0.6
     same = {(int(r["id_a"]), int(r["id_b"])) for r in rows if r["possible_same_person"] == "true"}
     assert same and same <= {tuple(p) for p in truth.twin_pairs} | {tuple(p) for p in truth.lookalike_pairs}
-    assert result.metrics["suspect_precision"] >= 0.95 and result.metrics["suspect_recall"] >= 0.9
+    assert result.metrics.suspect_precision >= 0.95 and result.metrics.suspect_recall >= 0.9
     record = json.loads((out / "run.json").read_text())
     geometry = record["geometry"]
     assert geometry["centred"] is True and geometry["quality_from"] == "neighbours"

@@ -14,7 +14,7 @@ from job.pipeline import run
 @pytest.mark.slow
 def test_demo_map_and_analysis_meet_their_goals(tmp_path: Path) -> None:
     result = run(load_config(None, {"out": str(tmp_path)}))
-    metrics = result.metrics
+    metrics = result.metrics.model_dump()
     assert result.backend == "umap-learn"
     assert metrics["trustworthiness"] >= 0.90
     assert metrics["same_id_knn"] >= 0.90
@@ -30,7 +30,7 @@ def test_demo_map_and_analysis_meet_their_goals(tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_hard_demo_supervised_still_finds_misfiled_faces_and_flags_what_the_map_hides(tmp_path: Path) -> None:
     result = run(load_config(None, {"out": str(tmp_path), "input.demo": "hard", "umap.supervised": True}))
-    metrics = result.metrics
+    metrics = result.metrics.model_dump()
     assert metrics["suspect_precision"] >= 0.95 and metrics["suspect_recall"] >= 0.95
     assert metrics["lookalike_recall"] >= 0.95
     assert metrics["transform"]["id_at_1"] >= 0.8 and metrics["inverse"]["id_at_1"] >= 0.8

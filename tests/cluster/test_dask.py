@@ -104,7 +104,7 @@ def test_distributed_run_matches_the_single_process_run(cluster, single: RunResu
     out = tmp_path / "out"
     result = run(_config(db20k, out, **{"dask.address": cluster.scheduler_address, "dask.chunk_faces": 4096}))
     assert set(result.files) == set(single.files)
-    assert result.metrics["suspect_precision"] >= 0.95 and result.metrics["suspect_recall"] >= 0.95
+    assert result.metrics.suspect_precision >= 0.95 and result.metrics.suspect_recall >= 0.95
     _same_outputs(single, out)
     record = json.loads((out / "run.json").read_text())
     assert json.loads((single.out_dir / "run.json").read_text())["cluster"] is None
@@ -372,8 +372,8 @@ def test_gpu_workers_compute_the_chunks_with_cupy(fake_gpu, db20k: Path, tmp_pat
     assert (out / "suspects.csv").read_text().splitlines()[0] == (alone.out_dir / "suspects.csv").read_text() \
         .splitlines()[0]
     for key in ("suspect_precision", "suspect_recall", "lookalike_recall"):
-        assert there.metrics[key] == alone.metrics[key]
-    assert abs(there.metrics["same_id_knn"] - alone.metrics["same_id_knn"]) < 0.02
+        assert getattr(there.metrics, key) == getattr(alone.metrics, key)
+    assert abs(there.metrics.same_id_knn - alone.metrics.same_id_knn) < 0.02
 
 
 def test_a_cpu_worker_is_refused_for_a_gpu_run(fake_gpu, cluster, small_db: Path, tmp_path: Path) -> None:

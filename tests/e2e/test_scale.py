@@ -172,8 +172,8 @@ def test_fit_on_a_sample_places_the_rest_with_identity_and_spread(tmp_path: Path
     _, nearest = cKDTree(xy[fitted]).query(xy[moved], k=1)
     landed = ids[np.flatnonzero(fitted)[nearest]]
     assert len(moved) > 20 and np.mean(landed == np.array([shows[r] for r in moved])) >= 0.9
-    assert result.metrics["transform"]["id_at_1"] >= 0.95
-    assert result.metrics["trustworthiness"] >= 0.9
+    assert result.metrics.transform is not None and result.metrics.transform.id_at_1 >= 0.95
+    assert result.metrics.trustworthiness >= 0.9
 
 
 def test_progress_lines_when_not_a_terminal() -> None:

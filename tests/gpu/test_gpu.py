@@ -177,11 +177,11 @@ def test_the_whole_job_runs_on_the_fake_gpu_with_one_graph(fake_gpu, small_db: P
     assert calls["HDBSCAN.fit_predict"]["params"]["build_algo"] == "brute_force"
     # the same answers as the CPU run (the same exact graph and verdict arithmetic), and a good map
     for key in ("suspect_precision", "suspect_recall", "lookalike_recall"):
-        assert result.metrics[key] == pytest.approx(cpu_run.metrics[key])
-    assert result.metrics["suspects"] == cpu_run.metrics["suspects"]
+        assert getattr(result.metrics, key) == pytest.approx(getattr(cpu_run.metrics, key))
+    assert result.metrics.suspects == cpu_run.metrics.suspects
     # cuML's own tests accept trustworthiness within 0.05-0.1 of umap-learn's (spectral start here, PCA on CPU)
-    assert result.metrics["trustworthiness"] > cpu_run.metrics["trustworthiness"] - 0.1
-    assert result.metrics["same_id_knn"] > cpu_run.metrics["same_id_knn"] - 0.05
+    assert result.metrics.trustworthiness > cpu_run.metrics.trustworthiness - 0.1
+    assert result.metrics.same_id_knn > cpu_run.metrics.same_id_knn - 0.05
 
 
 def test_a_gpu_fitted_map_is_read_on_cpu(fake_gpu, small_db: Path, tmp_path: Path, monkeypatch) -> None:
@@ -254,7 +254,7 @@ def test_free_memory_is_read_before_the_pool_takes_half(fake_gpu, small_db: Path
 def test_the_whole_job_on_a_real_gpu(small_db: Path, tmp_path: Path) -> None:
     assert installed_cuml() is not None
     result = run(_config(small_db, tmp_path / "gpu", backend="cuml"))
-    assert result.backend == "cuml" and result.metrics["trustworthiness"] > 0.9
+    assert result.backend == "cuml" and result.metrics.trustworthiness > 0.9
 
 
 def test_without_cuvs_the_exact_graph_is_cupy_matrix_products(fake_gpu, small_db: Path, tmp_path: Path,
@@ -266,7 +266,7 @@ def test_without_cuvs_the_exact_graph_is_cupy_matrix_products(fake_gpu, small_db
     monkeypatch.setattr("importlib.util.find_spec", _find_spec_without("cuvs"))
     result = run(_config(small_db, tmp_path / "gpu", backend="cuml"))
     record = json.loads((tmp_path / "gpu" / "run.json").read_text())
-    assert record["knn_method"] == "cupy-exact" and result.metrics["suspects"] == cpu_run.metrics["suspects"]
+    assert record["knn_method"] == "cupy-exact" and result.metrics.suspects == cpu_run.metrics.suspects
     run(_config(small_db, tmp_path / "nnd", backend="cuml", **{"knn.method": "approximate"}))
     record = json.loads((tmp_path / "nnd" / "run.json").read_text())
     assert record["knn_method"] == "cupy-exact" and "cuVS (NN-descent) is not installed" in record["knn_reason"]

@@ -345,7 +345,7 @@ def test_a_run_on_a_scaled_database_writes_no_nan(tmp_path: Path) -> None:
     text = (tmp_path / "out" / "run.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     # a sane map, not a NaN one (the smoke config's 50 epochs give trust 0.78-0.89 over seeds on this database)
-    assert result.metrics["suspects"] > 0 and result.metrics["trustworthiness"] > 0.75
+    assert result.metrics.suspects > 0 and result.metrics.trustworthiness > 0.75
 
 
 # the command line itself: what click cannot parse is one line too, not a framed usage panel
