@@ -68,7 +68,7 @@ def cached_numba() -> Any:
     import numba
 
     # numba's config module makes its settings at runtime from the environment (_EnvReloader), out of mypy's sight
-    numba.config.CACHE_DIR = str(cache.folder)  # type: ignore[attr-defined]
+    numba.config.CACHE_DIR = str(cache.folder)  # type: ignore[attr-defined, unused-ignore]  # set at runtime
     return numba
 
 

@@ -5,7 +5,7 @@ The run holds a few arrays per face for its whole length (ids, rows, the kNN gra
 two identity tables (n_identities x dim float32: the run's, and one derived table at a time), and, one stage
 at a time, that stage's working set (the index and a query chunk; the candidate lists; UMAP's float32 copy of
 the fitted faces; the 2-D tree; the output tables). The estimate is the sum of the first two and the largest
-third. Calibrated against measured peak RSS at 300k and 1M faces (README, ``bench/bench_scale.py``); it errs
+third. Calibrated against measured peak RSS at 300k and 1M faces (docs/scale.md, ``bench/bench_scale.py``); it errs
 high, and is a guard, not an allocator.
 """
 

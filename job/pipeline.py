@@ -132,13 +132,15 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
             with ledger.stage("write"):
                 files.update(write_tables(database, work, staging))
 
+            ran_on_cluster = site.cluster_record()  # once: it reads the cluster's task stream
+
             def record(written: dict[str, Path]) -> RunRecord:
                 return run_record(
                     config=config, database=database, backend=site.backend.name, backend_reason=site.reason,
                     knn_method=work.mapped.knn_method, knn_reason=work.knn_reason, fit=work.mapped.placement,
                     highlight=highlight, metrics=work.metrics, timings=ledger.timings, files=written,
                     gpu=ledger.gpu_record(site, work.faces, clusters_on_gpu=site.backend.uses_gpu),
-                    cluster=site.cluster_record(), geometry=geometry.record())
+                    cluster=ran_on_cluster, geometry=geometry.record())
 
             with ledger.stage("report"):  # the page shows the record (its files are hashed after)
                 files["report"] = write_page(staging, record({}), files, highlight, model=work.analysis.model)

@@ -145,7 +145,7 @@ def _not_an_input(out: Path, inputs: list[object]) -> None:
 def check_output_file(out: Path) -> None:
     """What would make writing ``out`` fail after the work: a name too long, a missing or unwritable folder."""
     longest = max(len(os.fsencode(part)) for part in Path(os.path.abspath(out)).parts)
-    if longest + 24 > 255:  # the temporary sibling adds ".", ".PID.tmp"; 255: Linux file systems' NAME_MAX
+    if longest + 24 > 255:  # the temporary sibling adds ".", ".PID-N.tmp"; 255: Linux file systems' NAME_MAX
         raise UsageError(f"--out {str(out)[:80]}...: a name of {longest} bytes is longer than file systems hold "
                          "(255, with faceatlas's temporary suffix); pick a shorter name")
     parent = Path(os.path.abspath(out)).parent

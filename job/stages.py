@@ -9,6 +9,7 @@ once, at each stage's end. :mod:`job.pipeline` chains them.
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -50,6 +51,11 @@ class FitPlan:
     fitted: IdArray
     placed: IdArray
     held: IdArray
+
+    @cached_property
+    def on_map(self) -> IdArray:
+        """The faces UMAP put on the map, fitted or placed (sorted rows): all but the held-out ones."""
+        return np.sort(np.concatenate([self.fitted, self.placed]))
 
 
 @dataclass(frozen=True)
@@ -216,7 +222,7 @@ def map_model(config: Config, space: Space, plan: FitPlan, verdicts: Verdicts, m
     pairs = fields_to_host(find_lookalikes(space.table.without(space.faces, xp.asarray(np.flatnonzero(left_out))),
                                            to_namespace(xp, verdicts.lookalike), settings.lookalike_top,
                                            settings.lookalike_threshold, baseline=geometry.working.impostor_median))
-    on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
+    on_map = plan.on_map
     # the table without misfiled and held-out faces, and its cohesion (n_faces x dim), where the faces are
     clean = space.table.without(space.faces, xp.asarray(np.flatnonzero(left_out | _mask(plan.held, len(left_out)))))
     model = model_from_map(space.faces, clean, scores, on_map, mapped.coords[on_map], geometry=geometry)
@@ -238,7 +244,7 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
     ``gpu``), projection's columns and the analysis metrics."""
     settings, ids, scores, model = config.analysis, database.ids, verdicts.scores, modelled.model
     coords, left_out = mapped.coords, scores.left_out
-    on_map = np.sort(np.concatenate([plan.fitted, plan.placed]))
+    on_map = plan.on_map
     # a held-out face filed under the wrong id proves nothing, nor does a re-enrolment of a fitted photo
     judged = plan.held[~left_out[plan.held]]
     check = held_out_quality(model, database.unit[judged], ids[judged], coords[judged])

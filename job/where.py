@@ -8,7 +8,7 @@ backend it chose.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
@@ -28,13 +28,17 @@ if TYPE_CHECKING:
     from job.cluster.session import ClusterSession
     from job.io.database import FaceDatabase
 
-Log = Callable[[str], None]
-WORK = {"load": "loading", "geometry": "geometry (sampled pairs, centring)",
-        "sample": "identity table and fit sample", "knn": "kNN graph", "suspects": "verdicts", "umap": "UMAP fit",
-        "place": "placement of the other faces (numba)", "model": "look-alikes and map-model cohesion",
-        "held_out": "held-out placement", "analysis": "held-out and inverse checks, clusters",
-        "metrics": "trustworthiness and same-id share", "render": "maps", "write": "tables", "report": "atlas page"}
-"""What each timed stage of a run does, as run.json's ``gpu`` record names it."""
+WORK: dict[str, tuple[str, str | None]] = {
+    "load": ("loading", None), "geometry": ("geometry (sampled pairs, centring)", None),
+    "cluster check": ("the workers' check", None), "sample": ("identity table", "fit sample"),
+    "knn": ("kNN graph", None), "suspects": ("verdicts", None), "umap": ("UMAP fit", None),
+    "place": ("placement of the other faces (numba)", None),
+    "model": ("look-alikes and map-model cohesion", "map model"), "held_out": ("held-out placement", None),
+    "analysis": ("held-out and inverse checks", None), "metrics": ("trustworthiness", "same-id share (k-d tree)"),
+    "render": ("maps", None), "write": ("tables", None), "report": ("atlas page", None)}
+"""What each timed stage of a run does, as run.json's ``gpu`` record names it: the part that runs where the
+stage is said to compute (the host, the GPU, or a cluster's client with its workers), and the part that runs on
+the host whatever the stage's place."""
 
 
 @dataclass(frozen=True)
@@ -158,9 +162,16 @@ class Ledger:
         computed."""
         if site.gpu is None:
             return None
-        on_gpu = [WORK.get(name, name) for name, where in self.where.items() if where == DEVICE]
-        on_cpu = [WORK.get(name, name) for name, where in self.where.items() if where == HOST]
-        on_gpu += [f"HDBSCAN ({site.backend.name})"] if clusters_on_gpu else []
+        on_gpu: list[str] = []
+        on_cpu: list[str] = []
+        for name, where in self.where.items():
+            part, host_part = WORK.get(name, (name, None))
+            part = f"UMAP fit ({site.backend.name})" if name == "umap" else part
+            if where == CLUSTER:  # the client's share here; its passes over every face in the workers' entry
+                part = f"{part} (the client's share)"
+            (on_gpu if where == DEVICE else on_cpu).append(part)
+            on_cpu += [host_part] if host_part else []
+        (on_gpu if clusters_on_gpu else on_cpu).append(f"clusters (HDBSCAN, {site.backend.name})")
         if site.cluster is not None and faces is not None:
             workers = "GPU" if site.cluster.device else "CPU"
             (on_gpu if site.cluster.device else on_cpu).append(

@@ -6,7 +6,7 @@ and from the identity centroids, so that nothing is all-pairs.
 * :func:`identity_links`: the identities whose faces are most often among one identity's faces' neighbours.
 
 Misfiled-face candidates are the first and a few of the second; look-alike candidates the second and third
-together (each misses pairs the other finds: measured at 300k faces, README).
+together (each misses pairs the other finds: measured at 300k faces, docs/scale.md).
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 selection, ``min_samples = min_cluster_size``, no single cluster, no epsilon), and cluster-vs-identity scores.
 
 Why not scikit-learn itself: ``import sklearn.cluster`` costs 1.3 s of a 5k run whose whole budget is 3 s
-(README "The everyday run"); the clustering itself takes 0.1 s. ``tests/analysis/test_clusters.py`` checks the labels
-and scores against scikit-learn's on several point sets.
+(docs/benchmarks.md, "The everyday run"); the clustering itself takes 0.1 s. ``tests/analysis/test_clusters.py``
+checks the labels and scores against scikit-learn's on several point sets.
 
 Steps: core distance = distance to the ``min_samples``-th nearest point (itself first); Prim's minimum
 spanning tree of the mutual reachability max(core_a, core_b, d(a, b)), vectorised over the points not yet in

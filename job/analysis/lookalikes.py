@@ -9,7 +9,7 @@ above the database's impostor baseline (the cosine two strangers' faces have, ab
 centred), so the scale reads the same for every recognizer: 0 as alike as strangers, 1 as two photos of
 one person. Up to
 ``ALL_PAIRS_MAX`` identities every pair is scored; above, candidate pairs are the identities most linked to
-each other in the run's kNN graph (:func:`job.analysis.identities.identity_links`), so the cost is
+each other in the run's kNN graph (:func:`job.analysis.candidates.identity_links`), so the cost is
 n_identities x k, not all pairs — and a pair above the threshold whose faces are never among each other's
 nearest neighbours is not listed.
 Faces flagged as misfiled should be left out of the table first, or one misfiled face makes its two

@@ -5,7 +5,7 @@ sample a single-process run draws, and the workers do what is parallel over face
 the faces from the input, the identity sums, the kNN queries against the fitted faces, the per-face fits
 behind the verdicts, the placement of the faces not fitted, and datashader's density aggregate of the map.
 
-* :mod:`job.cluster.address`: what ``--dask`` accepts;
+* :mod:`job.address` (outside this package, so the config can check it): what ``--dask`` accepts;
 * :mod:`job.cluster.session`: reaching the cluster (or starting a LocalCluster), checking its workers, running
   tasks and turning Dask's failures into one-line :class:`~job.errors.ClusterError`;
 * :mod:`job.cluster.source`: where the workers read the faces (a path, a URL, or the built-in demo);

@@ -48,6 +48,7 @@ class ClusterSession:
     device_reason: str = ""
     cuvs: bool = False  # every GPU worker has cuVS (its brute-force search); else CuPy's
     stream: Any = None  # Dask's task stream since the session opened (per-task compute seconds)
+    streamed: list[dict[str, Any]] | None = None  # the stream's tasks, collected once (task_seconds)
 
     def check(self, source: FaceSource | None, probe: tuple[Any, str] | None = None, gpu_required: bool = True
               ) -> None:
@@ -174,9 +175,11 @@ class ClusterSession:
         with other clients, their tasks of the same names count too)."""
         from dask.utils import key_split
 
-        self.stream.__exit__(None, None, None)  # collects the stream since the session opened
+        if self.streamed is None:  # collected once: leaving the stream again would add its tasks again
+            self.stream.__exit__(None, None, None)  # collects the stream since the session opened
+            self.streamed = list(self.stream.data)
         kinds: dict[str, dict[str, float]] = {}
-        for task in self.stream.data:
+        for task in self.streamed:
             seconds = sum(part["stop"] - part["start"] for part in task.get("startstops", ())
                           if part.get("action") == "compute")
             entry = kinds.setdefault(key_split(task["key"]), {"count": 0, "seconds": 0.0})

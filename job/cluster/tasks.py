@@ -31,8 +31,8 @@ def worker_facts(source: Any, probe: tuple[IdArray, str] | None = None, device: 
 
     facts: dict[str, Any] = {"faceatlas": __version__, "python": platform.python_version(), "numpy": np.__version__,
                              # set in their __init__ by `from ._version import __version__`: no export to mypy
-                             "dask": dask.__version__,  # type: ignore[attr-defined]
-                             "distributed": distributed.__version__,  # type: ignore[attr-defined]
+                             "dask": dask.__version__,  # type: ignore[attr-defined, unused-ignore]
+                             "distributed": distributed.__version__,  # type: ignore[attr-defined, unused-ignore]
                              "input": "ok"}
     if source is not None and probe is not None:
         from job.cluster.source import read_faces

@@ -5,7 +5,7 @@ its ``nprobe`` nearest lists. Queries are answered with faiss's own ``big_batch_
 queries of one list and scores them with one matrix product (BLAS) instead of one query at a time: on 2
 cores, 1M faces against 200k reference faces, it is 1.5x faster than ``index.search`` at 4x the work per
 query (recall@16 0.84 instead of 0.62). Chosen among exact search, pynndescent, faiss HNSW, hnswlib and
-usearch by recall and time (README; ``bench/bench_scale.py --knn``).
+usearch by recall and time (docs/scale.md; ``bench/bench_scale.py --knn``).
 """
 
 from __future__ import annotations

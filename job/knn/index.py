@@ -73,7 +73,7 @@ INDEXES: dict[str, Callable[[], type[KnnIndex]]] = {
     "faiss-ivf": _faiss_ivf,
 }
 APPROXIMATE = "faiss-ivf"
-"""The approximate index "auto" and "approximate" pick (chosen by measurement: README, bench_scale.py)."""
+"""The approximate index "auto" and "approximate" pick (chosen by measurement: docs/scale.md, bench_scale.py)."""
 
 
 def _gpu_index(name: str) -> Callable[[], type[KnnIndex]]:
@@ -169,7 +169,7 @@ def face_graph(unit: np.ndarray, reference: IdArray, k: int, knn: KnnConfig, *, 
     if cls.batched:
         cls, batching = configure_batches(cls, gpu, len(reference), unit.shape[1], k, free=gpu_free)
         reason += batching
-        if seed is not None:  # README "Seeds on the GPU"
+        if seed is not None:  # docs/gpu.md, seeds on the GPU
             reason += ("; not reproducible even with --seed (NN-descent's GPU kernels race): raise "
                        "gpu.exact_max_faces for an exact, reproducible graph")
     reference = to_namespace(xp, reference)

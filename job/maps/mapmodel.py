@@ -125,7 +125,7 @@ def save_model(model: MapModel, path: Path) -> Path:
                   temperature=np.asarray(model.temperature, np.float64))
     with atomic_write(path) as tmp, tmp.open("wb") as handle:
         # numpy's stub reads a ** key as possibly its allow_pickle flag: these keys are the model's field names
-        np.savez(handle, **arrays)  # type: ignore[arg-type]
+        np.savez(handle, **arrays)  # type: ignore[arg-type, unused-ignore]  # numpy's stub reads a key as allow_pickle
     return path
 
 

@@ -6,7 +6,7 @@ positions weighted by ``exp((cos - best) / temperature)`` (the run's geometry's 
 that person), then moves under UMAP's layout step (umap-learn's ``optimize_layout_euclidean``, as ported in
 :mod:`job.reduce.layout`) against the
 fixed fitted map: pulled by its neighbours with UMAP's membership weights, pushed off random fitted faces.
-That is what ``UMAP.transform`` does, with two differences measured at 300k faces (README):
+That is what ``UMAP.transform`` does, with two differences measured at 300k faces (docs/scale.md):
 
 * the starting point: umap-learn's weighted mean over all ``k`` neighbours drags a face towards strangers
   that sit all over the map;

@@ -1,7 +1,7 @@
 """UMAP's CPU fit without importing umap-learn: its fuzzy simplicial set in numpy, its layout as a cached kernel.
 
-Why (measured on the 2-core machine, README "The everyday run"): ``import umap`` costs 2.3 s in a warm process
-(scikit-learn 0.95 s, pynndescent 2.0 s loading its cached kernels) and 18 s on a fresh machine, where
+Why (measured on the 2-core machine, docs/benchmarks.md, "The everyday run"): ``import umap`` costs 2.3 s in a
+warm process (scikit-learn 0.95 s, pynndescent 2.0 s loading its cached kernels) and 18 s on a fresh machine, where
 pynndescent compiles its eagerly typed kernels at import; ``umap.utils`` recompiles two kernels on every
 import, and umap-learn's fuzzy-set and layout kernels are not cached, so every new process compiles them.
 faceatlas never uses pynndescent (it hands UMAP its own kNN graph), so the fit is done here, step for step as
@@ -11,7 +11,7 @@ umap-learn 0.5 does it for a precomputed graph:
   ``sigma`` (binary search, 64 steps, so the memberships sum to log2(k)), vectorised over all faces at once;
 * :func:`fuzzy_graph` — ``compute_membership_strengths`` and the fuzzy union A + A^T - A o A^T, with the
   supervised intersection (``target_weight``) and ``reset_local_connectivity`` when labels are given;
-* :func:`ab_params` — ``find_ab_params``: UMAP's low-dimensional curve fitted by Levenberg-Marquardt;
+* :func:`job.curve.ab_params` — ``find_ab_params``: UMAP's low-dimensional curve fitted by Levenberg-Marquardt;
 * :func:`optimize_layout` — ``optimize_layout_euclidean``: the same SGD (attraction along sampled edges,
   negative sampling with the same Tausworthe generator and per-face states, the same learning-rate decay),
   run as one numba kernel with ``cache=True`` that releases the GIL.
@@ -29,7 +29,6 @@ from typing import Any
 import numpy as np
 
 from job.arrays import FloatArray
-from job.curve import ab_params  # noqa: F401 - the layout's curve, as umap-learn's module has it
 
 SMOOTH_K_TOLERANCE = 1e-5  # as umap-learn
 MIN_K_DIST_SCALE = 1e-3
@@ -179,7 +178,8 @@ def start_states(rng_state: np.ndarray, head_embedding: FloatArray) -> np.ndarra
 @dataclass(frozen=True)
 class SgdSettings:
     """The layout SGD's settings, as umap-learn's ``optimize_layout_euclidean`` takes them: ``n_epochs``, the
-    curve's ``a`` and ``b`` (:func:`ab_params`), the run's ``rng_state`` (three int64), the repulsion ``gamma``,
+    curve's ``a`` and ``b`` (:func:`job.curve.ab_params`), the run's ``rng_state`` (three int64), the repulsion
+    ``gamma``,
     the learning rate ``initial_alpha`` (falling linearly to 0) and the ``negative_sample_rate`` (random faces
     pushed off per edge sample)."""
 

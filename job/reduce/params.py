@@ -1,6 +1,6 @@
 """The UMAP settings a fit actually uses: ``"auto"`` values resolved for how the map is made.
 
-Measured (README, ``bench/bench_scale.py --settings``): fitting every face of the 5k demo, ``min_dist`` 0.1 and
+Measured (docs/scale.md, ``bench/bench_scale.py --settings``): fitting every face of the 5k demo, ``min_dist`` 0.1 and
 ``repulsion_strength`` 2 keep every metric at or above umap-learn's defaults; fitting one face per identity
 (300k+ faces), the fitted faces are all strangers to each other and the map is a dense sheet of identities:
 ``min_dist`` 0 and ``repulsion_strength`` 3 lift trustworthiness from 0.90 to 0.92 and the same-identity

@@ -4,7 +4,7 @@ Above ``umap.fit_sample`` faces, UMAP is fitted on a sample drawn by identity an
 on the fitted map (:mod:`job.reduce.extend`). Each identity enters the fit with its most central face (the
 one most like the mean of its other faces, so a misfiled face never stands for an identity); an identity
 enters with more faces only when its proportional share of the sample is at least ``ISLAND`` faces, enough
-to form an island of its own in the fit. Measured at 300k faces (README, ``bench/bench_scale.py``): a fit of
+to form an island of its own in the fit. Measured at 300k faces (docs/scale.md, ``bench/bench_scale.py``): a fit of
 one face per identity plus placement keeps identities together far better than fitting every face, and
 two or three faces of one identity in the fit split it into separate specks.
 """

@@ -75,11 +75,6 @@ class Faces(ABC):
     def dim(self) -> int:
         return int(self.array.shape[1])
 
-    @property
-    def dtype(self) -> np.dtype:
-        dtype: np.dtype = np.dtype(self.array.dtype)
-        return dtype
-
     def rows(self, rows: Any, dtype: Any = None) -> Any:
         """The faces ``rows`` (a NumPy index array) as a NumPy array; with ``dtype``, converted block by block
         (no full-size temporary of the stored dtype). Device faces gather on the device."""

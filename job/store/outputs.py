@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
-from job.atomic import atomic_write, existing_ancestor, temporary_path  # noqa: F401 - re-exported for maps/
+from job.atomic import atomic_write, existing_ancestor
 from job.errors import UsageError
 
 PROJECTION_FILE = "projection.parquet"

@@ -298,6 +298,10 @@ class RunRecord(_Part):
         try:
             return cls.model_validate(raw)
         except ValidationError as exc:
+            written = raw.get("schema_version")
+            if isinstance(written, int) and not isinstance(written, bool) and written > SCHEMA_VERSION:
+                raise InputError(f"{path}: {_problem(exc, raw)}; its run.json schema {written} is newer than this "
+                                 f"faceatlas reads ({SCHEMA_VERSION}): upgrade faceatlas") from None
             raise InputError(f"{path}: {_problem(exc, raw)}; {EDITED}") from None
 
     @classmethod

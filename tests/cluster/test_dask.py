@@ -114,6 +114,8 @@ def test_distributed_run_matches_the_single_process_run(cluster, single: RunResu
     assert info["worker_versions"]["faceatlas"] == __version__
     assert set(info["stages"]) == {READ, SUMS, DOTS, GRAPH, CANDIDATES, PLACE, DENSITY}
     assert record["fit"]["placed"] > 10_000  # the placement ran, on the workers
+    chunks = -(-record["input"]["n_faces"] // 4096)  # each task counted once (the page and run.json read one record)
+    assert info["tasks"]["chunk_graph"]["count"] == info["tasks"]["chunk_sums"]["count"] == chunks
 
 
 def test_a_centred_run_on_the_cluster_matches_the_single_process_run(cluster, tmp_path: Path) -> None:

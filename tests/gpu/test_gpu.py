@@ -165,9 +165,11 @@ def test_the_whole_job_runs_on_the_fake_gpu_with_one_graph(fake_gpu, small_db: P
     # what ran where is read from the run: the passes over every face where the faces were (the GPU), the
     # fit and HDBSCAN on the backend, placement and the maps on the host
     on_gpu, on_cpu = record["gpu"]["on_gpu"], record["gpu"]["on_cpu"]
-    assert {"kNN graph", "identity table and fit sample", "UMAP fit", "HDBSCAN (cuml)"} <= set(on_gpu)
-    assert {"loading", "placement of the other faces (numba)", "maps", "held-out placement"} <= set(on_cpu)
-    assert not set(on_gpu) & set(on_cpu)
+    assert {"identity table", "kNN graph", "verdicts", "UMAP fit (cuml)", "clusters (HDBSCAN, cuml)",
+            "look-alikes and map-model cohesion", "trustworthiness"} <= set(on_gpu)
+    assert {"loading", "fit sample", "placement of the other faces (numba)", "map model", "held-out placement",
+            "held-out and inverse checks", "same-id share (k-d tree)", "maps", "tables"} <= set(on_cpu)
+    assert len(on_gpu) + len(on_cpu) == len(set(on_gpu) | set(on_cpu))  # each piece of work named once
     calls = {call["call"]: call for call in fake_gpu.CALLS}
     fit = calls["UMAP.fit_transform"]
     # the run's one graph went to cuML, trimmed to n_neighbors, each face first in its row

@@ -16,6 +16,7 @@ import pytest
 
 from job.analysis.metrics import same_id_knn, trustworthiness
 from job.config import KnnConfig
+from job.curve import ab_params
 from job.io.demo import DemoSpec, make_demo
 from job.knn.index import face_graph
 from job.reduce import layout
@@ -65,7 +66,7 @@ def test_fuzzy_graph_is_umap_learns(demo_graph, supervised: bool) -> None:
 def test_curve_is_umap_learns(spread: float, min_dist: float) -> None:
     from umap.umap_ import find_ab_params
 
-    assert layout.ab_params(spread, min_dist) == pytest.approx(find_ab_params(spread, min_dist), rel=1e-5)
+    assert ab_params(spread, min_dist) == pytest.approx(find_ab_params(spread, min_dist), rel=1e-5)
 
 
 @pytest.mark.parametrize("move_other", [True, False])
@@ -75,7 +76,7 @@ def test_one_thread_layout_is_umap_learns_to_the_bit(demo_graph, move_other: boo
 
     _, _, indices, distances = demo_graph
     graph = layout.prune(layout.fuzzy_graph(indices, distances), 60)
-    a, b = layout.ab_params(1.0, 0.1)
+    a, b = ab_params(1.0, 0.1)
     start = layout.scale_start(np.random.default_rng(0).normal(size=(len(indices), 2)).astype(np.float32))
     state = np.array([7, -3, 11], dtype=np.int64)
     tail = start.copy() if move_other else start + np.float32(0.5)  # placing: a fixed map to move against

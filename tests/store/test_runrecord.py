@@ -147,6 +147,16 @@ def test_keys_the_schema_does_not_know_are_kept_and_the_known_ones_typed() -> No
     assert ("my_score", 0.25) in record.metrics.flat() and ("clusters.ari", 0.5081) in record.metrics.flat()
 
 
+def test_a_newer_schema_that_no_longer_reads_says_upgrade_not_edited() -> None:
+    raw = json.loads(OLD_RECORD.read_text())
+    raw["schema_version"] = SCHEMA_VERSION + 1
+    raw["metrics"]["suspects"] = "2 of 120"  # a later faceatlas changed a known field's type
+    with pytest.raises(InputError) as caught:
+        _parse(raw)
+    message = str(caught.value)
+    assert "metrics.suspects" in message and message.endswith("upgrade faceatlas") and "edited" not in message
+
+
 def test_the_gpu_and_cluster_sections_as_runs_write_them_are_typed() -> None:
     """``gpu`` and ``cluster`` as a GPU run and a ``--dask`` run write them (job/where.py, ClusterSession.record;
     a cluster's worker versions are one text, or a list where the workers differ)."""
