@@ -112,8 +112,10 @@ def _main(
 def run(
     *,
     config: Annotated[Path | None, typer.Option("--config", "-c", help="TOML config (see configs/).")] = None,
-    input: Annotated[str | None, typer.Option("--input", "-i", help="Database: .npy, .npz or .parquet; "
-                                                 "default: the built-in demo database.")] = None,
+    input: Annotated[str | None, typer.Option("--input", "-i", help="Database: .npy, .npz or .parquet, "
+                                                 "an https URL of one, sqlite:///PATH or postgresql://... (an "
+                                                 "Immich database, or any with input.query); default: the built-in "
+                                                 "demo database.")] = None,
     out: Annotated[str | None, typer.Option("--out", "-o", help="Output folder [default: ./faceatlas-out].")]
     = None,
     backend: Annotated[BackendChoice | None, typer.Option(help="UMAP backend [default: auto].")] = None,
@@ -188,7 +190,8 @@ def verify(
 @app.command()
 def transform(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run (the map).")],
-    new: Annotated[str, typer.Argument(help="New faces: .npy, .npz or .parquet (ids optional) or an https URL.")],
+    new: Annotated[str, typer.Argument(help="New faces: .npy, .npz or .parquet (ids optional), an https URL, or a "
+                                      "database (sqlite:///PATH, postgresql://...).")],
     *,
     out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the placed faces (.parquet).")]
     = Path("transform.parquet"),
@@ -197,14 +200,17 @@ def transform(
     = None,
     drop_invalid: Annotated[bool, typer.Option("--drop-invalid", help="Skip faces with NaN/inf or all-zero "
                                                "embeddings instead of refusing the file.")] = False,
+    query: Annotated[str, typer.Option("--query", help="A database NEW: the SELECT returning identity and "
+                                       "embedding columns [default: an Immich database's faces].")] = "",
 ) -> None:
-    """Place new faces on an existing map without refitting: row, id, x, y, nearest_id, similarity."""
+    """Place new faces on an existing map without refitting: row, id, x, y, nearest_id, similarity (and the
+    source's keys: nearest_key, face_key, identity_key, where known)."""
     with _errors_to_exit_codes():
-        from job.queries import open_map, transform_file
+        from job.queries import NewReading, open_map, transform_file
 
         start = time.perf_counter()
-        result = transform_file(open_map(folder), new, out, id_field=id_field, embedding_field=embedding_field,
-                                drop_invalid=drop_invalid, log=_say)
+        reading = NewReading(id_field, embedding_field, drop_invalid, query)
+        result = transform_file(open_map(folder), new, out, reading=reading, log=_say)
         same = f"; nearest_id equals the face's own id for {result.same_id:.1%}" if result.same_id is not None \
             else ""
         _echo(f"placed {result.n_faces:,} faces in {time.perf_counter() - start:.1f} s{same}")
@@ -232,13 +238,16 @@ def nearest(
 
         opened = open_map(folder)
         answers = nearest_identities(opened.model, map_point(opened, x, y, z), k)
+        keyed = opened.identity_keys is not None
         if as_json:
             _echo(json.dumps([{"id": a.id, "similarity": round(a.similarity, 6),
-                                    "map_distance": round(a.map_distance, 6)} for a in answers]))
+                               "map_distance": round(a.map_distance, 6),
+                               **({"key": opened.key_of(a.id)} if keyed else {})} for a in answers]))
             return
-        _echo(f"{'rank':>4}  {'id':>10}  {'similarity':>10}  {'map_distance':>12}")
+        _echo(f"{'rank':>4}  {'id':>10}  {'similarity':>10}  {'map_distance':>12}" + ("  key" if keyed else ""))
         for rank, answer in enumerate(answers, 1):
-            _echo(f"{rank:>4}  {answer.id:>10}  {answer.similarity:>10.4f}  {answer.map_distance:>12.4f}")
+            key = f"  {display_text(opened.key_of(answer.id) or '', 80)}" if keyed else ""
+            _echo(f"{rank:>4}  {answer.id:>10}  {answer.similarity:>10.4f}  {answer.map_distance:>12.4f}{key}")
 
 
 @app.command()

@@ -50,6 +50,14 @@ class InputConfig(_Section):
     allow_http: bool = Field(False, description="accept plain http:// URLs (https only by default)")
     url_timeout: float = Field(30.0, gt=0.0, le=3600.0, description="seconds to connect and between reads")
     url_max_bytes: int = Field(64 * 2**30, ge=1, le=COUNT_MAX, description="largest download accepted, in bytes")
+    query: str = Field("", description="with a database --input (sqlite:///PATH, postgresql://...): the SELECT "
+                       "that returns the faces, with columns identity and embedding (and optionally face, photo, "
+                       "name, image, box_x1..box_y2); \"\" = read an Immich database by its own tables")
+    owner: str = Field("", description='an Immich database: only the faces of this user (its UUID); "" = all users')
+    blob_dtype: str = Field("<f4", description="how a database's BLOB embeddings are stored (a numpy dtype: "
+                            "<f4 little-endian float32, <f2, <f8)")
+    photo_field: str = Field("", description='.npz/Parquet/.npy: the field holding each face\'s photo key, for the '
+                             'same-photo check; "" = none')
     demo: Literal["standard", "hard", "wild", "uncentred"] = Field(
         "standard", description='built-in demo when path is "": "hard" = looser identities, 1-30 faces, look-alike '
         'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins; "uncentred" = the wild '

@@ -13,6 +13,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from job.analysis.geometry import Geometry
 from job.analysis.suspects import LOW_QUALITY
 from job.cluster.session import open_cluster
@@ -22,6 +24,7 @@ from job.footprint import run_bytes
 from job.gpu import gpu_memory_errors
 from job.io.database import FaceDatabase, load_database
 from job.maps.mapmodel import MODEL_FILE, save_model
+from job.maps.placement import Placement
 from job.progress import ProgressFactory, no_progress
 from job.render.maps import MapIdentities, MapVerdicts, draw_all_maps, require_render_memory
 from job.report.page import write_page
@@ -33,6 +36,7 @@ from job.stages import (
     MapResult,
     Verdicts,
     analyse,
+    check_same_photo,
     describe_plan,
     embedding_space,
     fit_map,
@@ -41,11 +45,13 @@ from job.stages import (
     measure,
     place_faces,
     place_held_out,
+    place_unassigned,
     plan_fit,
     shared_graph,
     working_space,
 )
 from job.store.coherence import NAMES_FILE
+from job.store.keys import projection_keys
 from job.store.outputs import (
     PROJECTION_FILE,
     RUN_FILE,
@@ -60,9 +66,12 @@ from job.store.reports import (
     LOOKALIKES_FILE,
     LOW_QUALITY_FILE,
     SUSPECTS_FILE,
+    UNASSIGNED_FILE,
+    Labels,
     write_lookalikes,
     write_low_quality,
     write_suspects,
+    write_unassigned,
 )
 from job.store.runrecord import Metrics, RunRecord
 from job.where import Ledger, Site, check_cluster, choose_site, hold_faces, require_gpu_run
@@ -96,6 +105,7 @@ class Work:
     analysis: Analysis
     metrics: Metrics
     knn_reason: str
+    unassigned: Placement | None = None
 
 
 def run(config: Config, log: Log = lambda message: None, progress: ProgressFactory = no_progress) -> RunResult:
@@ -163,7 +173,7 @@ def compute(config: Config, site: Site, database: FaceDatabase, geometry: Geomet
         graph = shared_graph(config, space, plan, progress, site.gpu_free)
     log(f"kNN graph: {graph.method} ({graph.reason})")
     with ledger.stage("suspects", near), gpu_memory_errors("the verdicts"):
-        verdicts = judge(config, space, plan, graph, geometry)
+        verdicts = check_same_photo(judge(config, space, plan, graph, geometry), database)
     log(f"{int(verdicts.scores.suspect.sum()):,} suspected misfiled faces; fitting UMAP on {len(plan.fitted):,} faces")
     with ledger.stage("umap", site.fit_at), gpu_memory_errors("the UMAP fit"):
         fit = fit_map(config, site.backend, plan, graph, space)
@@ -178,9 +188,11 @@ def compute(config: Config, site: Site, database: FaceDatabase, geometry: Geomet
     with ledger.stage("analysis"), gpu_memory_errors("the analysis"):
         analysis = analyse(config, database, plan, verdicts, graph, mapped=mapped, modelled=modelled,
                            gpu=site.backend.uses_gpu)
+    with ledger.stage("unassigned"):
+        loose = place_unassigned(database, modelled.model)
     with ledger.stage("metrics", faces.array_at), gpu_memory_errors("the map quality"):
         metrics = measure(config, database, space, mapped, analysis)
-    return Work(site, faces, plan, verdicts, mapped, analysis, metrics, graph.reason)
+    return Work(site, faces, plan, verdicts, mapped, analysis, metrics, graph.reason, loose)
 
 
 def render(config: Config, database: FaceDatabase, work: Work, highlight: list[int], staging: Path
@@ -199,18 +211,26 @@ def render(config: Config, database: FaceDatabase, work: Work, highlight: list[i
 def write_tables(database: FaceDatabase, work: Work, staging: Path) -> dict[str, Path]:
     """projection.parquet, suspects.csv, low_quality.csv, lookalikes.csv, map_model.npz, names.json when the run
     has names and truth.json when it has planted answers."""
-    verdicts, analysis = work.verdicts, work.analysis
+    verdicts, analysis, keys = work.verdicts, work.analysis, database.keys
+    columns = {**analysis.columns, **projection_keys(database)}
+    if keys is not None and keys.hidden:
+        columns["hidden"] = np.isin(database.ids, np.fromiter(keys.hidden, dtype=np.int64))
     files = {
         "projection": write_projection(staging / PROJECTION_FILE, database.ids, work.mapped.coords,
-                                       database.input_rows, analysis.columns),
+                                       database.input_rows, columns),
         "suspects": write_suspects(staging / SUSPECTS_FILE, database.input_rows, database.ids, verdicts.scores,
-                                   names=database.names, quality=verdicts.quality,
-                                   same_person=analysis.lookalikes.same_person_keys()),
+                                   labels=Labels(database.names, keys), quality=verdicts.quality,
+                                   same_person=analysis.lookalikes.same_person_keys(), reasons=verdicts.reasons()),
         "low_quality": write_low_quality(staging / LOW_QUALITY_FILE, database.input_rows, database.ids,
-                                         verdicts.scores, verdicts.quality, names=database.names),
-        "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names),
+                                         verdicts.scores, verdicts.quality, names=database.names, keys=keys),
+        "lookalikes": write_lookalikes(staging / LOOKALIKES_FILE, analysis.lookalikes, database.names, keys),
         "model": save_model(analysis.model, staging / MODEL_FILE),
     }
+    loose, placed = database.unassigned, work.unassigned
+    if loose is not None and placed is not None:
+        files["unassigned"] = write_unassigned(staging / UNASSIGNED_FILE, loose.rows, placed.coords,
+                                               placed.nearest_id, placed.similarity, keys=loose.keys,
+                                               names=database.names)
     if database.names is not None:
         files["names"] = write_names(staging / NAMES_FILE, database.names)
     if database.truth is not None:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +20,13 @@ import numpy as np
 from job.atomic import atomic_write, existing_ancestor
 from job.config import InputConfig
 from job.errors import InputError, UsageError
-from job.io.database import load_database
+from job.io.database import FaceDatabase, load_database
 from job.maps.mapmodel import MODEL_FILE, MapModel
 from job.maps.placement import Placement, place
 from job.store.runs import FinishedRun, open_run
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class OpenMap:
     """A verified run and its map model."""
 
@@ -38,6 +39,52 @@ class OpenMap:
         recorded = self.run.record.config.input
         return ("id" if recorded.id_field is None else recorded.id_field,
                 "embedding" if recorded.embedding_field is None else recorded.embedding_field)
+
+
+    @cached_property
+    def identity_keys(self) -> dict[int, str] | None:
+        """The run's identity id -> the source's own key (projection's ``identity_key``), or None when the run's
+        source had no keys (a file)."""
+        import pyarrow.parquet as pq
+
+        from job.store.outputs import PROJECTION_FILE
+
+        path = self.run.files.get(PROJECTION_FILE)  # verified against run.json by open_run
+        if path is None:
+            return None
+        with path.open("rb") as handle:
+            source = pq.ParquetFile(handle)
+            if "identity_key" not in source.schema_arrow.names:
+                return None
+            _check_key_size(source.metadata, path)
+            table = source.read(columns=["id", "identity_key"])
+        keys: dict[int, str] = {}
+        for identity, key in zip(table.column("id").to_pylist(), table.column("identity_key").to_pylist(),
+                                 strict=True):
+            if key is not None and identity is not None:
+                keys.setdefault(int(identity), str(key))
+        return keys
+
+    def key_of(self, identity: int) -> str | None:
+        """The source's key of ``identity`` (None without keys, or for -1)."""
+        keys = self.identity_keys
+        return None if keys is None else keys.get(int(identity))
+
+
+KEY_BYTES = 1024  # a generous bound on one stored identity key (Immich's are 36-character UUIDs)
+
+
+def _check_key_size(metadata: Any, path: Path) -> None:
+    """Refuse, before reading, an ``identity_key`` column larger than keys make it (a re-hashed, edited file with
+    huge cells would otherwise be read whole)."""
+    for group in range(metadata.num_row_groups):
+        row_group = metadata.row_group(group)
+        for index in range(row_group.num_columns):
+            chunk = row_group.column(index)
+            if chunk.path_in_schema == "identity_key" and \
+                    chunk.total_uncompressed_size > row_group.num_rows * KEY_BYTES + (1 << 20):
+                raise InputError(f"{path}: column 'identity_key' holds {chunk.total_uncompressed_size:,} bytes, more "
+                                 "than a run writes; the folder's files were edited: rerun faceatlas run")
 
 
 def open_map(folder: Path) -> OpenMap:
@@ -68,30 +115,90 @@ class Transformed:
     same_id: float | None
 
 
-def transform_file(opened: OpenMap, new: str, out: Path, *, id_field: str | None = None,
-                   embedding_field: str | None = None, drop_invalid: bool = False, max_memory: int | None = None,
-                   log: Callable[[str], None] = lambda message: None) -> Transformed:
-    """Place the faces of ``new`` (any supported format, ids optional) on the map and write ``out``.
+@dataclass(frozen=True)
+class NewReading:
+    """How ``transform`` reads its new faces: field names (None: the run's), ``--drop-invalid``, a database's
+    ``--query``."""
 
-    ``out`` (Parquet): ``row``, ``id`` (when the input has ids), ``x``, ``y`` (``z``), ``nearest_id``,
-    ``similarity`` (the cosine in the run's working space: centred when run.json ``geometry.centred``).
-    ``same_id`` is the share of faces whose ``nearest_id`` equals their own id.
+    id_field: str | None = None
+    embedding_field: str | None = None
+    drop_invalid: bool = False
+    query: str = ""
+
+
+def transform_file(opened: OpenMap, new: str, out: Path, *, reading: NewReading = NewReading(),
+                   max_memory: int | None = None, log: Callable[[str], None] = lambda message: None) -> Transformed:
+    """Place the faces of ``new`` (any supported format or a database, ids optional) on the map and write ``out``.
+
+    ``out`` (Parquet): ``row``, ``id`` (when the input has integer ids), ``x``, ``y`` (``z``), ``nearest_id``,
+    ``similarity`` (the cosine in the run's working space: centred when run.json ``geometry.centred``); then,
+    where known, ``nearest_key`` (the run's source key of that identity), ``face_key`` and ``identity_key`` (the
+    new source's own). A database's faces with no identity are placed too (no ``identity_key``).
+    ``same_id`` is the share of faces whose nearest identity is their own (by key where both have keys).
     """
     _check_out(opened, out, "placed.parquet", [new])
     run_id, run_embedding = opened.input_fields
-    config = InputConfig(path=new, id_field=id_field or run_id, embedding_field=embedding_field or run_embedding,
-                         drop_invalid=drop_invalid)
+    config = InputConfig(path=new, id_field=reading.id_field or run_id,
+                         embedding_field=reading.embedding_field or run_embedding, drop_invalid=reading.drop_invalid,
+                         query=reading.query)
     faces = load_database(config, max_memory, log, ids_optional=True)
     if faces.dim != opened.model.dim:
         raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "
                          f"was fitted on dim {opened.model.dim}; use embeddings from the same face recognizer")
-    placement = place(opened.model, opened.model.working(faces.unit))  # in the run's geometry (centred if it was)
-    write_placement(out, faces.input_rows, faces.ids if faces.has_ids else None, placement)
-    same = float((placement.nearest_id == faces.ids).mean()) if faces.has_ids else None
-    return Transformed(out, faces.n_faces, faces.has_ids, same)
+    new_faces = _new_faces(faces)
+    placement = place(opened.model, opened.model.working(new_faces.unit))  # in the run's geometry (centred if it was)
+    extra: dict[str, np.ndarray] = {}
+    if opened.identity_keys is not None:
+        extra["nearest_key"] = np.array([opened.key_of(i) for i in placement.nearest_id.tolist()], dtype=object)
+    extra.update(new_faces.keys)
+    integer_ids = faces.has_ids and (faces.keys is None or faces.keys.identity is None)
+    write_placement(out, new_faces.rows, new_faces.ids if integer_ids else None, placement, extra)
+    same = _same_share(new_faces, placement, extra, integer_ids)
+    return Transformed(out, len(new_faces.rows), faces.has_ids, same)
 
 
-def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placement: Placement) -> Path:
+@dataclass(frozen=True)
+class _NewFaces:
+    unit: np.ndarray
+    rows: np.ndarray
+    ids: np.ndarray  # -1: no identity
+    keys: dict[str, np.ndarray]
+
+
+def _new_faces(faces: FaceDatabase) -> _NewFaces:
+    """The faces to place: those filed under an identity, then a database's unassigned ones."""
+    from job.store.keys import face_keys
+
+    loose = faces.unassigned
+    keys = {} if faces.keys is None else face_keys(faces.keys, faces.ids, faces.n_faces)
+    if loose is None:
+        return _NewFaces(faces.unit, faces.input_rows, faces.ids, _identity_columns(keys))
+    none = np.full(loose.n_faces, -1, dtype=np.int64)
+    loose_keys = face_keys(loose.keys, none, loose.n_faces)
+    joined = {name: np.concatenate([values, loose_keys[name]]) for name, values in keys.items()}
+    return _NewFaces(np.concatenate([faces.unit, loose.unit.astype(faces.unit.dtype)]),
+                     np.concatenate([faces.input_rows, loose.rows]), np.concatenate([faces.ids, none]),
+                     _identity_columns(joined))
+
+
+def _identity_columns(keys: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return {name: keys[name] for name in ("face_key", "identity_key", "photo_key") if name in keys}
+
+
+def _same_share(new: _NewFaces, placement: Placement, extra: dict[str, np.ndarray], integer_ids: bool
+                ) -> float | None:
+    if "nearest_key" in extra and "identity_key" in extra:
+        filed = np.array([key is not None for key in extra["identity_key"]])
+        if filed.any():
+            return float((extra["nearest_key"][filed] == extra["identity_key"][filed]).mean())
+    if integer_ids:
+        filed = new.ids >= 0
+        return float((placement.nearest_id[filed] == new.ids[filed]).mean()) if filed.any() else None
+    return None
+
+
+def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placement: Placement,
+                    extra: dict[str, np.ndarray] | None = None) -> Path:
     """Write placed faces as Parquet atomically (see :func:`transform_file` for the columns)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
@@ -103,6 +210,8 @@ def write_placement(path: Path, rows: np.ndarray, ids: np.ndarray | None, placem
         columns[name] = np.ascontiguousarray(placement.coords[:, axis], dtype=np.float32)
     columns["nearest_id"] = placement.nearest_id.astype(np.int64)
     columns["similarity"] = placement.similarity.astype(np.float32)
+    for name, values in (extra or {}).items():
+        columns[name] = pa.array(values.tolist(), type=pa.string())
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as tmp, tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 paths
         pq.write_table(pa.table(columns), handle)

@@ -21,15 +21,16 @@ from job.analysis.identities import IdentityTable, identity_table
 from job.analysis.lookalikes import Lookalikes, find_lookalikes
 from job.analysis.metrics import same_id_knn, trustworthiness
 from job.analysis.quality import against_truth, supervised_disagreement
+from job.analysis.samephoto import same_photo_conflicts
 from job.analysis.similar import similar_identities
-from job.analysis.suspects import VERDICTS, SuspectScores, judge_faces, leave_one_out
+from job.analysis.suspects import DUPLICATE, MISFILED, VERDICTS, SuspectScores, judge_faces, leave_one_out
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.config import Config, UmapConfig
 from job.errors import UsageError
 from job.io.database import FaceDatabase
 from job.knn.graph import FaceGraph
 from job.maps.mapmodel import MapModel
-from job.maps.placement import place
+from job.maps.placement import Placement, place
 from job.maps.quality import held_out_quality, map_inverse_quality, model_from_map
 from job.progress import ProgressFactory, no_progress
 from job.reduce.extend import make_kernel
@@ -79,6 +80,21 @@ class Verdicts:
     lookalike: IdArray
     original: IdArray
     quality: FloatArray
+    same_photo: BoolArray | None = None
+    """Faces misfiled by the same-photo check (another face of their photo fits their identity better), or None
+    when the source has no photo keys."""
+    evidence: BoolArray | None = None
+    """Faces misfiled by the embeddings' evidence (before the same-photo check), or None without it."""
+
+    def reasons(self) -> np.ndarray:
+        """Why each face is misfiled (n_faces,) object: ``evidence``, ``same_photo``, ``both``; "" for the rest."""
+        evidence = self.scores.suspect if self.evidence is None else self.evidence
+        photo = np.zeros_like(evidence) if self.same_photo is None else self.same_photo
+        reasons = np.full(len(evidence), "", dtype=object)
+        reasons[evidence] = "evidence"
+        reasons[photo] = "same_photo"
+        reasons[evidence & photo] = "both"
+        return reasons
 
 
 @dataclass(frozen=True)
@@ -174,6 +190,23 @@ def judge(config: Config, space: Space, plan: FitPlan, graph: FaceGraph, geometr
     return Verdicts(fields_to_host(scores), to_host(candidates.lookalike), to_host(original), to_host(quality))
 
 
+def check_same_photo(verdicts: Verdicts, database: FaceDatabase) -> Verdicts:
+    """``verdicts`` with the same-photo check applied where the faces carry photo keys
+    (:func:`job.analysis.samephoto.same_photo_conflicts`): a face that shares a photo with a face filed under
+    its identity that fits it better is misfiled."""
+    if database.keys is None or database.keys.photo is None:
+        return verdicts
+    scores = verdicts.scores
+    conflict = same_photo_conflicts(database.keys.photo, database.ids, scores.own, scores.verdict == DUPLICATE)
+    evidence = scores.suspect.copy()
+    # a face misfiled only by its photo has no identity that claims it: no suggestion (-1), as for a stranger
+    unclaimed = conflict & ~evidence & (scores.suggested_id == database.ids)
+    checked = replace(scores, suspect=scores.suspect | conflict, claimed=scores.claimed & ~unclaimed,
+                      suggested_id=np.where(unclaimed, -1, scores.suggested_id).astype(np.int64),
+                      verdict=np.where(conflict, MISFILED, scores.verdict).astype(scores.verdict.dtype))
+    return replace(verdicts, scores=checked, same_photo=conflict, evidence=evidence)
+
+
 def fit_map(config: Config, backend: Backend, plan: FitPlan, graph: FaceGraph, space: Space) -> FitResult:
     """UMAP coordinates of the fitted faces, the settings used and what ran the fit. The backend fits on the
     run's graph, where the graph is (the GPU for cuML)."""
@@ -238,6 +271,15 @@ def place_held_out(database: FaceDatabase, plan: FitPlan, model: MapModel, mappe
     return replace(mapped, coords=coords)
 
 
+def place_unassigned(database: FaceDatabase, model: MapModel) -> Placement | None:
+    """The faces the source files under no identity, placed on the map as ``transform`` places a new face, each
+    with the identity it most likely is (the nearest centroid in the run's working space); None without any."""
+    loose = database.unassigned
+    if loose is None:
+        return None
+    return place(model, model.working(np.asarray(loose.unit, dtype=np.float32)))
+
+
 def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Verdicts, graph: FaceGraph, *,
             mapped: MapResult, modelled: ModelResult, gpu: bool) -> Analysis:
     """Everything decided on the whole map: the held-out and inverse checks, clusters (HDBSCAN, on the GPU for
@@ -270,6 +312,10 @@ def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Ver
                    duplicate_of=np.where(verdicts.original >= 0, database.input_rows[np.maximum(verdicts.original, 0)],
                                          -1).astype(np.int64))
     measured["verdicts"] = {name: int((scores.verdict == code).sum()) for code, name in enumerate(VERDICTS)}
+    if verdicts.same_photo is not None:  # added in 0.9: faces misfiled because another face of their photo fits
+        measured["same_photo"] = int(verdicts.same_photo.sum())
+    if database.unassigned is not None:
+        measured["unassigned"] = database.unassigned.n_faces
     # added in 0.6: each face's most similar identities in 512-D (from the graph), shown by the atlas page
     columns.update(similar_identities(graph, plan.table.codes, plan.table.ids).columns())
     if database.truth is not None:

@@ -27,6 +27,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(skip)
 
 
+@pytest.fixture(scope="session")
+def postgres(tmp_path_factory: pytest.TempPathFactory):
+    """A real PostgreSQL 16 server with the real pgvector extension (the pgserver package's binaries), on a unix
+    socket in a temporary folder, started once for the session and stopped at its end. Yields its address
+    (``postgresql://postgres:@/postgres?host=FOLDER``) and the server (``.psql(sql)``, ``.pgdata``)."""
+    import pgserver
+
+    server = pgserver.get_server(tmp_path_factory.mktemp("pg"), cleanup_mode="stop")
+    try:
+        server.psql("CREATE EXTENSION IF NOT EXISTS vector;")
+        yield server
+    finally:
+        server.cleanup()
+
+
 def truth_of(db: Path) -> Path:
     """The ``NAME.truth.json`` written with a demo database ``NAME.npy`` (read only when given as ``--truth``)."""
     return db.with_name(db.name.removesuffix(".npy") + ".truth.json")

@@ -62,14 +62,16 @@ class FaceSource:
 
 def face_source(config: InputConfig, database: FaceDatabase, centre: np.ndarray | None = None
                 ) -> FaceSource | None:
-    """The source of ``database``, loaded with ``config``, for the workers (None for the built-in demo, which
-    the client sends); ``centre``: the run's geometry's centre, which the workers subtract as the client did."""
+    """The source of ``database``, loaded with ``config``, for the workers (None for the built-in demo and for a
+    database, whose faces the client sends: workers get no address or password); ``centre``: the run's
+    geometry's centre, which the workers subtract as the client did."""
     from job.io.remote import is_url
+    from job.io.stores import is_store
 
     fields = config.id_field, config.embedding_field
     shared = None if centre is None else tuple(float(value) for value in np.asarray(centre, dtype=np.float32))
     n_rows = database.n_faces + sum(database.dropped.values())
-    if not config.path:
+    if not config.path or is_store(config.path):
         return None
     if is_url(config.path):
         return FaceSource("url", config.path, *fields, database.sha256, 0, n_rows, config.allow_http,

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from functools import cached_property, lru_cache
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
@@ -20,9 +20,10 @@ from job.arrays import BoolArray, FloatArray, IdArray
 from job.errors import InputError, UsageError
 from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.io.files import shown
-from job.io.formats import file_sha256, read_arrays, sniff_format
+from job.io.formats import file_sha256, read_arrays, read_photo_keys, sniff_format
 from job.io.memory import format_size, require
 from job.io.remote import fetch, is_url, redact
+from job.io.stores import StoreSpec, address, is_store, read_store
 
 DEMO_SOURCE = "demo"
 CHUNK_ROWS = 1 << 16
@@ -54,6 +55,10 @@ class FaceDatabase:
     duplicates : faces whose embedding equals an earlier face's, and how many of those carry another id
     has_ids : False when the file had no ids (allowed for faces to place on a map); ``ids`` are then all -1
     log_norms : ndarray of shape (n_faces,), float32 — natural log of each embedding's length as given, or None
+    keys : the source's own keys of each face, photo and identity (a SQL store, or a photo field), or None
+    unassigned : faces the source holds under no identity (a store's NULL identity), mapped and given the
+        identity they most likely are; None when there are none
+    store : what run.json records of a SQL store's read (kind, owner, faces left out), or None
     """
 
     ids: IdArray
@@ -68,6 +73,9 @@ class FaceDatabase:
     duplicates: dict[str, int] = field(default_factory=dict)
     has_ids: bool = True
     log_norms: np.ndarray | None = None
+    keys: SourceKeys | None = None
+    unassigned: Unassigned | None = None
+    store: dict[str, Any] | None = None
 
     @property
     def n_faces(self) -> int:
@@ -110,6 +118,49 @@ class FaceDatabase:
         return f"id {identity} {name}" if name else f"id {identity}"
 
 
+@dataclass(frozen=True)
+class SourceKeys:
+    """The source's own keys, per face (n_faces,) object arrays of text (None where a face has none), or None
+    where the source has no such column: ``face`` (its face id), ``photo`` (the photo it was found in),
+    ``image`` (that photo's path), ``box`` (n_faces, 4) float32 pixels; per identity: ``identity`` (id -> the
+    source's key, for text keys) and ``hidden`` (ids the source hides from view)."""
+
+    face: np.ndarray | None = None
+    photo: np.ndarray | None = None
+    image: np.ndarray | None = None
+    box: np.ndarray | None = None
+    identity: dict[int, str] | None = None
+    hidden: frozenset[int] = frozenset()
+
+    def take(self, chosen: np.ndarray) -> SourceKeys:
+        """The per-face keys of the faces ``chosen`` (positions or a mask)."""
+        def pick(values: np.ndarray | None) -> np.ndarray | None:
+            return None if values is None else values[chosen]
+        return replace(self, face=pick(self.face), photo=pick(self.photo), image=pick(self.image),
+                       box=pick(self.box))
+
+    def identity_key(self, identity: int) -> str:
+        """The source's key of ``identity`` (its id as text where the ids are the keys; "" for -1)."""
+        if identity < 0:
+            return ""
+        return self.identity.get(identity, "") if self.identity is not None else str(identity)
+
+
+@dataclass(frozen=True)
+class Unassigned:
+    """Faces filed under no identity: unit vectors (n, dim), their input rows, the log of their lengths and
+    their keys."""
+
+    unit: np.ndarray
+    rows: IdArray
+    log_norms: np.ndarray
+    keys: SourceKeys
+
+    @property
+    def n_faces(self) -> int:
+        return len(self.rows)
+
+
 def lengths_constant(log_norms: np.ndarray | None) -> bool:
     """Every face has the same length within 1% (unit length, or one scale for all): lengths say nothing."""
     return log_norms is None or not len(log_norms) or float(np.ptp(log_norms)) < 2 * UNIT_LENGTH_TOLERANCE
@@ -138,12 +189,11 @@ class CheckedArrays:
     log_norms: np.ndarray
 
 
-class InputSpec(Protocol):
+class InputSpec(StoreSpec, Protocol):
     """What :func:`load_database` reads of where the input comes from (:class:`job.config.InputConfig` is one;
-    io reads the settings, it does not own them)."""
+    io reads the settings, it does not own them): a store's settings (:class:`job.io.stores.StoreSpec`) and
+    these."""
 
-    @property
-    def path(self) -> str: ...
     @property
     def id_field(self) -> str: ...
     @property
@@ -159,11 +209,11 @@ class InputSpec(Protocol):
     @property
     def allow_http(self) -> bool: ...
     @property
-    def url_timeout(self) -> float: ...
-    @property
     def url_max_bytes(self) -> int: ...
     @property
     def demo(self) -> str: ...
+    @property
+    def photo_field(self) -> str: ...
 
 
 def load_database(config: InputSpec, max_memory: int | None = None,
@@ -184,6 +234,8 @@ def load_database(config: InputSpec, max_memory: int | None = None,
             raise UsageError(f"--truth {config.truth}: the built-in demo has its own planted answers; drop --truth "
                              "(or add the --input that faceatlas demo-db wrote with it)")
         database = demo_database(DEMO_SHAPES[config.demo])
+    elif is_store(config.path):
+        database = store_database(config, max_memory, log, working=working, ids_optional=ids_optional)
     else:
         source, path = redact(config.path), Path(config.path)
         if is_url(config.path):
@@ -211,14 +263,75 @@ def load_database(config: InputSpec, max_memory: int | None = None,
         dtype, has_ids = str(raw.embeddings.dtype), raw.ids is not None
         del raw  # a memory-mapped file's pages are released here; only the unit copy stays
         digest = digest or file_sha256(path)
+        keys = None
+        if config.photo_field:
+            photos = read_photo_keys(path, config.photo_field, len(ids))
+            keys = SourceKeys(photo=photos[checked.rows])
         database = FaceDatabase(checked.ids, checked.unit, source, dtype, digest, truth=truth, rows=checked.rows,
                                 dropped=checked.dropped, duplicates=checked.duplicates, has_ids=has_ids,
-                                log_norms=checked.log_norms)
+                                log_norms=checked.log_norms, keys=keys)
         if truth is not None:
             check_truth_ids(truth, database.identities, Path(config.truth), source)
     if not config.names:
         return database
     return replace(database, names=names_of(Path(config.names), database.identities, database.source))
+
+
+def store_database(config: InputSpec, max_memory: int | None, log: Callable[[str], None], *,
+                   working: Working | None = None, ids_optional: bool = False) -> FaceDatabase:
+    """The faces of the SQL store ``config.path`` (:func:`job.io.stores.read_store`), checked as a file's are:
+    the faces filed under an identity, and the unassigned ones apart. ``ids_optional`` (new faces to place):
+    a store whose faces all lack an identity is read as faces without ids."""
+    if config.truth:
+        raise UsageError("--truth: a database holds no planted answers; drop --truth")
+    if config.sha256:
+        raise UsageError("--sha256 checks a file or URL; a database is read as it is now: drop --sha256")
+    store = read_store(config, max_memory, log)
+    source, n_filed, n_read = address(config.path), store.n_filed, len(store.rows)
+    keys = SourceKeys(store.face, store.photo, store.image, store.box, store.identity_keys, store.hidden)
+    facts = {**store.facts, "hidden_identities": len(store.hidden)}
+    if n_filed == 0:
+        if not ids_optional:
+            raise InputError(f"{source}: none of its {n_read:,} faces is filed under an identity (every identity "
+                             "is NULL); name people first, or map a store whose faces carry an identity")
+        loose = check_arrays(np.full(n_read, -1, dtype=np.int64), HandedOver(store.embeddings, store.rows), source,
+                             drop_invalid=config.drop_invalid, max_memory=max_memory, ids_given=False)
+        return FaceDatabase(loose.ids, loose.unit, source, "float32", store.sha256, rows=store.rows[loose.rows],
+                            dropped=loose.dropped, duplicates=loose.duplicates, has_ids=False,
+                            log_norms=loose.log_norms, keys=keys.take(loose.rows), store=facts)
+    checked = check_arrays(store.ids, HandedOver(store.embeddings[:n_filed], store.rows[:n_filed]), source,
+                           drop_invalid=config.drop_invalid, max_memory=max_memory, working=working)
+    dropped = dict(checked.dropped)
+    unassigned = None
+    if n_read > n_filed:
+        tail = np.arange(n_filed, n_read)
+        unassigned = _unassigned(store.embeddings[n_filed:], store.rows[tail], keys.take(tail), source=source,
+                                 drop_invalid=config.drop_invalid, max_memory=max_memory, dropped=dropped)
+    facts["unassigned"] = 0 if unassigned is None else unassigned.n_faces
+    return FaceDatabase(checked.ids, checked.unit, source, "float32", store.sha256, names=store.names or None,
+                        rows=store.rows[checked.rows], dropped=dropped, duplicates=checked.duplicates,
+                        log_norms=checked.log_norms, keys=keys.take(checked.rows), unassigned=unassigned,
+                        store=facts)
+
+
+def _unassigned(embeddings: np.ndarray, rows: IdArray, keys: SourceKeys, *, source: str, drop_invalid: bool,
+                max_memory: int | None, dropped: dict[str, int]) -> Unassigned | None:
+    """The faces without an identity, checked as the others (``dropped`` gains what ``--drop-invalid`` left out of
+    them); None when ``--drop-invalid`` left out every one."""
+    try:
+        loose = check_arrays(np.zeros(len(rows), dtype=np.int64), HandedOver(embeddings, rows),
+                             f"{source} (faces without an identity)", drop_invalid=drop_invalid,
+                             max_memory=max_memory, ids_given=False)
+    except InputError:
+        if not drop_invalid:
+            raise
+        finite = np.isfinite(embeddings).all(axis=1)  # every one is invalid: count them by kind, as a file's
+        dropped["nan_or_inf"] += int((~finite).sum())
+        dropped["zero"] += int(finite.sum())
+        return None
+    for reason, count in loose.dropped.items():
+        dropped[reason] = dropped.get(reason, 0) + count
+    return Unassigned(loose.unit, rows[loose.rows], loose.log_norms, keys.take(loose.rows))
 
 
 def names_of(path: Path, identities: IdArray, source: str) -> dict[int, str]:
@@ -275,7 +388,17 @@ def demo_database(spec: DemoSpec = DEMO_SHAPES["standard"]) -> FaceDatabase:
                         duplicates=checked.duplicates, log_norms=checked.log_norms)
 
 
-def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_invalid: bool = False,
+@dataclass(frozen=True)
+class HandedOver:
+    """Embeddings a caller gives up to :func:`check_arrays` (a store's float32 rows, read into memory once): their
+    unit vectors are written over them, so no second copy is made. ``rows``: each one's row in the input, as
+    the errors name them (default: their positions)."""
+
+    array: np.ndarray
+    rows: IdArray | None = None
+
+
+def check_arrays(ids: np.ndarray, embeddings: np.ndarray | HandedOver, source: str, *, drop_invalid: bool = False,
                  max_memory: int | None = None, release: Callable[[int, int], None] = lambda start, stop: None,
                  working: Working | None = None, ids_given: bool = True) -> CheckedArrays:
     """Validate ids and embeddings; return int64 ids and the embeddings scaled to unit length.
@@ -285,6 +408,7 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_i
     value, so any finite magnitude (1e-300 as well as 1e30) keeps its direction. Exact duplicates are found on
     the stored bytes in the same pass (:func:`count_duplicates`).
     ``release(start, stop)`` is called after each block, so a memory-mapped input's pages are given back.
+    Embeddings :class:`HandedOver` (float32, C-contiguous) are overwritten by their unit vectors.
 
     Raises
     ------
@@ -296,20 +420,25 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_i
         The unit copy would not fit, or with ``working(n_faces, n_identities, dim, itemsize)`` bytes more,
         the run on it would not.
     """
+    in_place, named_rows = False, None
+    if isinstance(embeddings, HandedOver):
+        named_rows, embeddings = embeddings.rows, embeddings.array
+        in_place = embeddings.dtype == np.float32 and embeddings.flags.c_contiguous and embeddings.flags.writeable
     _check_shapes(ids, embeddings, source)
     n_faces, dim = embeddings.shape
     dtype = np.float16 if embeddings.dtype == np.float16 else np.float32
     unit_bytes = n_faces * dim * np.dtype(dtype).itemsize + min(n_faces, _BLOCK) * dim * 32
-    require(unit_bytes, max_memory, f"{source}: {n_faces:,} faces x {dim} as unit {np.dtype(dtype).name} "
-            "vectors", "map a sample of the faces")
+    held = n_faces * dim * np.dtype(dtype).itemsize if in_place else 0  # allocated already: counts against the cap
+    require(unit_bytes - held, max_memory, f"{source}: {n_faces:,} faces x {dim} as unit {np.dtype(dtype).name} "
+            "vectors", "map a sample of the faces", held=held)
     if working is not None:  # the ids are read (and counted) only once the faces themselves fit
         n_identities = len(np.unique(np.asarray(ids)))
         extra = working(n_faces, n_identities, dim, np.dtype(dtype).itemsize)
-        require(unit_bytes + extra, max_memory,
+        require(unit_bytes + extra - held, max_memory,
                 f"{source}: the run on {n_faces:,} faces x {dim} ({format_size(unit_bytes)} of unit "
                 f"{np.dtype(dtype).name} vectors, {format_size(extra)} to work with)",
-                "raise max_memory if the machine has more, or map fewer faces")
-    unit = np.empty((n_faces, dim), dtype=dtype)
+                "raise max_memory if the machine has more, or map fewer faces", held=held)
+    unit = embeddings if in_place else np.empty((n_faces, dim), dtype=dtype)
     bad = np.zeros(n_faces, dtype=np.int8)  # 1: NaN/inf or beyond float32, 2: all zeros
     log_norms = np.zeros(n_faces, dtype=np.float32)
     keys = np.empty(n_faces, dtype=np.uint64)
@@ -323,7 +452,7 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_i
     dropped = {"nan_or_inf": int(nonfinite.sum()), "zero": int(zero.sum())}
     keep = bad == 0
     if not drop_invalid:
-        _refuse_invalid(nonfinite, zero, source)
+        _refuse_invalid(nonfinite, zero, source, named_rows)
     elif not keep.any():
         raise InputError(f"{source}: every embedding is NaN, inf or all zeros; recompute the embeddings")
     int_ids = np.asarray(ids).astype(np.int64)
@@ -333,7 +462,13 @@ def check_arrays(ids: np.ndarray, embeddings: np.ndarray, source: str, *, drop_i
     if not keep.all():
         int_ids, keys, log_norms = int_ids[keep], keys[keep], log_norms[keep]
         unit = _compact(unit, rows)
-    duplicates = count_duplicates(keys, int_ids, lambda chosen: np.asarray(embeddings[rows[chosen]]))
+    if in_place:  # the stored rows are gone: equal unit rows of equal length are equal rows
+        def stored(chosen: np.ndarray) -> np.ndarray:
+            return np.hstack([unit[chosen], log_norms[chosen, None]])
+    else:
+        def stored(chosen: np.ndarray) -> np.ndarray:
+            return np.asarray(embeddings[rows[chosen]])
+    duplicates = count_duplicates(keys, int_ids, stored)
     return CheckedArrays(int_ids, unit, rows, dropped, duplicates, log_norms)
 
 
@@ -436,13 +571,14 @@ def _refuse_negative(ids: np.ndarray, source: str) -> None:
                      "them, e.g. ids - ids.min()")
 
 
-def _refuse_invalid(nonfinite: BoolArray, zero: BoolArray, source: str) -> None:
+def _refuse_invalid(nonfinite: BoolArray, zero: BoolArray, source: str, named: IdArray | None = None) -> None:
+    """Refuse NaN/inf and all-zero rows, naming their rows (``named``: the input row of each position)."""
     if nonfinite.any():
-        rows = np.flatnonzero(nonfinite)
+        rows = np.flatnonzero(nonfinite) if named is None else named[nonfinite]
         raise InputError(f"{source}: {len(rows)} embeddings hold NaN, inf or values beyond float32 (rows "
                          f"{_first(rows)}); recompute those faces, or pass --drop-invalid to leave them out")
     if zero.any():
-        rows = np.flatnonzero(zero)
+        rows = np.flatnonzero(zero) if named is None else named[zero]
         raise InputError(f"{source}: {len(rows)} embeddings are all zeros (rows {_first(rows)}), which have no "
                          "direction under cosine; recompute those faces, or pass --drop-invalid to leave them out")
 

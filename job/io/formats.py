@@ -345,3 +345,57 @@ def _parquet_vectors(column: Any, path: Path, name: str) -> np.ndarray:
 def _short(exc: BaseException) -> str:
     """An exception's message on one line, at most 160 characters."""
     return one_line(exc, 160, ellipsis="...") or type(exc).__name__
+
+
+def read_photo_keys(path: Path, photo_field: str, n_rows: int) -> np.ndarray:
+    """Each row's photo key from ``photo_field`` (``input.photo_field``) of a Parquet file (a column), an .npz
+    (an array) or a structured .npy (a field), as text (n_rows,) object; None where a Parquet cell is null.
+
+    Raises
+    ------
+    InputError
+        No such column/array/field, one of another length, or of a type that is not text or integers.
+    """
+    fix = "pass the name of the photo column with --set input.photo_field=..., or drop it"
+    kind = sniff_format(path)
+    try:
+        if kind == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            with path.open("rb") as handle:
+                schema = pq.read_schema(handle)
+            if photo_field not in schema.names:
+                raise InputError(f"{path}: no column {photo_field!r} for input.photo_field (columns found: "
+                                 f"{', '.join(schema.names)}); {fix}")
+            with path.open("rb") as handle:
+                column = pq.read_table(handle, columns=[photo_field]).column(photo_field)
+            if not (pa.types.is_string(column.type) or pa.types.is_large_string(column.type)
+                    or pa.types.is_integer(column.type)):
+                raise InputError(f"{path}: column {photo_field!r} is {column.type}, not text or integers; {fix}")
+            values = [None if value is None else str(value) for value in column.to_pylist()]
+        elif kind == "npz":
+            with np.load(path, allow_pickle=False) as archive:
+                if photo_field not in archive.files:
+                    raise InputError(f"{path}: no array {photo_field!r} for input.photo_field (found: "
+                                     f"{', '.join(archive.files)}); {fix}")
+                values = _photo_text(archive[photo_field], path, photo_field, fix)
+        else:
+            array = np.load(path, mmap_mode="r", allow_pickle=False)
+            if array.dtype.names is None or photo_field not in array.dtype.names:
+                raise InputError(f"{path}: no field {photo_field!r} for input.photo_field; {fix}")
+            values = _photo_text(np.asarray(array[photo_field]), path, photo_field, fix)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{path}: cannot read input.photo_field {photo_field!r} ({_short(exc)}); {fix}") from None
+    if len(values) != n_rows:
+        raise InputError(f"{path}: {photo_field!r} has {len(values):,} values for {n_rows:,} faces; {fix}")
+    return np.asarray(values, dtype=object)
+
+
+def _photo_text(array: np.ndarray, path: Path, name: str, fix: str) -> list[str | None]:
+    if array.ndim != 1 or array.dtype.kind not in "iuUS":
+        raise InputError(f"{path}: {name!r} has dtype {array.dtype} and shape {array.shape}, expected one text "
+                         f"or integer key per face; {fix}")
+    if array.dtype.kind == "S":
+        return [value.decode("utf-8", "replace") for value in array.tolist()]
+    return [str(value) for value in array.tolist()]

@@ -44,8 +44,9 @@ def available_bytes() -> int | None:
     return min(limits) if limits else None
 
 
-def require(n_bytes: int, max_memory: int | None, what: str, fix: str) -> None:
-    """Raise :class:`OutOfMemoryError` if ``n_bytes`` exceed ``max_memory`` or the memory available now.
+def require(n_bytes: int, max_memory: int | None, what: str, fix: str, *, held: int = 0) -> None:
+    """Raise :class:`OutOfMemoryError` if ``n_bytes`` (+ ``held``) exceed ``max_memory`` or ``n_bytes`` the memory
+    available now.
 
     Parameters
     ----------
@@ -53,11 +54,14 @@ def require(n_bytes: int, max_memory: int | None, what: str, fix: str) -> None:
     max_memory : the configured cap in bytes, or None for "what the machine has"
     what : "<file>: <step>", the start of the message
     fix : what the user can do instead
+    held : bytes already allocated for the same work: they count against the cap, not against what is
+        available now (they are gone from it already)
     """
-    limits = {"the configured max_memory": max_memory, "available memory": available_bytes()}
-    for name, limit in limits.items():
-        if limit is not None and n_bytes > limit:
-            raise OutOfMemoryError(f"{what} needs {format_size(n_bytes)} but {name} is {format_size(limit)}; "
+    limits = {"the configured max_memory": (max_memory, n_bytes + held), "available memory": (available_bytes(),
+                                                                                            n_bytes)}
+    for name, (limit, needed) in limits.items():
+        if limit is not None and needed > limit:
+            raise OutOfMemoryError(f"{what} needs {format_size(needed)} but {name} is {format_size(limit)}; "
                                    f"{fix}, or use a machine with more memory")
 
 

@@ -136,9 +136,12 @@ class MapVerdicts:
     def of(cls, suspect: np.ndarray, low_quality: np.ndarray, suggested_id: IdArray, ids: IdArray,
            clusters: IdArray, *, identity: IdArray, anchor: FloatArray) -> MapVerdicts:
         """From per-face verdicts and the map model's ``identity`` ids and their ``anchor`` positions."""
-        suggested = np.searchsorted(identity, np.maximum(suggested_id[suspect], 0))
+        wanted = suggested_id[suspect]
+        suggested = np.searchsorted(identity, np.maximum(wanted, 0))
         filed = anchor[np.searchsorted(identity, ids[suspect])]
-        return cls(suspect, low_quality, anchor[suggested], filed, clusters)
+        targets = anchor[np.minimum(suggested, len(identity) - 1)].astype(np.float32)
+        targets[wanted < 0] = np.nan  # no identity claims it (the same-photo check): no line to draw
+        return cls(suspect, low_quality, targets, filed, clusters)
 
 
 def render_maps(coords: FloatArray, faces: MapIdentities, config: RenderConfig, out_dir: Path, title: str, *,

@@ -180,6 +180,9 @@ def staged_outputs(out_dir: Path, log: Callable[[str], None] = lambda message: N
                 _rmdir_quietly(folder)
 
 
+_PLAIN_TEXT = {"face_key", "identity_key", "photo_key", "image"}  # the source's keys: text, null where unknown
+
+
 def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray | None = None,
                      extra: dict[str, np.ndarray] | None = None) -> Path:
     """``projection.parquet``: ``row`` (int64), ``id`` (int64), ``x``, ``y`` (float32), ``z`` for 3-D, then
@@ -191,8 +194,13 @@ def write_projection(path: Path, ids: IdArray, coords: FloatArray, rows: IdArray
     columns: dict[str, Any] = {"row": row, "id": ids.astype(np.int64)}
     for axis, name in enumerate("xyz"[: coords.shape[1]]):
         columns[name] = np.ascontiguousarray(coords[:, axis], dtype=np.float32)
-    for name, values in (extra or {}).items():  # text columns (verdicts) as dictionary-encoded strings
-        columns[name] = pa.array(values).dictionary_encode() if values.dtype == object else values
+    for name, values in (extra or {}).items():  # text columns: verdicts dictionary-encoded, keys (nullable) plain
+        if values.dtype != object:
+            columns[name] = values
+        elif name in _PLAIN_TEXT:
+            columns[name] = pa.array(values.tolist(), type=pa.string())
+        else:
+            columns[name] = pa.array(values).dictionary_encode()
     with atomic_write(path) as tmp, tmp.open("wb") as handle:  # a Python file: pyarrow takes only UTF-8 paths
         pq.write_table(pa.table(columns), handle)
     return path

@@ -17,6 +17,8 @@ from job.config import Config
 from job.io.database import FaceDatabase
 from job.io.formats import file_sha256
 from job.io.remote import redact
+from job.io.stores import address, is_store
+from job.store.keys import key_columns
 from job.store.runrecord import SCHEMA_VERSION, Cluster, Fit, GeometryFacts, Gpu, Metrics, RunRecord
 
 _VERSIONED = ("numpy", "umap-learn", "pynndescent", "numba", "faiss-cpu", "datashader", "pyarrow", "scikit-learn",
@@ -59,6 +61,8 @@ def run_record(  # noqa: PLR0913 (one keyword per run.json section the run decid
             "unit_length": database.unit_length,  # the embeddings came unit-length: their norms say nothing
             # their lengths vary and track how recognisable a face is, so projection's quality comes from them
             "quality_known": database.quality_known if measured is None else measured.quality_from == "norms",
+            **({} if database.store is None else {"store": _plain(database.store)}),
+            **({} if database.keys is None else {"keys": key_columns(database)}),
         },
         "geometry": measured,
         "highlight": [int(i) for i in highlight],
@@ -95,7 +99,7 @@ def _recorded_config(config: Config) -> dict[str, Any]:
     from job.address import shown_address
 
     recorded = config.model_dump(mode="json")
-    recorded["input"]["path"] = redact(config.input.path)
+    recorded["input"]["path"] = address(config.input.path) if is_store(config.input.path) else redact(config.input.path)
     recorded["dask"]["address"] = shown_address(config.dask.address)
     return recorded
 

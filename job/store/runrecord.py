@@ -73,6 +73,8 @@ class Input(_Part):
     duplicates: dict[str, int] | None = None  # "faces" repeating an earlier embedding, "other_id" of them
     unit_length: bool | None = None  # the embeddings came unit-length: their norms say nothing
     quality_known: bool | None = None  # projection's quality comes from the raw lengths
+    store: dict[str, Any] | None = None  # a SQL store's read: kind, owner, faces read, left out, unassigned
+    keys: list[str] | None = None  # the source's keys projection.parquet carries (face_key, photo_key, ...)
 
 
 class Fit(_Part):
@@ -203,6 +205,8 @@ class Metrics(_Part):
     transform: TransformQuality | None = None
     supervised_disagreement: int | None = None
     verdicts: dict[str, int] | None = None  # verdict name -> faces
+    same_photo: int | None = None  # faces misfiled by the same-photo check (sources with photo keys)
+    unassigned: int | None = None  # faces under no identity, placed and given a suggested one (unassigned.csv)
     suspect_precision: Real | None = None
     suspect_recall: Real | None = None
     lookalike_recall: Real | None = None
@@ -229,6 +233,10 @@ class RecordedInput(_Part):
     url_timeout: Real | None = None
     url_max_bytes: int | None = None
     demo: str | None = None
+    query: str | None = None
+    owner: str | None = None
+    blob_dtype: str | None = None
+    photo_field: str | None = None
 
 
 class RecordedConfig(_Part):

@@ -63,7 +63,8 @@ def test_run_writes_the_analysis_contract(run_dir: Path, projection) -> None:
     with (run_dir / "suspects.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert list(rows[0]) == ["row", "id", "suggested_id", "score", "fit", "suggested_fit", "quality",
-                             "same_person_pair", "clear_target"]
+                             "same_person_pair", "clear_target", "reason"]  # reason: added in 0.9
+    assert {r["reason"] for r in rows} == {"evidence"}  # a file without photo keys
     assert {r["clear_target"] for r in rows} == {"true"}  # planted misfiles: each drawn from another identity
     assert len(rows) == metrics["suspects"]
     scores = [float(r["score"]) for r in rows]
