@@ -41,7 +41,13 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-READ = """
+PEAK = """
+def _peak():
+    # this process's own high-water mark (VmHWM, KiB); ru_maxrss would also count the process it was forked from
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+"""
+READ = PEAK + """
 import json, resource, time
 from job.config import InputConfig
 from job.io.database import load_database
@@ -49,7 +55,7 @@ start = time.perf_counter()
 database = load_database(InputConfig(path={path!r}))
 seconds = time.perf_counter() - start
 print(json.dumps({{"s": seconds, "faces": database.n_faces,
-                  "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}}))
+                  "rss": _peak()}}))
 """
 
 
@@ -170,6 +176,7 @@ def main() -> None:
     parser.add_argument("--per-identity", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--float16", action="store_true", help="write the .npy as float16, as the demo makes it")
+    parser.add_argument("--reads-only", action="store_true", help="measure the reads, not the whole runs")
     parser.add_argument("--real", default="", help="plant into the cached real LFW set of this model instead")
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--relabel", type=float, default=0.03)
@@ -208,7 +215,9 @@ def main() -> None:
                 medians[name] = (seconds, peak)
                 print(f"  {name:<20} median {seconds:6.2f} s  {n / seconds:10,.0f} faces/s   peak RSS {peak:6.0f} MiB")
             (npy_s, npy_m), (pg_s, pg_m) = medians.values()
-            print(f"  ratio PostgreSQL / .npy: time {pg_s / npy_s:.2f}, peak memory {pg_m / npy_m:.2f}")
+            print(f"  ratio PostgreSQL / .npy: time {pg_s / npy_s:.2f}, peak memory {pg_m / npy_m:.2f}", flush=True)
+            if args.reads_only:
+                return
             runs: dict[str, list[dict[str, object]]] = {".npy": [], "Immich (PostgreSQL)": []}
             for repeat in range(args.repeats):
                 runs[".npy"].append(_run(str(npy), folder / f"out-npy-{repeat}"))

@@ -93,8 +93,11 @@ def build_immich(server: Any, name: str, ids: np.ndarray, embeddings: np.ndarray
     asset_key = {photo: _uuid(rng) for photo in set(photo_of)}
     with psycopg.connect(url, autocommit=True) as connection:
         connection.execute(SCHEMAS[version].read_text())
-        if not plants.vector_index:
+        dim = int(np.asarray(embeddings).shape[1])
+        if not plants.vector_index or dim != 512:
             connection.execute("DROP INDEX face_index")
+        if dim != 512:  # Immich holds buffalo_l's 512-D; other recognizers' vectors in the same shape of table
+            connection.execute(f"ALTER TABLE face_search ALTER COLUMN embedding TYPE vector({dim})")
         cluster = _uuid(rng)
         users = [(owner_a, "a@example.test", "Ada"), (owner_b, "b@example.test", "Bo")]
         if version == "3.2":
