@@ -442,3 +442,29 @@ def test_without_dask_installed_dask_is_one_line(small_db: Path, tmp_path: Path,
                                  "--dask", "local:2"])
     assert result.exit_code == 7 and "pip install 'faceatlas[dask]'" in result.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_database_input_runs_on_the_cluster(cluster, tmp_path: Path) -> None:
+    """A SQLite store's faces go to the workers from the client (no worker gets the address): the same outputs,
+    keys included, as the single-process run."""
+    import sqlite3
+
+    records, _ = make_demo(DemoSpec(n_identities=400, faces_per_identity=5, seed=5))
+    db = tmp_path / "faces.db"
+    with sqlite3.connect(db) as connection:
+        connection.execute("CREATE TABLE faces (face_id INTEGER PRIMARY KEY, person TEXT, vec BLOB)")
+        connection.executemany("INSERT INTO faces VALUES (?, ?, ?)",
+                               [(row, f"person-{int(i)}", np.asarray(vector, "<f4").tobytes())
+                                for row, (i, vector) in enumerate(zip(records["id"], records["embedding"],
+                                                                      strict=True))])
+    connection.close()
+    settings = {"input.path": f"sqlite:///{db}",
+                "input.query": "SELECT face_id AS face, person AS identity, vec AS embedding FROM faces"}
+    single = run(load_config(Path(SMOKE), {**settings, "out": str(tmp_path / "single")}))
+    clustered = run(load_config(Path(SMOKE), {**settings, "out": str(tmp_path / "cluster"),
+                                              "dask.address": cluster.scheduler_address, "dask.chunk_faces": 1024}))
+    pd.testing.assert_frame_equal(pd.read_parquet(clustered.out_dir / "projection.parquet"),
+                                  pd.read_parquet(single.out_dir / "projection.parquet"))
+    assert (clustered.out_dir / "suspects.csv").read_bytes() == (single.out_dir / "suspects.csv").read_bytes()
+    record = json.loads((clustered.out_dir / "run.json").read_text())
+    assert record["cluster"]["workers"] == 2 and record["input"]["store"]["kind"] == "sqlite"
