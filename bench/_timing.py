@@ -5,6 +5,14 @@ from __future__ import annotations
 import subprocess
 import time
 
+PEAK = """
+def _peak():
+    # this process's own high-water mark (VmHWM, KiB); ru_maxrss would also count the process it was forked from
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+"""
+"""Prepended to a measured script run with ``python -c``: ``_peak()`` is that process's own peak RSS in KiB."""
+
 
 def wall(command: list[str]) -> float:
     """Seconds ``command`` took, output discarded; raises if it fails."""

@@ -18,13 +18,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _timing import PEAK  # bench/ is on sys.path when a bench runs as a script
 
-PEAK = """
-def _peak():
-    # this process's own high-water mark (VmHWM, KiB); ru_maxrss would also count the process it was forked from
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-"""
 BASELINE = PEAK + """
 import json, resource, time, numpy as np
 start = time.perf_counter()

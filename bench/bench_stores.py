@@ -41,12 +41,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-PEAK = """
-def _peak():
-    # this process's own high-water mark (VmHWM, KiB); ru_maxrss would also count the process it was forked from
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
-"""
+from _timing import PEAK
+
 READ = PEAK + """
 import json, resource, time
 from job.config import InputConfig

@@ -13,8 +13,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
 from job.analysis.geometry import Geometry
 from job.analysis.suspects import LOW_QUALITY
 from job.cluster.session import open_cluster
@@ -213,8 +211,6 @@ def write_tables(database: FaceDatabase, work: Work, staging: Path) -> dict[str,
     has names and truth.json when it has planted answers."""
     verdicts, analysis, keys = work.verdicts, work.analysis, database.keys
     columns = {**analysis.columns, **projection_keys(database)}
-    if keys is not None and keys.hidden:
-        columns["hidden"] = np.isin(database.ids, np.fromiter(keys.hidden, dtype=np.int64))
     files = {
         "projection": write_projection(staging / PROJECTION_FILE, database.ids, work.mapped.coords,
                                        database.input_rows, columns),

@@ -47,6 +47,7 @@ class OpenMap:
         source had no keys (a file)."""
         import pyarrow.parquet as pq
 
+        from job.store.coherence import check_stored_size
         from job.store.outputs import PROJECTION_FILE
 
         path = self.run.files.get(PROJECTION_FILE)  # verified against run.json by open_run
@@ -56,7 +57,7 @@ class OpenMap:
             source = pq.ParquetFile(handle)
             if "identity_key" not in source.schema_arrow.names:
                 return None
-            _check_key_size(source.metadata, path)
+            check_stored_size(source.metadata, ["identity_key"], path, cell_bytes=KEY_BYTES)
             table = source.read(columns=["id", "identity_key"])
         keys: dict[int, str] = {}
         for identity, key in zip(table.column("id").to_pylist(), table.column("identity_key").to_pylist(),
@@ -72,19 +73,6 @@ class OpenMap:
 
 
 KEY_BYTES = 1024  # a generous bound on one stored identity key (Immich's are 36-character UUIDs)
-
-
-def _check_key_size(metadata: Any, path: Path) -> None:
-    """Refuse, before reading, an ``identity_key`` column larger than keys make it (a re-hashed, edited file with
-    huge cells would otherwise be read whole)."""
-    for group in range(metadata.num_row_groups):
-        row_group = metadata.row_group(group)
-        for index in range(row_group.num_columns):
-            chunk = row_group.column(index)
-            if chunk.path_in_schema == "identity_key" and \
-                    chunk.total_uncompressed_size > row_group.num_rows * KEY_BYTES + (1 << 20):
-                raise InputError(f"{path}: column 'identity_key' holds {chunk.total_uncompressed_size:,} bytes, more "
-                                 "than a run writes; the folder's files were edited: rerun faceatlas run")
 
 
 def open_map(folder: Path) -> OpenMap:

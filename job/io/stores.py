@@ -149,10 +149,7 @@ def read_store(spec: StoreSpec, max_memory: int | None, log: Callable[[str], Non
 class _Session(Protocol):
     kind: str
 
-    def has_tables(self, names: Sequence[str]) -> bool: ...
-    def has_column(self, table: str, column: str) -> bool: ...
     def count(self, sql: str, parameters: Sequence[Any]) -> int: ...
-    def numbers(self, sql: str, parameters: Sequence[Any]) -> tuple[int, ...]: ...
     def rows(self, sql: str, parameters: Sequence[Any]) -> tuple[list[str], Iterator[Sequence[Sequence[Any]]]]: ...
 
 
@@ -332,21 +329,9 @@ class _SqliteSession:
     shown: str
     kind: str = "sqlite"
 
-    def has_tables(self, names: Sequence[str]) -> bool:
-        with _sqlite_guard():
-            found = {row[0] for row in self.connection.execute("SELECT name FROM sqlite_master")}
-        return all(name in found for name in names)
-
-    def has_column(self, table: str, column: str) -> bool:
-        with _sqlite_guard():
-            return any(row[1] == column for row in self.connection.execute(f'PRAGMA table_info("{table}")'))
-
     def count(self, sql: str, parameters: Sequence[Any]) -> int:
-        return self.numbers(f"SELECT count(*) FROM ({sql})", parameters)[0]
-
-    def numbers(self, sql: str, parameters: Sequence[Any]) -> tuple[int, ...]:
         with _sqlite_guard():
-            return tuple(int(value) for value in self.connection.execute(sql, tuple(parameters)).fetchone())
+            return int(self.connection.execute(f"SELECT count(*) FROM ({sql})", tuple(parameters)).fetchone()[0])
 
     def rows(self, sql: str, parameters: Sequence[Any]) -> tuple[list[str], Iterator[Sequence[Sequence[Any]]]]:
         with _sqlite_guard():
@@ -399,7 +384,7 @@ def _plan(session: _Session, spec: StoreSpec, shown: str) -> _Plan:
             query = spec.query.strip().rstrip(";").rstrip()  # a trailing ';' would end the count(*) around it
             return _Plan(query, (), "input.query", "the rows of input.query",
                          "check input.query", {"kind": session.kind, "query": spec.query})
-        if session.kind == "postgresql" and session.has_tables(IMMICH_TABLES):
+        if isinstance(session, _PgSession) and session.has_tables(IMMICH_TABLES):
             return _immich_plan(session, spec)
     except _QueryFailed as exc:
         raise InputError(f"{shown}: could not read the schema ({exc}); check the database name and the user's "
@@ -409,7 +394,7 @@ def _plan(session: _Session, spec: StoreSpec, shown: str) -> _Plan:
                      "faces\"")
 
 
-def _immich_plan(session: _Session, spec: StoreSpec) -> _Plan:
+def _immich_plan(session: _PgSession, spec: StoreSpec) -> _Plan:
     """Immich's faces: ``face_search`` joined to ``asset_face``, its ``asset`` and its person; faces deleted, of a
     deleted or trashed asset, hidden from view (``asset_face.isVisible`` false), or of an asset in the locked
     folder or hidden (``asset.visibility`` other than ``timeline``/``archive``) left out.
@@ -596,7 +581,7 @@ class _Filler:
         return StoreFaces(buffer, front, ids, order, arrays.get("face"), arrays.get("photo"), arrays.get("image"),
                           boxes, identity_keys, {id_of[key]: name for key, name in self.names.items()},
                           frozenset(id_of[key] for key in self.hidden), self.digest.hexdigest(),
-                          {**plan.facts, "faces_read": read, "unassigned": read - front})
+                          {**plan.facts, "faces_read": read})
 
 
 def _in_read_order(buffer: np.ndarray, front: int, back: int) -> np.ndarray:

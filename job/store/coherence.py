@@ -169,7 +169,7 @@ def read_projection(path: Path, n_faces: int | None = None) -> dict[str, np.ndar
             source = pq.ParquetFile(handle)
             _check_schema(source.schema_arrow, source.metadata.num_rows, path, n_faces)
             known = [name for name in source.schema_arrow.names if _known(name)]  # others are never read
-            _check_stored_size(source.metadata, known, path)
+            check_stored_size(source.metadata, known, path)
             table = source.read(columns=known)
         columns: dict[str, np.ndarray] = {}
         for name in table.column_names:
@@ -187,15 +187,15 @@ def _known(name: str) -> bool:
     return name in (*_POSITIONS, *_INTEGERS, *_FLOATS, *_FLAGS, "verdict") or name.startswith(_SIMILAR)
 
 
-def _check_stored_size(metadata: Any, names: list[str], path: Path) -> None:
-    """Refuse, before reading, columns larger than a run's rows can make them (a re-hashed file with huge cells
-    would otherwise be read whole into memory)."""
+def check_stored_size(metadata: Any, names: list[str], path: Path, cell_bytes: int = _CELL_BYTES) -> None:
+    """Refuse, before reading, columns larger than a run's rows can make them at ``cell_bytes`` a cell (a re-hashed
+    file with huge cells would otherwise be read whole into memory)."""
     n_rows, wanted = metadata.num_rows, set(names)
     for group in range(metadata.num_row_groups):
         row_group = metadata.row_group(group)
         for index in range(row_group.num_columns):
             chunk = row_group.column(index)
-            bound = row_group.num_rows * _CELL_BYTES + (1 << 20)
+            bound = row_group.num_rows * cell_bytes + (1 << 20)
             if chunk.path_in_schema in wanted and chunk.total_uncompressed_size > bound:
                 raise InputError(f"{path}: column {chunk.path_in_schema!r} holds {chunk.total_uncompressed_size:,} "
                                  f"bytes for {n_rows:,} faces, more than a run writes; {FIX}")

@@ -21,11 +21,15 @@ def key_columns(database: FaceDatabase) -> list[str]:
 
 def projection_keys(database: FaceDatabase) -> dict[str, np.ndarray]:
     """projection.parquet's key columns for the faces of ``database``, in its order: ``face_key``,
-    ``identity_key``, ``photo_key`` (object text, None where unknown), then ``image`` and the box where known."""
+    ``identity_key``, ``photo_key`` (object text, None where unknown), then ``image`` and the box where known,
+    and ``hidden`` (bool) where the source hides some identities."""
     keys = database.keys
     if keys is None:
         return {}
-    return face_keys(keys, database.ids, database.n_faces)
+    columns = face_keys(keys, database.ids, database.n_faces)
+    if keys.hidden:
+        columns["hidden"] = np.isin(database.ids, np.fromiter(keys.hidden, dtype=np.int64))
+    return columns
 
 
 def face_keys(keys: SourceKeys, ids: np.ndarray, n_faces: int) -> dict[str, np.ndarray]:
