@@ -15,11 +15,18 @@
    transform id_at_1: the nearest fitted face on the map has the face's id. inverse: cosine between the
    face and the inverse of its map position (each method's own placement, and umap-learn's inverse at our
    placement), id_at_1: the most similar identity centroid of the inverted vector is the face's id.
-4. Cost: analysis vs UMAP time in whole runs on the standard demo (run.json timings), and analysis time
+4. From verdict to fix (``--sections apply``): each planted database (and, with ``--real MODEL``, the cached
+   LFW set through a real recognizer with 3% of its faces relabelled) run, its own corrections.csv applied
+   (``faceatlas apply``), the copy run again. Planted-truth precision/recall of the misfiled verdicts before
+   and after; planted misfiles left unfixed; new errors (a face filed right moved away, a face removed that
+   was no re-enrolment); and the review rows' merges, which apply leaves to a person (how many of them join
+   two planted people).
+5. Cost: analysis vs UMAP time in whole runs on the standard demo (run.json timings), and analysis time
    (kNN graph + verdicts + look-alikes, an approximate index forced) at 4x and 16x the faces, to show it grows
    ~linearly, not quadratically.
 
-    python bench/bench_analysis.py [--repeats 3] [--sections suspects,pipeline,placement,scaling]
+    python bench/bench_analysis.py [--repeats 3] [--sections suspects,pipeline,placement,scaling,apply]
+                                   [--real arcface,dlib,sface]
 """
 
 from __future__ import annotations
@@ -29,6 +36,7 @@ import statistics
 import time
 import warnings
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -287,7 +295,6 @@ def pipeline_section(repeats: int) -> None:
     import subprocess
     import sys
     import tempfile
-    from pathlib import Path
 
     print("== whole run on the standard demo: analysis stages vs the UMAP fit (fresh processes) ==")
     rows = []
@@ -304,14 +311,130 @@ def pipeline_section(repeats: int) -> None:
     print(f"ratio (suspects + analysis) / umap: {ratio:.2f}; with the kNN graph (shared with UMAP): {shared:.2f}")
 
 
+APPLY_SHAPES = [("standard", DemoSpec()), ("hard", HARD), ("hard s1", replace(HARD, seed=1)), ("wild", WILD),
+                ("wild s1", replace(WILD, seed=1)), ("wild s2", replace(WILD, seed=2)), ("uncentred", UNCENTRED),
+                ("uncentred s1", replace(UNCENTRED, seed=1))]
+REAL_RELABEL = 0.03
+
+
+@dataclass(frozen=True)
+class Round:
+    """One database before and after its own corrections: its input rows' true ids, planted misfiled rows, the
+    rows that are re-enrolments (None: unknown) and the possible-same-person pairs planted as two people."""
+
+    truth_ids: np.ndarray
+    planted: set[int]
+    duplicates: set[int] | None
+    two_people: set[tuple[int, int]]
+    known_errors: frozenset[int] = frozenset()  # faces whose given label is known to be wrong
+
+
+def apply_round(name: str, db: Path, case: Round, folder: Path) -> None:
+    """Run ``db``, apply its own corrections, run the copy; print one line."""
+    import csv
+    import json
+
+    from job.apply.applying import apply_corrections
+    from job.config import load_config
+    from job.pipeline import run
+    from job.store.coherence import read_projection
+
+    def run_on(path: Path, out: Path) -> set[int]:
+        run(load_config(None, {"input.path": str(path), "out": str(out), "umap.n_epochs": 50, "seed": 0}))
+        with (out / "suspects.csv").open(encoding="utf-8") as handle:
+            return {int(row["row"]) for row in csv.DictReader(handle)}
+
+    def pr(found: set[int], planted: set[int]) -> str:
+        hits = len(found & planted)
+        return f"{hits / max(len(found), 1):.3f}/{hits / len(planted) if planted else float('nan'):.3f}"
+
+    found = run_on(db, folder / "run1")
+    fixed = folder / f"fixed{db.suffix}"
+    applied = apply_corrections(folder / "run1", fixed)
+    changes = json.loads(applied.record.read_text(encoding="utf-8"))["changes"]
+    old_ids = np.asarray(np.load(db, allow_pickle=False)["id"], dtype=np.int64)
+    new_ids = np.asarray(np.load(fixed, allow_pickle=False)["id"], dtype=np.int64)
+    keep = np.ones(len(old_ids), dtype=bool)
+    removed = [c["face"] for c in changes if c["what"] == "remove"]
+    keep[removed] = False
+    after = np.full(len(old_ids), -1, dtype=np.int64)
+    after[keep] = new_ids
+    right_before = old_ids == case.truth_ids
+    unfixed = {row for row in case.planted if keep[row] and after[row] != case.truth_ids[row]}
+    moved_away = int(np.sum(keep & right_before & (after != case.truth_ids)))
+    columns = read_projection(folder / "run1" / "projection.parquet")
+    partner = dict(zip(columns["row"].tolist(), columns["duplicate_of"].tolist(), strict=True))
+    bad_removes = -1 if case.duplicates is None else sum(  # either face of a planted re-enrolment may go
+        1 for row in removed if row not in case.duplicates and partner[row] not in case.duplicates)
+    moved_rows = set(np.flatnonzero(keep & right_before & (after != case.truth_ids)).tolist())
+    errata = len(moved_rows & case.known_errors)
+    new_row = np.cumsum(keep) - 1
+    found_after = run_on(fixed, folder / "run2")
+    still = {int(new_row[row]) for row in unfixed}
+    with (folder / "run1" / "corrections.csv").open(encoding="utf-8") as handle:
+        merges = [(int(r["from"]), int(r["to"])) for r in csv.DictReader(handle) if r["action"] == "merge"]
+    joined = sum(tuple(sorted(pair)) in case.two_people for pair in merges)
+    counts = applied.counts
+    print(f"{name:<16} before P/R {pr(found, case.planted)} | applied {counts['move']} moves, {counts['remove']} "
+          f"removes | planted unfixed {len(unfixed)}/{len(case.planted)}, new errors: {moved_away} moved away"
+          f"{f' ({errata} of them known label errors)' if case.known_errors else ''}, "
+          f"{'?' if bad_removes < 0 else bad_removes} removed wrongly | after: {len(found_after)} suspects, "
+          f"{len(found_after & still)} of them planted-unfixed | review merges {len(merges)}, "
+          f"{joined} of them two planted people", flush=True)
+
+
+def apply_section(real_models: list[str]) -> None:
+    import tempfile
+
+    from job.io.demo import write_demo
+
+    print("== from verdict to fix: each database's own corrections applied, then run again ==")
+    for name, spec in APPLY_SHAPES:
+        with tempfile.TemporaryDirectory() as tmp:
+            db = Path(tmp) / "db.npy"
+            _, truth = write_demo(db, spec)
+            ids = np.asarray(np.load(db, allow_pickle=False)["id"], dtype=np.int64)
+            true_ids = ids.copy()
+            true_ids[truth.misfiled_rows] = truth.misfiled_true_ids
+            pairs = {tuple(sorted(p)) for p in (*truth.twin_pairs, *truth.lookalike_pairs)}
+            apply_round(name, db, Round(true_ids, set(truth.misfiled_rows), set(truth.duplicate_rows), pairs),
+                        Path(tmp))
+    for model in real_models:
+        import sys
+
+        sys.path.insert(0, str(Path(__file__).parent))
+        from bench_real import ERRATA
+        from bench_stores import _real_set, real_subset
+
+        embeddings, truth_ids = _real_set(model)
+        real, kept = real_subset(model)
+        errata = frozenset(k for k, name in enumerate(np.asarray(real.files)[kept].tolist())  # type: ignore[attr-defined]
+                           if Path(name).name in ERRATA)
+        for seed in (0, 1, 2):
+            rng = np.random.default_rng(seed)
+            n, people = len(truth_ids), int(truth_ids.max()) + 1
+            planted = np.sort(rng.choice(n, int(n * REAL_RELABEL), replace=False))
+            ids = truth_ids.copy()
+            ids[planted] = (ids[planted] + rng.integers(1, people, len(planted))) % people
+            with tempfile.TemporaryDirectory() as tmp:
+                db = Path(tmp) / "real.npy"
+                records = np.empty(n, dtype=[("id", "<i8"), ("embedding", "<f4", (embeddings.shape[1],))])
+                records["id"], records["embedding"] = ids, embeddings
+                np.save(db, records)
+                apply_round(f"LFW {model} s{seed}", db,
+                            Round(truth_ids, set(planted.tolist()), None, set(), errata), Path(tmp))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--sections", default="suspects,pipeline,placement,scaling",
-                        help="comma-separated: suspects, pipeline, placement, scaling")
+                        help="comma-separated: suspects, pipeline, placement, scaling, apply")
+    parser.add_argument("--real", default="", help="apply: also the cached real LFW set of these models")
     args = parser.parse_args()
     sections = {"suspects": lambda: suspects_section(args.repeats), "pipeline": lambda: pipeline_section(args.repeats),
-                "placement": placement_section, "scaling": lambda: scaling_section(args.repeats)}
+                "placement": placement_section, "scaling": lambda: scaling_section(args.repeats),
+                "apply": lambda: apply_section([m for m in args.real.split(",") if m])}
     for name in args.sections.split(","):
         sections[name.strip()]()
 

@@ -84,6 +84,13 @@ def _planted_pr(out: Path, planted_keys: set[str], key_column: str) -> tuple[flo
 
 def _real_set(model: str) -> tuple[np.ndarray, np.ndarray]:
     """Embeddings and person ids of the cached LFW set for ``model``: people with 5+ photos, their first 20."""
+    real, keep = real_subset(model)
+    people = np.unique(real.person[keep])
+    return real.embeddings[keep].astype(np.float32), np.searchsorted(people, real.person[keep]).astype(np.int64)
+
+
+def real_subset(model: str) -> tuple[object, np.ndarray]:
+    """The cached LFW set for ``model`` and the faces the benches use: people with 5+ photos, their first 20."""
     import real_faces
 
     found = sorted(real_faces.cache_dir().glob(f"*-{model}-*.npz"))
@@ -92,9 +99,7 @@ def _real_set(model: str) -> tuple[np.ndarray, np.ndarray]:
                          "bench/bench_real.py --photos LFW_FOLDER --models " + model)
     real = real_faces._read(found[0])
     counts = np.bincount(real.person)
-    keep = (counts[real.person] >= 5) & (real.number <= 20)
-    people = np.unique(real.person[keep])
-    return real.embeddings[keep].astype(np.float32), np.searchsorted(people, real.person[keep]).astype(np.int64)
+    return real, (counts[real.person] >= 5) & (real.number <= 20)
 
 
 def _csv(path: Path) -> list[dict[str, str]]:

@@ -319,6 +319,32 @@ def render(
             _echo(f"{role:>12}: {path.resolve()}")
 
 
+@app.command()
+def apply(
+    folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run on a file database.")],
+    *,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where to write the corrected copy (a new file, in "
+                                      "the input's format).")],
+    corrections: Annotated[Path | None, typer.Option("--corrections", help="The corrections to carry out "
+                                                     "[default: the run's corrections.csv].")] = None,
+    input: Annotated[Path | None, typer.Option("--input", "-i", help="The file the run read, where it is now "
+                                               "[default: the path in run.json].")] = None,
+    force: Annotated[bool, typer.Option("--force", help="Replace OUT and OUT.applied.json if they exist.")]
+    = False,
+) -> None:
+    """Write a corrected copy of the run's input with the accepted corrections (move, remove, merge) carried
+    out, and OUT.applied.json listing every change. The input is never changed; databases are never written."""
+    with _errors_to_exit_codes():
+        from job.apply.applying import apply_corrections
+
+        done = apply_corrections(folder, out, corrections=corrections, source=input, force=force)
+        counts = done.counts
+        _echo(f"applied {counts['move']:,} moves, {counts['remove']:,} removals and {counts['merge']:,} merges "
+              f"({counts['merged_faces']:,} faces relabelled); {counts['review']:,} review rows left as they are")
+        _echo(f"wrote {done.out.resolve()} ({done.n_faces:,} faces)")
+        _echo(f"wrote {done.record.resolve()}")
+
+
 @app.command("demo-db")
 def demo_db(
     out: Annotated[Path, typer.Argument(help="Where to write the database (.npy).")],

@@ -52,22 +52,40 @@ class InputConfig(_Section):
     url_max_bytes: int = Field(64 * 2**30, ge=1, le=COUNT_MAX, description="largest download accepted, in bytes")
     query: str = Field("", description="with a database --input (sqlite:///PATH, postgresql://...): the SELECT "
                        "that returns the faces, with columns identity and embedding (and optionally face, photo, "
-                       "name, image, box_x1..box_y2); \"\" = read an Immich database by its own tables")
+                       "name, image, box_x1..box_y2, and image_width, image_height: the size the box's pixels refer "
+                       "to); \"\" = read an Immich database by its own tables")
     owner: str = Field("", description='an Immich database: only the faces of this user (its UUID); "" = all users')
     blob_dtype: str = Field("<f4", description="how a database's BLOB embeddings are stored (a numpy dtype: "
                             "<f4 little-endian float32, <f2, <f8)")
     photo_field: str = Field("", description='.npz/Parquet/.npy: the field holding each face\'s photo key, for the '
                              'same-photo check; "" = none')
+    image_field: str = Field("image", description=".npz/Parquet/.npy: the field holding each face's photo path "
+                             '(text), read when present (a name other than "image" must be there); "" = none')
+    box_field: str = Field("box", description=".npz/Parquet/.npy: the field holding each face's box [x1, y1, x2, y2] "
+                           "in pixels of the photo as displayed (after its EXIF orientation): Parquet list<float> of "
+                           '4, .npz array (n, 4), .npy field of shape (4,); read when present (a name other than "box" '
+                           'must be there); "" = none')
+    image_root: str = Field("", description='where photo paths are read: "DIR" reads relative paths under DIR; '
+                            '"PREFIX=DIR" puts DIR in place of a leading PREFIX (e.g. '
+                            '/usr/src/app/upload=/mnt/immich); "" = the paths as they are')
     demo: Literal["standard", "hard", "wild", "uncentred"] = Field(
         "standard", description='built-in demo when path is "": "hard" = looser identities, 1-30 faces, look-alike '
         'misfiles; "wild" = raw norms, low-quality faces, near-twins, misfiles from twins; "uncentred" = the wild '
         'shape as dlib gives it (128-D, one mean direction shared by every face, lengths without quality)')
 
 
-    @field_validator("path", "names", "truth")
+    @field_validator("path", "names", "truth", "image_root")
     @classmethod
     def _plain_paths(cls, value: str) -> str:
         return _path_text(value)
+
+    @field_validator("image_root")
+    @classmethod
+    def _root_with_prefix(cls, value: str) -> str:
+        prefix, separator, folder = value.partition("=")
+        if separator and not (prefix and folder):
+            raise ValueError('expected "DIR" or "PREFIX=DIR" with both parts, e.g. /usr/src/app/upload=/mnt/immich')
+        return value
 
 
 def _path_text(value: str) -> str:

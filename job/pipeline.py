@@ -15,6 +15,7 @@ from pathlib import Path
 
 from job.analysis.geometry import Geometry
 from job.analysis.suspects import LOW_QUALITY
+from job.apply.table import CORRECTIONS_FILE, write_corrections
 from job.cluster.session import open_cluster
 from job.config import Config
 from job.errors import GpuOutOfMemoryError, UsageError
@@ -45,6 +46,7 @@ from job.stages import (
     place_held_out,
     place_unassigned,
     plan_fit,
+    propose_changes,
     shared_graph,
     working_space,
 )
@@ -227,6 +229,11 @@ def write_tables(database: FaceDatabase, work: Work, staging: Path) -> dict[str,
         files["unassigned"] = write_unassigned(staging / UNASSIGNED_FILE, loose.rows, placed.coords,
                                                placed.nearest_id, placed.similarity, keys=loose.keys,
                                                names=database.names)
+    changes = propose_changes(database, verdicts, analysis, loose=placed)
+    files["corrections"] = write_corrections(staging / CORRECTIONS_FILE, changes, database.input_rows,
+                                             names=database.names, keys=keys, database=database.store is not None,
+                                             loose_rows=None if loose is None else loose.rows,
+                                             loose_keys=None if loose is None else loose.keys)
     if database.names is not None:
         files["names"] = write_names(staging / NAMES_FILE, database.names)
     if database.truth is not None:

@@ -126,9 +126,11 @@ def transform_file(opened: OpenMap, new: str, out: Path, *, reading: NewReading 
     """
     _check_out(opened, out, "placed.parquet", [new])
     run_id, run_embedding = opened.input_fields
+    # a file's photo paths and boxes are not read: they would give its faces source keys (str(id)), which the
+    # same-id share would then compare with a database run's keys instead of comparing ids
     config = InputConfig(path=new, id_field=reading.id_field or run_id,
                          embedding_field=reading.embedding_field or run_embedding, drop_invalid=reading.drop_invalid,
-                         query=reading.query)
+                         query=reading.query, image_field="", box_field="")
     faces = load_database(config, max_memory, log, ids_optional=True)
     if faces.dim != opened.model.dim:
         raise InputError(f"{faces.source}: embeddings have dim {faces.dim}, but the map in {opened.run.folder} "

@@ -24,6 +24,7 @@ from job.analysis.quality import against_truth, supervised_disagreement
 from job.analysis.samephoto import same_photo_conflicts
 from job.analysis.similar import similar_identities
 from job.analysis.suspects import DUPLICATE, MISFILED, VERDICTS, SuspectScores, judge_faces, leave_one_out
+from job.apply.proposals import Proposals, assign_bar, propose, repeats_of
 from job.arrays import BoolArray, FloatArray, IdArray
 from job.config import Config, UmapConfig
 from job.errors import UsageError
@@ -278,6 +279,20 @@ def place_unassigned(database: FaceDatabase, model: MapModel) -> Placement | Non
     if loose is None:
         return None
     return place(model, model.working(np.asarray(loose.unit, dtype=np.float32)))
+
+
+def propose_changes(database: FaceDatabase, verdicts: Verdicts, analysis: Analysis, *,
+                    loose: Placement | None) -> Proposals:
+    """corrections.csv's rows: the verdicts as actions (:mod:`job.apply.proposals`), the unassigned faces
+    ``loose`` assigned where they fit an identity as well as the database's own filed faces fit theirs."""
+    scores = verdicts.scores
+    bar = float("inf")
+    if loose is not None:
+        fair = ~scores.left_out & ~np.asarray(analysis.columns["held_out"], dtype=bool)
+        bar = assign_bar(database.unit, database.ids, analysis.model, fair)
+    return propose(scores, database.ids, reasons=verdicts.reasons(),
+                   repeats=repeats_of(database.unit, verdicts.original), quality=verdicts.quality,
+                   lookalikes=analysis.lookalikes, loose=loose, assign_bar=bar)
 
 
 def analyse(config: Config, database: FaceDatabase, plan: FitPlan, verdicts: Verdicts, graph: FaceGraph, *,

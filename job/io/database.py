@@ -20,8 +20,9 @@ from job.arrays import BoolArray, FloatArray, IdArray
 from job.errors import InputError, UsageError
 from job.io.demo import DEMO_SHAPES, DemoSpec, DemoTruth, make_demo, truth_from_json
 from job.io.files import shown
-from job.io.formats import file_sha256, read_arrays, read_photo_keys, sniff_format
+from job.io.formats import file_sha256, read_arrays, sniff_format
 from job.io.memory import format_size, require
+from job.io.photos import read_photo_keys, read_photo_places
 from job.io.remote import fetch, is_url, redact
 from job.io.stores import StoreSpec, address, is_store, read_store
 
@@ -122,8 +123,10 @@ class FaceDatabase:
 class SourceKeys:
     """The source's own keys, per face (n_faces,) object arrays of text (None where a face has none), or None
     where the source has no such column: ``face`` (its face id), ``photo`` (the photo it was found in),
-    ``image`` (that photo's path), ``box`` (n_faces, 4) float32 pixels; per identity: ``identity`` (id -> the
-    source's key, for text keys) and ``hidden`` (ids the source hides from view)."""
+    ``image`` (that photo's path), ``box`` (n_faces, 4) float32 pixels ``x1, y1, x2, y2`` (NaN where unknown),
+    ``frame`` (n_faces, 2) float32 — the (width, height) of the image the box's pixels refer to (Immich's face
+    detection ran on a preview; NaN where they are the photo's own, as displayed); per identity: ``identity``
+    (id -> the source's key, for text keys) and ``hidden`` (ids the source hides from view)."""
 
     face: np.ndarray | None = None
     photo: np.ndarray | None = None
@@ -131,13 +134,14 @@ class SourceKeys:
     box: np.ndarray | None = None
     identity: dict[int, str] | None = None
     hidden: frozenset[int] = frozenset()
+    frame: np.ndarray | None = None
 
     def take(self, chosen: np.ndarray) -> SourceKeys:
         """The per-face keys of the faces ``chosen`` (positions or a mask)."""
         def pick(values: np.ndarray | None) -> np.ndarray | None:
             return None if values is None else values[chosen]
         return replace(self, face=pick(self.face), photo=pick(self.photo), image=pick(self.image),
-                       box=pick(self.box))
+                       box=pick(self.box), frame=pick(self.frame))
 
     def identity_key(self, identity: int) -> str:
         """The source's key of ``identity`` (its id as text where the ids are the keys; "" for -1)."""
@@ -214,6 +218,10 @@ class InputSpec(StoreSpec, Protocol):
     def demo(self) -> str: ...
     @property
     def photo_field(self) -> str: ...
+    @property
+    def image_field(self) -> str: ...
+    @property
+    def box_field(self) -> str: ...
 
 
 def load_database(config: InputSpec, max_memory: int | None = None,
@@ -263,10 +271,7 @@ def load_database(config: InputSpec, max_memory: int | None = None,
         dtype, has_ids = str(raw.embeddings.dtype), raw.ids is not None
         del raw  # a memory-mapped file's pages are released here; only the unit copy stays
         digest = digest or file_sha256(path)
-        keys = None
-        if config.photo_field:
-            photos = read_photo_keys(path, config.photo_field, len(ids))
-            keys = SourceKeys(photo=photos[checked.rows])
+        keys = file_keys(path, config, len(ids), checked.rows, max_memory=max_memory, log=log)
         database = FaceDatabase(checked.ids, checked.unit, source, dtype, digest, truth=truth, rows=checked.rows,
                                 dropped=checked.dropped, duplicates=checked.duplicates, has_ids=has_ids,
                                 log_norms=checked.log_norms, keys=keys)
@@ -275,6 +280,25 @@ def load_database(config: InputSpec, max_memory: int | None = None,
     if not config.names:
         return database
     return replace(database, names=names_of(Path(config.names), database.identities, database.source))
+
+
+def file_keys(path: Path, config: InputSpec, n_rows: int, rows: IdArray, *, max_memory: int | None = None,
+              log: Callable[[str], None] = lambda message: None) -> SourceKeys | None:
+    """The keys a database file's own fields give its kept ``rows``: the photo key (``input.photo_field``), the
+    photo's path and the face's box (``input.image_field``, ``input.box_field``); None when it has none of
+    them (a file's outputs then stay as they were)."""
+    photos = read_photo_keys(path, config.photo_field, n_rows) if config.photo_field else None
+    places = read_photo_places(path, image_field=config.image_field, box_field=config.box_field, n_rows=n_rows,
+                               max_memory=max_memory)
+    for note in places.skipped:
+        log(f"warning: {note}")
+    if photos is None and places.image is None and places.box is None:
+        return None
+
+    def kept(values: np.ndarray | None) -> np.ndarray | None:
+        return None if values is None else values[rows]
+
+    return SourceKeys(photo=kept(photos), image=kept(places.image), box=kept(places.box))
 
 
 def store_database(config: InputSpec, max_memory: int | None, log: Callable[[str], None], *,
@@ -288,7 +312,8 @@ def store_database(config: InputSpec, max_memory: int | None, log: Callable[[str
         raise UsageError("--sha256 checks a file or URL; a database is read as it is now: drop --sha256")
     store = read_store(config, max_memory, log)
     source, n_filed, n_read = address(config.path), store.n_filed, len(store.rows)
-    keys = SourceKeys(store.face, store.photo, store.image, store.box, store.identity_keys, store.hidden)
+    keys = SourceKeys(face=store.face, photo=store.photo, image=store.image, box=store.box,
+                      identity=store.identity_keys, hidden=store.hidden, frame=store.frame)
     facts = {**store.facts, "hidden_identities": len(store.hidden)}
     if n_filed == 0:
         if not ids_optional:

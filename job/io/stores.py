@@ -33,7 +33,8 @@ SCHEMES = ("postgresql://", "postgres://", "sqlite:///")
 BLOCK_ROWS = 4096  # rows per fetch from the cursor
 IMMICH_TABLES = ("face_search", "asset_face", "person", "asset")
 REQUIRED = ("identity", "embedding")
-OPTIONAL = ("face", "photo", "name", "image", "hidden", "box_x1", "box_y1", "box_x2", "box_y2")
+OPTIONAL = ("face", "photo", "name", "image", "hidden", "box_x1", "box_y1", "box_x2", "box_y2", "image_width",
+            "image_height")
 _KEPT_PARAMETERS = {"host", "hostaddr", "port", "dbname", "sslmode", "service", "target_session_attrs"}
 _UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$")
 _POSTGRES_FIX = "pip install 'faceatlas[postgres]'"
@@ -67,6 +68,9 @@ class StoreFaces:
     rows : (n,) int64 — each face's position in the order the store returned them
     face, photo, image : (n,) object text or None per face, or None when the source has no such column
     box : (n, 4) float32 ``x1, y1, x2, y2`` in pixels (NaN where unknown), or None
+    frame : (n, 2) float32 width and height of the image the box's pixels refer to (Immich's
+        ``imageWidth``/``imageHeight``, a query's ``image_width``/``image_height``; NaN where unknown or not
+        above 0: the photo's own pixels), or None
     identity_keys : id -> the store's own identity key (text identities: ids are their sorted order)
     names : id -> display name, where the store has a non-empty one
     hidden : ids the store marks hidden (Immich's ``person.isHidden``)
@@ -86,6 +90,7 @@ class StoreFaces:
     hidden: frozenset[int]
     sha256: str
     facts: dict[str, Any] = field(default_factory=dict)
+    frame: np.ndarray | None = None
 
 
 def is_store(text: str) -> bool:
@@ -426,7 +431,8 @@ def _immich_plan(session: _PgSession, spec: StoreSpec) -> _Plan:
     sql = (f'SELECT af.id::text AS face, {identity}::text AS identity, p.name AS name, p."isHidden" AS hidden, '
            'af."assetId"::text AS photo, a."originalPath" AS image, '
            'af."boundingBoxX1" AS box_x1, af."boundingBoxY1" AS box_y1, af."boundingBoxX2" AS box_x2, '
-           f'af."boundingBoxY2" AS box_y2, fs.embedding AS embedding {joined} '
+           'af."boundingBoxY2" AS box_y2, af."imageWidth" AS image_width, af."imageHeight" AS image_height, '
+           f'fs.embedding AS embedding {joined} '
            f"{person} WHERE {' AND '.join(where)} ORDER BY af.id")
     # one pass counts the faces read and those left out (the person join adds no rows: one person per face)
     counted = (f"SELECT count(*) FILTER (WHERE {' AND '.join(kept)}), count(*) {joined}"
@@ -496,6 +502,7 @@ class _Filler:
     hidden: set[Any] = field(default_factory=set)
     extra: dict[str, list[str | None]] = field(default_factory=dict)
     boxes: np.ndarray | None = None
+    frames: np.ndarray | None = None
 
     def __post_init__(self) -> None:
         self.order = np.empty(self.total, dtype=np.int64)  # buffer position -> read position
@@ -503,6 +510,8 @@ class _Filler:
         self.extra = {name: [None] * self.total for name in ("face", "photo", "image") if name in self.columns.index}
         if "box_x1" in self.columns.index:
             self.boxes = np.full((self.total, 4), np.nan, dtype=np.float32)
+        if "image_width" in self.columns.index or "image_height" in self.columns.index:
+            self.frames = np.full((self.total, 2), np.nan, dtype=np.float32)
 
     def add_block(self, start: int, block: Sequence[Sequence[Any]], max_memory: int | None) -> None:
         """Rows ``start..start+len(block)`` of the read, a block at a time (columns, then arrays)."""
@@ -554,6 +563,10 @@ class _Filler:
             corners = [column(f"box_{corner}") for corner in ("x1", "y1", "x2", "y2")]
             self.boxes[at] = np.array([[_number(value) for value in corner or [None] * n] for corner in corners],
                                       dtype=np.float32).T
+        if self.frames is not None:  # Immich's 0 x 0: not known
+            sides = [column(name) or [None] * n for name in ("image_width", "image_height")]
+            frames = np.array([[_number(value) for value in side] for side in sides], dtype=np.float32).T
+            self.frames[at] = np.where(frames > 0, frames, np.nan)
         self.read = start + n
 
     def _buffer(self, dim: int, max_memory: int | None) -> np.ndarray:
@@ -569,19 +582,20 @@ class _Filler:
         if buffer is None:
             raise InputError(f"{self.shown}: {plan.what} returned no faces; {plan.fix_empty}")
         kept = np.r_[np.arange(front), np.arange(total - 1, self.back - 1, -1)]  # unassigned back in read order
-        order, extra, boxes = self.order, self.extra, self.boxes
+        order, extra, boxes, frames = self.order, self.extra, self.boxes, self.frames
         if read < total or self.back < total:
             buffer = _in_read_order(buffer, front, self.back)
             order = order[kept]
             extra = {name: [values[i] for i in kept.tolist()] for name, values in extra.items()}
             boxes = None if boxes is None else boxes[kept]
+            frames = None if frames is None else frames[kept]
         ids, identity_keys = _identity_ids(self.identities, self.shown)
         id_of = dict(zip(self.identities, ids.tolist(), strict=True))
         arrays = {name: np.asarray(values, dtype=object) for name, values in extra.items()}
         return StoreFaces(buffer, front, ids, order, arrays.get("face"), arrays.get("photo"), arrays.get("image"),
                           boxes, identity_keys, {id_of[key]: name for key, name in self.names.items()},
                           frozenset(id_of[key] for key in self.hidden), self.digest.hexdigest(),
-                          {**plan.facts, "faces_read": read})
+                          {**plan.facts, "faces_read": read}, frames)
 
 
 def _in_read_order(buffer: np.ndarray, front: int, back: int) -> np.ndarray:

@@ -17,7 +17,9 @@ arithmetic of ``faceatlas nearest``.
 from __future__ import annotations
 
 import base64
+import hashlib
 import io
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,7 +29,7 @@ from job.analysis.suspects import VERDICTS
 from job.io.files import display_text
 from job.maps.placement import nearest_points
 from job.render.maps import HIGHLIGHT_COLOURS
-from job.report.rundata import RunData
+from job.report.rundata import CORRECTION_COLUMNS, MAX_CELL_CHARS, RunData
 
 MAX_POINTS = 200_000  # faces drawn as points; above, a sample over a density image of every face
 NEAREST_GRID = 64  # cells across the map's longer side, each with its nearest identities precomputed
@@ -104,9 +106,31 @@ def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed
         "verdict_counts": {name: int(np.sum(verdict == name)) for name in VERDICTS},
         "lookalikes": [[position[a], position[b], round(s, 4), same] for a, b, s, same in run.lookalikes
                        if a in position and b in position],
-        "similar_known": run.similar() is not None, "blob": blob.index,
+        "similar_known": run.similar() is not None, "blob": blob.index, "review": review_meta(run),
     }
     return PageContent(meta, blob, underlay)
+
+
+def review_meta(run: RunData) -> dict[str, Any] | None:
+    """What the page's review section lists, or None for a run without corrections.csv.
+
+    ``header`` and ``rows``: the file's cells as it holds them, through :func:`clean_text`; ``columns``: each
+    of :data:`CORRECTION_COLUMNS` -> its position in the header (-1: absent); ``total``, ``skipped``,
+    ``problem``: as :class:`~job.report.rundata.Corrections`; ``digest``: SHA-256 of the header and rows
+    listed; ``storage_key``: where the browser keeps the reviewer's choices, by the run's input and that digest
+    (a choice is kept by its row's position in ``rows``: other rows, other choices)."""
+    found = run.corrections
+    if found is None:
+        return None
+    header = [clean_text(cell, MAX_CELL_CHARS) for cell in found.header]
+    rows = [[clean_text(cell, MAX_CELL_CHARS) for cell in row] for row in found.rows]
+    listed = json.dumps([header, rows], ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    digest = hashlib.sha256(listed).hexdigest()
+    source = clean_text(run.record.input.sha256 or "unknown", 80)
+    return {"header": header, "rows": rows, "total": found.total, "skipped": found.skipped,
+            "problem": found.problem,
+            "columns": {name: header.index(name) if name in header else -1 for name in CORRECTION_COLUMNS},
+            "digest": digest, "storage_key": f"faceatlas-review:{source}:{digest}"}
 
 
 def page_frame(coords: np.ndarray) -> dict[str, float]:

@@ -1,11 +1,12 @@
 """``report.html``: one self-contained page per run: summary, interactive map, maps, suspects, look-alikes,
-clusters.
+the proposed corrections to review, clusters.
 
 Everything is inline (the script and style from ``job/report/assets/``, the data as JSON and base64, the maps
 as data: URLs), so the page opens from disk with no network. Its Content-Security-Policy allows only its own
-script and style (by SHA-256) and data: images, and forbids every connection. User-given text is escaped
-here (HTML) and set with ``textContent`` by the script; JSON is written so that no ``</script>`` can end its
-block early.
+script and style (by SHA-256) and data: and blob: images, and forbids every connection (the reviewed
+corrections are saved as a download of a blob: URL the script makes, which is no connection). User-given text
+is escaped here (HTML) and set with ``textContent`` by the script; JSON is written so that no ``</script>`` can
+end its block early.
 """
 
 from __future__ import annotations
@@ -20,8 +21,9 @@ from typing import Any
 
 from job.maps.mapmodel import MapModel
 from job.report.content import PageContent, page_content
-from job.report.rundata import REPORT_FILE, RunData, read_run
+from job.report.rundata import MAX_CELL_CHARS, REPORT_FILE, RunData, read_run
 from job.report.summary import clusters_html, esc, summary_html
+from job.store.reports import CORRECTIONS_FILE
 from job.store.runrecord import RunRecord
 
 COLOR_BY = ("id", "cluster", "suspect", "density")
@@ -39,7 +41,7 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
     content = page_content(run, highlight, color_by, seed if type(seed) is int and seed >= 0 else 0)
     script, style = _asset("atlas.js"), _asset("atlas.css")
     policy = (f"default-src 'none'; script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
-              "img-src data:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
+              "img-src data: blob:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
               "frame-src 'none'; worker-src 'none'; base-uri 'none'; form-action 'none'")
     source = "?" if run.record.input.path is None else run.record.input.path
     return "\n".join([
@@ -55,6 +57,7 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         f'<section id="summary"><h2>Summary</h2>{summary_html(run)}</section>',
         f'<section id="maps"><h2>Maps</h2>{_figures(run, color_by)}</section>',
         _tables(run, content.meta),
+        _review_section(content.meta["review"]),
         f'<section id="clusters"><h2>Clusters</h2>{clusters_html(run)}</section>',
         f'<script type="application/json" id="fa-meta">{safe_json(content.meta)}</script>',
         f'<script type="application/octet-stream" id="fa-blob">{content.blob.encoded()}</script>',
@@ -73,7 +76,9 @@ def _header(run: RunData, meta: dict[str, Any], source: str) -> str:
          f"{meta['suspects']:,} suspected misfiled \u00b7 {len(run.lookalikes):,} look-alike pairs \u00b7 "
          f"backend {esc(_known(record.backend))} \u00b7 faceatlas {esc(_known(record.version))}</p>"),
         ('<nav><a href="#atlas">Map</a><a href="#summary">Summary</a><a href="#maps">Maps</a>'
-         '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a><a href="#clusters">Clusters</a></nav>'),
+         '<a href="#suspects">Suspects</a><a href="#lookalikes">Look-alikes</a>'
+         + ('<a href="#review">Review</a>' if meta["review"] is not None else "")
+         + '<a href="#clusters">Clusters</a></nav>'),
         "</header>",
     ])
 
@@ -129,6 +134,49 @@ def _tables(run: RunData, meta: dict[str, Any]) -> str:
          "<tbody></tbody></table>"),
         '<button class="more" hidden></button></section>',
     ])
+
+
+def _review_section(review: dict[str, Any] | None) -> str:
+    """The proposed corrections (corrections.csv) to accept or reject, or nothing for a run without the file;
+    the script fills the rows and makes the download."""
+    if review is None:
+        return ""
+    rows, total = review["rows"], review["total"]
+    notes = []
+    if review["problem"] is not None:
+        notes.append(f"{CORRECTIONS_FILE} could not be read: {review['problem']}. The page lists none of it; "
+                     "the file is in the run's folder.")
+    elif total == 0:
+        notes.append("This run proposes no corrections.")
+    read = len(rows) + review["skipped"]
+    if read < total:
+        notes.append(f"The page lists the first {read:,} of the {total:,} proposed corrections (the most certain); "
+                     f"{CORRECTIONS_FILE} has them all.")
+    if review["skipped"]:
+        notes.append(f"{review['skipped']:,} rows of {CORRECTIONS_FILE} are left out: they have another number of "
+                     f"cells than its header, a cell over {MAX_CELL_CHARS:,} characters, bytes that are not UTF-8 "
+                     "or broken quoting.")
+    parts = [f'<section id="review"><h2>Proposed corrections ({total:,})</h2>',
+             *(f'<p class="note">{esc(note)}</p>' for note in notes)]
+    if rows:
+        parts += [
+            ('<p class="note">Accept or reject each proposal. Download corrections saves a corrections.csv of the '
+             "accepted rows only, each exactly as the run's file has it, under the same header: the file to apply. "
+             "Click a row (not its buttons) to show the face on the map; a merge shows both identities. Nothing is "
+             "sent anywhere.</p>"),
+            ('<p class="note">Your choices are kept in this browser&#x27;s localStorage for this run only; '
+             "Clear choices forgets them.</p>"),
+            ('<div id="fa-review-controls"><button id="fa-review-accept-all">Accept all shown</button>'
+             '<button id="fa-review-clear">Clear choices</button>'
+             '<a id="fa-review-download" class="button" download="corrections.csv" aria-disabled="true">'
+             'Download corrections</a><span id="fa-review-status" role="status"></span></div>'),
+            '<p id="fa-review-where" class="note" role="status"></p>',
+            ('<table id="fa-review" class="sortable"><thead><tr><th>what</th><th>face</th><th>from</th><th>to</th>'
+             '<th>score</th><th>reason</th><th class="name-col">names</th><th>your choice</th></tr></thead>'
+             "<tbody></tbody></table>"),
+            '<button class="more" hidden></button>',
+        ]
+    return "\n".join([*parts, "</section>"])
 
 
 

@@ -12,6 +12,9 @@ KEY_COLUMNS = ("face_key", "identity_key", "photo_key")
 """projection.parquet's key columns, present whenever the source has keys (text; null where a face has none)."""
 PHOTO_COLUMNS = ("image", "box_x1", "box_y1", "box_x2", "box_y2")
 """Where a face was found, when the source says (an Immich asset's path and the face's box, in pixels)."""
+FRAME_COLUMNS = ("image_width", "image_height")
+"""The size of the image the box's pixels refer to, when the source says (Immich: the preview its face detection
+ran on; NaN where the box is in the photo's own pixels, as displayed)."""
 
 
 def key_columns(database: FaceDatabase) -> list[str]:
@@ -21,8 +24,8 @@ def key_columns(database: FaceDatabase) -> list[str]:
 
 def projection_keys(database: FaceDatabase) -> dict[str, np.ndarray]:
     """projection.parquet's key columns for the faces of ``database``, in its order: ``face_key``,
-    ``identity_key``, ``photo_key`` (object text, None where unknown), then ``image`` and the box where known,
-    and ``hidden`` (bool) where the source hides some identities."""
+    ``identity_key``, ``photo_key`` (object text, None where unknown), then ``image``, the box and its frame
+    (``image_width``, ``image_height``) where known, and ``hidden`` (bool) where the source hides some identities."""
     keys = database.keys
     if keys is None:
         return {}
@@ -43,6 +46,9 @@ def face_keys(keys: SourceKeys, ids: np.ndarray, n_faces: int) -> dict[str, np.n
     if keys.box is not None:
         for axis, name in enumerate(PHOTO_COLUMNS[1:]):
             columns[name] = np.ascontiguousarray(keys.box[:, axis], dtype=np.float32)
+    if keys.frame is not None:
+        for axis, name in enumerate(FRAME_COLUMNS):
+            columns[name] = np.ascontiguousarray(keys.frame[:, axis], dtype=np.float32)
     return columns
 
 

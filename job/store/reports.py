@@ -19,6 +19,7 @@ SUSPECTS_FILE = "suspects.csv"
 LOW_QUALITY_FILE = "low_quality.csv"
 LOOKALIKES_FILE = "lookalikes.csv"
 UNASSIGNED_FILE = "unassigned.csv"
+CORRECTIONS_FILE = "corrections.csv"
 
 
 @dataclass(frozen=True)

@@ -237,6 +237,9 @@ class RecordedInput(_Part):
     owner: str | None = None
     blob_dtype: str | None = None
     photo_field: str | None = None
+    image_field: str | None = None
+    box_field: str | None = None
+    image_root: str | None = None
 
 
 class RecordedConfig(_Part):

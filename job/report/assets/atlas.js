@@ -477,6 +477,147 @@
   }, 100);
   if (!names) { suspectTable.classList.add("no-names"); pairTable.classList.add("no-names"); }
 
+  /* review: corrections.csv's proposals (meta.review.rows: each row's cells as the file holds them), each
+     accepted or rejected here; the accepted rows, in file order under the file's header, make the download,
+     a review row with the action it proposes in its "what" (accepting "review ... action merge" is a merge).
+     The choices live in localStorage under meta.review.storage_key (row position -> "accept" / "reject"), or
+     in memory where the browser refuses storage (some file:// and private modes throw). */
+  var reviewTable = $("fa-review");
+  if (meta.review && reviewTable) review(meta.review, reviewTable);
+  function review(R, table) {
+    var C = R.columns, rows = R.rows, remembered = true, url = null, rowPoints = null, current = null;
+    var link = $("fa-review-download"), told = $("fa-review-status"), where = $("fa-review-where");
+    var choices = loadChoices();
+    function cellOf(r, name) { return C[name] >= 0 ? rows[r][C[name]] : ""; }
+    function actionOf(r) { return cellOf(r, "action") || cellOf(r, "what"); }  // what accepting the row does
+    function acceptedRow(r) {  // the row as the download writes it: a review takes the action it proposes
+      var out = rows[r].slice();
+      if (cellOf(r, "what") === "review" && C.action >= 0 && out[C.action]) out[C.what] = out[C.action];
+      return out;
+    }
+    function idText(r, side) { return C[side + "_id"] >= 0 ? cellOf(r, side + "_id") : cellOf(r, side); }
+    function rowText(r) { return C.row >= 0 ? cellOf(r, "row") : cellOf(r, "face"); }
+    function codeOf(text) { return /^-?\d+$/.test(text) ? findId(text) : -1; }
+    function pointOfRow(text) {  // the drawn point of the face in input row text, or -1
+      if (!/^\d+$/.test(text)) return -1;
+      if (!rowPoints) { rowPoints = new Map(); for (var i = 0; i < N; i++) rowPoints.set(P.row[i], i); }
+      var i = rowPoints.get(Number(text));
+      return i === undefined ? -1 : i;
+    }
+    function loadChoices() {
+      var saved = null, out = new Map();
+      try { saved = window.localStorage.getItem(R.storage_key); } catch (e) { remembered = false; }
+      try { saved = saved ? JSON.parse(saved) : null; } catch (e) { saved = null; }
+      if (saved && typeof saved === "object") Object.keys(saved).forEach(function (key) {
+        var r = Number(key), choice = saved[key];
+        if (/^\d+$/.test(key) && r < rows.length && (choice === "accept" || choice === "reject")) out.set(r, choice);
+      });
+      return out;
+    }
+    function save() {
+      if (!remembered) return;
+      try {
+        if (!choices.size) { window.localStorage.removeItem(R.storage_key); return; }
+        var out = {};
+        choices.forEach(function (choice, r) { out[r] = choice; });
+        window.localStorage.setItem(R.storage_key, JSON.stringify(out));
+      } catch (e) { remembered = false; }
+    }
+    /* a CSV cell as Python's csv module writes it (QUOTE_MINIMAL), quoted where it holds , " CR or LF */
+    function csvCell(text) { return /[",\r\n]/.test(text) ? '"' + text.replace(/"/g, '""') + '"' : text; }
+    function csvLine(cellsOfRow) { return cellsOfRow.map(csvCell).join(","); }
+    function changed() {
+      save();
+      var accepted = [], rejected = 0;
+      choices.forEach(function (choice, r) { if (choice === "accept") accepted.push(r); else rejected++; });
+      accepted.sort(function (a, b) { return a - b; });
+      if (url) URL.revokeObjectURL(url);
+      url = null;
+      if (accepted.length) {
+        var lines = [csvLine(R.header)];
+        accepted.forEach(function (r) { lines.push(csvLine(acceptedRow(r))); });
+        url = URL.createObjectURL(new Blob([lines.join("\n") + "\n"], { type: "text/csv;charset=utf-8" }));
+        link.href = url; link.removeAttribute("aria-disabled");
+      } else {
+        link.removeAttribute("href"); link.setAttribute("aria-disabled", "true");
+      }
+      told.textContent = accepted.length + " accepted, " + rejected + " rejected of " + rows.length +
+        (remembered ? "" : " \u2013 this browser keeps no localStorage here: the choices last until the page closes");
+    }
+    function paint(tr) {
+      var choice = choices.get(Number(tr.dataset.index)) || "";
+      tr.classList.toggle("accepted", choice === "accept"); tr.classList.toggle("rejected", choice === "reject");
+      tr.querySelector("button.accept").setAttribute("aria-pressed", String(choice === "accept"));
+      tr.querySelector("button.reject").setAttribute("aria-pressed", String(choice === "reject"));
+    }
+    function choose(r, tr, choice) {
+      if (choices.get(r) === choice) choices.delete(r); else choices.set(r, choice);  // a pressed button unpresses
+      paint(tr); changed();
+    }
+    function locate(r) {  // the row's face on the map, as the suspects table shows one; a merge: both identities
+      var from = codeOf(idText(r, "from")), to = codeOf(idText(r, "to"));
+      var known = [from, to].filter(function (code) { return code >= 0; });
+      var loose = !idText(r, "from");  // an unassigned face (assign): never on the map, whatever its row
+      var merge = actionOf(r) === "merge";
+      var i = merge || loose ? -1 : pointOfRow(rowText(r));
+      where.textContent = "";
+      if (i >= 0) {
+        setHighlight(to >= 0 ? [to] : [], false, false);
+        zoomTo([P.ident[i]]); view.cx = P.x[i]; view.cy = P.y[i]; showFace(i);
+        canvas.scrollIntoView({ block: "center" });
+      } else if (merge && known.length) {
+        setHighlight(known, true); canvas.scrollIntoView({ block: "center" });
+      } else {
+        where.textContent = merge ? "Neither identity of this merge is in this run." :
+          loose ? "Face " + rowText(r) + " is filed under no identity: the map does not hold it " +
+                               "(unassigned.csv places it)." :
+          "Face row " + rowText(r) + " is not drawn on the map" + (meta.sampled ? " (the page draws a sample)." : ".");
+        if (known.length) {
+          setHighlight(known, true);
+          where.textContent += " The identities it names are highlighted on the map.";
+        }
+      }
+    }
+    function idLabel(r, side) { var code = codeOf(idText(r, side)); return code >= 0 ? label(code) : idText(r, side); }
+    function idKey(r, side) { var code = codeOf(idText(r, side)); return code >= 0 ? I.id[code] : -Infinity; }
+    function number(text) { var v = Number(text); return text.trim() && isFinite(v) ? v : -Infinity; }
+    sortable(table, rows.map(function (row, r) { return r; }), [
+      function (r) { return cellOf(r, "what"); }, function (r) { return number(rowText(r)); },
+      function (r) { return idKey(r, "from"); }, function (r) { return idKey(r, "to"); },
+      function (r) { return number(cellOf(r, "score")); }, function (r) { return cellOf(r, "reason"); },
+      function (r) { return cellOf(r, "names"); }, function (r) { return choices.get(r) || ""; }
+    ], function (r) {
+      var what = cellOf(r, "what"), shown = what === "review" && actionOf(r) !== what ? what + ": " + actionOf(r) : what;
+      var tr = cells(el("tr"), [shown, rowText(r), idLabel(r, "from"), idLabel(r, "to"),
+                                cellOf(r, "score"), cellOf(r, "reason"), cellOf(r, "names")], [6]);
+      tr.dataset.index = String(r);
+      if (C.row >= 0) tr.cells[1].title = cellOf(r, "face");  // a database's own keys, on hover
+      if (C.from_id >= 0) tr.cells[2].title = cellOf(r, "from");
+      if (C.to_id >= 0) tr.cells[3].title = cellOf(r, "to");
+      var td = el("td", null, "choice"), yes = el("button", "Accept", "accept"), no = el("button", "Reject", "reject");
+      yes.addEventListener("click", function (event) { event.stopPropagation(); choose(r, tr, "accept"); });
+      no.addEventListener("click", function (event) { event.stopPropagation(); choose(r, tr, "reject"); });
+      td.appendChild(yes); td.appendChild(no); tr.appendChild(td);
+      paint(tr);
+      tr.addEventListener("click", function () {
+        if (current) current.classList.remove("current");
+        current = tr; tr.classList.add("current"); locate(r);
+      });
+      return tr;
+    }, 100);
+    if (!rows.some(function (row, r) { return cellOf(r, "names"); })) table.classList.add("no-names");
+    $("fa-review-accept-all").addEventListener("click", function () {
+      Array.prototype.forEach.call(table.tBodies[0].rows, function (tr) {
+        choices.set(Number(tr.dataset.index), "accept"); paint(tr);
+      });
+      changed();
+    });
+    $("fa-review-clear").addEventListener("click", function () {
+      choices.clear(); Array.prototype.forEach.call(table.tBodies[0].rows, paint); changed();
+    });
+    changed();
+  }
+
   /* start: wait for the density image, then draw and say the page is ready */
   function start() {
     resize(); fit(); legend();
