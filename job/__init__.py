@@ -1,3 +1,3 @@
 """faceatlas: UMAP maps of face-recognizer databases (cuML on CUDA GPUs, umap-learn on CPU)."""
 
-__version__ = "0.9.0"
+__version__ = "0.10.0"

@@ -142,6 +142,9 @@ def run(
     dask: Annotated[str | None, typer.Option("--dask", help="Run the face-parallel stages on a Dask cluster: a "
                                                 "scheduler address (tcp://host:8786), or local[:N] for N local "
                                                 "worker processes [default: none].")] = None,
+    thumbnails: Annotated[bool | None, typer.Option("--thumbnails", help="Crop each face from its photo into "
+                                                    "the atlas page (the source's image and box; off by default: "
+                                                    "face crops are biometric data).")] = None,
     set_: Annotated[list[str] | None, typer.Option("--set", help="Override a config key: KEY=VALUE, "
                                                       "e.g. umap.n_neighbors=30 (repeatable).")] = None,
 ) -> None:
@@ -154,7 +157,7 @@ def run(
             "umap.supervised": supervised, "umap.n_components": n_components, "seed": seed,
             "render.highlight": _parse_ids(highlight) if highlight is not None else None, "input.names": names,
             "input.truth": truth, "input.drop_invalid": drop_invalid, "input.sha256": sha256,
-            "input.allow_http": allow_http, "dask.address": dask,
+            "input.allow_http": allow_http, "dask.address": dask, "render.thumbnails": thumbnails,
         }
         overrides = {key: value for key, value in flags.items() if value is not None}
         overrides.update(parse_assignment(text) for text in set_ or [])
@@ -290,13 +293,19 @@ def report(
     folder: Annotated[Path, typer.Argument(help="The --out folder of a faceatlas run.")],
     color_by: Annotated[str | None, typer.Option("--color-by", help="The page's map colouring at first: id, "
                                                     "cluster, suspect or density [default: as before].")] = None,
+    thumbnails: Annotated[bool | None, typer.Option("--thumbnails/--no-thumbnails", help="Crop the faces from "
+                                                    "their photos into the page, or leave them out [default: as "
+                                                    "the run did].")] = None,
+    image_root: Annotated[str | None, typer.Option("--image-root", help="Where the photos are now: DIR (relative "
+                                                   "paths under DIR) or PREFIX=DIR [default: the run's "
+                                                   "input.image_root].")] = None,
 ) -> None:
     """Write the run's atlas page (report.html) again from its files, without refitting."""
     with _errors_to_exit_codes():
         from job.report.rebuild import report_again
 
         start = time.perf_counter()
-        path = report_again(folder, color_by, log=_say)
+        path = report_again(folder, color_by, log=_say, thumbnails=thumbnails, image_root=image_root)
         _echo(f"wrote {path.resolve()} ({path.stat().st_size / 2**20:.1f} MiB) in {time.perf_counter() - start:.1f} s")
 
 

@@ -233,6 +233,12 @@ class RenderConfig(_Section):
     highlight: list[Annotated[int, Field(ge=-(2**63), le=2**63 - 1)]] = Field(default_factory=list, max_length=10,
                                  description="[] = the first five identities; at most 10 (one colour each)")
     palette_seed: int = Field(0, ge=0, le=COUNT_MAX)
+    thumbnails: bool = Field(False, description="crops of the faces in the atlas page, cut from each face's photo "
+                             "(input.image_field/box_field, Immich's asset and box); off by default: face crops "
+                             "are biometric data")
+    thumbnail_size: int = Field(64, ge=24, le=256, description="pixels on a crop's longer side")
+    thumbnail_bytes: int = Field(5 * 2**20, ge=0, le=2**30, description="all crops together at most this many "
+                                 "bytes (the most useful faces first); 4 KiB per crop")
 
 
 class MetricsConfig(_Section):

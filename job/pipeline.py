@@ -26,6 +26,7 @@ from job.maps.mapmodel import MODEL_FILE, save_model
 from job.maps.placement import Placement
 from job.progress import ProgressFactory, no_progress
 from job.render.maps import MapIdentities, MapVerdicts, draw_all_maps, require_render_memory
+from job.report.faces import photo_settings
 from job.report.page import write_page
 from job.report.rundata import write_names
 from job.space.faces import Faces
@@ -73,7 +74,7 @@ from job.store.reports import (
     write_suspects,
     write_unassigned,
 )
-from job.store.runrecord import Metrics, RunRecord
+from job.store.runrecord import Metrics, ReportFacts, RunRecord
 from job.where import Ledger, Site, check_cluster, choose_site, hold_faces, require_gpu_run
 from job.xp import fields_to_host
 
@@ -153,8 +154,13 @@ def run(config: Config, log: Log = lambda message: None, progress: ProgressFacto
                     cluster=ran_on_cluster, geometry=geometry.record())
 
             with ledger.stage("report"):  # the page shows the record (its files are hashed after)
-                files["report"] = write_page(staging, record({}), files, highlight, model=work.analysis.model)
-            files["run"] = record(files).write(staging / RUN_FILE)  # last: its presence marks a whole run
+                page = write_page(staging, record({}), files, highlight, model=work.analysis.model,
+                                  photos=photo_settings(config.render, config.input.image_root))
+                files["report"] = page.path
+            final_record = record(files)
+            if page.thumbnails is not None:
+                final_record = final_record.model_copy(update={"report": ReportFacts(thumbnails=page.thumbnails)})
+            files["run"] = final_record.write(staging / RUN_FILE)  # last: its presence marks a whole run
     final = {role: out_dir / path.name for role, path in files.items()}
     return RunResult(out_dir, final, site.backend.name, site.reason, work.metrics, ledger.timings)
 

@@ -29,6 +29,7 @@ from job.analysis.suspects import VERDICTS
 from job.io.files import display_text
 from job.maps.placement import nearest_points
 from job.render.maps import HIGHLIGHT_COLOURS
+from job.report.faces import PageFaces, pack
 from job.report.rundata import CORRECTION_COLUMNS, MAX_CELL_CHARS, RunData
 
 MAX_POINTS = 200_000  # faces drawn as points; above, a sample over a density image of every face
@@ -74,7 +75,8 @@ class PageContent:
     underlay: bytes
 
 
-def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed: int = 0) -> PageContent:
+def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed: int = 0, *,
+                 faces: PageFaces | None = None) -> PageContent:
     """The page's data for ``run``, opening coloured by ``color_by`` with ``highlight`` ids highlighted (ids
     not in the run are left out), identities in the PNG maps' colours (``render.palette_seed``).
 
@@ -106,9 +108,20 @@ def page_content(run: RunData, highlight: list[int], color_by: str, palette_seed
         "verdict_counts": {name: int(np.sum(verdict == name)) for name in VERDICTS},
         "lookalikes": [[position[a], position[b], round(s, 4), same] for a, b, s, same in run.lookalikes
                        if a in position and b in position],
-        "similar_known": run.similar() is not None, "blob": blob.index, "review": review_meta(run),
+        "similar_known": run.similar() is not None, "review": review_meta(run),
+        "thumbs": _add_thumbnails(blob, faces, run, codes), "blob": blob.index,
     }
     return PageContent(meta, blob, underlay)
+
+
+def _add_thumbnails(blob: Blob, faces: PageFaces | None, run: RunData, codes: np.ndarray) -> dict[str, Any] | None:
+    """The face crops (``--thumbnails``) as blob arrays :func:`job.report.faces.pack` makes, and what the page
+    says of them; None without crops."""
+    if faces is None:
+        return None
+    for name, values in pack(faces, _rows(np.asarray(run.columns["row"])), codes).items():
+        blob.add(name, values)
+    return {**faces.record(), "faces": run.n_faces}
 
 
 def review_meta(run: RunData) -> dict[str, Any] | None:

@@ -15,12 +15,14 @@ import base64
 import hashlib
 import json
 from collections.abc import Mapping
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from job.maps.mapmodel import MapModel
 from job.report.content import PageContent, page_content
+from job.report.faces import PageFaces, PhotoSettings, faces_for, thumbnails_note
 from job.report.rundata import MAX_CELL_CHARS, REPORT_FILE, RunData, read_run
 from job.report.summary import clusters_html, esc, summary_html
 from job.store.reports import CORRECTIONS_FILE
@@ -34,11 +36,11 @@ _MAP_FIGURES = {"id": ("map_identities.png", "Identities, each in its own colour
                 "cluster": ("map_clusters.png", "HDBSCAN clusters")}
 
 
-def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str:
+def report_html(run: RunData, highlight: list[int], color_by: str = "id", *, faces: PageFaces | None = None) -> str:
     """The page for ``run``, its map coloured by ``color_by`` (one of :data:`COLOR_BY`) at first, with the
-    ``highlight`` identity ids highlighted."""
+    ``highlight`` identity ids highlighted, and the ``faces`` cropped from their photos (``--thumbnails``)."""
     seed = (run.record.config.render or {}).get("palette_seed", 0)  # checked as a RenderConfig only by render
-    content = page_content(run, highlight, color_by, seed if type(seed) is int and seed >= 0 else 0)
+    content = page_content(run, highlight, color_by, seed if type(seed) is int and seed >= 0 else 0, faces=faces)
     script, style = _asset("atlas.js"), _asset("atlas.css")
     policy = (f"default-src 'none'; script-src '{_digest(script)}'; style-src '{_digest(style)}'; "
               "img-src data: blob:; connect-src 'none'; font-src 'none'; media-src 'none'; object-src 'none'; "
@@ -57,7 +59,7 @@ def report_html(run: RunData, highlight: list[int], color_by: str = "id") -> str
         f'<section id="summary"><h2>Summary</h2>{summary_html(run)}</section>',
         f'<section id="maps"><h2>Maps</h2>{_figures(run, color_by)}</section>',
         _tables(run, content.meta),
-        _review_section(content.meta["review"]),
+        _review_section(content.meta["review"], thumbs=content.meta["thumbs"] is not None),
         f'<section id="clusters"><h2>Clusters</h2>{clusters_html(run)}</section>',
         f'<script type="application/json" id="fa-meta">{safe_json(content.meta)}</script>',
         f'<script type="application/octet-stream" id="fa-blob">{content.blob.encoded()}</script>',
@@ -112,6 +114,7 @@ def _map_section(run: RunData, content: PageContent) -> str:
          "name. Click a face for its identity, verdict and most similar identities; click empty space for the "
          "identities nearest that point. Drag to pan, scroll to zoom.</p></aside></div>"),
         f'<p class="note">{esc(note)}</p>',
+        f'<p class="note" id="fa-thumbs-note">{esc(thumbnails_note(meta["thumbs"]))}</p>' if meta["thumbs"] else "",
         f'<img id="fa-underlay" hidden alt="" src="data:image/png;base64,{underlay}">',
         "</section>",
     ])
@@ -125,18 +128,23 @@ def _tables(run: RunData, meta: dict[str, Any]) -> str:
         '<p class="note">Click a column to sort; click a row to show the face on the map.</p>',
         ('<table id="fa-suspects" class="sortable"><thead><tr><th>row</th><th>filed id</th>'
          '<th class="name-col">filed name</th><th>suggested id</th><th class="name-col">suggested name</th>'
-         "<th>score</th></tr></thead><tbody></tbody></table>"),
+         f"<th>score</th>{_faces_th(meta)}</tr></thead><tbody></tbody></table>"),
         '<button class="more" hidden></button></section>',
         f'<section id="lookalikes"><h2>Look-alike identities ({len(run.lookalikes):,} pairs)</h2>',
         '<p class="note">Click a pair to highlight both identities on the map.</p>',
         ('<table id="fa-lookalikes" class="sortable"><thead><tr><th>id a</th><th class="name-col">name a</th>'
-         '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th></tr></thead>'
-         "<tbody></tbody></table>"),
+         '<th>id b</th><th class="name-col">name b</th><th>similarity</th><th>same person?</th>'
+         f"{_faces_th(meta)}</tr></thead><tbody></tbody></table>"),
         '<button class="more" hidden></button></section>',
     ])
 
 
-def _review_section(review: dict[str, Any] | None) -> str:
+def _faces_th(meta: dict[str, Any]) -> str:
+    """The tables' faces column, where the page carries face crops."""
+    return '<th class="faces-col">faces</th>' if meta["thumbs"] else ""
+
+
+def _review_section(review: dict[str, Any] | None, thumbs: bool = False) -> str:
     """The proposed corrections (corrections.csv) to accept or reject, or nothing for a run without the file;
     the script fills the rows and makes the download."""
     if review is None:
@@ -156,12 +164,14 @@ def _review_section(review: dict[str, Any] | None) -> str:
         notes.append(f"{review['skipped']:,} rows of {CORRECTIONS_FILE} are left out: they have another number of "
                      f"cells than its header, a cell over {MAX_CELL_CHARS:,} characters, bytes that are not UTF-8 "
                      "or broken quoting.")
+    faces_th = '<th class="faces-col">faces</th>' if thumbs else ""
     parts = [f'<section id="review"><h2>Proposed corrections ({total:,})</h2>',
              *(f'<p class="note">{esc(note)}</p>' for note in notes)]
     if rows:
         parts += [
             ('<p class="note">Accept or reject each proposal. Download corrections saves a corrections.csv of the '
-             "accepted rows only, each exactly as the run's file has it, under the same header: the file to apply. "
+             "accepted rows only, each as the run's file has it (an accepted review with the action it proposes as "
+             "its what), under the same header: the file for faceatlas apply. "
              "Click a row (not its buttons) to show the face on the map; a merge shows both identities. Nothing is "
              "sent anywhere.</p>"),
             ('<p class="note">Your choices are kept in this browser&#x27;s localStorage for this run only; '
@@ -172,27 +182,40 @@ def _review_section(review: dict[str, Any] | None) -> str:
              'Download corrections</a><span id="fa-review-status" role="status"></span></div>'),
             '<p id="fa-review-where" class="note" role="status"></p>',
             ('<table id="fa-review" class="sortable"><thead><tr><th>what</th><th>face</th><th>from</th><th>to</th>'
-             '<th>score</th><th>reason</th><th class="name-col">names</th><th>your choice</th></tr></thead>'
-             "<tbody></tbody></table>"),
+             '<th>score</th><th>reason</th><th class="name-col">names</th><th>your choice</th>'
+             f"{faces_th}</tr></thead><tbody></tbody></table>"),
             '<button class="more" hidden></button>',
         ]
     return "\n".join([*parts, "</section>"])
 
 
 
+@dataclass(frozen=True)
+class WrittenPage:
+    """The page written, and what its face crops came to (run.json ``report.thumbnails``; None without)."""
+
+    path: Path
+    thumbnails: dict[str, int] | None = None
+
+
 def write_page(folder: Path, record: RunRecord | Mapping[str, Any], files: dict[str, Path], highlight: list[int],
-               *, model: MapModel | None = None, color_by: str = "id") -> Path:
+               *, model: MapModel | None = None, color_by: str = "id", photos: PhotoSettings | None = None
+               ) -> WrittenPage:
     """Write ``folder/report.html`` for the run whose record is ``record`` and whose files (by role) are
-    ``files``; ``model``: the run's map model, if at hand (else read from its file)."""
+    ``files``; ``model``: the run's map model, if at hand (else read from its file); ``photos``: crop the faces
+    from their photos (``--thumbnails``; the run's projection names them)."""
     run = read_run(folder, RunRecord.of(record), {path.name: path for path in files.values()}, model)
-    return write_report(folder / REPORT_FILE, run, highlight, color_by)
+    faces = faces_for(run, photos) if photos is not None else None
+    written = write_report(folder / REPORT_FILE, run, highlight, color_by, faces=faces)
+    return WrittenPage(written, None if faces is None else faces.record())
 
 
-def write_report(path: Path, run: RunData, highlight: list[int], color_by: str = "id") -> Path:
-    """Write the page to ``path`` atomically."""
+def write_report(path: Path, run: RunData, highlight: list[int], color_by: str = "id", *,
+                 faces: PageFaces | None = None) -> Path:
+    """Write the page to ``path`` atomically (with ``faces``' crops, :func:`job.report.faces.faces_for`)."""
     from job.store.outputs import write_text
 
-    return write_text(path, report_html(run, highlight, color_by))
+    return write_text(path, report_html(run, highlight, color_by, faces=faces))
 
 
 def _suspects_note(meta: dict[str, Any]) -> str:

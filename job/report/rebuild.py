@@ -21,6 +21,7 @@ from job import __version__
 from job.config import RenderConfig
 from job.errors import InputError, InternalError, UsageError, one_line
 from job.io.formats import file_sha256
+from job.report.faces import faces_for, photo_settings
 from job.report.page import COLOR_BY, write_report
 from job.report.rundata import REPORT_FILE, RunData, run_data
 from job.store.outputs import RUN_FILE, foreign_files, staged_outputs
@@ -30,18 +31,30 @@ from job.store.runs import open_run
 Log = Callable[[str], None]
 
 
-def report_again(folder: Path, color_by: str | None = None, log: Log = lambda message: None) -> Path:
-    """Write ``folder/report.html`` anew from the run's files; returns its path."""
+def report_again(folder: Path, color_by: str | None = None, log: Log = lambda message: None, *,
+                 thumbnails: bool | None = None, image_root: str | None = None) -> Path:
+    """Write ``folder/report.html`` anew from the run's files; returns its path. ``thumbnails``: crop the
+    faces from their photos into the page (None: as the run did), found under ``image_root`` (None: the
+    run's ``input.image_root``)."""
     finished = open_run(folder)
     run = run_data(finished)
     colour = _colour(color_by, finished.record)
     highlight = list(finished.record.highlight)
+    render = _render_config(finished.record, highlight, folder)
+    if thumbnails is not None:
+        render = render.model_copy(update={"thumbnails": thumbnails})
+    root = finished.record.config.input.image_root or "" if image_root is None else _checked_root(image_root)
+    faces = faces_for(run, photos) if (photos := photo_settings(render, root)) is not None else None
+    if render.thumbnails and faces is None:
+        log("warning: this run's projection names no photos (no image and box for its faces): the page has no "
+            "face crops")
 
     def make(staging: Path) -> dict[str, Path]:
-        return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour)}
+        return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour, faces=faces)}
 
-    _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE},
-             updates=_report_facts(colour, "report"), log=log)
+    updates = _report_facts(colour, "report", None if faces is None else faces.record())
+    _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE}, updates=updates, log=log,
+             config_render=None if thumbnails is None else {"thumbnails": thumbnails})
     return folder / REPORT_FILE
 
 
@@ -61,12 +74,15 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
         log("warning: this run's names are not in its folder (it was made before faceatlas kept names.json); "
             "the maps and the page show ids only")
 
+    root = finished.record.config.input.image_root or ""
+    faces = faces_for(run, photos) if (photos := photo_settings(render, root)) is not None else None
+
     def make(staging: Path) -> dict[str, Path]:
         files = draw_maps(run, chosen, render, staging)
-        files["report"] = write_report(staging / REPORT_FILE, _in(run, staging), chosen, colour)
+        files["report"] = write_report(staging / REPORT_FILE, _in(run, staging), chosen, colour, faces=faces)
         return files
 
-    updates = {"highlight": chosen, **_report_facts(colour, "render")}
+    updates = {"highlight": chosen, **_report_facts(colour, "render", None if faces is None else faces.record())}
     written = _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE, *MAP_FILES.values()},
                        updates=updates, log=log, config_render={"highlight": chosen})
     return {role: folder / path.name for role, path in written.items()}
@@ -145,9 +161,24 @@ def _colour(color_by: str | None, record: RunRecord) -> str:
     return color_by
 
 
-def _report_facts(colour: str, command: str) -> dict[str, Any]:
-    """run.json's ``report``: how the page opens, and which faceatlas remade it with which command."""
-    return {"report": ReportFacts(color_by=colour, written_by=f"faceatlas {command} {__version__}")}
+def _checked_root(image_root: str) -> str:
+    """``--image-root`` checked as ``input.image_root`` is."""
+    from pydantic import ValidationError
+
+    from job.config import InputConfig
+
+    try:
+        return InputConfig(image_root=image_root).image_root
+    except ValidationError as exc:
+        problem = one_line(exc.errors()[0].get("msg", exc), 200)
+        raise UsageError(f"--image-root {image_root!r}: {problem}") from None
+
+
+def _report_facts(colour: str, command: str, thumbnails: dict[str, int] | None = None) -> dict[str, Any]:
+    """run.json's ``report``: how the page opens, which faceatlas remade it with which command, and what its
+    face crops came to."""
+    return {"report": ReportFacts(color_by=colour, written_by=f"faceatlas {command} {__version__}",
+                                  thumbnails=thumbnails)}
 
 
 def _render_config(record: RunRecord, highlight: list[int], folder: Path) -> RenderConfig:

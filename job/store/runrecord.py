@@ -267,6 +267,7 @@ class ReportFacts(_Part):
 
     color_by: str | None = None
     written_by: str | None = None
+    thumbnails: dict[str, int] | None = None  # the page's face crops: made, missing, unreadable, no_photo, ...
 
 
 class RunRecord(_Part):

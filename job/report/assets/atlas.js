@@ -97,6 +97,55 @@
     return facesOf.get(code) || [];
   }
 
+  /* face crops (--thumbnails): blob thumb_row / thumb_ident, thumb_offset (n + 1) into thumb_jpeg, most useful
+     first; each becomes a blob: URL the first time it is shown (the page's CSP admits data: and blob: images
+     only). Without crops (meta.thumbs null) nothing is shown; a face without a crop is a grey placeholder. */
+  var TH = meta.thumbs ? { row: arr("thumb_row"), ident: arr("thumb_ident"), offset: arr("thumb_offset"),
+                           jpeg: arr("thumb_jpeg") } : null;
+  var thumbOfRow = null, thumbsOfIdent = null, thumbUrls = [];
+  function thumbIndex(row) {
+    if (!thumbOfRow) {
+      thumbOfRow = new Map();
+      for (var t = 0; t < TH.row.length; t++) thumbOfRow.set(Number(TH.row[t]), t);
+    }
+    var found = thumbOfRow.get(Number(row));
+    return found === undefined ? -1 : found;
+  }
+  function faceImage(t, title, big) {
+    if (!thumbUrls[t]) {
+      var bytes = TH.jpeg.subarray(TH.offset[t], TH.offset[t + 1]);
+      thumbUrls[t] = URL.createObjectURL(new Blob([bytes], { type: "image/jpeg" }));
+    }
+    var img = el("img", null, big ? "fa-face big" : "fa-face");
+    img.src = thumbUrls[t]; img.alt = title; img.title = title;
+    return img;
+  }
+  function faceOfRow(row, title, big) {  /* the crop of the face in input row ``row``, or a placeholder */
+    var t = thumbIndex(row);
+    if (t >= 0) return faceImage(t, title, big);
+    var none = el("span", null, big ? "fa-face none big" : "fa-face none");
+    none.title = title + " (no crop: its photo is missing or unreadable, or past the page's budget)";
+    return none;
+  }
+  function facesOfIdent(code, count, skipRow) {  /* up to ``count`` crops of identity ``code``, best first */
+    if (!thumbsOfIdent) {
+      thumbsOfIdent = new Map();
+      for (var t = 0; t < TH.ident.length; t++) {
+        var list = thumbsOfIdent.get(TH.ident[t]); if (!list) thumbsOfIdent.set(TH.ident[t], list = []); list.push(t);
+      }
+    }
+    var span = el("span", null, "fa-faces");
+    (thumbsOfIdent.get(code) || []).filter(function (t) { return Number(TH.row[t]) !== Number(skipRow); })
+      .slice(0, count).forEach(function (t) { span.appendChild(faceImage(t, label(code) + ", row " + TH.row[t])); });
+    if (!span.childNodes.length) span.appendChild(el("span", "no crops", "fa-nofaces"));
+    return span;
+  }
+  function faceStrip(parts) {  /* a table cell: [node, text, node, ...] in a row */
+    var td = el("td", null, "faces-col");
+    parts.forEach(function (part) { td.appendChild(typeof part === "string" ? el("span", part, "fa-arrow") : part); });
+    return td;
+  }
+
   /* the view: map units to CSS pixels */
   var canvas = $("fa-map"), ctx = canvas.getContext("2d"), tip = $("fa-tip"), underlay = $("fa-underlay");
   var view = { cx: (F.x0 + F.x1) / 2, cy: (F.y0 + F.y1) / 2, scale: 1, base: 1 }, width = 0, height = 0, dpr = 1;
@@ -230,6 +279,7 @@
     clearPanel("Face row " + P.row[i]);
     delete panel.dataset.cell;
     panel.dataset.row = String(P.row[i]); panel.dataset.id = String(I.id[P.ident[i]]);
+    if (TH) panel.appendChild(faceOfRow(P.row[i], "face row " + P.row[i], true));
     line(panel, "Filed under", label(P.ident[i]));
     var verdict = meta.verdicts[P.verdict[i]];
     line(panel, "Verdict", verdict + (P.held[i] ? " (held out of the fit, placed on the map)" : ""));
@@ -422,6 +472,7 @@
     Array.prototype.forEach.call(table.tHead.rows[0].cells, function (th, k) {
       th.addEventListener("click", function () {
         var key = columns[k];
+        if (!key) return;  // a column without a sort order (the faces)
         order.dir = order.key === key ? -order.dir : 1;
         order.key = key;
         rows.sort(function (a, b) {
@@ -457,6 +508,9 @@
     var tr = cells(el("tr"), [P.row[i], I.id[P.ident[i]], nameOf(P.ident[i]),
                               P.suggested[i] >= 0 ? I.id[P.suggested[i]] : "", nameOf(P.suggested[i]),
                               fmt(P.score[i], 1)], [2, 4]);
+    if (TH) tr.appendChild(faceStrip([faceOfRow(P.row[i], "this face, row " + P.row[i]), "filed:",
+                                      facesOfIdent(P.ident[i], 3, P.row[i]), "suggested:",
+                                      P.suggested[i] >= 0 ? facesOfIdent(P.suggested[i], 3, P.row[i]) : el("span")]));
     tr.addEventListener("click", function () {
       zoomTo([P.ident[i]]); view.cx = P.x[i]; view.cy = P.y[i]; showFace(i);
       canvas.scrollIntoView({ block: "center" });
@@ -470,6 +524,7 @@
   ], function (p) {
     var tr = cells(el("tr"), [I.id[p[0]], nameOf(p[0]), I.id[p[1]], nameOf(p[1]), fmt(p[2], 4),
                               p[3] ? "possibly" : ""], [1, 3]);
+    if (TH) tr.appendChild(faceStrip([facesOfIdent(p[0], 3), "|", facesOfIdent(p[1], 3)]));
     tr.addEventListener("click", function () {
       setHighlight([p[0], p[1]], true); canvas.scrollIntoView({ block: "center" });
     });
@@ -598,6 +653,12 @@
       yes.addEventListener("click", function (event) { event.stopPropagation(); choose(r, tr, "accept"); });
       no.addEventListener("click", function (event) { event.stopPropagation(); choose(r, tr, "reject"); });
       td.appendChild(yes); td.appendChild(no); tr.appendChild(td);
+      if (TH) {
+        var from = codeOf(idText(r, "from")), to = codeOf(idText(r, "to")), face = rowText(r);
+        var own = !idText(r, "from") || !/^\d+$/.test(face) ? el("span") : faceOfRow(face, "face row " + face);
+        tr.appendChild(faceStrip([own, from >= 0 ? facesOfIdent(from, 3, face) : el("span"), "\u2192",
+                                  to >= 0 ? facesOfIdent(to, 3, face) : el("span")]));
+      }
       paint(tr);
       tr.addEventListener("click", function () {
         if (current) current.classList.remove("current");
