@@ -11,6 +11,7 @@ Imports nothing of faceatlas, so every stage can use it.
 
 from __future__ import annotations
 
+import errno
 import itertools
 import os
 from collections.abc import Callable, Iterator
@@ -50,3 +51,19 @@ def atomic_write(path: Path, *, install: Callable[[Path, Path], None] = os.repla
 def existing_ancestor(path: Path) -> Path:
     """``path`` itself if it exists, else its nearest parent that does (where it would be created)."""
     return next(p for p in (path, *path.parents) if p.exists() or p == p.parent)
+
+
+def move_without_replacing(tmp: Path, path: Path) -> None:
+    """Give ``tmp`` the name ``path`` unless something took that name since the request was checked
+    (:class:`FileExistsError`): a hard link, or, where the file system has none (FAT, some network mounts), the
+    name claimed with ``O_EXCL`` and then replaced."""
+    try:
+        os.link(tmp, path)
+        return
+    except FileExistsError:
+        raise
+    except OSError as exc:
+        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
+            raise
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+    os.replace(tmp, path)

@@ -370,6 +370,9 @@ def demo_db(
                                        "mean direction in every face, lengths without quality).")] = "standard",
     force: Annotated[bool, typer.Option("--force", help="Replace OUT and OUT.truth.json if they exist (refused "
                                         "otherwise: OUT may be someone's real database).")] = False,
+    photos: Annotated[Path | None, typer.Option("--photos", help="Also draw every face as a cartoon in a JPEG "
+                                                "photo in this folder (no real person), and add each face's "
+                                                "image and box fields, for run --thumbnails.")] = None,
 ) -> None:
     """Write a synthetic database in the seed's actor.npy format, and OUT.truth.json with its planted answers
     (pass it to faceatlas run --truth to score a run against them)."""
@@ -399,12 +402,23 @@ def demo_db(
                              "a new name, or pass --force to replace it") from None
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
+        if photos is not None:
+            import numpy as np
+
+            from job.io.demo_photos import add_photos
+
+            true_ids = np.asarray(np.load(out, mmap_mode="r", allow_pickle=False)["id"], dtype=np.int64)
+            true_ids[truth.misfiled_rows] = truth.misfiled_true_ids
+            drawn = add_photos(out, true_ids, photos, seed=seed)
+            _echo(f"drew {len(set(drawn.image.tolist())):,} photos of cartoon faces in {photos} (a misfiled face "
+                  "shows the person it really is); the database has image and box fields")
         _echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "
-                   f"{seed_dtype(identities, spec.dim)})")
+                   f"{seed_dtype(identities, spec.dim)}{' + image, box' if photos is not None else ''})")
         _echo(f"wrote {truth_path} ({len(truth.misfiled_rows)} misfiled faces, "
                    f"{len(truth.lookalike_pairs)} look-alike pairs, {len(truth.twin_pairs)} near-twin pairs, "
                    f"{len(truth.low_quality_rows)} low-quality faces)")
-        _echo(f"score a run against them: faceatlas run --input {out} --truth {truth_path}")
+        _echo(f"score a run against them: faceatlas run --input {out} --truth {truth_path}"
+              + (" --thumbnails" if photos is not None else ""))
 
 
 @app.command()

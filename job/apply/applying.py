@@ -11,6 +11,7 @@ input by any name (the same path, a link, a hard link) is refused, and so is one
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ import numpy as np
 
 from job.apply.copies import Edits, read_ids, write_copy
 from job.apply.requests import APPLIED, Change, Requested, RunFaces, read_requests
-from job.atomic import atomic_write
+from job.atomic import atomic_write, move_without_replacing
 from job.errors import InputError, UsageError
 from job.io.files import display_text
 from job.io.formats import file_sha256, sniff_format
@@ -57,6 +58,9 @@ def apply_corrections(folder: Path, out: Path, *, corrections: Path | None = Non
     source = _source(folder, record.input.path, record.input.store, source)
     kind = sniff_format(source)
     _check_out(source, out, kind, force=force)
+    if out.resolve().parent == folder.resolve():
+        raise UsageError(f"--out {out}: that is inside the run folder {folder}, which holds only the run's own "
+                         "files; write the copy elsewhere")
     chosen = corrections if corrections is not None else folder / CORRECTIONS_FILE
     if corrections is None and CORRECTIONS_FILE not in finished.files:
         raise InputError(f"{folder}: this run wrote no {CORRECTIONS_FILE} (faceatlas < 0.10); rerun it, or pass "
@@ -66,7 +70,7 @@ def apply_corrections(folder: Path, out: Path, *, corrections: Path | None = Non
         raise InputError(f"{source}: sha256 is {digest}, but the run read {record.input.sha256}; the file changed "
                          "since the run: rerun faceatlas run on it, then apply that run's corrections")
     projection = read_projection(finished.files["projection.parquet"])
-    faces = RunFaces(np.asarray(projection["row"], dtype=np.int64), np.asarray(projection["id"], dtype=np.int64))
+    faces = RunFaces.of(projection["row"], projection["id"])
     requested = read_requests(chosen, faces)
     id_field = record.config.input.id_field or "id"
     ids = read_ids(source, id_field)
@@ -75,15 +79,29 @@ def apply_corrections(folder: Path, out: Path, *, corrections: Path | None = Non
     moved = after_moves(requested.changes, ids)
     edits = edits_of(requested.changes, moved)
     record_path = applied_record_path(out)
-    counts = {**_counts(requested), "merged_faces": int(np.sum(edits.ids != moved))}
-    with atomic_write(out) as tmp_out, atomic_write(record_path) as tmp_record:
-        n_faces = write_copy(source, tmp_out, edits, id_field)
-        summary = _record(folder, source, chosen, requested, counts=counts, digest=digest, n_faces=n_faces)
-        summary["output"] = {"path": str(out), "sha256": file_sha256(tmp_out), "n_faces": n_faces}
+    counts = {**_counts(requested), "merged_faces": int(np.sum((edits.ids != moved) & edits.keep))}
+    install = os.replace if force else _new_file(out)
+    # the copy takes its name first, its record last: a record never vouches for a copy that is not there
+    with atomic_write(record_path, install=install) as tmp_record, atomic_write(out, install=install) as tmp_out:
+        copied = write_copy(source, tmp_out, edits, id_field)
+        summary = _record(folder, source, chosen, requested, counts=counts, digest=digest, n_faces=copied.n_faces)
+        summary["output"] = {"path": str(out), "sha256": file_sha256(tmp_out), "n_faces": copied.n_faces,
+                             "per_face_arrays": copied.per_face}
         from job.store.outputs import write_json
 
         write_json(tmp_record, summary)
-    return Applied(out, record_path, n_faces, counts)
+    return Applied(out, record_path, copied.n_faces, counts)
+
+
+def _new_file(out: Path) -> Callable[[Path, Path], None]:
+    """Install a written file under a name nobody took since ``out`` was checked (else a one-line refusal)."""
+    def install(tmp: Path, path: Path) -> None:
+        try:
+            move_without_replacing(tmp, path)
+        except FileExistsError:
+            raise UsageError(f"--out {out}: {path} appeared while apply wrote it, and apply replaces no file "
+                             "unasked; pick a new name or pass --force") from None
+    return install
 
 
 def edits_of(changes: list[Change], moved: np.ndarray) -> Edits:

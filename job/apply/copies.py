@@ -13,7 +13,7 @@ from __future__ import annotations
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -21,8 +21,11 @@ from job.arrays import BoolArray, IdArray
 from job.errors import InputError
 from job.io.formats import sniff_format
 
-_BLOCK = 1 << 16  # faces copied at a time
+_BLOCK = 1 << 16  # faces copied at a time (.npy)
 NPZ_IDS = ("ids",)  # the .npz id array faceatlas reads first (job.io.formats), then input.id_field
+_CODECS: dict[str, Literal["gzip", "brotli", "lz4", "zstd", "snappy", "none"]] = {
+    "gzip": "gzip", "brotli": "brotli", "lz4": "lz4", "lz4_raw": "lz4", "zstd": "zstd", "snappy": "snappy",
+    "uncompressed": "none"}  # a Parquet file's codec, as the writer names it
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,22 @@ def read_ids(path: Path, id_field: str) -> IdArray:
         raise InputError(f"{path}: cannot read its ids {id_field!r} ({type(exc).__name__}); check --input") from None
 
 
-def write_copy(source: Path, target: Path, edits: Edits, id_field: str) -> int:
-    """Write the corrected copy of ``source`` to ``target`` (a new file); returns the faces written."""
+@dataclass(frozen=True)
+class Copied:
+    """What a copy holds: its faces, and the fields, arrays or columns filtered with them (``per_face``)."""
+
+    n_faces: int
+    per_face: list[str]
+
+
+def write_copy(source: Path, target: Path, edits: Edits, id_field: str) -> Copied:
+    """Write the corrected copy of ``source`` to ``target`` (a new file)."""
     kind = sniff_format(source)
-    {"npy": _copy_npy, "npz": _copy_npz, "parquet": _copy_parquet}[kind](source, target, edits, id_field)
-    return int(edits.keep.sum())
+    copy = {"npy": _copy_npy, "npz": _copy_npz, "parquet": _copy_parquet}[kind]
+    return Copied(int(edits.keep.sum()), copy(source, target, edits, id_field))
 
 
-def _copy_npy(source: Path, target: Path, edits: Edits, id_field: str) -> None:
+def _copy_npy(source: Path, target: Path, edits: Edits, id_field: str) -> list[str]:
     from numpy.lib import format as npy
 
     array = np.load(source, mmap_mode="r", allow_pickle=False)
@@ -73,32 +84,43 @@ def _copy_npy(source: Path, target: Path, edits: Edits, id_field: str) -> None:
         at += len(block)
     out.flush()
     del out
+    return list(array.dtype.names or ())
 
 
-def _copy_npz(source: Path, target: Path, edits: Edits, id_field: str) -> None:
-    n_rows = len(edits.keep)
-    with zipfile.ZipFile(source) as archive:
-        compressed = any(info.compress_type != zipfile.ZIP_STORED for info in archive.infolist())
-    arrays: dict[str, Any] = {}
-    with np.load(source, allow_pickle=False) as archive:
-        id_key = _npz_id_key(archive.files, id_field, source)
-        for name in archive.files:
-            try:
-                value = archive[name]
-            except ValueError:
-                raise InputError(f"{source}: array {name!r} holds Python objects, which faceatlas never loads; "
-                                 "save it without object arrays") from None
+def _copy_npz(source: Path, target: Path, edits: Edits, id_field: str) -> list[str]:
+    """Member by member: each ``.npy`` array read (never a pickle), the id array replaced, every array with one
+    entry per input row filtered with the faces, the rest (other members too) copied as they were."""
+    from numpy.lib import format as npy
+
+    n_rows, per_face = len(edits.keep), []
+    with zipfile.ZipFile(source) as archive, zipfile.ZipFile(target, "w", allowZip64=True) as written:
+        names = [info.filename.removesuffix(".npy") for info in archive.infolist()]
+        id_key = _npz_id_key(names, id_field, source)
+        for info in archive.infolist():
+            name = info.filename.removesuffix(".npy")
+            if not info.filename.endswith(".npy"):
+                written.writestr(info, archive.read(info))
+                continue
+            with archive.open(info) as member:
+                try:
+                    value = npy.read_array(member, allow_pickle=False)
+                except ValueError:
+                    raise InputError(f"{source}: array {name!r} holds Python objects, which faceatlas never loads; "
+                                     "save it without object arrays") from None
             if name == id_key:
                 value = edits.ids.astype(value.dtype)
             if value.ndim and len(value) == n_rows:
                 value = value[edits.keep]
-            arrays[name] = value
-    save: Any = np.savez_compressed if compressed else np.savez  # numpy < 2.1 has no allow_pickle here
-    with target.open("wb") as handle:
-        save(handle, **arrays)  # no object arrays: none was loaded
+                per_face.append(name)
+            entry = zipfile.ZipInfo(info.filename, date_time=info.date_time)
+            entry.compress_type = info.compress_type  # compressed where the input was (numpy.savez_compressed)
+            with written.open(entry, "w", force_zip64=True) as handle:
+                npy.write_array(handle, np.ascontiguousarray(value), allow_pickle=False)
+    return per_face
 
 
-def _copy_parquet(source: Path, target: Path, edits: Edits, id_field: str) -> None:
+def _copy_parquet(source: Path, target: Path, edits: Edits, id_field: str) -> list[str]:
+    """Row group by row group, under the input's schema (its metadata kept) and compression."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -107,16 +129,18 @@ def _copy_parquet(source: Path, target: Path, edits: Edits, id_field: str) -> No
         schema = reader.schema_arrow
         column = schema.get_field_index(id_field)
         kind = schema.field(id_field).type
-        with pq.ParquetWriter(target, schema) as writer:
+        metadata = reader.metadata
+        used = metadata.row_group(0).column(0).compression.lower() if metadata.num_row_groups else "snappy"
+        with pq.ParquetWriter(target, schema, compression=_CODECS.get(used, "snappy")) as writer:
             at = 0
-            for batch in reader.iter_batches(batch_size=_BLOCK):
-                stop = at + batch.num_rows
-                keep = pa.array(edits.keep[at:stop])
+            for group in range(metadata.num_row_groups):
+                table: Any = reader.read_row_group(group)
+                stop = at + table.num_rows
                 ids = pa.array(edits.ids[at:stop]).cast(kind)
-                table: Any = pa.Table.from_batches([batch], schema=schema).set_column(column, schema.field(column),
-                                                                                     ids)
-                writer.write_table(table.filter(keep))
+                table = table.set_column(column, schema.field(column), ids).filter(pa.array(edits.keep[at:stop]))
+                writer.write_table(table, row_group_size=max(table.num_rows, 1))
                 at = stop
+    return list(schema.names)
 
 
 def _npz_id_key(names: list[str], id_field: str, path: Path) -> str:

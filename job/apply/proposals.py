@@ -2,7 +2,8 @@
 
 What the embeddings settle is proposed as an action to carry out:
 
-* ``remove``: a re-enrolment of an earlier face of the same identity (score: the cosine to that face);
+* ``remove``: a re-enrolment of an earlier face of the same identity (:mod:`job.analysis.suspects` finds them
+  within an identity only; score: the cosine to that face);
 * ``move``: a misfiled face with a clear target, to the identity that claims it (score: the verdict's log odds);
 * ``assign``: a face the source files under no identity, to the identity it fits as well as the database's
   own filed faces fit theirs (score: the cosine to the identity's centroid).
@@ -14,13 +15,11 @@ What they cannot settle is a ``review`` row, with the ``action`` a person may ta
   near-twins look the same to the embeddings: only a person can tell them apart;
 * ``no_clear_target`` (``move`` to the nearest other identity) and ``same_photo`` (``remove``): a misfiled
   face claimed by nobody, or flagged by its photo alone;
-* ``duplicate_other_identity`` (``remove``): a re-enrolment filed under another identity than the face it
-  repeats;
 * ``unassigned_unclear`` (``assign``): an unassigned face no identity fits well enough;
 * ``low_quality`` (``remove``; score: its quality, weakest first).
 
-Rows come most certain first: removes, moves, assigns, then reviews (merges, misfiled faces, re-enrolments,
-unassigned faces, low-quality faces), each most certain first.
+Rows come most certain first: removes, moves, assigns, then reviews (merges, misfiled faces, unassigned
+faces, low-quality faces), each most certain first.
 """
 
 from __future__ import annotations
@@ -111,16 +110,13 @@ def propose(scores: SuspectScores, ids: IdArray, *, reasons: np.ndarray, repeats
     ``loose``: the unassigned faces placed, assigned where their similarity reaches ``assign_bar``
     (:func:`assign_bar`).
     """
-    original, duplicate_cos = repeats.original, repeats.cosine
+    duplicate_cos = repeats.cosine
     rows = _Rows([])
     suspect, clear = scores.suspect, scores.suspect & scores.claimed & (scores.suggested_id >= 0)
-    duplicate = np.flatnonzero(scores.verdict == DUPLICATE)
-    repeated = original[duplicate]
-    same = ids[np.maximum(repeated, 0)] == ids[duplicate]
+    duplicate = np.flatnonzero(scores.verdict == DUPLICATE)  # a re-enrolment repeats a face of its own identity
     none = np.full(len(ids), -1, dtype=np.int64)
-    kept = duplicate[same]
-    rows.add("remove", kept, (ids[kept], none[kept]), duplicate_cos[kept], "duplicate",
-             order=np.argsort(-duplicate_cos[kept], kind="stable"))
+    rows.add("remove", duplicate, (ids[duplicate], none[duplicate]), duplicate_cos[duplicate], "duplicate",
+             order=np.argsort(-duplicate_cos[duplicate], kind="stable"))
     moved = np.flatnonzero(clear)
     rows.add("move", moved, (ids[moved], scores.suggested_id[moved]), scores.score[moved], reasons[moved],
              order=np.argsort(-scores.score[moved], kind="stable"))
@@ -136,9 +132,6 @@ def propose(scores: SuspectScores, ids: IdArray, *, reasons: np.ndarray, repeats
     why = np.where(reasons[untargeted] == "same_photo", "same_photo", "no_clear_target").astype(object)
     rows.add("review", untargeted, (ids[untargeted], none[untargeted]), scores.score[untargeted], why,
              order=np.argsort(-scores.score[untargeted], kind="stable"), action="remove")
-    other = duplicate[~same]
-    rows.add("review", other, (ids[other], ids[original[other]]), duplicate_cos[other], "duplicate_other_identity",
-             order=np.argsort(-duplicate_cos[other], kind="stable"), action="remove")
     _unassigned(rows, loose, faces[~sure], what="review", reason="unassigned_unclear")
     poor = np.flatnonzero(scores.verdict == LOW_QUALITY)
     rows.add("review", poor, (ids[poor], none[poor]), quality[poor], "low_quality",

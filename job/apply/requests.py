@@ -28,8 +28,9 @@ APPLIED = ("move", "remove", "merge")
 WHATS = (*APPLIED, "review", "assign")
 REQUIRED = ("what", "face", "from", "to")
 MAX_PROBLEMS = 5  # problems named in the one-line refusal
-_ROW = re.compile(r"\d{1,18}")
-_ID = re.compile(r"-?\d{1,18}")
+_ROW = re.compile(r"[0-9]{1,19}")  # ASCII digits only: a full-width or superscript digit is no number here
+_ID = re.compile(r"-?[0-9]{1,19}")
+_INT64 = (-(2**63), 2**63 - 1)
 
 
 @dataclass(frozen=True)
@@ -60,8 +61,17 @@ class RunFaces:
     rows: IdArray
     ids: IdArray
 
+    @classmethod
+    def of(cls, rows: np.ndarray, ids: np.ndarray) -> RunFaces:
+        """The faces of a projection (rows put in ascending order, should a file not have them so)."""
+        rows, ids = np.asarray(rows, dtype=np.int64), np.asarray(ids, dtype=np.int64)
+        order = np.argsort(rows, kind="stable")
+        return cls(rows[order], ids[order])
+
     def filed(self, row: int) -> int | None:
         """The identity the run filed input row ``row`` under, or None when the row is not a face of the run."""
+        if row > _INT64[1]:
+            return None
         at = int(np.searchsorted(self.rows, row))
         return int(self.ids[at]) if at < len(self.rows) and int(self.rows[at]) == row else None
 
@@ -98,7 +108,9 @@ def read_requests(path: Path, faces: RunFaces) -> Requested:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8 CSV") from None
     except csv.Error as exc:
-        raise InputError(f"{path}: not a readable CSV ({display_text(str(exc), 120)}); save it as CSV") from None
+        raise InputError(f"{path}: line {reader.line_num}: not readable as CSV ({display_text(str(exc), 120)}: "
+                         "a cell over 128 KiB, or a quote left open); fix that line, or save the file as CSV again"
+                         ) from None
     checker.finish(path)
     return checker.requested
 
@@ -135,7 +147,11 @@ class _Checker:
             return "assign names an unassigned face, and a file database has none"
         if what == "merge":
             return self._merge(line, face, source, target)
-        if what == "review" and not face:  # a review of two identities (possible_same_person): nothing to check
+        if what == "review" and not face:  # a review of two identities (possible_same_person)
+            named = [cell for cell in (source, target) if cell]
+            unknown = next((cell for cell in named if not _is_id(cell) or int(cell) not in self.identities), None)
+            if unknown is not None:
+                return f"review names {_shown(unknown)}, which is not an identity of this run"
             self.requested.reviews += 1
             return ""
         if not _ROW.fullmatch(face):
@@ -144,7 +160,7 @@ class _Checker:
         filed = self.faces.filed(row)
         if filed is None:
             return f"face {row} is not a face of this run"
-        if not _ID.fullmatch(source) or int(source) != filed:
+        if not _is_id(source) or int(source) != filed:
             return f"face {row} is filed under {filed} in this run, not {_shown(source)}"
         earlier = self.face_line.get(row)
         if earlier is not None:
@@ -155,7 +171,7 @@ class _Checker:
             return ""
         to = -1
         if what == "move":
-            if not _ID.fullmatch(target) or int(target) not in self.identities:
+            if not _is_id(target) or int(target) not in self.identities:
                 return f"move to {_shown(target)}, which is not an identity of this run"
             to = int(target)
             if to == filed:
@@ -167,7 +183,7 @@ class _Checker:
         if face:
             return f"a merge names identities, not a face ({_shown(face)})"
         for cell in (source, target):
-            if not _ID.fullmatch(cell) or int(cell) not in self.identities:
+            if not _is_id(cell) or int(cell) not in self.identities:
                 return f"merge names {_shown(cell)}, which is not an identity of this run"
         a, b = int(source), int(target)
         if a == b:
@@ -182,6 +198,11 @@ class _Checker:
         self.merged[a] = (b, line)
         self.requested.changes.append(Change(line, "merge", -1, a, b))
         return ""
+
+
+def _is_id(cell: str) -> bool:
+    """An identity id: an integer of int64's range, in ASCII digits."""
+    return bool(_ID.fullmatch(cell)) and _INT64[0] <= int(cell) <= _INT64[1]
 
 
 def _shown(cell: str) -> str:

@@ -6,7 +6,8 @@ Columns: ``what,face,from,to,score,reason,names,action`` (``action``: what accep
 ``review``, the action a person may take by writing it in ``what``). For a file database ``face`` is the
 face's row in the input file and ``from``/``to`` are identity ids; for a database they are its own keys (a
 face's and an identity's), and ``row,from_id,to_id`` follow with faceatlas's row and ids. ``names``: the
-identities' display names, ``FROM → TO``, on one line (control characters as spaces).
+identities' display names, ``FROM → TO``, on one line (control characters as spaces), a name that starts
+like a spreadsheet formula behind a ``'``; keys are written as they are (the source's tools must find them).
 """
 
 from __future__ import annotations
@@ -37,10 +38,10 @@ def write_corrections(path: Path, proposals: Proposals, rows: IdArray, *, names:
     header = list(HEADER) + (list(DATABASE_COLUMNS) if database else [])
     named = names or {}
 
-    def identity(value: int) -> str:
+    def identity(value: int) -> str:  # a database's key as it is: its own tools must find it
         if value < 0:
             return ""
-        return cell(keys.identity_key(value)) if database and keys is not None else str(value)
+        return keys.identity_key(value) if database and keys is not None else str(value)
 
     def label(value: int) -> str:  # one line: a CR or LF inside a name would split the row for some readers
         return display_text(named.get(value, "")) if value >= 0 else ""
@@ -60,9 +61,9 @@ def write_corrections(path: Path, proposals: Proposals, rows: IdArray, *, names:
                 face_cell = _face_key(face_keys, face)
             else:
                 face_cell = str(row)
-            both = [text for text in (label(source), label(target)) if text]
             line = [proposals.what[k], face_cell, identity(source), identity(target), _score(proposals.score[k]),
-                    proposals.reason[k], cell(ARROW.join(both)), proposals.action[k]]
+                    proposals.reason[k], cell(_names(label(source), label(target), source, target)),
+                    proposals.action[k]]
             if database:
                 line += ["" if row < 0 else str(row), "" if source < 0 else str(source),
                          "" if target < 0 else str(target)]
@@ -70,9 +71,19 @@ def write_corrections(path: Path, proposals: Proposals, rows: IdArray, *, names:
     return path
 
 
+def _names(source_name: str, target_name: str, source: int, target: int) -> str:
+    """``FROM → TO`` where either side has a name (an unnamed one as ``?``); one name for a one-sided row."""
+    if not (source_name or target_name):
+        return ""
+    if source >= 0 and target >= 0:
+        return ARROW.join([source_name or "?", target_name or "?"])
+    return (ARROW.strip() + " " if source < 0 else "") + (source_name or target_name)
+
+
 def _face_key(keys: SourceKeys | None, face: int) -> str:
+    """A database's face key as it is (its own tools must find it); "" where unknown."""
     value = None if keys is None or keys.face is None else keys.face[face]
-    return "" if value is None else cell(str(value))
+    return "" if value is None else str(value)
 
 
 def _score(value: float) -> str:

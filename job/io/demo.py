@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from job.arrays import FloatArray, IdArray
-from job.atomic import atomic_write, existing_ancestor
+from job.atomic import atomic_write, existing_ancestor, move_without_replacing
 
 CHUNK_FACES = 1 << 16
 
@@ -338,30 +338,12 @@ def write_demo(path: Path, spec: DemoSpec, rows: int = CHUNK_FACES, *, force: bo
     plan = plan_demo(spec)
     dtype = seed_dtype(spec.n_identities, spec.dim)
     header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": (len(plan.ids),)}
-    install = os.replace if force else _move_without_replacing
+    install = os.replace if force else move_without_replacing
     with atomic_write(path, install=install) as tmp, tmp.open("wb") as handle:
         np.lib.format.write_array_header_2_0(handle, header)
         for records in demo_chunks(plan, rows):
             handle.write(records.tobytes())
     return len(plan.ids), plan.truth
-
-
-def _move_without_replacing(tmp: Path, path: Path) -> None:
-    """Give ``tmp`` the name ``path`` unless something took that name since the request was checked
-    (:class:`FileExistsError`): a hard link, or, where the file system has none (FAT, some network mounts), the
-    name claimed with ``O_EXCL`` and then replaced."""
-    import errno
-
-    try:
-        os.link(tmp, path)
-        return
-    except FileExistsError:
-        raise
-    except OSError as exc:
-        if exc.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.ENOSYS):
-            raise
-    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
-    os.replace(tmp, path)
 
 
 def _unit(rng: np.random.Generator, n: int, dim: int) -> FloatArray:

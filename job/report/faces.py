@@ -21,6 +21,7 @@ from job.report.rundata import RunData
 from job.report.thumbnails import ThumbnailLimits, Thumbnails, crop_faces
 from job.store.outputs import PROJECTION_FILE
 
+FACE_BYTES = 4096  # the largest crop at 64 px (a 64 px JPEG at quality 70 is about 1 KB)
 FACES_PER_IDENTITY = 4  # faces shown beside a suspect or a look-alike pair for each identity
 SMALLEST_JPEG = 400  # bytes: no more faces are tried than the budget holds at this size
 PLACE_COLUMNS = ("image", "box_x1", "box_y1", "box_x2", "box_y2", "image_width", "image_height")
@@ -60,7 +61,10 @@ def photo_settings(render: RenderConfig, image_root: str) -> PhotoSettings | Non
     (``input.image_root``)."""
     if not render.thumbnails:
         return None
-    return PhotoSettings(image_root, ThumbnailLimits(size=render.thumbnail_size, total_bytes=render.thumbnail_bytes))
+    size = render.thumbnail_size
+    face_bytes = max(FACE_BYTES, FACE_BYTES * size * size // (64 * 64))  # 4 KiB at 64 px, as much a pixel above
+    return PhotoSettings(image_root, ThumbnailLimits(size=size, face_bytes=face_bytes,
+                                                     total_bytes=render.thumbnail_bytes))
 
 
 def thumbnails_note(thumbs: dict[str, int]) -> str:
@@ -93,7 +97,8 @@ def corrected_rows(run: RunData) -> list[int]:
         return []
     column = "row" if "row" in found.header else "face"
     at = found.header.index(column)
-    return [int(row[at]) for row in found.rows if at < len(row) and row[at].isdigit() and len(row[at]) < 19]
+    return [int(row[at]) for row in found.rows if at < len(row) and row[at].isascii() and row[at].isdecimal()
+            and len(row[at]) < 19]
 
 
 def read_places(path: Path, n_faces: int) -> dict[str, np.ndarray] | None:

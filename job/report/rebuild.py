@@ -43,7 +43,7 @@ def report_again(folder: Path, color_by: str | None = None, log: Log = lambda me
     render = _render_config(finished.record, highlight, folder)
     if thumbnails is not None:
         render = render.model_copy(update={"thumbnails": thumbnails})
-    root = finished.record.config.input.image_root or "" if image_root is None else _checked_root(image_root)
+    root = _photo_root(finished.record) if image_root is None else _checked_root(image_root)
     faces = faces_for(run, photos) if (photos := photo_settings(render, root)) is not None else None
     if render.thumbnails and faces is None:
         log("warning: this run's projection names no photos (no image and box for its faces): the page has no "
@@ -52,7 +52,8 @@ def report_again(folder: Path, color_by: str | None = None, log: Log = lambda me
     def make(staging: Path) -> dict[str, Path]:
         return {"report": write_report(staging / REPORT_FILE, _in(run, staging), highlight, colour, faces=faces)}
 
-    updates = _report_facts(colour, "report", None if faces is None else faces.record())
+    updates = _report_facts(colour, "report", None if faces is None else faces.record(),
+                            image_root if image_root is not None else _recorded_root(finished.record))
     _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE}, updates=updates, log=log,
              config_render=None if thumbnails is None else {"thumbnails": thumbnails})
     return folder / REPORT_FILE
@@ -74,7 +75,7 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
         log("warning: this run's names are not in its folder (it was made before faceatlas kept names.json); "
             "the maps and the page show ids only")
 
-    root = finished.record.config.input.image_root or ""
+    root = _photo_root(finished.record)
     faces = faces_for(run, photos) if (photos := photo_settings(render, root)) is not None else None
 
     def make(staging: Path) -> dict[str, Path]:
@@ -82,7 +83,8 @@ def render_again(folder: Path, highlight: list[int] | None = None, color_by: str
         files["report"] = write_report(staging / REPORT_FILE, _in(run, staging), chosen, colour, faces=faces)
         return files
 
-    updates = {"highlight": chosen, **_report_facts(colour, "render", None if faces is None else faces.record())}
+    updates = {"highlight": chosen, **_report_facts(colour, "render", None if faces is None else faces.record(),
+                                                    _recorded_root(finished.record))}
     written = _rewrite(folder, finished.record, finished.files, make, replaced={REPORT_FILE, *MAP_FILES.values()},
                        updates=updates, log=log, config_render={"highlight": chosen})
     return {role: folder / path.name for role, path in written.items()}
@@ -174,11 +176,23 @@ def _checked_root(image_root: str) -> str:
         raise UsageError(f"--image-root {image_root!r}: {problem}") from None
 
 
-def _report_facts(colour: str, command: str, thumbnails: dict[str, int] | None = None) -> dict[str, Any]:
-    """run.json's ``report``: how the page opens, which faceatlas remade it with which command, and what its
-    face crops came to."""
+def _report_facts(colour: str, command: str, thumbnails: dict[str, int] | None = None,
+                  image_root: str | None = None) -> dict[str, Any]:
+    """run.json's ``report``: how the page opens, which faceatlas remade it with which command, what its face
+    crops came to, and where ``report --image-root`` said the photos are."""
     return {"report": ReportFacts(color_by=colour, written_by=f"faceatlas {command} {__version__}",
-                                  thumbnails=thumbnails)}
+                                  thumbnails=thumbnails, image_root=image_root)}
+
+
+def _recorded_root(record: RunRecord) -> str | None:
+    """The photos' folder an earlier ``report --image-root`` recorded, or None."""
+    return record.report.image_root if record.report is not None else None
+
+
+def _photo_root(record: RunRecord) -> str:
+    """Where the run's photos are: as ``report --image-root`` last said, else the run's ``input.image_root``."""
+    recorded = _recorded_root(record)
+    return recorded if recorded is not None else record.config.input.image_root or ""
 
 
 def _render_config(record: RunRecord, highlight: list[int], folder: Path) -> RenderConfig:

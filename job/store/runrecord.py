@@ -268,6 +268,7 @@ class ReportFacts(_Part):
     color_by: str | None = None
     written_by: str | None = None
     thumbnails: dict[str, int] | None = None  # the page's face crops: made, missing, unreadable, no_photo, ...
+    image_root: str | None = None  # where report --image-root said the photos are (None: config.input.image_root)
 
 
 class RunRecord(_Part):

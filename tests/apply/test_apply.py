@@ -41,6 +41,15 @@ def _as_format(small_db: Path, folder: Path, kind: str) -> Path:
         path = folder / "db.npz"
         np.savez_compressed(path, ids=records["id"], embeddings=records["embedding"], photo=photo,
                             model=np.array(["arcface"]))
+        import io
+        import zipfile
+
+        with zipfile.ZipFile(path, "a") as archive:
+            for name in ("file", "allow_pickle"):  # named as numpy.savez's own arguments: kept all the same
+                buffer = io.BytesIO()
+                np.save(buffer, np.arange(3))
+                archive.writestr(f"{name}.npy", buffer.getvalue())
+            archive.writestr("README.txt", "exported by our attendance system")  # no array: copied as it is
     else:
         path = folder / "db.parquet"
         table = pa.table({"id": pa.array(records["id"].astype(np.int32)),
@@ -128,7 +137,13 @@ def _other_fields_kept(source: Path, fixed: Path, keep: np.ndarray) -> None:
             assert np.array_equal(new["photo"], old["photo"][keep])
             assert np.array_equal(new["embeddings"], old["embeddings"][keep])
             assert np.array_equal(new["model"], old["model"])  # not one per face: copied as it was
+            assert np.array_equal(new["file"], old["file"])
+            assert np.array_equal(new["allow_pickle"], old["allow_pickle"])
             assert new["ids"].dtype == old["ids"].dtype
+        import zipfile
+
+        with zipfile.ZipFile(fixed) as archive:
+            assert archive.read("README.txt") == b"exported by our attendance system"
     else:
         old, new = pq.read_table(source), pq.read_table(fixed)
         assert new.schema.equals(old.schema, check_metadata=True)
@@ -164,6 +179,7 @@ def test_apply_refuses_an_existing_out_a_wrong_suffix_and_a_changed_input(smoke_
         "exists, and apply replaces no file unasked": ["--out", str(existing)],
         "so the copy is too": ["--out", str(tmp_path / "fixed.parquet")],
         "no folder": ["--out", str(tmp_path / "nowhere" / "fixed.npy")],
+        "inside the run folder": ["--out", str(folder / "fixed.npy")],
     }
     for expected, args in cases.items():
         result = CliRunner().invoke(app, ["apply", str(folder), *args])

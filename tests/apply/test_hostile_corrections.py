@@ -75,8 +75,8 @@ def test_every_problem_is_counted_and_the_first_few_named(tmp_path: Path) -> Non
     (b"what,face,from,to\nmove,0,1,\x002\n", "line 2: move to ' 2'"),  # a NUL byte: shown, refused
     (b"face,from,to\n0,1,2\n", "no column 'what'"),
     (b"", "no column 'what'"),
-    (b'what,face,from,to\nmove,"0,1,2\n', "not a readable CSV"),
-    (b"what,face,from,to\nmove,0,1," + b"2" * 200_000 + b"\n", "not a readable CSV"),
+    (b'what,face,from,to\nmove,"0,1,2\n', "not readable as CSV"),
+    (b"what,face,from,to\nmove,0,1," + b"2" * 200_000 + b"\n", "not readable as CSV"),
 ])
 def test_unreadable_files_are_refused(tmp_path: Path, content: bytes, expected: str) -> None:
     path = tmp_path / "corrections.csv"
@@ -126,3 +126,14 @@ def test_a_spreadsheet_saved_file_applies(tmp_path: Path) -> None:
     # face 0 moved to 2; face 3 removed; 3 merged into 4, then 4 into 1: 3 and 4 end at 1
     assert edits.ids.tolist() == [2, 1, 1, 2, 2, 9, 2, 1, 1, 1, 1, 1, 1]
     assert edits.keep.tolist() == [True] * 3 + [False] + [True] * 9
+
+
+def test_ids_of_any_int64_size_apply_and_unicode_digits_do_not(tmp_path: Path) -> None:
+    big = 2**63 - 1
+    faces = RunFaces.of(np.array([2, 0, 1]), np.array([5, big, big]))  # rows in any order
+    path = _write(tmp_path, HEADER + f"move,0,{big},5,,,\nreview,,{big},5,,,\n")
+    requested = read_requests(path, faces)
+    assert [(c.face, c.source, c.target) for c in requested.changes] == [(0, big, 5)] and requested.reviews == 1
+    for rows in ("move,\uff10,1,2,,,\n", f"move,0,{big + 1},5,,,\n", "review,,77,5,,,\n", f"move,{2**64},1,2,,,\n"):
+        with pytest.raises(InputError):
+            read_requests(_write(tmp_path, HEADER + rows), faces)

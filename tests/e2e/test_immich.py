@@ -156,3 +156,62 @@ def test_transform_and_nearest_answer_with_keys(immich, tmp_path: Path) -> None:
     assert answer.exit_code == 0, answer.output
     keys = set(plant.person_key.values())
     assert all(item["key"] in keys for item in json.loads(answer.output))
+
+
+def test_corrections_name_immichs_own_keys_and_apply_refuses(immich) -> None:  # type: ignore[no-untyped-def]
+    plant, out, *_ = immich
+    rows = _rows(out / "run" / "corrections.csv")
+    assert list(rows[0]) == ["what", "face", "from", "to", "score", "reason", "names", "action", "row", "from_id",
+                             "to_id"]
+    faces, people = set(plant.face_key), set(plant.person_key.values())
+    moved = [row for row in rows if row["what"] == "move"]
+    assert moved and all(row["face"] in faces and row["from"] in people and row["to"] in people for row in moved)
+    loose = {plant.face_key[r] for r in plant.unassigned_rows}
+    assigned = [row for row in rows if row["action"] == "assign"]
+    assert {row["face"] for row in assigned} == loose  # each unassigned face: an assign or a review of one
+    assert all(row["from"] == "" and row["to"] in people for row in assigned)
+    sure = [row for row in assigned if row["what"] == "assign"]
+    assert len(sure) >= 0.8 * len(loose)  # most fit their person as well as the database's own faces fit theirs
+    result = CliRunner().invoke(app, ["apply", str(out / "run"), "--out", str(out / "fixed.npy")])
+    assert result.exit_code == 2 and "faceatlas never writes to a database" in result.output
+    assert not (out / "fixed.npy").exists()
+
+
+def test_face_crops_come_from_immichs_originals_scaled_from_its_frame(immich, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Immich's boxes are in pixels of the image its detector saw (imageWidth x imageHeight, 4000 x 3000 here);
+    the originals, mounted elsewhere, are a quarter of that: each crop is cut where the face is in the original."""
+    import shutil
+
+    from PIL import Image, ImageDraw
+
+    _, out, *_ = immich
+    run = tmp_path / "run"
+    shutil.copytree(out / "run", run)
+    projection = pq.read_table(run / "projection.parquet").to_pydict()
+    library = tmp_path / "photos" / "library"
+    library.mkdir(parents=True)
+    drawn = {}
+    for k, (image, x1, y1, x2, y2) in enumerate(zip(projection["image"], projection["box_x1"], projection["box_y1"],
+                                                    projection["box_x2"], projection["box_y2"], strict=True)):
+        photo = library / Path(image).name
+        if photo.exists() or k % 3:  # a third of the photos are here; the others are placeholders
+            continue
+        original = Image.new("RGB", (1000, 750), (120, 120, 120))
+        ImageDraw.Draw(original).ellipse([x1 / 4, y1 / 4, x2 / 4, y2 / 4], fill=(200, 30, 160))
+        original.save(photo, quality=92)
+        drawn[Path(image).name] = True
+    result = CliRunner().invoke(app, ["report", str(run), "--thumbnails", "--image-root",
+                                      f"/usr/src/app/upload={tmp_path / 'photos'}"])
+    assert result.exit_code == 0, result.output
+    thumbs = json.loads((run / "run.json").read_text())["report"]["thumbnails"]
+    with_photo = sum(Path(image).name in drawn for image in projection["image"])
+    assert thumbs["made"] == with_photo and thumbs["missing"] == len(projection["image"]) - with_photo
+    assert CliRunner().invoke(app, ["verify", str(run)]).exit_code == 0
+    from tests.report.test_page_faces import _crops
+
+    crops = _crops((run / "report.html").read_text(encoding="utf-8"))
+    assert len(crops) == with_photo
+    for crop in list(crops.values())[:20]:
+        rgb = crop.convert("RGB")
+        centre = np.asarray(rgb.getpixel((rgb.size[0] // 2, rgb.size[1] // 2)), dtype=float)
+        assert np.abs(centre - (200, 30, 160)).max() < 40  # the face, where the frame puts it in the original

@@ -143,6 +143,13 @@ def test_off_by_default_and_added_or_removed_by_report(photo_db: Path, tmp_path:
     moved = CliRunner().invoke(app, ["report", str(plain.out_dir), "--thumbnails", "--image-root", str(tmp_path)])
     assert moved.exit_code == 0  # the photos are not there: every face a placeholder, never a failure
     assert json.loads((plain.out_dir / "run.json").read_text())["report"]["thumbnails"]["missing"] == n
+    redrawn = CliRunner().invoke(app, ["render", str(plain.out_dir)])  # the photos where report last said
+    assert redrawn.exit_code == 0, redrawn.output
+    report = json.loads((plain.out_dir / "run.json").read_text())["report"]
+    assert report["image_root"] == str(tmp_path) and report["thumbnails"]["missing"] == n
+    back = CliRunner().invoke(app, ["report", str(plain.out_dir), "--image-root", str(photo_db.parent)])
+    assert back.exit_code == 0 and json.loads((plain.out_dir / "run.json").read_text())["report"]["thumbnails"][
+        "made"] == n - 2
     bad = CliRunner().invoke(app, ["report", str(plain.out_dir), "--thumbnails", "--image-root", "=x"])
     assert bad.exit_code == 2 and "--image-root" in bad.output
 
@@ -179,3 +186,18 @@ def test_the_page_shows_the_faces(browser: Any, faces_run: RunResult) -> None:  
         assert [url for url in page.requests if not url.startswith("blob:")] == [page.url]
     finally:
         page.page.close()
+
+
+def test_demo_db_photos_give_every_face_a_crop(tmp_path: Path) -> None:
+    """``demo-db --photos``: cartoon photos (no real person), image and box fields, a crop for every face."""
+    db = tmp_path / "faces.npy"
+    made = CliRunner().invoke(app, ["demo-db", str(db), "--identities", "60", "--photos", str(tmp_path / "photos")])
+    assert made.exit_code == 0, made.output
+    records = np.load(db, allow_pickle=False)
+    assert {"id", "embedding", "image", "box"} <= set(records.dtype.names)
+    assert all(Path(path).is_file() for path in records["image"].tolist())
+    result = CliRunner().invoke(app, ["run", "--input", str(db), "--out", str(tmp_path / "run"), "--thumbnails",
+                                      "--config", str(SMOKE)])
+    assert result.exit_code == 0, result.output
+    thumbs = json.loads((tmp_path / "run" / "run.json").read_text())["report"]["thumbnails"]
+    assert thumbs["made"] == len(records) and thumbs["missing"] == thumbs["unreadable"] == 0

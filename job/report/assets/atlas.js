@@ -656,7 +656,8 @@
       if (TH) {
         var from = codeOf(idText(r, "from")), to = codeOf(idText(r, "to")), face = rowText(r);
         var own = !idText(r, "from") || !/^\d+$/.test(face) ? el("span") : faceOfRow(face, "face row " + face);
-        tr.appendChild(faceStrip([own, from >= 0 ? facesOfIdent(from, 3, face) : el("span"), "\u2192",
+        tr.appendChild(faceStrip([own, from >= 0 ? "filed:" : "", from >= 0 ? facesOfIdent(from, 3, face) : el("span"),
+                                  "\u2192",
                                   to >= 0 ? facesOfIdent(to, 3, face) : el("span")]));
       }
       paint(tr);
