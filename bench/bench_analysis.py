@@ -393,9 +393,7 @@ def apply_section(real_models: list[str]) -> None:
         with tempfile.TemporaryDirectory() as tmp:
             db = Path(tmp) / "db.npy"
             _, truth = write_demo(db, spec)
-            ids = np.asarray(np.load(db, allow_pickle=False)["id"], dtype=np.int64)
-            true_ids = ids.copy()
-            true_ids[truth.misfiled_rows] = truth.misfiled_true_ids
+            true_ids = truth.true_ids(np.load(db, allow_pickle=False)["id"])
             pairs = {tuple(sorted(p)) for p in (*truth.twin_pairs, *truth.lookalike_pairs)}
             apply_round(name, db, Round(true_ids, set(truth.misfiled_rows), set(truth.duplicate_rows), pairs),
                         Path(tmp))

@@ -60,8 +60,7 @@ def photo_run(root: Path) -> Path:
     from job.io.demo_photos import draw_photos
 
     records, truth = make_demo(DemoSpec())
-    true_ids = records["id"].astype(np.int64)
-    true_ids[truth.misfiled_rows] = truth.misfiled_true_ids
+    true_ids = truth.true_ids(records["id"])
     start = time.perf_counter()
     photos = draw_photos(true_ids, root / "photos", seed=0)
     print(f"drew {len(set(photos.image.tolist())):,} photos for {len(true_ids):,} faces in "

@@ -403,13 +403,9 @@ def demo_db(
         except OSError as exc:
             raise UsageError(f"{out}: cannot write ({exc.strerror}); pick a writable path") from None
         if photos is not None:
-            import numpy as np
-
             from job.io.demo_photos import add_photos
 
-            true_ids = np.asarray(np.load(out, mmap_mode="r", allow_pickle=False)["id"], dtype=np.int64)
-            true_ids[truth.misfiled_rows] = truth.misfiled_true_ids
-            drawn = add_photos(out, true_ids, photos, seed=seed)
+            drawn = add_photos(out, truth, photos, seed=seed)
             _echo(f"drew {len(set(drawn.image.tolist())):,} photos of cartoon faces in {photos} (a misfiled face "
                   "shows the person it really is); the database has image and box fields")
         _echo(f"wrote {out} ({n_faces:,} faces, {identities:,} identities, dtype "

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from job.analysis.geometry import Geometry
 from job.analysis.suspects import LOW_QUALITY
+from job.apply.proposals import Proposals
 from job.apply.table import CORRECTIONS_FILE, write_corrections
 from job.cluster.session import open_cluster
 from job.config import Config
@@ -106,6 +107,7 @@ class Work:
     analysis: Analysis
     metrics: Metrics
     knn_reason: str
+    changes: Proposals
     unassigned: Placement | None = None
 
 
@@ -196,9 +198,11 @@ def compute(config: Config, site: Site, database: FaceDatabase, geometry: Geomet
                            gpu=site.backend.uses_gpu)
     with ledger.stage("unassigned"):
         loose = place_unassigned(database, modelled.model)
+    with ledger.stage("corrections"):
+        changes = propose_changes(database, verdicts, analysis, loose=loose)
     with ledger.stage("metrics", faces.array_at), gpu_memory_errors("the map quality"):
         metrics = measure(config, database, space, mapped, analysis)
-    return Work(site, faces, plan, verdicts, mapped, analysis, metrics, graph.reason, loose)
+    return Work(site, faces, plan, verdicts, mapped, analysis, metrics, graph.reason, changes, loose)
 
 
 def render(config: Config, database: FaceDatabase, work: Work, highlight: list[int], staging: Path
@@ -235,8 +239,7 @@ def write_tables(database: FaceDatabase, work: Work, staging: Path) -> dict[str,
         files["unassigned"] = write_unassigned(staging / UNASSIGNED_FILE, loose.rows, placed.coords,
                                                placed.nearest_id, placed.similarity, keys=loose.keys,
                                                names=database.names)
-    changes = propose_changes(database, verdicts, analysis, loose=placed)
-    files["corrections"] = write_corrections(staging / CORRECTIONS_FILE, changes, database.input_rows,
+    files["corrections"] = write_corrections(staging / CORRECTIONS_FILE, work.changes, database.input_rows,
                                              names=database.names, keys=keys, database=database.store is not None,
                                              loose_rows=None if loose is None else loose.rows,
                                              loose_keys=None if loose is None else loose.keys)

@@ -24,6 +24,7 @@ from job.atomic import atomic_write, move_without_replacing
 from job.errors import InputError, UsageError
 from job.io.files import display_text
 from job.io.formats import file_sha256, sniff_format
+from job.io.stores import is_store
 from job.store.reports import CORRECTIONS_FILE
 
 _SUFFIXES = {"npy": (".npy",), "npz": (".npz",), "parquet": (".parquet", ".pq")}
@@ -153,7 +154,7 @@ def _record(folder: Path, source: Path, corrections: Path, requested: Requested,
 
 def _source(folder: Path, recorded: str | None, store: dict[str, Any] | None, given: Path | None) -> Path:
     """The file the run read: ``given``, else run.json's path (relative paths from where apply runs)."""
-    if store is not None or (recorded or "").startswith(("postgresql:", "postgres:", "sqlite:")):
+    if store is not None or is_store(recorded or ""):
         raise UsageError(f"{folder}: the run read a database, and faceatlas never writes to a database; apply "
                          f"{CORRECTIONS_FILE} with the database's own tools (see docs/databases.md)")
     if given is not None:

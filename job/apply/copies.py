@@ -19,10 +19,9 @@ import numpy as np
 
 from job.arrays import BoolArray, IdArray
 from job.errors import InputError
-from job.io.formats import sniff_format
+from job.io.formats import npz_id_key, sniff_format
 
 _BLOCK = 1 << 16  # faces copied at a time (.npy)
-NPZ_IDS = ("ids",)  # the .npz id array faceatlas reads first (job.io.formats), then input.id_field
 _CODECS: dict[str, Literal["gzip", "brotli", "lz4", "zstd", "snappy", "none"]] = {
     "gzip": "gzip", "brotli": "brotli", "lz4": "lz4", "lz4_raw": "lz4", "zstd": "zstd", "snappy": "snappy",
     "uncompressed": "none"}  # a Parquet file's codec, as the writer names it
@@ -144,7 +143,7 @@ def _copy_parquet(source: Path, target: Path, edits: Edits, id_field: str) -> li
 
 
 def _npz_id_key(names: list[str], id_field: str, path: Path) -> str:
-    key = next((name for name in (*NPZ_IDS, id_field) if name in names), None)
+    key = npz_id_key(names, id_field)
     if key is None:
         raise InputError(f"{path}: no id array ('ids' or {id_field!r}); pass the file the run read")
     return key

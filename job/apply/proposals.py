@@ -34,8 +34,6 @@ from job.arrays import FloatArray, IdArray
 from job.maps.mapmodel import MapModel
 from job.maps.placement import Placement
 
-ACTIONS = ("remove", "move", "merge", "assign", "review")
-"""Every ``what`` a corrections file may hold (a person may write ``merge`` where a run proposes a review)."""
 ASSIGN_QUANTILE = 0.05  # an unassigned face is assigned when it fits its identity as well as 95% of filed faces
 _SAMPLE = 100_000  # filed faces measured for that bar
 _SEED = 0
@@ -45,10 +43,10 @@ _SEED = 0
 class Proposals:
     """One row per proposed change, in corrections.csv's order, each array (n_rows,):
 
-    ``what`` object (one of :data:`ACTIONS`), ``action`` object (what accepting the row does: ``what`` itself,
-    or for a review the action it proposes), ``face`` int64 (a position among the run's faces; -1 for a
-    merge), ``unassigned`` bool (``face`` is a position among the unassigned faces instead), ``from_id`` and ``to_id``
-    int64 (-1: none), ``score`` float32, ``reason`` object.
+    ``what`` object (``remove``, ``move``, ``assign`` or ``review``), ``action`` object (what accepting the row
+    does: ``what`` itself, or for a review the action it proposes), ``face`` int64 (a position among the run's
+    faces; -1 for a merge), ``unassigned`` bool (``face`` is a position among the unassigned faces instead),
+    ``from_id`` and ``to_id`` int64 (-1: none), ``score`` float32, ``reason`` object.
     """
 
     what: np.ndarray
@@ -62,10 +60,6 @@ class Proposals:
 
     def __len__(self) -> int:
         return len(self.what)
-
-    def counts(self) -> dict[str, int]:
-        """Rows per ``what`` (every one named, 0 where none)."""
-        return {what: int(np.sum(self.what == what)) for what in ACTIONS}
 
 
 @dataclass

@@ -85,6 +85,12 @@ class DemoTruth:
     low_quality_rows: list[int] = field(default_factory=list)
     duplicate_rows: list[int] = field(default_factory=list)
 
+    def true_ids(self, ids: np.ndarray) -> IdArray:
+        """Each face's true identity (n_faces,) int64: the filed ``ids`` with the planted misfiles' true ids."""
+        true: IdArray = np.asarray(ids, dtype=np.int64).copy()
+        true[self.misfiled_rows] = self.misfiled_true_ids
+        return true
+
     def to_json(self) -> dict[str, Any]:
         """A JSON-ready dict: ``misfiled`` rows with the id filed and the true id, pairs, families."""
         return {

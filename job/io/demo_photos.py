@@ -25,6 +25,7 @@ import numpy as np
 
 from job.atomic import atomic_write
 from job.errors import UsageError, one_line
+from job.io.demo import DemoTruth
 
 if TYPE_CHECKING:
     from PIL import Image, ImageDraw
@@ -167,12 +168,13 @@ def draw_photos(true_ids: np.ndarray, folder: Path, *, seed: int = 0, faces_per_
     return DemoPhotos(image=image, box=box)
 
 
-def add_photos(database: Path, true_ids: np.ndarray, folder: Path, *, seed: int = 0) -> DemoPhotos:
-    """Draw the faces of the demo ``database`` (.npy) into photos in ``folder`` and write the database again
-    with two more fields, ``image`` (each face's photo, an absolute path) and ``box``, which ``faceatlas run
-    --thumbnails`` reads (``input.image_field``/``input.box_field``)."""
-    drawn = draw_photos(true_ids, folder, seed=seed)
+def add_photos(database: Path, truth: DemoTruth, folder: Path, *, seed: int = 0) -> DemoPhotos:
+    """Draw the faces of the demo ``database`` (.npy, with its planted ``truth``: each face drawn as the person
+    it really is) into photos in ``folder`` and write the database again with two more fields, ``image`` (each
+    face's photo, an absolute path) and ``box``, which ``faceatlas run --thumbnails`` reads
+    (``input.image_field``/``input.box_field``)."""
     records = np.load(database, allow_pickle=False)
+    drawn = draw_photos(truth.true_ids(records["id"]), folder, seed=seed)
     paths = [str((folder / name).resolve()) for name in drawn.image.tolist()]
     width = max(len(path) for path in paths) if paths else 1
     dtype = np.dtype([*records.dtype.descr, ("image", f"<U{width}"), ("box", "<f4", (4,))])

@@ -16,7 +16,7 @@ import mmap
 import stat
 import zipfile
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -233,7 +233,7 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
                 raise InputError(f"{path}: the archive holds {twice[0]!r} more than once; re-save it with "
                                  "numpy.savez")
             members = {name.removesuffix(".npy"): archive.getinfo(name) for name in listed}
-            id_key = next((k for k in (*_NPZ_IDS, id_field) if k in members), None)
+            id_key = npz_id_key(members, id_field)
             emb_key = next((k for k in (*_NPZ_EMBEDDINGS, embedding_field) if k in members), None)
             if emb_key is None or (id_key is None and not ids_optional):
                 raise InputError(f"{path}: expected arrays 'ids' and 'embeddings' (found: "
@@ -249,6 +249,12 @@ def _read_npz(path: Path, id_field: str, embedding_field: str, max_memory: int |
             RuntimeError) as exc:  # RuntimeError: an encrypted member
         raise InputError(f"{path}: cannot read as .npz ({_short(exc)}); re-save it with numpy.savez") from None
     return RawArrays(ids, embeddings, memory_mapped=False)
+
+
+def npz_id_key(names: Iterable[str], id_field: str) -> str | None:
+    """The member of an .npz that holds its ids: ``ids``, else ``id_field``; None without either."""
+    present = set(names)
+    return next((key for key in (*_NPZ_IDS, id_field) if key in present), None)
 
 
 def member_header(archive: zipfile.ZipFile, info: zipfile.ZipInfo, path: Path) -> _Header:

@@ -37,9 +37,7 @@ def colour_of(identity: int) -> tuple[int, int, int]:
 def true_ids() -> np.ndarray:
     """Each face's true identity in the database below (its misfiled faces show the person they are)."""
     records, truth = make_demo(DemoSpec(n_identities=200, faces_per_identity=5, seed=1))
-    ids = records["id"].astype(np.int64)
-    ids[truth.misfiled_rows] = truth.misfiled_true_ids
-    return ids
+    return truth.true_ids(records["id"])
 
 
 @pytest.fixture(scope="module")
